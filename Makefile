@@ -1,0 +1,61 @@
+# The commands the README gives. `make test` and `make demo` work on a fresh clone:
+# the first target that needs the venv builds it from the pinned lock.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY_VERSION := 3.12
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+# The venv runs the same Python as the Lambda runtime (python3.12 in template.yaml).
+PYTHON ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/$(PY_VERSION).*/bin/python$(PY_VERSION)) $(shell command -v python$(PY_VERSION) 2>/dev/null))
+UV_VERSION := 0.13.9
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv lock lint test test-unit test-integration test-e2e demo emulator clean
+
+help:
+	@echo "make demo   - run a batch through the local emulator and print the results"
+	@echo "make test   - lint and run every test tier (builds .venv on first use)"
+	@echo "make lint   - ruff only"
+	@echo "make lock   - recompile requirements/dev.txt from requirements/dev.in"
+	@echo "make clean  - remove the venv and caches"
+
+$(STAMP): requirements/dev.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python $(PY_VERSION) not found (looked in $(PYENV_ROOT)/versions and PATH); install it or pass PYTHON=/path/to/python$(PY_VERSION)" >&2; exit 1; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r requirements/dev.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+lock:
+	$(BIN)/uv pip compile requirements/dev.in --python-version $(PY_VERSION) --generate-hashes -o requirements/dev.txt
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -m unit
+
+test-integration: $(STAMP)
+	$(BIN)/pytest -m integration
+
+test-e2e: $(STAMP)
+	$(BIN)/pytest -m e2e
+
+demo: $(STAMP)
+	$(BIN)/python -m batchdrop_local.demo
+
+emulator: $(STAMP)
+	$(BIN)/batchdrop emulator --host 127.0.0.1 --port 8765 --latency 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
