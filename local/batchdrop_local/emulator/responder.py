@@ -1,0 +1,378 @@
+"""The emulator's stand-in for Claude: turns one request's `params` into its `MessageBatchResult`.
+
+The built-in answer is deterministic (a digest of the params and the seed drives every choice) and
+its `usage` is faithful in shape: tokens are estimated at ~4 characters each, and prompt caching is
+emulated with a shared set of prefixes seen so far. A user responder (`--responder MODULE:CALLABLE`)
+may supply the content or the whole result instead; usage is computed the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from batchdrop_local.emulator.wire import derived_id
+
+CHARS_PER_TOKEN = 4
+MEDIA_TOKENS = 1600  # an image or a document, whatever its size: what a large image costs
+RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
+
+_FILLER = (
+    "batch", "token", "result", "request", "model", "answer", "cache", "prompt",
+    "stable", "sample", "output", "emulated", "local", "reply", "message", "content",
+)  # fmt: skip
+_SNIPPET_CHARS = 40
+
+
+class PromptCache(Protocol):
+    """The prefixes (`model:prefix_hash`) the emulator has seen, shared by every request."""
+
+    def __contains__(self, key: str) -> bool: ...
+    def add(self, key: str) -> None: ...
+
+
+UserResponder = Callable[[dict[str, Any], str], str | list[dict[str, Any]] | dict[str, Any]]
+
+
+def load_responder(spec: str) -> UserResponder:
+    """`package.module:callable` -> the callable; a ValueError naming `spec` when it is not one."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"responder {spec!r} must look like 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a syntax error in the user's module is as fatal as a missing one
+        raise ValueError(f"responder {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    target = getattr(module, attribute, None)
+    if target is None:
+        raise ValueError(f"responder {spec!r}: module {module_name!r} has no {attribute!r}")
+    if not callable(target):
+        raise ValueError(f"responder {spec!r}: {attribute!r} is not callable")
+    return target
+
+
+@dataclass(frozen=True)
+class _Answer:
+    content: list[dict[str, Any]]
+    stop_reason: str
+    stop_sequence: str | None = None
+
+
+class Responder:
+    """Answers one request at a time; the cache is shared, so usage depends on what came before."""
+
+    def __init__(self, *, cache: PromptCache, seed: int = 0, user: UserResponder | None = None) -> None:
+        self._cache = cache
+        self._seed = seed
+        self._user = user
+
+    def result(self, params: dict[str, Any], *, custom_id: str, message_id: str) -> dict[str, Any]:
+        """The MessageBatchResult for one request, as a JSON-ready dict."""
+        if self._user is None:
+            return self._succeeded(params, message_id, self._generate(params))
+        answer = self._user(params, custom_id)
+        if isinstance(answer, str):
+            answer = [{"type": "text", "text": answer}]
+        if isinstance(answer, list):
+            return self._succeeded(params, message_id, _user_answer(answer))
+        if isinstance(answer, dict) and answer.get("type") in RESULT_TYPES:
+            return self._custom_result(params, message_id, answer)
+        raise TypeError(
+            "a responder must return a str, a list of content blocks or a result dict whose "
+            f"type is one of {', '.join(RESULT_TYPES)}; got {answer!r:.200}"
+        )
+
+    def _custom_result(self, params: dict[str, Any], message_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        kind = result["type"]
+        if kind == "errored":
+            return {"type": "errored", "error": _error_envelope(result.get("error"))}
+        if kind != "succeeded":
+            return {"type": kind}
+        given = result.get("message") or {}
+        answer = _user_answer(given["content"]) if "content" in given else self._generate(params)
+        message = self._succeeded(params, message_id, answer)["message"]
+        usage = message["usage"] | (given.get("usage") or {})
+        return {"type": "succeeded", "message": message | given | {"usage": usage}}
+
+    def _succeeded(self, params: dict[str, Any], message_id: str, answer: _Answer) -> dict[str, Any]:
+        message = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": params["model"],
+            "content": answer.content,
+            "stop_reason": answer.stop_reason,
+            "stop_sequence": answer.stop_sequence,
+            "usage": self._usage(params, answer.content),
+            "container": None,
+        }
+        return {"type": "succeeded", "message": message}
+
+    def _generate(self, params: dict[str, Any]) -> _Answer:
+        digest = _digest(params, self._seed)
+        rng = random.Random(digest)
+        snippet = _snippet(_last_user_text(params["messages"]))
+        planned: list[dict[str, Any]] = []
+        if (params.get("thinking") or {}).get("type") in ("enabled", "adaptive"):
+            signature = base64.b64encode(hashlib.sha512(b"signature:" + digest).digest())
+            thought = _prose(f"Emulated thinking about '{snippet}':", rng)
+            planned.append({"type": "thinking", "thinking": thought, "signature": signature.decode()})
+        tool = _forced_tool(params)
+        if tool is None:
+            planned.append({"type": "text", "text": _prose(f"Emulated reply to: '{snippet}'.", rng)})
+        else:
+            tool_id = derived_id("toolu_", digest.hex(), tool["name"])
+            tool_input = _sample_object(tool.get("input_schema") or {}, rng)
+            planned.append({"type": "tool_use", "id": tool_id, "name": tool["name"], "input": tool_input})
+        return _within_limits(planned, params["max_tokens"], params.get("stop_sequences"))
+
+    def _usage(self, params: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
+        total, read, created = self._cache_input_tokens(params)
+        creation = created["5m"] + created["1h"]
+        return {
+            "input_tokens": total - read - creation,
+            "output_tokens": sum(_block_tokens(block) for block in content),
+            "cache_creation_input_tokens": creation,
+            "cache_read_input_tokens": read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": created["5m"],
+                "ephemeral_1h_input_tokens": created["1h"],
+            },
+            "server_tool_use": None,
+            "service_tier": "batch",
+        }
+
+    def _cache_input_tokens(self, params: dict[str, Any]) -> tuple[int, int, dict[str, int]]:
+        """(all input tokens, tokens read from the cache, tokens written to it by ttl)."""
+        model = params["model"]
+        blocks = list(_prompt_blocks(params))
+        prefix = hashlib.sha256()
+        total = 0
+        breakpoints: list[tuple[str, int, str]] = []  # (cache key, tokens up to here, ttl)
+        for index, (role, block) in enumerate(blocks):
+            control = block.get("cache_control") if isinstance(block, dict) else None
+            if control is None and index == len(blocks) - 1:
+                control = params.get("cache_control")
+            bare = _without_cache_control(block)
+            # The role is part of the prefix: the same words from someone else are another prompt.
+            prefix.update(_canonical([role, bare]).encode() + b"\n")
+            total += _block_tokens(bare)
+            if isinstance(control, dict):
+                ttl = "1h" if control.get("ttl") == "1h" else "5m"
+                breakpoints.append((f"{model}:{prefix.hexdigest()}", total, ttl))
+
+        hits = [i for i, (key, _, _) in enumerate(breakpoints) if key in self._cache]
+        first_miss = hits[-1] + 1 if hits else 0
+        read = breakpoints[first_miss - 1][1] if hits else 0
+        created = {"5m": 0, "1h": 0}
+        # Each segment between two breakpoints is written with the ttl of the breakpoint ending it.
+        previous = read
+        for _, tokens, ttl in breakpoints[first_miss:]:
+            created[ttl] += tokens - previous
+            previous = tokens
+        for key, _, _ in breakpoints:
+            self._cache.add(key)
+        return total, read, created
+
+
+def _user_answer(content: list[dict[str, Any]]) -> _Answer:
+    """A user's content is kept whole: no cut at max_tokens, no stop sequences."""
+    uses_tool = any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content)
+    return _Answer(content, "tool_use" if uses_tool else "end_turn")
+
+
+def _error_envelope(error: Any) -> dict[str, Any]:
+    """The nested `{"type": "error", "error": {...}, "request_id": null}`, from either form."""
+    if not isinstance(error, dict):
+        error = {}
+    if error.get("type") == "error":
+        error = error.get("error") or {}
+    inner = {"type": "api_error", "message": "error from the emulator's responder"} | error
+    return {"type": "error", "error": inner, "request_id": None}
+
+
+def _within_limits(planned: list[dict[str, Any]], max_tokens: int, stop_sequences: Any) -> _Answer:
+    """Cut the planned blocks where a model would stop: a stop sequence, then max_tokens."""
+    last = planned[-1]
+    stop_reason = "tool_use" if last["type"] == "tool_use" else "end_turn"
+    stop_sequence = None
+    if last["type"] == "text":
+        hits = [
+            (last["text"].find(s), s) for s in stop_sequences or [] if isinstance(s, str) and s and s in last["text"]
+        ]
+        if hits:
+            position, stop_sequence = min(hits)
+            planned = [*planned[:-1], {**last, "text": last["text"][:position]}]
+            stop_reason = "stop_sequence"
+
+    content: list[dict[str, Any]] = []
+    budget = max_tokens
+    for block in planned:
+        cost = _block_tokens(block)
+        if cost <= budget:
+            content.append(block)
+            budget -= cost
+            continue
+        # Prose can stop mid-sentence; a tool call cut short would be unusable, so it is dropped.
+        field = {"text": "text", "thinking": "thinking"}.get(block["type"])
+        if field is not None and budget > 0:
+            content.append({**block, field: block[field][: budget * CHARS_PER_TOKEN]})
+        return _Answer(content, "max_tokens")
+    return _Answer(content, stop_reason, stop_sequence)
+
+
+def _digest(params: dict[str, Any], seed: int) -> bytes:
+    # max_tokens and stop_sequences only decide where the answer is cut, as they would for a real
+    # model, so they stay out of the digest: a shorter budget gives a prefix of the same answer.
+    drawn_from = {k: v for k, v in params.items() if k not in ("max_tokens", "stop_sequences")}
+    return hashlib.sha256(f"{seed}:{_canonical(drawn_from)}".encode()).digest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _text_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def _block_tokens(block: Any) -> int:
+    match block:
+        case str():
+            return _text_tokens(block)
+        case {"type": "text", "text": str(text)}:
+            return _text_tokens(text)
+        case {"type": "thinking", "thinking": str(thinking)}:
+            return _text_tokens(thinking)
+        case {"type": "image" | "document"}:
+            return MEDIA_TOKENS
+        case _:
+            return _text_tokens(_canonical(block))
+
+
+def _without_cache_control(block: Any) -> Any:
+    if isinstance(block, dict):
+        return {key: value for key, value in block.items() if key != "cache_control"}
+    return block
+
+
+def _prompt_blocks(params: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(role, block) in the order the API reads a prompt: tools, system, then messages."""
+    for tool in params.get("tools") or []:
+        yield "tools", tool
+    system = params.get("system")
+    if isinstance(system, list):
+        for block in system:
+            yield "system", block
+    elif system:
+        yield "system", system
+    for message in params["messages"]:
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else message
+        if isinstance(content, list):
+            for block in content:
+                yield str(role), block
+        else:
+            yield str(role), content
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        for block in reversed(content if isinstance(content, list) else []):
+            match block:
+                case {"type": "text", "text": str(text)}:
+                    return text
+    return ""
+
+
+def _snippet(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _SNIPPET_CHARS else flat[:_SNIPPET_CHARS] + "..."
+
+
+def _prose(lead: str, rng: random.Random) -> str:
+    """`lead` plus filler words up to 8 to 60 tokens in all, so that answers vary in length."""
+    words = [lead]
+    target = rng.randint(8, 60)
+    while _text_tokens(" ".join(words)) < target:
+        words.append(rng.choice(_FILLER))
+    return " ".join(words)
+
+
+def _forced_tool(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool `tool_choice` forces, or None when the model may answer in text."""
+    choice = params.get("tool_choice")
+    tools = [t for t in params.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    if not isinstance(choice, dict) or not tools:
+        return None
+    if choice.get("type") == "any":
+        return tools[0]
+    if choice.get("type") == "tool":
+        return next((tool for tool in tools if tool["name"] == choice.get("name")), None)
+    return None
+
+
+def _sample_object(schema: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """An object with every required property and a random half of the optional ones."""
+    properties = schema.get("properties") or {}
+    required = schema.get("required") or []
+    names = [*properties, *(name for name in required if name not in properties)]
+    return {name: _sample(properties.get(name, {}), rng) for name in names if name in required or rng.random() < 0.5}
+
+
+def _sample(schema: Any, rng: random.Random) -> Any:
+    """A value satisfying `schema`, for the JSON Schema subset tool definitions use."""
+    if not isinstance(schema, dict):
+        return "emulated"
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return rng.choice(schema["enum"])
+    for combinator in ("anyOf", "oneOf"):
+        if schema.get(combinator):
+            return _sample(schema[combinator][0], rng)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    match kind:
+        case "object":
+            return _sample_object(schema, rng)
+        case "array":
+            count = max(1, schema.get("minItems", 0))
+            count = min(count, schema.get("maxItems", count))
+            return [_sample(schema.get("items", {}), rng) for _ in range(count)]
+        case "integer" | "number":
+            return _sample_number(schema, rng, integer=kind == "integer")
+        case "boolean":
+            return rng.random() < 0.5
+        case "null":
+            return None
+        case _:
+            word = rng.choice(_FILLER).ljust(schema.get("minLength", 0), "x")
+            return word[: schema.get("maxLength")]
+
+
+def _sample_number(schema: dict[str, Any], rng: random.Random, *, integer: bool) -> int | float:
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if low is None:
+        low = 0 if high is None else min(0, high)
+    if high is None:
+        high = low + 100
+    if integer:
+        low, high = math.ceil(low), math.floor(high)
+        return rng.randint(low, high) if low <= high else low
+    return min(max(round(rng.uniform(low, high), 2), low), high)

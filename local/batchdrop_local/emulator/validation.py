@@ -1,0 +1,114 @@
+"""What the real API checks, and when: the request envelope synchronously at create (400),
+each request's `params` asynchronously (an `errored` result with `invalid_request_error`).
+Messages follow the API's pydantic style, `loc: msg`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+CUSTOM_ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
+_CUSTOM_ID = re.compile(CUSTOM_ID_PATTERN)
+
+# Parameters the batch path refuses (the batch-processing guide's table).
+_REFUSED_IN_BATCHES = {
+    "speed": "fast mode does not apply to batch processing",
+    "store": "threads are not available in batches",
+    "previous_thread_event_id": "threads are not available in batches",
+    "cache_hint": "routing hints apply to synchronous requests only",
+    "context_hint": "routing hints apply to synchronous requests only",
+}
+
+
+def envelope_error(index: int, item: Any) -> str | None:
+    """The create-time problem with `requests[index]`, or None."""
+    loc = f"requests.{index}"
+    if not isinstance(item, dict):
+        return f"{loc}: Input should be a valid dictionary"
+    for key in item:
+        if key not in ("custom_id", "params"):
+            return f"{loc}.{key}: Extra inputs are not permitted"
+    if "custom_id" not in item:
+        return f"{loc}.custom_id: Field required"
+    custom_id = item["custom_id"]
+    if not isinstance(custom_id, str):
+        return f"{loc}.custom_id: Input should be a valid string"
+    if not custom_id:
+        return f"{loc}.custom_id: String should have at least 1 character"
+    if len(custom_id) > 64:
+        return f"{loc}.custom_id: String should have at most 64 characters"
+    if not _CUSTOM_ID.match(custom_id):
+        return f"{loc}.custom_id: String should match pattern '{CUSTOM_ID_PATTERN}'"
+    if "params" not in item:
+        return f"{loc}.params: Field required"
+    if not isinstance(item["params"], dict):
+        return f"{loc}.params: Input should be a valid dictionary"
+    return None
+
+
+def count_error(count: int, max_requests: int) -> str | None:
+    if count < 1:
+        return f"requests: List should have at least 1 item after validation, not {count}"
+    if count > max_requests:
+        return f"requests: List should have at most {max_requests} items after validation, not {count}"
+    return None
+
+
+def params_error(params: dict[str, Any], max_output_tokens: int) -> str | None:
+    """The asynchronous validation of one request's params, or None when it may run."""
+    model = params.get("model")
+    if "model" not in params:
+        return "model: Field required"
+    if not isinstance(model, str) or not model:
+        return "model: Input should be a valid string"
+    if not model.startswith("claude-"):
+        return f"model: unknown model '{model}'"
+    if "max_tokens" not in params:
+        return "max_tokens: Field required"
+    max_tokens = params["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        return "max_tokens: Input should be a valid integer"
+    if max_tokens < 1:
+        return "max_tokens: Input should be greater than or equal to 1"
+    if max_tokens > max_output_tokens:
+        return (
+            f"max_tokens: {max_tokens} > {max_output_tokens}, which is the maximum allowed "
+            f"number of output tokens for {model}"
+        )
+    if params.get("stream") is True:
+        return "stream: batch requests cannot be streamed; results come back as a single file"
+    for key, reason in _REFUSED_IN_BATCHES.items():
+        if key in params:
+            return f"{key}: not supported in batch requests ({reason})"
+    return _messages_error(params.get("messages", _MISSING))
+
+
+_MISSING = object()
+
+
+def _messages_error(messages: Any) -> str | None:
+    if messages is _MISSING:
+        return "messages: Field required"
+    if not isinstance(messages, list):
+        return "messages: Input should be a valid list"
+    if not messages:
+        return "messages: List should have at least 1 item after validation, not 0"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages.{i}: Input should be a valid dictionary"
+        if message.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if "content" not in message:
+            return f"messages.{i}.content: Field required"
+        content = message["content"]
+        if isinstance(content, str):
+            final_assistant = i == len(messages) - 1 and message["role"] == "assistant"
+            if not content and not final_assistant:
+                return f"messages.{i}: all messages must have non-empty content except the final assistant message"
+        elif isinstance(content, list):
+            for j, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    return f"messages.{i}.content.{j}: Input should be a valid content block"
+        else:
+            return f"messages.{i}.content: Input should be a valid string or list of content blocks"
+    return None
