@@ -298,16 +298,19 @@ def _last_user_text(messages: list[Any]) -> str:
 
 
 def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(text[: 4 * _SNIPPET_CHARS].split())
     return flat if len(flat) <= _SNIPPET_CHARS else flat[:_SNIPPET_CHARS] + "..."
 
 
 def _prose(lead: str, rng: random.Random) -> str:
     """`lead` plus filler words up to 8 to 60 tokens in all, so that answers vary in length."""
     words = [lead]
+    length = len(lead)
     target = rng.randint(8, 60)
-    while _text_tokens(" ".join(words)) < target:
-        words.append(rng.choice(_FILLER))
+    while math.ceil(length / CHARS_PER_TOKEN) < target:  # length: that of " ".join(words)
+        word = rng.choice(_FILLER)
+        words.append(word)
+        length += 1 + len(word)
     return " ".join(words)
 
 
