@@ -14,10 +14,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help venv lock lint test test-unit test-integration test-e2e demo emulator clean
 
+include mk/sam.mk
+
 help:
 	@echo "make demo   - run a batch through the local emulator and print the results"
 	@echo "make test   - lint and run every test tier (builds .venv on first use)"
 	@echo "make lint   - ruff only"
+	@echo "make template-lint - cfn-lint and sam validate --lint on template.yaml"
+	@echo "make build  - sam build, without Docker"
 	@echo "make lock   - recompile requirements/dev.txt from requirements/dev.in"
 	@echo "make clean  - remove the venv and caches"
 
@@ -39,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint template-lint
 	$(BIN)/pytest
 
 test-unit: $(STAMP)
@@ -58,4 +62,4 @@ emulator: $(STAMP)
 	$(BIN)/batchdrop emulator --host 127.0.0.1 --port 8765 --latency 2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools .aws-sam .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,537 @@
+"""template.yaml as a specification: the storage, trigger, failure-handling and IAM properties
+issues 3 and 4 rely on (RELIABILITY.md §10), read from the template itself, never restated."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode_str
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = ROOT / "template.yaml"
+
+# Lambda runs these triggers asynchronously: a failure must land somewhere (RELIABILITY.md §1.2).
+ASYNC_EVENT_TYPES = {"S3", "SNS", "ScheduleV2", "Schedule", "EventBridgeRule", "CloudWatchEvent"}
+# Prefixes whose new objects trigger work; everything the functions write lies elsewhere.
+TRIGGER_PREFIXES = {"inbox/"}
+WRITTEN_PREFIXES = ("work/", "errors/", "results/")
+SECRET_PARAMETER = {"Ref": "AnthropicSecretArn"}
+OPERATOR_OUTPUTS = {
+    "BucketName",
+    "TableName",
+    "EventBusName",
+    "SubmitFunctionName",
+    "CheckerFunctionName",
+    "CheckerScheduleName",
+    "SubmitFailureQueueUrl",
+    "CheckerFailureQueueUrl",
+    "CheckerScheduleDeadLetterQueueUrl",
+}
+FOURTEEN_DAYS = 14 * 24 * 3600
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    decoded, errors = decode_str(TEMPLATE_PATH.read_text(encoding="utf-8"))
+    assert not errors, errors
+    return decoded
+
+
+def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {name: resource for name, resource in template["Resources"].items() if resource["Type"] == resource_type}
+
+
+def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return resources_of_type(template, "AWS::Serverless::Function")
+
+
+def props(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return template["Resources"][name]["Properties"]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def statements(function: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for policy in as_list(function["Properties"].get("Policies", [])):
+        if isinstance(policy, dict) and "Statement" in policy:
+            yield from as_list(policy["Statement"])
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    return as_list(statement["Action"])
+
+
+def resource_text(resource: Any) -> str:
+    """A resource as comparable text: the pattern of an Fn::Sub, or its JSON otherwise."""
+    if isinstance(resource, dict) and "Fn::Sub" in resource:
+        sub = resource["Fn::Sub"]
+        return sub if isinstance(sub, str) else sub[0]
+    return resource if isinstance(resource, str) else json.dumps(resource, sort_keys=True)
+
+
+def s3_object_patterns(function: dict[str, Any], action: str) -> set[str]:
+    """The object-key patterns (after the bucket name) on which `function` may do `action`."""
+    patterns = set()
+    for statement in statements(function):
+        if statement["Effect"] == "Allow" and action in actions(statement):
+            for resource in as_list(statement["Resource"]):
+                _, _, key = resource_text(resource).partition("}/")
+                patterns.add(key)
+    return patterns
+
+
+def environment(template: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
+    variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    variables.update(function["Properties"].get("Environment", {}).get("Variables", {}))
+    return variables
+
+
+def failure_queues(template: dict[str, Any]) -> set[str]:
+    """Logical ids of every queue that receives failed async invocations or schedule ticks."""
+    queues = set()
+    for function in functions(template).values():
+        config = function["Properties"].get("EventInvokeConfig", {})
+        on_failure = config.get("DestinationConfig", {}).get("OnFailure")
+        if on_failure:
+            queues.add(on_failure["Destination"]["Fn::GetAtt"][0])
+        for event in function["Properties"].get("Events", {}).values():
+            dead_letter = event["Properties"].get("DeadLetterConfig")
+            if dead_letter:
+                queues.add(dead_letter["Arn"]["Fn::GetAtt"][0])
+    return queues
+
+
+def references(node: Any) -> Iterator[str]:
+    """Every logical id that `node` points at through Ref, GetAtt or ${...} in a Sub."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref":
+                yield value
+            elif key == "Fn::GetAtt":
+                yield value[0] if isinstance(value, list) else value.split(".")[0]
+            elif key == "Fn::Sub":
+                text = value if isinstance(value, str) else value[0]
+                yield from (name.split(".")[0] for name in re.findall(r"\$\{([^}!]+)\}", text))
+                if not isinstance(value, str):
+                    yield from references(value[1])
+            else:
+                yield from references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from references(item)
+
+
+# ---------------------------------------------------------------- bucket
+
+
+def test_template_decodes_with_the_serverless_transform(template: dict[str, Any]) -> None:
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+
+
+def test_bucket_is_versioned_so_each_upload_is_its_own_job(template: dict[str, Any]) -> None:
+    assert props(template, "Bucket")["VersioningConfiguration"] == {"Status": "Enabled"}
+
+
+def test_bucket_blocks_every_kind_of_public_access(template: dict[str, Any]) -> None:
+    bucket = props(template, "Bucket")
+
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+
+
+def test_bucket_encrypts_at_rest(template: dict[str, Any]) -> None:
+    rules = props(template, "Bucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+
+    algorithms = {rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for rule in rules}
+    assert algorithms <= {"AES256", "aws:kms", "aws:kms:dsse"}
+    assert algorithms
+
+
+def test_bucket_policy_denies_requests_without_tls_1_2(template: dict[str, Any]) -> None:
+    (policy,) = (
+        p["Properties"]
+        for p in resources_of_type(template, "AWS::S3::BucketPolicy").values()
+        if p["Properties"]["Bucket"] == {"Ref": "Bucket"}
+    )
+    denies = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+
+    def denied_when(operator: str, key: str) -> list[dict[str, Any]]:
+        return [s for s in denies if key in s.get("Condition", {}).get(operator, {})]
+
+    insecure = denied_when("Bool", "aws:SecureTransport")
+    old_tls = denied_when("NumericLessThan", "s3:TlsVersion")
+    assert insecure
+    assert old_tls
+    for statement in insecure + old_tls:
+        assert statement["Principal"] == "*"
+        assert statement["Action"] == "s3:*"
+        assert {resource_text(r) for r in statement["Resource"]} == {
+            resource_text({"Fn::GetAtt": ["Bucket", "Arn"]}),
+            "${Bucket.Arn}/*",
+        }
+    assert str(insecure[0]["Condition"]["Bool"]["aws:SecureTransport"]).lower() == "false"
+    assert str(old_tls[0]["Condition"]["NumericLessThan"]["s3:TlsVersion"]) == "1.2"
+
+
+def test_lifecycle_cleans_up_uploads_versions_and_shards(template: dict[str, Any]) -> None:
+    rules = props(template, "Bucket")["LifecycleConfiguration"]["Rules"]
+    enabled = [rule for rule in rules if rule["Status"] == "Enabled"]
+
+    assert any("AbortIncompleteMultipartUpload" in rule for rule in enabled)
+    assert any("NoncurrentVersionExpiration" in rule for rule in enabled)
+    (work,) = (rule for rule in enabled if rule.get("Prefix") == "work/")
+    assert work["ExpirationInDays"] == {"Ref": "WorkRetentionDays"}
+
+
+def test_only_inbox_objects_trigger_work(template: dict[str, Any]) -> None:
+    s3_events = [
+        event["Properties"]
+        for function in functions(template).values()
+        for event in function["Properties"].get("Events", {}).values()
+        if event["Type"] == "S3"
+    ]
+
+    prefixes = set()
+    for event in s3_events:
+        assert event["Bucket"] == {"Ref": "Bucket"}
+        assert all(e.startswith("s3:ObjectCreated:") for e in as_list(event["Events"]))
+        rules = event["Filter"]["S3Key"]["Rules"]
+        assert [rule["Name"] for rule in rules] == ["prefix"]
+        prefixes.add(rules[0]["Value"])
+    assert prefixes == TRIGGER_PREFIXES
+    assert not any(p.startswith(WRITTEN_PREFIXES) for p in prefixes)
+    # SAM writes the notification from the events above; nothing else may add one.
+    assert "NotificationConfiguration" not in props(template, "Bucket")
+
+
+def test_functions_name_the_bucket_without_depending_on_it(template: dict[str, Any]) -> None:
+    # SubmitFunction's S3 event makes the bucket depend on the function; a function that
+    # referenced the bucket would close a cycle (aws/serverless-application-model#1109).
+    bucket_name = props(template, "Bucket")["BucketName"]
+    stack_uuid = bucket_name["Fn::Join"][1][1]
+
+    for function in functions(template).values():
+        body = {k: v for k, v in function["Properties"].items() if k != "Events"}
+        assert "Bucket" not in set(references(body))
+        assert "Bucket" not in set(references(environment(template, function)))
+        assert environment(template, function)["BATCHDROP_BUCKET"] == bucket_name
+        for statement in statements(function):
+            for resource in as_list(statement["Resource"]):
+                if resource_text(resource).startswith("arn:${AWS::Partition}:s3:::"):
+                    assert resource["Fn::Sub"][1] == {"StackUuid": stack_uuid}
+
+
+# ---------------------------------------------------------------- table
+
+
+def test_table_keys_and_sparse_open_batches_index(template: dict[str, Any]) -> None:
+    table = props(template, "Table")
+
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [
+        {"AttributeName": "PK", "KeyType": "HASH"},
+        {"AttributeName": "SK", "KeyType": "RANGE"},
+    ]
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    assert types == {"PK": "S", "SK": "S", "GSI1PK": "S", "GSI1SK": "S"}
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "open-batches"
+    assert index["KeySchema"] == [
+        {"AttributeName": "GSI1PK", "KeyType": "HASH"},
+        {"AttributeName": "GSI1SK", "KeyType": "RANGE"},
+    ]
+
+
+def test_table_has_pitr_encryption_and_ttl(template: dict[str, Any]) -> None:
+    table = props(template, "Table")
+
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["TimeToLiveSpecification"]["Enabled"] is True
+    assert table["TimeToLiveSpecification"]["AttributeName"]
+
+
+def test_stateful_resources_survive_stack_deletion_and_replacement(
+    template: dict[str, Any],
+) -> None:
+    stateful = resources_of_type(template, "AWS::S3::Bucket") | resources_of_type(template, "AWS::DynamoDB::Table")
+
+    assert set(stateful) == {"Bucket", "Table"}
+    for resource in stateful.values():
+        assert resource["DeletionPolicy"] == "Retain"
+        assert resource["UpdateReplacePolicy"] == "Retain"
+
+
+# ---------------------------------------------------------------- failures go somewhere
+
+
+def test_every_async_trigger_has_an_on_failure_destination(template: dict[str, Any]) -> None:
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    triggered = {
+        name: function
+        for name, function in functions(template).items()
+        if any(e["Type"] in ASYNC_EVENT_TYPES for e in function["Properties"]["Events"].values())
+    }
+
+    assert set(triggered) == {"SubmitFunction", "CheckerFunction"}
+    for function in triggered.values():
+        config = function["Properties"]["EventInvokeConfig"]
+        on_failure = config["DestinationConfig"]["OnFailure"]
+        assert on_failure["Type"] == "SQS"
+        assert on_failure["Destination"]["Fn::GetAtt"][0] in queues
+        assert 0 <= config["MaximumRetryAttempts"] <= 2
+
+
+def test_every_schedule_has_a_retry_policy_and_a_dead_letter_queue(
+    template: dict[str, Any],
+) -> None:
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    schedules = [
+        event["Properties"]
+        for function in functions(template).values()
+        for event in function["Properties"]["Events"].values()
+        if event["Type"] in {"ScheduleV2", "Schedule"}
+    ]
+
+    assert schedules
+    for schedule in schedules:
+        assert schedule["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0] in queues
+        assert {"MaximumRetryAttempts", "MaximumEventAgeInSeconds"} <= set(schedule["RetryPolicy"])
+
+
+def test_failure_queues_are_encrypted_and_keep_messages_14_days(
+    template: dict[str, Any],
+) -> None:
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+
+    assert failure_queues(template) == set(queues)
+    for queue in queues.values():
+        properties = queue["Properties"]
+        assert properties.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in properties
+        assert properties["MessageRetentionPeriod"] == FOURTEEN_DAYS
+        assert "FifoQueue" not in properties  # Lambda destinations reject FIFO queues
+
+
+def test_every_failure_queue_and_function_has_an_alarm(template: dict[str, Any]) -> None:
+    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm").values()
+
+    def watched(namespace: str) -> set[str]:
+        return {
+            next(references(dimension["Value"]))
+            for alarm in alarms
+            if alarm["Properties"]["Namespace"] == namespace
+            for dimension in alarm["Properties"]["Dimensions"]
+        }
+
+    assert watched("AWS/SQS") == failure_queues(template)
+    assert watched("AWS/Lambda") == set(functions(template))
+    for alarm in alarms:
+        assert alarm["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
+        assert alarm["Properties"]["Threshold"] == 0
+
+
+# ---------------------------------------------------------------- checker
+
+
+def test_checker_runs_one_tick_at_a_time_and_drops_stale_ticks(
+    template: dict[str, Any],
+) -> None:
+    checker = props(template, "CheckerFunction")
+
+    assert checker["ReservedConcurrentExecutions"] == 1
+    assert checker["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    assert 60 <= checker["EventInvokeConfig"]["MaximumEventAgeInSeconds"] <= 300
+
+
+def test_checker_is_scheduled_by_eventbridge_scheduler_at_the_rate_parameter(
+    template: dict[str, Any],
+) -> None:
+    (tick,) = props(template, "CheckerFunction")["Events"].values()
+    rate = template["Parameters"]["CheckerRate"]
+
+    assert tick["Type"] == "ScheduleV2"
+    assert tick["Properties"]["ScheduleExpression"] == {"Ref": "CheckerRate"}
+    assert re.fullmatch(rate["AllowedPattern"], rate["Default"])
+    assert json.loads(tick["Properties"]["Input"])["source"] == "batchdrop.scheduler"
+
+
+# ---------------------------------------------------------------- secret and IAM
+
+
+def test_no_environment_variable_carries_an_api_key(template: dict[str, Any]) -> None:
+    for function in functions(template).values():
+        variables = environment(template, function)
+        for name, value in variables.items():
+            text = json.dumps(value)
+            assert "API_KEY" not in name.upper()
+            assert "API_KEY" not in text.upper()
+            assert "{{resolve:" not in text  # a dynamic reference would put the key in config
+        assert variables["ANTHROPIC_SECRET_ARN"] == SECRET_PARAMETER
+
+
+def test_secret_parameter_accepts_only_a_secret_arn(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["AnthropicSecretArn"]
+    pattern = parameter["AllowedPattern"]
+
+    assert "Default" not in parameter
+    assert re.fullmatch(pattern, "arn:aws:secretsmanager:us-east-1:123456789012:secret:batchdrop/anthropic-AbCdEf")
+    assert not re.fullmatch(pattern, "sk-ant-api03-not-a-secret-arn")
+
+
+def test_secret_access_is_scoped_to_the_parameter(template: dict[str, Any]) -> None:
+    for name, function in functions(template).items():
+        grants = [
+            statement
+            for statement in statements(function)
+            if any(a.startswith("secretsmanager:") for a in actions(statement))
+        ]
+
+        assert grants, name
+        for statement in grants:
+            assert actions(statement) == ["secretsmanager:GetSecretValue"]
+            assert as_list(statement["Resource"]) == [SECRET_PARAMETER]
+        policy_templates = [p for p in as_list(function["Properties"]["Policies"]) if "Statement" not in p]
+        assert not policy_templates, f"{name}: use scoped statements, not SAM policy templates"
+
+
+def test_policies_grant_no_wildcard_actions_scans_or_acl_writes(template: dict[str, Any]) -> None:
+    forbidden = {"s3:PutObjectAcl", "s3:DeleteObject", "dynamodb:Scan", "s3:PutLifecycleConfiguration"}
+    for function in functions(template).values():
+        for statement in statements(function):
+            assert statement["Effect"] == "Allow"
+            for action in actions(statement):
+                assert "*" not in action
+                assert action not in forbidden
+            assert "*" not in as_list(statement["Resource"])
+
+
+def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[str, Any]) -> None:
+    submit = template["Resources"]["SubmitFunction"]
+    checker = template["Resources"]["CheckerFunction"]
+
+    assert s3_object_patterns(submit, "s3:GetObject") == {"inbox/*", "work/*"}
+    assert s3_object_patterns(submit, "s3:GetObjectVersion") == {"inbox/*", "work/*"}
+    assert s3_object_patterns(submit, "s3:PutObject") == {
+        "work/*",
+        "errors/*",
+        "results/*/manifest.json",
+    }
+    assert s3_object_patterns(checker, "s3:GetObject") == {"work/*", "results/*"}
+    assert s3_object_patterns(checker, "s3:PutObject") == {"results/*"}
+    for function in (submit, checker):
+        # A Lambda killed mid-upload must be able to abort what it started (RELIABILITY.md §5.1).
+        assert s3_object_patterns(function, "s3:AbortMultipartUpload") == s3_object_patterns(function, "s3:PutObject")
+
+
+def test_sweeper_may_list_inbox_but_checker_never_reads_it(template: dict[str, Any]) -> None:
+    checker = template["Resources"]["CheckerFunction"]
+    (listing,) = (s for s in statements(checker) if "s3:ListBucket" in actions(s))
+
+    assert "inbox/*" in listing["Condition"]["StringLike"]["s3:prefix"]
+    assert not any(p.startswith("inbox/") for p in s3_object_patterns(checker, "s3:GetObject"))
+
+
+def test_only_the_checker_queries_the_open_batches_index(template: dict[str, Any]) -> None:
+    def table_resources(name: str) -> set[str]:
+        return {
+            resource_text(resource)
+            for statement in statements(template["Resources"][name])
+            if any(a.startswith("dynamodb:") for a in actions(statement))
+            for resource in as_list(statement["Resource"])
+        }
+
+    table_arn = resource_text({"Fn::GetAtt": ["Table", "Arn"]})
+    assert table_resources("SubmitFunction") == {table_arn}
+    assert table_resources("CheckerFunction") == {table_arn, "${Table.Arn}/index/open-batches"}
+
+
+# ---------------------------------------------------------------- functions, layer, logs
+
+
+def test_globals_set_runtime_tracing_and_shared_configuration(template: dict[str, Any]) -> None:
+    globals_ = template["Globals"]["Function"]
+    variables = globals_["Environment"]["Variables"]
+
+    assert globals_["Runtime"] == "python3.12"
+    assert globals_["Architectures"] in (["arm64"], ["x86_64"])
+    assert globals_["Tracing"] == "Active"
+    assert globals_["Timeout"] <= 900
+    assert globals_["MemorySize"] >= 128
+    assert {
+        "POWERTOOLS_SERVICE_NAME",
+        "POWERTOOLS_METRICS_NAMESPACE",
+        "LOG_LEVEL",
+        "BATCHDROP_BUCKET",
+        "BATCHDROP_TABLE",
+        "BATCHDROP_EVENT_BUS",
+        "ANTHROPIC_SECRET_ARN",
+    } <= set(variables)
+
+
+def test_functions_use_their_code_dirs_and_the_common_layer(template: dict[str, Any]) -> None:
+    layer = template["Resources"]["CommonLayer"]
+
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Properties"]["ContentUri"] == "layers/common"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    for name, code in (("SubmitFunction", "functions/submit"), ("CheckerFunction", "functions/checker")):
+        function = props(template, name)
+        assert function["CodeUri"] == code
+        assert function["Handler"] == "app.lambda_handler"
+        assert function["Layers"] == [{"Ref": "CommonLayer"}]
+
+
+def test_layer_pins_the_versions_the_tests_run(template: dict[str, Any]) -> None:
+    def pins(path: Path) -> dict[str, str]:
+        found = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            requirement = line.split("#", 1)[0].strip()
+            if requirement:
+                name, _, version = requirement.partition("==")
+                found[re.sub(r"\[.*\]", "", name).lower()] = version
+        return found
+
+    layer = pins(ROOT / template["Resources"]["CommonLayer"]["Properties"]["ContentUri"] / "requirements.txt")
+    dev = pins(ROOT / "requirements" / "dev.in")
+
+    assert {"anthropic", "aws-lambda-powertools"} <= set(layer)
+    assert all(layer.values()), "every layer requirement is pinned with =="
+    assert {name: dev.get(name) for name in layer} == layer
+
+
+def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any]) -> None:
+    groups = {
+        resource_text(group["Properties"]["LogGroupName"]): group["Properties"]
+        for group in resources_of_type(template, "AWS::Logs::LogGroup").values()
+    }
+
+    for name in functions(template):
+        group = groups[f"/aws/lambda/${{{name}}}"]
+        assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_outputs_name_everything_an_operator_needs(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    # SAM names the schedule it generates from CheckerFunction's Tick event <function><event>.
+    known = set(template["Resources"]) | set(template["Parameters"]) | {"CheckerFunctionTick"}
+
+    assert set(outputs) >= OPERATOR_OUTPUTS
+    for output in outputs.values():
+        assert output["Description"].strip()
+        assert set(references(output["Value"])) <= known
