@@ -1,0 +1,91 @@
+"""The Message Batches API through the official SDK. Create streams a shard's body as it
+is in S3 (never parsed into a list) with the SDK's retries off, because the API has no
+idempotency key: a retried create can make a second batch. Results stream as raw lines.
+The SDK is imported on first use: it is the heaviest import of the functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
+
+CREATE_TIMEOUT_SECONDS = 300.0
+READ_RETRIES = 3
+
+
+class BatchesApi:
+    def __init__(self, api_key: Callable[[], str], base_url: str | None = None, client: Any = None) -> None:
+        self._api_key = api_key
+        self._base_url = base_url
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import anthropic
+
+            self._client = anthropic.Anthropic(
+                api_key=self._api_key(), base_url=self._base_url, max_retries=READ_RETRIES
+            )
+        return self._client
+
+    def create(self, body: Iterable[bytes], size: int) -> dict[str, Any]:
+        """Send one create body; the new batch. Raises ProviderRejectedError (4xx: no batch
+        was created) or ProviderOutcomeUnknownError (a batch may exist)."""
+        import anthropic
+        from anthropic.types.messages import MessageBatch
+
+        try:
+            batch = self.client.with_options(max_retries=0, timeout=CREATE_TIMEOUT_SECONDS).post(
+                "/v1/messages/batches",
+                cast_to=MessageBatch,
+                content=iter(body),
+                options={"headers": {"Content-Length": str(size), "Content-Type": "application/json"}},
+            )
+        except anthropic.APIStatusError as exc:
+            if exc.status_code < 500:
+                queue_full = exc.status_code == 429
+                raise ProviderRejectedError(exc.status_code, _message(exc), queue_full=queue_full) from exc
+            raise ProviderOutcomeUnknownError(f"create answered {exc.status_code}: {_message(exc)}") from exc
+        except anthropic.APIConnectionError as exc:  # includes timeouts
+            raise ProviderOutcomeUnknownError(f"create got no answer: {type(exc).__name__}") from exc
+        return batch.model_dump(mode="json")
+
+    def retrieve(self, batch_id: str) -> dict[str, Any]:
+        import anthropic
+
+        try:
+            return self.client.messages.batches.retrieve(batch_id).model_dump(mode="json")
+        except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
+            raise ProviderUnavailableError(f"retrieve {batch_id}: {type(exc).__name__}") from exc
+
+    def result_lines(self, batch: dict[str, Any]) -> Iterator[bytes]:
+        """The raw JSONL lines of an ended batch, as the API sends them."""
+        import anthropic
+        import httpx2
+
+        url = batch.get("results_url")
+        if not url:
+            raise ProviderUnavailableError(f"batch {batch['id']} has no results_url yet")
+        try:
+            response = self.client.get(
+                url, cast_to=httpx2.Response, stream=True, options={"headers": {"Accept": "application/binary"}}
+            )
+        except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
+            raise ProviderUnavailableError(f"results of {batch['id']}: {type(exc).__name__}") from exc
+        try:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield line.encode()
+        except httpx2.HTTPError as exc:
+            raise ProviderUnavailableError(f"results of {batch['id']} cut off: {type(exc).__name__}") from exc
+        finally:
+            response.close()
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", ""))
+    return str(exc)

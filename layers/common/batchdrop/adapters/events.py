@@ -1,0 +1,38 @@
+"""The completion event on EventBridge, so downstream systems need no polling."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+SOURCE = "batchdrop"
+DETAIL_TYPE = "Batchdrop Job Completed"
+
+
+class EventPublisher:
+    def __init__(self, bus_name: str, client: Any = None) -> None:
+        self._bus = bus_name
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("events")
+        return self._client
+
+    def job_completed(self, detail: Mapping[str, Any]) -> None:
+        response = self.client.put_events(
+            Entries=[
+                {
+                    "Source": SOURCE,
+                    "DetailType": DETAIL_TYPE,
+                    "Detail": json.dumps(detail),
+                    "EventBusName": self._bus,
+                }
+            ]
+        )
+        if response.get("FailedEntryCount"):
+            raise RuntimeError(f"completion event not accepted: {response['Entries']}")

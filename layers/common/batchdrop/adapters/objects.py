@@ -1,0 +1,141 @@
+"""S3 objects as streams: input lines read from one object version, and writes that go
+out as multipart uploads in fixed-size parts, so memory never grows with the data."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+PART_BYTES = 8 * 1024 * 1024  # S3's minimum is 5 MiB; 8 MiB parts reach 78 GiB within 10,000 parts
+READ_BYTES = 1024 * 1024
+
+
+class _RawStream(io.RawIOBase):
+    """botocore's StreamingBody as a raw stream, so io.BufferedReader can split its lines."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+class ObjectStore:
+    def __init__(self, bucket: str, client: Any = None) -> None:
+        self.bucket = bucket
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def lines(self, key: str, version_id: str) -> Iterator[bytes]:
+        """The lines of one object version, split on `\\n` only; `.gz` objects are unzipped."""
+        body = self.client.get_object(Bucket=self.bucket, Key=key, VersionId=version_id)["Body"]
+        stream: io.BufferedIOBase = io.BufferedReader(_RawStream(body), READ_BYTES)
+        if key.endswith(".gz"):
+            stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
+        with stream:
+            yield from stream
+
+    def chunks(self, key: str) -> tuple[int, Iterator[bytes]]:
+        """The size of an object and its bytes as a stream of chunks."""
+        response = self.client.get_object(Bucket=self.bucket, Key=key)
+        return int(response["ContentLength"]), response["Body"].iter_chunks(READ_BYTES)
+
+    def put_json(self, key: str, document: Any) -> None:
+        body = json.dumps(document, indent=2, ensure_ascii=False).encode()
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def writer(self, key: str, content_type: str) -> MultipartWriter:
+        return MultipartWriter(self.client, self.bucket, key, content_type)
+
+
+class MultipartWriter:
+    """Writes one object in PART_BYTES parts; a small object is one plain PUT. Aborts the
+    upload on any error (a bucket lifecycle rule sweeps up after a killed Lambda)."""
+
+    def __init__(self, client: Any, bucket: str, key: str, content_type: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self.key = key
+        self._content_type = content_type
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.size += len(data)
+        if len(self._buffer) >= PART_BYTES:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        if self._upload_id is None:
+            created = self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=self.key, ContentType=self._content_type
+            )
+            self._upload_id = created["UploadId"]
+        number = len(self._parts) + 1
+        part = self._client.upload_part(
+            Bucket=self._bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer)
+        )
+        self._parts.append({"PartNumber": number, "ETag": part["ETag"]})
+        self._buffer.clear()
+
+    def close(self) -> None:
+        if self._upload_id is None:
+            self._client.put_object(
+                Bucket=self._bucket, Key=self.key, Body=bytes(self._buffer), ContentType=self._content_type
+            )
+            return
+        if self._buffer:
+            self._flush_part()
+        self._client.complete_multipart_upload(
+            Bucket=self._bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+        )
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=self._upload_id)
+            self._upload_id = None
+
+    def __enter__(self) -> MultipartWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,304 @@
+"""The state table: one item per job and one per shard (the provider batch that carries
+it), under the job's partition key. Every transition is a conditional write, so a replayed
+event or a second checker can never move an item twice. Shards with an open batch, and
+only those, carry the keys of the sparse `open-batches` index; so do unfinished jobs (sort
+key `JOB#…`, beside `SHARD#…`), so one query per tick finds all the checker has to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from batchdrop.observability import logger
+
+OPEN_INDEX = "open-batches"
+OPEN = "OPEN"
+
+
+def _job_pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+def _shard_sk(index: int) -> str:
+    return f"SHARD#{index:05d}"
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB's Decimals back to ints, recursively."""
+    if isinstance(value, Decimal):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    key: str
+    requests: int
+    size: int
+
+
+class StateTable:
+    def __init__(self, table_name: str, resource: Any = None) -> None:
+        self._name = table_name
+        self._resource = resource
+        self._table: Any = None
+
+    @property
+    def table(self) -> Any:
+        if self._table is None:
+            if self._resource is None:
+                import boto3
+
+                self._resource = boto3.resource("dynamodb")
+            self._table = self._resource.Table(self._name)
+        return self._table
+
+    def _conditional(self, **kwargs: Any) -> bool:
+        """An UpdateItem/PutItem that may lose its condition: True when it was applied."""
+        client = self.table.meta.client
+        try:
+            if "UpdateExpression" in kwargs:
+                self.table.update_item(**kwargs)
+            else:
+                self.table.put_item(**kwargs)
+        except client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def create_job(self, job_id: str, source: Mapping[str, str], created_at: str) -> bool:
+        """Record a new job; False when the job exists already (a duplicate event)."""
+        item = {
+            "PK": _job_pk(job_id),
+            "SK": "JOB",
+            "job_id": job_id,
+            "status": "RECEIVED",
+            "bucket": source["bucket"],
+            "key": source["key"],
+            "version_id": source["version_id"],
+            "created_at": created_at,
+        }
+        return self._conditional(Item=item, ConditionExpression="attribute_not_exists(PK)")
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"PK": _job_pk(job_id), "SK": "JOB"}, ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
+    def job_items(self, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The job and its shards, read consistently."""
+        job, shards = None, []
+        for item in self._query(KeyConditionExpression="PK = :pk", ExpressionAttributeValues={":pk": _job_pk(job_id)}):
+            if item["SK"] == "JOB":
+                job = item
+            else:
+                shards.append(item)
+        return job, sorted(shards, key=lambda s: s["index"])
+
+    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        consistent = "IndexName" not in kwargs
+        while True:
+            page = self.table.query(ConsistentRead=consistent, **kwargs)
+            yield from (_plain(item) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"FilterExpression": "SK = :job", "ExpressionAttributeValues": {":job": "JOB"}}
+        while True:
+            page = self.table.scan(**kwargs)
+            items.extend(_plain(item) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return sorted(items, key=lambda job: job["created_at"], reverse=True)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def record_shards(self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int) -> bool:
+        """RECEIVED → SUBMITTING, with the job's shards as PENDING items, all at once.
+        (The resource's client serialises plain values itself, as the table does.)"""
+        client = self.table.meta.client
+        job_update = {
+            "Update": {
+                "TableName": self._name,
+                "Key": {"PK": _job_pk(job_id), "SK": "JOB"},
+                "UpdateExpression": "SET #s = :submitting, requested = :requested, rejected = :rejected, shards = :n,"
+                " GSI1PK = :open, GSI1SK = :order",
+                "ConditionExpression": "#s = :received",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {
+                    ":submitting": "SUBMITTING",
+                    ":received": "RECEIVED",
+                    ":requested": requested,
+                    ":rejected": rejected,
+                    ":n": len(shards),
+                    ":open": OPEN,
+                    ":order": f"JOB#{job_id}",
+                },
+            }
+        }
+        puts = [
+            {
+                "Put": {
+                    "TableName": self._name,
+                    "Item": {
+                        "PK": _job_pk(job_id),
+                        "SK": _shard_sk(shard.index),
+                        "job_id": job_id,
+                        "index": shard.index,
+                        "state": "PENDING",
+                        "key": shard.key,
+                        "requests": shard.requests,
+                        "size": shard.size,
+                        "attempt": 0,
+                    },
+                    "ConditionExpression": "attribute_not_exists(PK)",
+                }
+            }
+            for shard in shards
+        ]
+        try:
+            # One transaction holds 100 actions: the job update and up to 99 shards (9.9M requests).
+            client.transact_write_items(TransactItems=[job_update, *puts[:99]])
+            for start in range(99, len(puts), 100):
+                client.transact_write_items(TransactItems=puts[start : start + 100])
+        except client.exceptions.TransactionCanceledException as exc:
+            logger.info("shards not recorded", extra={"reasons": exc.response.get("CancellationReasons")})
+            return False
+        return True
+
+    def fail_job(self, job_id: str, reason: str, *, requested: int, rejected: int, manifest_key: str) -> bool:
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": "JOB"},
+            UpdateExpression="SET #s = :failed, reason = :reason, requested = :requested, rejected = :rejected,"
+            " manifest_key = :manifest REMOVE GSI1PK, GSI1SK",
+            ConditionExpression="#s IN (:received, :submitting)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":failed": "FAILED",
+                ":reason": reason,
+                ":requested": requested,
+                ":rejected": rejected,
+                ":manifest": manifest_key,
+                ":received": "RECEIVED",
+                ":submitting": "SUBMITTING",
+            },
+        )
+
+    def mark_job_running(self, job_id: str) -> bool:
+        return self._set_job_status(job_id, "SUBMITTING", "RUNNING")
+
+    def finish_job(self, job_id: str, status: str, manifest_key: str, completed_at: str) -> bool:
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": "JOB"},
+            UpdateExpression="SET #s = :status, manifest_key = :manifest, completed_at = :at REMOVE GSI1PK, GSI1SK",
+            ConditionExpression="#s IN (:submitting, :running)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":status": status,
+                ":manifest": manifest_key,
+                ":at": completed_at,
+                ":submitting": "SUBMITTING",
+                ":running": "RUNNING",
+            },
+        )
+
+    def _set_job_status(self, job_id: str, expected: str, status: str) -> bool:
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": "JOB"},
+            UpdateExpression="SET #s = :status",
+            ConditionExpression="#s = :expected",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":status": status, ":expected": expected},
+        )
+
+    # --- shards -----------------------------------------------------------------------
+
+    def begin_submit(self, job_id: str, index: int, sent_at: str) -> bool:
+        """PENDING → SUBMITTING: the intent, recorded before the create is sent."""
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            UpdateExpression="SET #s = :submitting, sent_at = :at, attempt = attempt + :one",
+            ConditionExpression="#s = :pending",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={":submitting": "SUBMITTING", ":pending": "PENDING", ":at": sent_at, ":one": 1},
+        )
+
+    def mark_submitted(self, job_id: str, index: int, batch_id: str) -> bool:
+        """SUBMITTING → SUBMITTED with the provider's batch id; the shard joins the open index."""
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            UpdateExpression="SET #s = :submitted, batch_id = :batch, GSI1PK = :open, GSI1SK = :order",
+            ConditionExpression="#s = :submitting",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={
+                ":submitted": "SUBMITTED",
+                ":submitting": "SUBMITTING",
+                ":batch": batch_id,
+                ":open": OPEN,
+                ":order": f"SHARD#{job_id}#{index:05d}",
+            },
+        )
+
+    def mark_unknown(self, job_id: str, index: int, reason: str) -> bool:
+        """SUBMITTING → UNKNOWN: the create may have created a batch; never resend blindly."""
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            UpdateExpression="SET #s = :unknown, reason = :reason",
+            ConditionExpression="#s = :submitting",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={":unknown": "UNKNOWN", ":submitting": "SUBMITTING", ":reason": reason},
+        )
+
+    def release_submit(self, job_id: str, index: int, reason: str) -> bool:
+        """SUBMITTING → PENDING after a create the provider refused (no batch exists)."""
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            UpdateExpression="SET #s = :pending, reason = :reason",
+            ConditionExpression="#s = :submitting",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={":pending": "PENDING", ":submitting": "SUBMITTING", ":reason": reason},
+        )
+
+    def open_items(self) -> Iterator[dict[str, Any]]:
+        """Unfinished jobs and shards whose batch is open: one query when idle, then one
+        item per open job or batch, never per request."""
+        return self._query(
+            IndexName=OPEN_INDEX,
+            KeyConditionExpression="GSI1PK = :open",
+            ExpressionAttributeValues={":open": OPEN},
+        )
+
+    def mark_collected(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        counts: Mapping[str, int],
+        usage: Mapping[str, Mapping[str, int]],
+        result_key: str,
+        ended_at: str,
+    ) -> bool:
+        """SUBMITTED → COLLECTED once its results are in S3; the shard leaves the open index."""
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            UpdateExpression="SET #s = :collected, counts = :counts, #u = :usage, result_key = :key,"
+            " ended_at = :at REMOVE GSI1PK, GSI1SK",
+            ConditionExpression="#s = :submitted",
+            ExpressionAttributeNames={"#s": "state", "#u": "usage"},
+            ExpressionAttributeValues={
+                ":collected": "COLLECTED",
+                ":submitted": "SUBMITTED",
+                ":counts": dict(counts),
+                ":usage": {model: dict(u) for model, u in usage.items()},
+                ":key": result_key,
+                ":at": ended_at,
+            },
+        )

@@ -1,0 +1,48 @@
+"""The functions' configuration: read once from the environment at cold start, validated,
+failing fast with a message that names what is missing. No other module reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from batchdrop.errors import ConfigurationError
+
+# Every environment variable batchdrop reads, in one place.
+ENV_BUCKET = "BATCHDROP_BUCKET"
+ENV_TABLE = "BATCHDROP_TABLE"
+ENV_EVENT_BUS = "BATCHDROP_EVENT_BUS"
+ENV_MAX_ATTEMPTS = "BATCHDROP_MAX_ATTEMPTS"
+ENV_SECRET_ARN = "ANTHROPIC_SECRET_ARN"  # noqa: S105 - the name of a variable, not a secret
+ENV_BASE_URL = "ANTHROPIC_BASE_URL"  # unset in AWS: the SDK's default, the real API
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str
+    table: str
+    event_bus: str
+    secret_arn: str
+    base_url: str | None
+    max_attempts: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        missing = [name for name in (ENV_BUCKET, ENV_TABLE, ENV_EVENT_BUS, ENV_SECRET_ARN) if not env.get(name)]
+        if missing:
+            raise ConfigurationError(f"missing environment variables: {', '.join(missing)}")
+        try:
+            max_attempts = int(env.get(ENV_MAX_ATTEMPTS, "3"))
+        except ValueError:
+            raise ConfigurationError(f"{ENV_MAX_ATTEMPTS} must be a whole number") from None
+        if max_attempts < 1:
+            raise ConfigurationError(f"{ENV_MAX_ATTEMPTS} must be at least 1")
+        return cls(
+            bucket=env[ENV_BUCKET],
+            table=env[ENV_TABLE],
+            event_bus=env[ENV_EVENT_BUS],
+            secret_arn=env[ENV_SECRET_ARN],
+            base_url=env.get(ENV_BASE_URL) or None,
+            max_attempts=max_attempts,
+        )

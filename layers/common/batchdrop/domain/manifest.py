@@ -1,0 +1,99 @@
+"""The job's manifest (results/<job_id>/manifest.json): what was asked, what came back, what it
+cost, where it is. Built only if its counts add up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from batchdrop.domain.jobs import JobStatus
+from batchdrop.domain.usage import Usage, cost_usd, price_family
+
+OUTCOMES = ("succeeded", "errored", "canceled", "expired")
+_USD_PLACES = Decimal("0.000001")
+
+
+def build_manifest(
+    *,
+    job_id: str,
+    source: Mapping[str, str],
+    status: str,
+    requested: int,
+    rejected: int,
+    counts: Mapping[str, int],
+    batches: Sequence[Mapping[str, Any]],
+    usage_by_model: Mapping[str, Usage],
+    result_keys: Sequence[str],
+    rejected_key: str | None,
+    created_at: str,
+    completed_at: str,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """A JSON-ready manifest. Raises ValueError when the outcomes do not add up to the requests
+    submitted (a manifest that doesn't add up must never be written), on an unknown status or
+    outcome, or on a negative count. Counts may arrive as Decimal (DynamoDB): they leave as ints."""
+    JobStatus(status)  # raises ValueError on a status the system does not have
+    outcome_counts = _outcome_counts(counts, "counts")
+    requests = _count(requested, "requested")
+    total = sum(outcome_counts.values())
+    if total != requests:
+        raise ValueError(f"outcomes add up to {total} ({outcome_counts}), not to the {requests} requests submitted")
+
+    total_usage = Usage()
+    for usage in usage_by_model.values():
+        total_usage.merge(usage)
+    batch_usd = _usd(cost_usd(usage_by_model, batch=True))
+    standard_usd = _usd(cost_usd(usage_by_model, batch=False))
+
+    manifest: dict[str, Any] = {
+        "job_id": job_id,
+        "source": {name: source[name] for name in ("bucket", "key", "version_id")},
+        "status": str(status),
+        "counts": {"requests": requests, "rejected": _count(rejected, "rejected"), **outcome_counts},
+        "batches": [_batch(batch) for batch in batches],
+        "usage": {
+            "total": total_usage.as_dict(),
+            "by_model": {model: usage.as_dict() for model, usage in sorted(usage_by_model.items())},
+        },
+        "cost": {
+            "batch_usd": str(batch_usd),
+            "standard_usd": str(standard_usd),
+            # From the rounded figures, so the three printed numbers agree with each other.
+            "saved_usd": str(standard_usd - batch_usd),
+            "priced_as": {model: price_family(model) for model in sorted(usage_by_model)},
+        },
+        "timings": {"created_at": created_at, "completed_at": completed_at},
+        "results": list(result_keys),
+        "errors": rejected_key,
+    }
+    if reason is not None:
+        manifest["reason"] = reason
+    return manifest
+
+
+def _batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "shard": _count(batch["shard"], "batches[].shard"),
+        "batch_id": str(batch["batch_id"]),
+        "requests": _count(batch["requests"], "batches[].requests"),
+        "attempts": _count(batch["attempts"], "batches[].attempts"),
+        "counts": _outcome_counts(batch.get("counts") or {}, "batches[].counts"),
+    }
+
+
+def _outcome_counts(counts: Mapping[str, Any], name: str) -> dict[str, int]:
+    unknown = sorted(set(counts) - set(OUTCOMES))
+    if unknown:
+        raise ValueError(f"{name}: unknown result type(s) {unknown}; expected {list(OUTCOMES)}")
+    return {outcome: _count(counts.get(outcome, 0), f"{name}.{outcome}") for outcome in OUTCOMES}
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal) or value != int(value) or value < 0:
+        raise ValueError(f"{name}: must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _usd(amount: Decimal) -> Decimal:
+    return amount.quantize(_USD_PLACES, rounding=ROUND_HALF_UP)

@@ -1,0 +1,261 @@
+"""Validating native-mode input: each non-blank line becomes a ValidLine (the compact request
+exactly as it will be sent) or a RejectedLine (its line number and the reason), streaming."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_BATCH_REQUESTS = 100_000
+MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on a create body
+CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+_CUSTOM_ID = re.compile(CUSTOM_ID_PATTERN)
+_CUSTOM_ID_MAX_CHARS = 64
+_UTF8_BOM = b"\xef\xbb\xbf"
+_REQUEST_KEYS = frozenset({"custom_id", "params"})
+_ROLES = ("user", "assistant")
+# A line with many problems names the first few: enough to fix it, short enough to read.
+_MAX_PROBLEMS_SHOWN = 5
+_SHOWN_VALUE_CHARS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class ValidLine:
+    line: int  # 1-based line number in the input file
+    custom_id: str
+    body: bytes  # the compact JSON object {"custom_id":..., "params":...} exactly as it will be sent
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedLine:
+    line: int
+    custom_id: str | None  # when it could be read
+    reason: str  # human-readable, names the field
+
+
+def check_lines(
+    lines: Iterable[bytes], *, max_line_bytes: int = MAX_BATCH_BYTES - 16
+) -> Iterator[ValidLine | RejectedLine]:
+    """Each non-blank input line -> ValidLine or RejectedLine, in order, streaming (never a list).
+
+    Blank/whitespace-only lines are skipped (not rejected). Lines may end in \\n or \\r\\n; a UTF-8 BOM on the
+    first line is tolerated. custom_ids must be unique within the whole file (the second use is rejected with a
+    reason naming the first line). Uniqueness is kept in a map of each id to its first line: memory grows with the
+    number of requests (at most 64 characters each), never with their size.
+    """
+    first_seen: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip(b"\r\n")
+        if number == 1 and line.startswith(_UTF8_BOM):
+            line = line[len(_UTF8_BOM) :]
+        if not line.strip():
+            continue
+        yield _check_line(number, line, first_seen, max_line_bytes)
+
+
+def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_bytes: int) -> ValidLine | RejectedLine:
+    if len(line) > max_line_bytes:
+        # Checked before parsing: a line this large is not worth holding as objects.
+        return RejectedLine(number, None, _too_large(len(line), max_line_bytes))
+    try:
+        parsed = _parse(line)
+    except _UnreadableError as exc:
+        return RejectedLine(number, None, str(exc))
+    if not isinstance(parsed, dict):
+        return RejectedLine(
+            number, None, f'must be a JSON object {{"custom_id": ..., "params": ...}}, got {_shown(parsed)}'
+        )
+
+    custom_id = parsed.get("custom_id")
+    readable_id = custom_id if isinstance(custom_id, str) else None
+    problems = [
+        *_unknown_key_problems(parsed),
+        *_custom_id_problems(parsed, number, first_seen),
+        *_params_problems(parsed),
+    ]
+    if problems:
+        return RejectedLine(number, readable_id, _joined(problems))
+
+    try:
+        encoded = _encode(custom_id, parsed["params"])
+    except _UnreadableError as exc:
+        return RejectedLine(number, readable_id, str(exc))
+    if len(encoded) > max_line_bytes:
+        return RejectedLine(number, readable_id, _too_large(len(encoded), max_line_bytes))
+    return ValidLine(number, custom_id, encoded)
+
+
+# --- parsing and encoding -------------------------------------------------------------
+
+
+class _UnreadableError(ValueError):
+    """A line that cannot be read as, or sent as, a JSON request; the message is the reason."""
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+class _NonStandardNumberError(ValueError):
+    pass
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key would silently keep only its last value: the request sent would not be the one written.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonStandardNumberError(name)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicate_keys, parse_constant=_refuse_constant)
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _UnreadableError(f"not valid UTF-8: byte 0x{line[exc.start]:02x} at offset {exc.start}") from exc
+    try:
+        return _DECODER.decode(text)
+    except _DuplicateKeyError as exc:
+        reason = f"not valid JSON for a request: key {_shown(exc.args[0])} appears twice in one object"
+        raise _UnreadableError(reason) from exc
+    except _NonStandardNumberError as exc:
+        raise _UnreadableError(f"not valid JSON: {exc.args[0]} is not a JSON number") from exc
+    except json.JSONDecodeError as exc:
+        raise _UnreadableError(f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise _UnreadableError("not valid JSON for a request: nested too deeply") from exc
+
+
+def _encode(custom_id: str, params: Any) -> bytes:
+    """The compact request body, exactly as it will be sent."""
+    try:
+        text = json.dumps(
+            {"custom_id": custom_id, "params": params}, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except ValueError as exc:
+        raise _UnreadableError("a number is too large to be sent (it would overflow to Infinity)") from exc
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        reason = r"a string holds an unpaired surrogate escape (\ud800-\udfff), which is not valid Unicode"
+        raise _UnreadableError(reason) from exc
+
+
+# --- field checks ---------------------------------------------------------------------
+
+
+def _unknown_key_problems(request: Mapping[str, Any]) -> Iterator[str]:
+    unknown = [key for key in request if key not in _REQUEST_KEYS]
+    if unknown:
+        names = ", ".join(_shown(key) for key in unknown)
+        yield f"unknown key {names}: a request line holds only custom_id and params"
+
+
+def _custom_id_problems(request: Mapping[str, Any], number: int, first_seen: dict[str, int]) -> Iterator[str]:
+    if "custom_id" not in request:
+        yield "custom_id: missing"
+        return
+    custom_id = request["custom_id"]
+    if not isinstance(custom_id, str):
+        yield f"custom_id: must be a string, got {_shown(custom_id)}"
+    elif not custom_id:
+        yield "custom_id: must not be empty"
+    elif len(custom_id) > _CUSTOM_ID_MAX_CHARS:
+        yield f"custom_id: must be at most {_CUSTOM_ID_MAX_CHARS} characters, got {len(custom_id)}"
+    elif not _CUSTOM_ID.fullmatch(custom_id):
+        yield f"custom_id: may hold only letters, digits, '_' and '-' ({CUSTOM_ID_PATTERN}), got {_shown(custom_id)}"
+    elif custom_id in first_seen:
+        yield f"custom_id: {_shown(custom_id)} is already used on line {first_seen[custom_id]}; it must be unique"
+    else:
+        first_seen[custom_id] = number
+
+
+def _params_problems(request: Mapping[str, Any]) -> Iterator[str]:
+    if "params" not in request:
+        yield "params: missing"
+        return
+    params = request["params"]
+    if not isinstance(params, dict):
+        yield f"params: must be an object, got {_shown(params)}"
+        return
+
+    if "model" not in params:
+        yield "params.model: missing"
+    elif not isinstance(params["model"], str) or not params["model"].strip():
+        yield f"params.model: must be a non-empty string, got {_shown(params['model'])}"
+
+    if "max_tokens" not in params:
+        yield "params.max_tokens: missing"
+    elif not _is_int(params["max_tokens"]) or params["max_tokens"] < 1:
+        yield f"params.max_tokens: must be an integer >= 1, got {_shown(params['max_tokens'])}"
+
+    if "messages" not in params:
+        yield "params.messages: missing"
+    elif not isinstance(params["messages"], list) or not params["messages"]:
+        yield f"params.messages: must be a non-empty array of messages, got {_shown(params['messages'])}"
+    else:
+        for index, message in enumerate(params["messages"]):
+            yield from _message_problems(f"params.messages[{index}]", message)
+
+    if "stream" in params and params["stream"] is not False:
+        stream = _shown(params["stream"])
+        yield f"params.stream: batch requests cannot be streamed (omit it or set it to false), got {stream}"
+
+
+def _message_problems(path: str, message: Any) -> Iterator[str]:
+    if not isinstance(message, dict):
+        yield f"{path}: must be an object with role and content, got {_shown(message)}"
+        return
+    if "role" not in message:
+        yield f"{path}.role: missing"
+    elif message["role"] not in _ROLES:
+        yield f'{path}.role: must be "user" or "assistant", got {_shown(message["role"])}'
+    if "content" not in message:
+        yield f"{path}.content: missing"
+    elif not isinstance(message["content"], str | list) or not message["content"]:
+        content = _shown(message["content"])
+        yield f"{path}.content: must be a non-empty string or a non-empty array of blocks, got {content}"
+
+
+# --- wording --------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a token count
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"line is {size} bytes; a request may be at most {limit} bytes (the API's 256 MB limit on a batch)"
+
+
+def _shown(value: Any) -> str:
+    """A short, JSON-looking rendering of a user's value for a reason string."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an empty array" if not value else "an array"
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) > _SHOWN_VALUE_CHARS:
+        text = text[: _SHOWN_VALUE_CHARS - 1] + "…"
+    return text
+
+
+def _joined(problems: list[str]) -> str:
+    shown = "; ".join(problems[:_MAX_PROBLEMS_SHOWN])
+    hidden = len(problems) - _MAX_PROBLEMS_SHOWN
+    return f"{shown}; and {hidden} more" if hidden > 0 else shown

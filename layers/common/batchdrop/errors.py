@@ -1,0 +1,30 @@
+"""batchdrop's typed errors: adapters translate AWS and SDK errors into these."""
+
+
+class BatchdropError(Exception):
+    """Base of every error batchdrop raises on purpose."""
+
+
+class ConfigurationError(BatchdropError):
+    """The function's environment is incomplete or wrong."""
+
+
+class BadEventError(BatchdropError):
+    """An event that cannot be acted on (e.g. an S3 record without a version id)."""
+
+
+class ProviderRejectedError(BatchdropError):
+    """The provider answered 4xx to a create: no batch was created."""
+
+    def __init__(self, status: int, message: str, *, queue_full: bool = False) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.queue_full = queue_full
+
+
+class ProviderOutcomeUnknownError(BatchdropError):
+    """A create that may or may not have created a batch (5xx, timeout, dropped connection)."""
+
+
+class ProviderUnavailableError(BatchdropError):
+    """A read (retrieve, results) failed after the SDK's bounded retries; try again later."""

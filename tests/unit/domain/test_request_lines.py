@@ -1,0 +1,316 @@
+"""Specification of native-mode line validation: which lines pass, which are rejected and why."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
+
+
+def params(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Classify: great product"}],
+    }
+    base.update(overrides)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+def request_line(custom_id: Any = "req-1", **param_overrides: Any) -> bytes:
+    return json.dumps({"custom_id": custom_id, "params": params(**param_overrides)}).encode() + b"\n"
+
+
+def only_result(lines: list[bytes], **kwargs: Any) -> ValidLine | RejectedLine:
+    results = list(check_lines(lines, **kwargs))
+    assert len(results) == 1
+    return results[0]
+
+
+def test_a_well_formed_line_is_valid_with_its_line_number_and_custom_id() -> None:
+    # Given one well-formed request line
+    # When it is checked
+    result = only_result([request_line("review-1")])
+    # Then it is valid, line 1, with its custom_id
+    assert isinstance(result, ValidLine)
+    assert (result.line, result.custom_id) == (1, "review-1")
+
+
+def test_valid_body_is_the_compact_request_and_round_trips() -> None:
+    # Given a request written with spaces and non-ASCII text, custom_id after params
+    request = {"params": params(messages=[{"role": "user", "content": "Très bien — 很好"}]), "custom_id": "r1"}
+    line = json.dumps(request, indent=None, separators=(", ", ": ")).encode()
+    # When it is checked
+    result = only_result([line])
+    # Then the body is the compact canonical form, custom_id first, UTF-8 unescaped, with the same content
+    assert isinstance(result, ValidLine)
+    expected = {"custom_id": "r1", "params": request["params"]}
+    assert result.body == json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
+    assert json.loads(result.body) == expected
+    assert "Très bien — 很好".encode() in result.body
+
+
+def test_unknown_params_keys_pass_through_untouched() -> None:
+    # Given a request using features the validator knows nothing about
+    extra = {
+        "system": [{"type": "text", "text": "You classify reviews.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "label", "input_schema": {"type": "object"}}],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "some_future_param": {"nested": [1, 2.5, None, True]},
+        "stream": False,
+    }
+    # When it is checked
+    result = only_result([request_line("r1", **extra)])
+    # Then it is valid and every one of them is in the body as written
+    assert isinstance(result, ValidLine)
+    sent = json.loads(result.body)["params"]
+    for key, value in extra.items():
+        assert sent[key] == value
+
+
+def test_blank_lines_are_skipped_and_line_numbers_count_them() -> None:
+    # Given good lines separated by blank and whitespace-only lines
+    lines = [b"\n", request_line("a"), b"   \t\r\n", b"", request_line("b"), b"\r\n"]
+    # When they are checked
+    results = list(check_lines(lines))
+    # Then only the two requests yield results, numbered as in the file
+    assert [(r.line, r.custom_id) for r in results] == [(2, "a"), (5, "b")]
+
+
+def test_crlf_line_endings_and_a_bom_on_the_first_line_are_tolerated() -> None:
+    # Given a file saved on Windows with a UTF-8 BOM
+    lines = [b"\xef\xbb\xbf" + request_line("a").rstrip(b"\n") + b"\r\n", request_line("b").rstrip(b"\n") + b"\r\n"]
+    # When it is checked
+    results = list(check_lines(lines))
+    # Then both lines are valid and the bodies carry neither BOM nor CR
+    valid = [r for r in results if isinstance(r, ValidLine)]
+    assert len(valid) == 2
+    assert all(not r.body.startswith(b"\xef\xbb\xbf") and not r.body.endswith(b"\r") for r in valid)
+
+
+def test_a_bom_after_the_first_line_is_rejected() -> None:
+    # Given a BOM in the middle of a file (two files concatenated)
+    lines = [request_line("a"), b"\xef\xbb\xbf" + request_line("b")]
+    # When it is checked
+    results = list(check_lines(lines))
+    # Then the second line is not JSON
+    assert isinstance(results[1], RejectedLine)
+    assert results[1].reason.startswith("not valid JSON")
+
+
+def test_a_duplicate_custom_id_is_rejected_naming_the_first_line() -> None:
+    # Given the same custom_id on lines 1 and 3
+    lines = [request_line("same"), request_line("other"), request_line("same")]
+    # When they are checked
+    results = list(check_lines(lines))
+    # Then the first use is valid and the second is rejected, pointing at line 1
+    assert isinstance(results[0], ValidLine)
+    rejected = results[2]
+    assert isinstance(rejected, RejectedLine)
+    assert (rejected.line, rejected.custom_id) == (3, "same")
+    assert "already used on line 1" in rejected.reason
+
+
+def test_a_custom_id_used_by_a_rejected_line_is_still_taken() -> None:
+    # Given a bad line, then a good line reusing its custom_id
+    lines = [request_line("same", max_tokens=0), request_line("same")]
+    # When they are checked
+    results = list(check_lines(lines))
+    # Then both are rejected: uniqueness holds over the whole file, not only over what is sent
+    assert all(isinstance(r, RejectedLine) for r in results)
+    assert isinstance(results[1], RejectedLine)
+    assert "already used on line 1" in results[1].reason
+
+
+def test_a_line_longer_than_the_limit_is_rejected_without_parsing() -> None:
+    # Given a limit smaller than a line, and a line that is not even JSON
+    good = request_line("a")
+    # When they are checked with a limit below both
+    results = list(check_lines([good, b"x" * 100], max_line_bytes=99))
+    # Then both are rejected for their size, not for their content
+    assert all(isinstance(r, RejectedLine) and "bytes; a request may be at most" in r.reason for r in results)
+
+
+def test_a_line_exactly_at_the_limit_is_valid() -> None:
+    # Given a compact line exactly max_line_bytes long
+    line = json.dumps({"custom_id": "a", "params": params()}, separators=(",", ":")).encode()
+    # When it is checked with that exact limit
+    result = only_result([line], max_line_bytes=len(line))
+    # Then it is valid
+    assert isinstance(result, ValidLine)
+
+
+def test_a_line_whose_compact_form_is_still_too_long_is_rejected() -> None:
+    # Given a line that fits as written but whose canonical form does not (1e5 is sent as 100000.0)
+    line = b'{"custom_id":"a","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"t":1e5}}'
+    # When it is checked with a limit equal to its written size
+    result = only_result([line], max_line_bytes=len(line))
+    # Then it is rejected for its size
+    assert isinstance(result, RejectedLine)
+    assert "bytes; a request may be at most" in result.reason
+
+
+REJECTIONS: list[tuple[str, bytes, str]] = [
+    ("invalid utf-8", b'{"custom_id":"a\xff"}', "not valid UTF-8: byte 0xff"),
+    ("not json", b"{custom_id: a}", "not valid JSON"),
+    ("truncated json", request_line("a")[:-10], "not valid JSON"),
+    ("nan is not json", b'{"custom_id":"a","params":NaN}', "NaN is not a JSON number"),
+    ("duplicate key", b'{"custom_id":"a","custom_id":"b","params":{}}', 'key "custom_id" appears twice'),
+    ("nested duplicate key", request_line("a", metadata={}).replace(b"{}", b'{"k":1,"k":2}'), 'key "k" appears twice'),
+    ("not an object", b'["custom_id", "params"]', "must be a JSON object"),
+    ("a string", b'"hello"', "must be a JSON object"),
+    ("unknown top-level key", b'{"custom_id":"a","params":{},"method":"POST"}', 'unknown key "method"'),
+    ("custom_id missing", json.dumps({"params": params()}).encode(), "custom_id: missing"),
+    ("custom_id a number", request_line(42), "custom_id: must be a string, got 42"),
+    ("custom_id null", request_line(None), "custom_id: must be a string, got null"),
+    ("custom_id empty", request_line(""), "custom_id: must not be empty"),
+    ("custom_id too long", request_line("x" * 65), "custom_id: must be at most 64 characters, got 65"),
+    ("custom_id with a space", request_line("a b"), "custom_id: may hold only letters, digits"),
+    ("custom_id with a dot", request_line("a.b"), "custom_id: may hold only letters, digits"),
+    ("custom_id with a newline", request_line("ab\n"), "custom_id: may hold only letters, digits"),
+    ("custom_id non-ascii", request_line("café"), "custom_id: may hold only letters, digits"),
+    ("params missing", b'{"custom_id":"a"}', "params: missing"),
+    ("params not an object", b'{"custom_id":"a","params":[]}', "params: must be an object, got an empty array"),
+    ("model missing", request_line(model=...), "params.model: missing"),
+    ("model not a string", request_line(model=3), "params.model: must be a non-empty string, got 3"),
+    ("model empty", request_line(model=""), 'params.model: must be a non-empty string, got ""'),
+    ("model blank", request_line(model="  "), "params.model: must be a non-empty string"),
+    ("max_tokens missing", request_line(max_tokens=...), "params.max_tokens: missing"),
+    ("max_tokens zero", request_line(max_tokens=0), "params.max_tokens: must be an integer >= 1, got 0"),
+    ("max_tokens negative", request_line(max_tokens=-5), "params.max_tokens: must be an integer >= 1, got -5"),
+    ("max_tokens a bool", request_line(max_tokens=True), "params.max_tokens: must be an integer >= 1, got true"),
+    ("max_tokens a float", request_line(max_tokens=16.0), "params.max_tokens: must be an integer >= 1, got 16.0"),
+    ("max_tokens a string", request_line(max_tokens="16"), 'params.max_tokens: must be an integer >= 1, got "16"'),
+    ("messages missing", request_line(messages=...), "params.messages: missing"),
+    ("messages empty", request_line(messages=[]), "params.messages: must be a non-empty array"),
+    ("messages an object", request_line(messages={"role": "user"}), "params.messages: must be a non-empty array"),
+    ("message not an object", request_line(messages=["hi"]), "params.messages[0]: must be an object"),
+    ("role missing", request_line(messages=[{"content": "hi"}]), "params.messages[0].role: missing"),
+    (
+        "role system",
+        request_line(messages=[{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]),
+        'params.messages[1].role: must be "user" or "assistant", got "system"',
+    ),
+    ("content missing", request_line(messages=[{"role": "user"}]), "params.messages[0].content: missing"),
+    (
+        "content empty string",
+        request_line(messages=[{"role": "user", "content": ""}]),
+        "params.messages[0].content: must be a non-empty string or a non-empty array",
+    ),
+    (
+        "content empty list",
+        request_line(messages=[{"role": "user", "content": []}]),
+        "params.messages[0].content: must be a non-empty string or a non-empty array",
+    ),
+    (
+        "content a number",
+        request_line(messages=[{"role": "user", "content": 7}]),
+        "params.messages[0].content: must be a non-empty string or a non-empty array",
+    ),
+    ("stream true", request_line(stream=True), "params.stream: batch requests cannot be streamed"),
+    ("stream null", request_line(stream=None), "params.stream: batch requests cannot be streamed"),
+    ("number overflows", request_line(temperature=0.5).replace(b"0.5", b"1e400"), "a number is too large"),
+    ("lone surrogate", request_line("a", system="\ud800"), "unpaired surrogate"),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected_reason"),
+    [pytest.param(line, reason, id=name) for name, line, reason in REJECTIONS],
+)
+def test_a_bad_line_is_rejected_with_a_reason_naming_the_problem(line: bytes, expected_reason: str) -> None:
+    # Given a line with one problem
+    # When it is checked
+    result = only_result([line])
+    # Then it is rejected, on its own line number, with a reason that names the field
+    assert isinstance(result, RejectedLine)
+    assert result.line == 1
+    assert expected_reason in result.reason
+
+
+def test_a_rejected_line_keeps_its_custom_id_when_it_could_be_read() -> None:
+    # Given a line whose custom_id is fine but whose params are not, and one that is not JSON
+    results = list(check_lines([request_line("r-7", max_tokens=0), b"{oops"]))
+    # When / Then the first names its custom_id and the second has none
+    assert [r.custom_id for r in results] == ["r-7", None]
+
+
+def test_every_problem_of_a_line_is_reported_together() -> None:
+    # Given a line with three independent problems
+    line = request_line("a b", max_tokens=0, stream=True)
+    # When it is checked
+    result = only_result([line])
+    # Then all three are named, so the user can fix them in one go
+    assert isinstance(result, RejectedLine)
+    for field in ("custom_id:", "params.max_tokens:", "params.stream:"):
+        assert field in result.reason
+
+
+def test_a_line_with_many_problems_names_the_first_few() -> None:
+    # Given a line with 50 bad messages
+    result = only_result([request_line(messages=[{"role": "x", "content": ""}] * 25)])
+    # When / Then the reason stays short and says how many more there are
+    assert isinstance(result, RejectedLine)
+    assert result.reason.endswith("; and 45 more")
+
+
+def test_check_lines_is_lazy() -> None:
+    # Given an endless source of lines
+    def endless() -> Any:
+        number = 0
+        while True:
+            number += 1
+            yield request_line(f"r{number}")
+
+    # When the first three results are taken
+    results = check_lines(endless())
+    taken = [next(results) for _ in range(3)]
+    # Then they come without the source being exhausted
+    assert [r.line for r in taken] == [1, 2, 3]
+
+
+# --- property: one result per non-blank line, in order --------------------------------
+
+BAD_LINES = [line for _, line, _ in REJECTIONS]
+BLANKS = [b"", b"\n", b"  \r\n", b"\t"]
+
+
+@st.composite
+def mixed_files(draw: st.DrawFn) -> tuple[list[bytes], list[int]]:
+    kinds = draw(st.lists(st.sampled_from(["good", "bad", "blank", "noise"]), max_size=60))
+    lines: list[bytes] = []
+    expected: list[int] = []
+    for number, kind in enumerate(kinds, start=1):
+        if kind == "good":
+            lines.append(request_line(f"id-{draw(st.integers(0, 20))}"))  # duplicates happen, on purpose
+        elif kind == "bad":
+            lines.append(draw(st.sampled_from(BAD_LINES)))
+        elif kind == "blank":
+            lines.append(draw(st.sampled_from(BLANKS)))
+        else:
+            noise = draw(st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b))
+            lines.append(noise)
+            if not noise.strip() or (number == 1 and not noise.removeprefix(b"\xef\xbb\xbf").strip()):
+                continue
+        if kind != "blank":
+            expected.append(number)
+    return lines, expected
+
+
+@given(mixed_files())
+def test_every_non_blank_line_yields_exactly_one_result_in_order(file: tuple[list[bytes], list[int]]) -> None:
+    # Given any mix of good, bad, blank and random lines
+    lines, expected_numbers = file
+    # When they are checked
+    results = list(check_lines(lines))
+    # Then each non-blank line has exactly one result, with its own number, in file order
+    assert [r.line for r in results] == expected_numbers
+    # And every valid custom_id is unique, every valid body parses
+    valid = [r for r in results if isinstance(r, ValidLine)]
+    assert len({r.custom_id for r in valid}) == len(valid)
+    assert all(json.loads(r.body)["custom_id"] == r.custom_id for r in valid)
