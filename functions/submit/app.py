@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
@@ -22,10 +23,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     outcomes = []
     for record in S3Event(event).records:
         obj = record.s3.get_object
+        key = unquote_plus(obj.key)  # S3 sends keys URL-encoded ("a b+c" arrives as "a+b%2Bc")
         if not obj.version_id:
             # The bucket is versioned: without a version id the job's identity is unknown.
-            raise BadEventError(f"S3 record for {obj.key!r} has no versionId; refusing to guess the object version")
-        outcome = submitter.submit(SourceObject(record.s3.bucket.name, obj.key, obj.version_id))
+            raise BadEventError(f"S3 record for {key!r} has no versionId; refusing to guess the object version")
+        outcome = submitter.submit(SourceObject(record.s3.bucket.name, key, obj.version_id))
         metrics.add_metric("DuplicateEvents" if outcome.duplicate else "ObjectsReceived", MetricUnit.Count, 1)
         metrics.add_metric("BatchesCreated", MetricUnit.Count, outcome.submitted)
         outcomes.append({"job_id": outcome.job_id, "status": outcome.status, "duplicate": outcome.duplicate})

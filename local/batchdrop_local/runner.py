@@ -1,0 +1,764 @@
+"""The local runner: the wiring AWS does and moto does not. It turns every new object version
+under a function's S3 trigger prefix into the S3 notification Lambda would receive, ticks the
+scheduled function with EventBridge Scheduler's payload, and calls both handlers exactly as
+Lambda does: `handler(event, context)`, asynchronously, with Lambda's async retries and the
+template's on-failure destination.
+
+Events are files too: `load_event("s3-put-inbox")` reads `events/s3-put-inbox.json`, the same
+payloads `sam local invoke -e` uses.
+
+**How new versions are found.** moto delivers no notification to Lambda and its notifications
+carry no versionId and no sequencer (LOCAL-TOOLING.md §2), so the runner polls
+`list_object_versions(Prefix=<trigger prefix>)` and treats every (key, version id) it has not
+seen as one `ObjectCreated` event, with the version id, size and eTag S3 reports and a
+sequencer that grows with each event. Versions present when the runner is created predate
+its "notification configuration" and are never delivered. A version is delivered once;
+`redeliver()` sends a duplicate on purpose.
+
+**The scheduled event.** SAM's `ScheduleV2` creates an EventBridge Scheduler schedule whose
+Lambda target receives the schedule's `Input` verbatim, after Scheduler substitutes its
+context attributes (`<aws.scheduler.schedule-arn>`, `<aws.scheduler.scheduled-time>`,
+`<aws.scheduler.execution-id>`, `<aws.scheduler.attempt-number>`); template.yaml sets an
+Input, so the checker gets that plain object, not an EventBridge envelope. Without an Input
+the runner sends `{}`. For a v1 `Schedule` event (an EventBridge rule) it sends the
+"Scheduled Event" envelope (or the rule's Input).
+
+**Environment.** Both handlers run in this process, so the runner swaps each function's
+environment (`LocalStack.function_env`) into `os.environ` for the length of an invocation
+and serializes invocations: a handler never sees the other function's variables, at the
+cost of submit and checker never overlapping locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote_plus
+
+from batchdrop_local.lambda_context import LocalLambdaContext
+from batchdrop_local.stack import REPO_ROOT, FunctionSpec, LocalStack
+
+EVENTS_DIR = REPO_ROOT / "events"
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+# Lambda's defaults for asynchronous invocation when a function has no EventInvokeConfig.
+DEFAULT_ASYNC_RETRIES = 2
+# Variables a Lambda function never has, even if the shell that started the runner does.
+HIDDEN_FROM_HANDLERS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+# What the fixtures and generated events show for the caller and the bucket owner.
+LOCAL_PRINCIPAL_ID = "AWS:AIDALOCALBATCHDROPUSER"
+LOCAL_OWNER_ID = "A1LOCALBATCHDROPOWNER"
+SOURCE_IP = "127.0.0.1"
+# DESIGN.md's layout: every job, however it ends, gets results/<job_id>/manifest.json.
+RESULTS_PREFIX = "results/"
+MANIFEST_SUFFIX = "/manifest.json"
+
+_log = logging.getLogger(__name__)
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """`events/<name>.json` as a dict: the payloads `sam local invoke -e` and the tests share."""
+    path = EVENTS_DIR / (name if name.endswith(".json") else f"{name}.json")
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One object version as `list_object_versions` reports it."""
+
+    bucket: str
+    key: str
+    version_id: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+    @property
+    def multipart(self) -> bool:
+        return "-" in self.etag
+
+
+def build_s3_event(
+    version: ObjectVersion,
+    *,
+    region: str,
+    sequencer: str,
+    configuration_id: str,
+    event_name: str = "ObjectCreated:Put",
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The notification S3 sends to Lambda for one created object version (event 2.1).
+
+    The key is URL-encoded as S3 encodes it (form encoding: a space is `+`, a `+` is `%2B`;
+    the `/` separators stay), so handlers must `unquote_plus` it, as on AWS."""
+    request_id = request_id or secrets.token_hex(8).upper()
+    s3_object: dict[str, Any] = {
+        "key": quote_plus(version.key, safe="/"),
+        "size": version.size,
+        "eTag": version.etag,
+    }
+    if version.version_id != "null":  # an unversioned bucket's events carry no versionId
+        s3_object["versionId"] = version.version_id
+    s3_object["sequencer"] = sequencer
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": region,
+                "eventTime": _iso_millis(version.last_modified),
+                "eventName": event_name,
+                "userIdentity": {"principalId": LOCAL_PRINCIPAL_ID},
+                "requestParameters": {"sourceIPAddress": SOURCE_IP},
+                "responseElements": {
+                    "x-amz-request-id": request_id,
+                    "x-amz-id-2": secrets.token_urlsafe(48),
+                },
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": configuration_id,
+                    "bucket": {
+                        "name": version.bucket,
+                        "ownerIdentity": {"principalId": LOCAL_OWNER_ID},
+                        "arn": f"arn:aws:s3:::{version.bucket}",
+                    },
+                    "object": s3_object,
+                },
+            }
+        ]
+    }
+
+
+def build_scheduler_event(
+    schedule_input: str | None,
+    *,
+    schedule_arn: str,
+    scheduled_time: datetime,
+    execution_id: str | None = None,
+    attempt: int = 1,
+) -> dict[str, Any]:
+    """What EventBridge Scheduler invokes a Lambda target with: the schedule's Input with its
+    context attributes substituted, or `{}` when the schedule has no Input."""
+    if not schedule_input:
+        return {}
+    substitutions = {
+        "<aws.scheduler.schedule-arn>": schedule_arn,
+        "<aws.scheduler.scheduled-time>": scheduled_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "<aws.scheduler.execution-id>": execution_id or secrets.token_hex(8),
+        "<aws.scheduler.attempt-number>": str(attempt),
+    }
+    payload = schedule_input
+    for placeholder, value in substitutions.items():
+        payload = payload.replace(placeholder, value)
+    return dict(json.loads(payload))
+
+
+def build_rule_schedule_event(
+    rule_input: str | None, *, rule_arn: str, region: str, account_id: str, time_: datetime
+) -> dict[str, Any]:
+    """What an EventBridge rule (SAM's v1 `Schedule`) sends: its Input, or the envelope."""
+    if rule_input:
+        return dict(json.loads(rule_input))
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": account_id,
+        "time": time_.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [rule_arn],
+        "detail": {},
+    }
+
+
+def _iso_millis(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# ---------------------------------------------------------------- triggers
+
+
+@dataclass(frozen=True)
+class S3Trigger:
+    """One S3 event source of a function: the SAM event's prefix/suffix filter and event types."""
+
+    function_logical_id: str
+    event_name: str
+    prefix: str
+    suffix: str
+    event_patterns: tuple[str, ...]
+
+    @classmethod
+    def of_function(cls, function: FunctionSpec) -> list[S3Trigger]:
+        triggers = []
+        for event_name, event in function.events_of_type("S3").items():
+            properties = event.get("Properties", {})
+            rules = properties.get("Filter", {}).get("S3Key", {}).get("Rules", [])
+            by_name = {str(rule["Name"]).lower(): str(rule["Value"]) for rule in rules}
+            events = properties.get("Events", [])
+            triggers.append(
+                cls(
+                    function_logical_id=function.logical_id,
+                    event_name=event_name,
+                    prefix=by_name.get("prefix", ""),
+                    suffix=by_name.get("suffix", ""),
+                    event_patterns=tuple([events] if isinstance(events, str) else events),
+                )
+            )
+        return triggers
+
+    @property
+    def configuration_id(self) -> str:
+        return f"{self.function_logical_id}{self.event_name}"
+
+    def fires_for(self, key: str, s3_event_name: str) -> bool:
+        return (
+            key.startswith(self.prefix)
+            and key.endswith(self.suffix)
+            and any(fnmatch.fnmatchcase(f"s3:{s3_event_name}", pattern) for pattern in self.event_patterns)
+        )
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class Invocation:
+    """One attempt at one event: what a CloudWatch log stream would show of it."""
+
+    function_logical_id: str
+    request_id: str
+    attempt: int
+    event: dict[str, Any]
+    duration_seconds: float = 0.0
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class FailedEvent:
+    """An event whose every attempt failed (what Lambda sends to the on-failure destination)."""
+
+    function_logical_id: str
+    event: dict[str, Any]
+    attempts: int
+    error: str
+
+
+@dataclass
+class _Pending:
+    trigger: S3Trigger
+    version: ObjectVersion
+    event: dict[str, Any]
+
+
+class HandlerLoadError(RuntimeError):
+    """The handler file named by template.yaml is missing or does not define the handler."""
+
+
+def load_handler(function: FunctionSpec, root: Path = REPO_ROOT) -> Handler:
+    """Import `<CodeUri>/<module>.py` under a module name of its own (both functions' files are
+    called app.py, as on Lambda) and return its handler. The code directory is on sys.path
+    only while the module imports, and its sibling modules are private to it: import them at
+    module level."""
+    module_path, _, attribute = function.handler.rpartition(".")
+    code_dir = (root / function.code_uri).resolve()
+    file = code_dir / (module_path.replace(".", "/") + ".py")
+    if not file.is_file():
+        raise HandlerLoadError(f"{function.logical_id}: {file} does not exist (Handler: {function.handler})")
+    module_name = f"_batchdrop_lambda_{function.logical_id}_{module_path.replace('.', '_')}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise HandlerLoadError(f"{function.logical_id}: cannot load {file}")
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    already_loaded = set(sys.modules)
+    sys.path.insert(0, str(code_dir))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    finally:
+        sys.path.remove(str(code_dir))
+        # Sibling modules stay bound in the handler module but leave sys.modules, so the other
+        # function's same-named siblings import fresh, as in a Lambda environment of its own.
+        for name in set(sys.modules) - already_loaded:
+            if _is_inside(getattr(sys.modules[name], "__file__", None), code_dir):
+                del sys.modules[name]
+    handler = getattr(module, attribute, None)
+    if not callable(handler):
+        raise HandlerLoadError(f"{function.logical_id}: {file} has no callable {attribute!r}")
+    return handler
+
+
+# ---------------------------------------------------------------- the runner
+
+
+class LocalRunner:
+    """Delivers S3 notifications to the S3-triggered function and ticks the scheduled one.
+
+    `submit_handler`/`checker_handler` (any `handler(event, context)` callables) stand in for
+    the functions with an S3 / a schedule event in template.yaml; `handlers` maps any other
+    logical id. A function without one is imported from its CodeUri on its first invocation.
+
+    Tests drive it synchronously (`run_once()`, `deliver_pending()`, `tick()`, `drain()`);
+    `start()` (or `with`) adds the background threads `batchdrop local up` uses: a watcher
+    polling every `poll_seconds`, a worker invoking the S3-triggered function, and a ticker
+    every `tick_seconds`. Failed attempts are retried after `retry_delay_seconds`, doubling,
+    as many times as the function's EventInvokeConfig allows (2 when it has none)."""
+
+    def __init__(
+        self,
+        stack: LocalStack,
+        submit_handler: Handler | None = None,
+        checker_handler: Handler | None = None,
+        *,
+        handlers: Mapping[str, Handler] | None = None,
+        tick_seconds: float = 2.0,
+        poll_seconds: float = 0.2,
+        retry_delay_seconds: float = 1.0,
+    ) -> None:
+        self.stack = stack
+        self.tick_seconds = tick_seconds
+        self.poll_seconds = poll_seconds
+        self.retry_delay_seconds = retry_delay_seconds
+        functions = stack.template.functions()
+        self.triggers = [trigger for function in functions.values() for trigger in S3Trigger.of_function(function)]
+        self.scheduled_function = _only(
+            [f for f in functions.values() if f.events_of_type("ScheduleV2", "Schedule")], "a schedule event"
+        )
+        self.submit_function = _only(
+            [functions[name] for name in dict.fromkeys(t.function_logical_id for t in self.triggers)], "an S3 event"
+        )
+        self._functions = functions
+        self._handlers: dict[str, Handler] = dict(handlers or {})
+        if submit_handler is not None:
+            self._handlers[self.submit_function.logical_id] = submit_handler
+        if checker_handler is not None:
+            self._handlers[self.scheduled_function.logical_id] = checker_handler
+
+        self.invocations: list[Invocation] = []
+        self.failures: list[FailedEvent] = []
+        # (key, version id) of every notification the S3-triggered function handled without error.
+        self.accepted_versions: set[tuple[str, str]] = set()
+        self._records_lock = threading.Lock()
+        self._invoke_lock = threading.RLock()  # one invocation at a time: os.environ is global
+        self._tick_lock = threading.Lock()  # ReservedConcurrentExecutions: 1 for the checker
+        self._pending: deque[_Pending] = deque()
+        self._pending_ready = threading.Condition()
+        self._in_flight = 0
+        self._seen: set[tuple[str, str, str, str]] = set()
+        self._seen_lock = threading.Lock()
+        self._last_sequencer = 0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        # The notification configuration starts now: what is already there never triggers.
+        for trigger, version in self._list_versions():
+            self._seen.add(self._identity(trigger, version))
+        self._manifests_before = self._manifest_keys()
+
+    # -- lifecycle
+
+    def __enter__(self) -> LocalRunner:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalRunner:
+        self._stopping.clear()
+        targets: list[tuple[str, Callable[[], None]]] = [("watcher", self._watch), ("worker", self._work)]
+        if self._schedule_enabled():
+            targets.append(("ticker", self._tick_forever))
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=f"local-runner-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        with self._pending_ready:
+            self._pending_ready.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        if not any(thread.is_alive() for thread in self._threads):
+            self._stopping.clear()  # stopped: the synchronous helpers work again
+        self._threads.clear()
+
+    # -- the S3 side
+
+    def discover(self) -> int:
+        """Queue one notification per object version not seen before; returns how many."""
+        found = 0
+        for trigger, version in self._list_versions():
+            event_name = "ObjectCreated:CompleteMultipartUpload" if version.multipart else "ObjectCreated:Put"
+            if not trigger.fires_for(version.key, event_name):
+                continue
+            identity = self._identity(trigger, version)
+            with self._seen_lock:
+                if identity in self._seen:
+                    continue
+                self._seen.add(identity)
+            self._enqueue(trigger, version, event_name)
+            found += 1
+        return found
+
+    def redeliver(self, key: str, version_id: str) -> None:
+        """Queue the notification of an already delivered version again (a duplicate event)."""
+        head = self.stack.client("s3").head_object(Bucket=self.stack.bucket_name, Key=key, VersionId=version_id)
+        version = ObjectVersion(
+            bucket=self.stack.bucket_name,
+            key=key,
+            version_id=version_id,
+            size=int(head["ContentLength"]),
+            etag=head["ETag"].strip('"'),
+            last_modified=head["LastModified"],
+        )
+        event_name = "ObjectCreated:CompleteMultipartUpload" if version.multipart else "ObjectCreated:Put"
+        for trigger in self.triggers:
+            if trigger.fires_for(key, event_name):
+                self._enqueue(trigger, version, event_name)
+
+    def deliver_pending(self) -> int:
+        """Discover new versions, then invoke for every queued notification in this thread."""
+        self.discover()
+        delivered = 0
+        while (item := self._pop()) is not None:
+            try:
+                self._deliver(item)
+                delivered += 1
+            finally:
+                self._done()
+        return delivered
+
+    # -- the scheduled side
+
+    def tick(self) -> Invocation:
+        """One scheduled invocation of the scheduled function, with the schedule's event."""
+        function = self.scheduled_function
+        with self._tick_lock:
+            return self._invoke_async(function.logical_id, self.scheduled_event())
+
+    def scheduled_event(self) -> dict[str, Any]:
+        function = self.scheduled_function
+        event_name, event = next(iter(function.events_of_type("ScheduleV2", "Schedule").items()))
+        properties = event.get("Properties", {})
+        resolved_input = self.stack.resolver.resolve(properties.get("Input"))
+        name = f"{self.stack.stack_name}-{function.logical_id}{event_name}"
+        now = datetime.now(UTC).replace(microsecond=0)
+        if event["Type"] == "ScheduleV2":
+            group = self.stack.resolver.resolve(properties.get("GroupName")) or "default"
+            arn = f"arn:aws:scheduler:{self.stack.region}:{self.stack.account_id}:schedule/{group}/{name}"
+            return build_scheduler_event(resolved_input, schedule_arn=arn, scheduled_time=now)
+        arn = f"arn:aws:events:{self.stack.region}:{self.stack.account_id}:rule/{name}"
+        return build_rule_schedule_event(
+            resolved_input, rule_arn=arn, region=self.stack.region, account_id=self.stack.account_id, time_=now
+        )
+
+    # -- for tests
+
+    def run_once(self) -> int:
+        """Deliver every pending notification, then tick once; returns notifications delivered."""
+        delivered = self.deliver_pending()
+        self.tick()
+        return delivered
+
+    def drain(self, timeout: float = 60.0, idle: Callable[[], bool] | None = None) -> bool:
+        """Deliver and tick until nothing is pending and `idle()` holds; False if `timeout`
+        seconds pass first. By default idle means DESIGN.md's end state: the table's sparse
+        index of open batches is empty and every version the submit function accepted has a
+        job with a `results/<job_id>/manifest.json` (duplicates of a version are one job)."""
+        is_idle = idle or self.all_jobs_finished
+        deadline = time.monotonic() + timeout
+        while True:
+            self.deliver_pending()
+            self.tick()
+            if self._quiet() and is_idle():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(self.poll_seconds, remaining))
+
+    def all_jobs_finished(self) -> bool:
+        """No open batch, and a manifest for every version accepted since this runner began."""
+        with self._records_lock:
+            accepted = len(self.accepted_versions)
+        if self.stack.open_batch_count():
+            return False
+        return len(self._manifest_keys() - self._manifests_before) >= accepted
+
+    def _manifest_keys(self) -> set[str]:
+        s3 = self.stack.client("s3")
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.stack.bucket_name, Prefix=RESULTS_PREFIX)
+        return {
+            item["Key"] for page in pages for item in page.get("Contents", []) if item["Key"].endswith(MANIFEST_SUFFIX)
+        }
+
+    def invocations_of(self, logical_id: str) -> list[Invocation]:
+        with self._records_lock:
+            return [invocation for invocation in self.invocations if invocation.function_logical_id == logical_id]
+
+    # -- invoking
+
+    def _deliver(self, item: _Pending) -> None:
+        invocation = self._invoke_async(item.trigger.function_logical_id, item.event)
+        if invocation.error is None:
+            with self._records_lock:
+                self.accepted_versions.add((item.version.key, item.version.version_id))
+
+    def _invoke_async(self, logical_id: str, event: dict[str, Any]) -> Invocation:
+        """Lambda's asynchronous invocation: retries, then the on-failure destination."""
+        function = self._functions[logical_id]
+        config = function.event_invoke_config
+        attempts = 1 + int(config.get("MaximumRetryAttempts", DEFAULT_ASYNC_RETRIES))
+        delay = self.retry_delay_seconds
+        for attempt in range(1, attempts + 1):
+            invocation = self._invoke(function, event, attempt)
+            if invocation.error is None or attempt == attempts or self._stopping.is_set():
+                break
+            if self._stopping.wait(delay):
+                break
+            delay *= 2
+        if invocation.error is not None:
+            self._record_failure(function, event, invocation)
+        return invocation
+
+    def _invoke(self, function: FunctionSpec, event: dict[str, Any], attempt: int) -> Invocation:
+        with self._invoke_lock, self._function_environment(function):
+            context = LocalLambdaContext(
+                function_name=self.stack.function_name(function.logical_id),
+                memory_limit_in_mb=function.memory_mb,
+                timeout_seconds=function.timeout_seconds,
+                invoked_function_arn=self.stack.resource(function.logical_id).attributes["Arn"],
+            )
+            invocation = Invocation(function.logical_id, context.aws_request_id, attempt, event)
+            started = time.monotonic()
+            try:
+                invocation.result = self._handler(function)(event, context)
+                if context.timed_out:
+                    invocation.error = f"Task timed out after {function.timeout_seconds}.00 seconds"
+            except Exception as exc:  # noqa: BLE001 - Lambda reports any handler error and retries
+                invocation.error = "".join(traceback.format_exception_only(exc)).strip()
+                invocation.result = _error_payload(exc, context.aws_request_id)
+            invocation.duration_seconds = time.monotonic() - started
+        with self._records_lock:
+            self.invocations.append(invocation)
+        if invocation.error is not None:
+            _log.warning(
+                "%s attempt %d failed: %s",
+                function.logical_id,
+                attempt,
+                invocation.error,
+                extra={"function": function.logical_id, "attempt": attempt, "request_id": invocation.request_id},
+            )
+        return invocation
+
+    def _handler(self, function: FunctionSpec) -> Handler:
+        if function.logical_id not in self._handlers:
+            # Lambda imports the module on the cold start, inside the function's environment.
+            self._handlers[function.logical_id] = load_handler(function, self.stack.template_root)
+        return self._handlers[function.logical_id]
+
+    @contextlib.contextmanager
+    def _function_environment(self, function: FunctionSpec) -> Iterator[None]:
+        wanted: dict[str, str | None] = dict.fromkeys(HIDDEN_FROM_HANDLERS)
+        wanted.update(self.stack.function_env(function.logical_id))
+        saved = {name: os.environ.get(name) for name in wanted}
+        _apply_environment(wanted)
+        try:
+            yield
+        finally:
+            _apply_environment(saved)
+
+    def _record_failure(self, function: FunctionSpec, event: dict[str, Any], last: Invocation) -> None:
+        failure = FailedEvent(function.logical_id, event, last.attempt, last.error or "")
+        with self._records_lock:
+            self.failures.append(failure)
+        _log.error(
+            "%s event failed all %d attempts; recorded as failed",
+            function.logical_id,
+            last.attempt,
+            extra={"function": function.logical_id, "attempts": last.attempt},
+        )
+        destination = function.event_invoke_config.get("DestinationConfig", {}).get("OnFailure", {})
+        if destination.get("Type") != "SQS":
+            return
+        queue_url = self.stack.queue_url_for_arn(self.stack.resolver.resolve_str(destination["Destination"]))
+        if queue_url is None:
+            return
+        record = {
+            "version": "1.0",
+            "timestamp": _iso_millis(datetime.now(UTC)),
+            "requestContext": {
+                "requestId": last.request_id,
+                "functionArn": self.stack.resource(function.logical_id).attributes["Arn"] + ":$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": last.attempt,
+            },
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "responsePayload": last.result if isinstance(last.result, dict) else {"errorMessage": last.error},
+        }
+        self.stack.client("sqs").send_message(QueueUrl=queue_url, MessageBody=json.dumps(record, default=str))
+
+    # -- queue and threads
+
+    def _list_versions(self) -> Iterator[tuple[S3Trigger, ObjectVersion]]:
+        s3 = self.stack.client("s3")
+        bucket = self.stack.bucket_name
+        for prefix in dict.fromkeys(trigger.prefix for trigger in self.triggers):
+            versions: list[ObjectVersion] = []
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+                versions.extend(
+                    ObjectVersion(
+                        bucket=bucket,
+                        key=item["Key"],
+                        version_id=item["VersionId"],
+                        size=int(item["Size"]),
+                        etag=item["ETag"].strip('"'),
+                        last_modified=item["LastModified"],
+                    )
+                    for item in page.get("Versions", [])
+                )
+            # S3 lists each key's versions newest first; events go out oldest first.
+            versions.reverse()
+            versions.sort(key=lambda version: version.last_modified)
+            for version in versions:
+                for trigger in self.triggers:
+                    if trigger.prefix == prefix:
+                        yield trigger, version
+
+    @staticmethod
+    def _identity(trigger: S3Trigger, version: ObjectVersion) -> tuple[str, str, str, str]:
+        return (trigger.function_logical_id, trigger.event_name, version.key, version.version_id)
+
+    def _enqueue(self, trigger: S3Trigger, version: ObjectVersion, event_name: str) -> None:
+        event = build_s3_event(
+            version,
+            region=self.stack.region,
+            sequencer=self._next_sequencer(),
+            configuration_id=trigger.configuration_id,
+            event_name=event_name,
+        )
+        with self._pending_ready:
+            self._pending.append(_Pending(trigger, version, event))
+            self._pending_ready.notify()
+
+    def _next_sequencer(self) -> str:
+        with self._seen_lock:
+            self._last_sequencer = max(self._last_sequencer + 1, time.time_ns())
+            return f"{self._last_sequencer:018X}"
+
+    def _pop(self, wait: float = 0.0) -> _Pending | None:
+        with self._pending_ready:
+            if not self._pending and wait > 0:
+                self._pending_ready.wait(wait)
+            if not self._pending:
+                return None
+            self._in_flight += 1
+            return self._pending.popleft()
+
+    def _done(self) -> None:
+        with self._pending_ready:
+            self._in_flight -= 1
+
+    def _quiet(self) -> bool:
+        with self._pending_ready:
+            return not self._pending and self._in_flight == 0
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.poll_seconds):
+            try:
+                self.discover()
+            except Exception:  # noqa: BLE001 - the next poll retries; a dead watcher would stop all work
+                _log.exception("listing new object versions failed")
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            item = self._pop(wait=self.poll_seconds)
+            if item is None:
+                continue
+            try:
+                self._deliver(item)
+            finally:
+                self._done()
+
+    def _tick_forever(self) -> None:
+        while not self._stopping.wait(self.tick_seconds):
+            self.tick()
+
+    def _schedule_enabled(self) -> bool:
+        event = next(iter(self.scheduled_function.events_of_type("ScheduleV2", "Schedule").values()))
+        properties = event.get("Properties", {})
+        if "State" in properties:
+            return self.stack.resolver.resolve_str(properties["State"]) == "ENABLED"
+        return bool(self.stack.resolver.resolve(properties.get("Enabled", True)))
+
+
+def _only(functions: list[FunctionSpec], what: str) -> FunctionSpec:
+    if len(functions) != 1:
+        raise ValueError(
+            f"expected one function with {what} in template.yaml, found {[f.logical_id for f in functions]}"
+        )
+    return functions[0]
+
+
+def _is_inside(file: str | None, directory: Path) -> bool:
+    return file is not None and Path(file).resolve().is_relative_to(directory)
+
+
+def _apply_environment(values: Mapping[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _error_payload(exc: BaseException, request_id: str) -> dict[str, Any]:
+    """The response payload Lambda's Python runtime returns for an unhandled exception."""
+    return {
+        "errorMessage": str(exc),
+        "errorType": type(exc).__name__,
+        "requestId": request_id,
+        "stackTrace": traceback.format_tb(exc.__traceback__),
+    }
+
+
+__all__ = [
+    "EVENTS_DIR",
+    "FailedEvent",
+    "Invocation",
+    "LocalRunner",
+    "ObjectVersion",
+    "S3Trigger",
+    "build_s3_event",
+    "build_scheduler_event",
+    "load_event",
+    "load_handler",
+]
