@@ -1,61 +1,105 @@
-"""`make demo`: the Message Batches emulator and one batch of product reviews sent through
-the official `anthropic` SDK, from create to results, exactly as against the real API."""
+"""`make demo`: the whole pipeline on this machine. The local stack (moto for AWS, the
+emulator for Anthropic, both on 127.0.0.1) runs the real handlers; a file of product
+reviews dropped into inbox/ comes back classified in results/, with its manifest."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import anthropic
-
-from batchdrop_local.emulator.server import Emulator
-from batchdrop_local.emulator.settings import EmulatorSettings
+from batchdrop.domain.jobs import job_id_for, manifest_key
+from batchdrop_local.runner import LocalRunner
+from batchdrop_local.stack import LocalStack
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "reviews.jsonl"
+RESPONDER = "batchdrop_local.demo_responder:classify_review"
+SOURCE_KEY = "inbox/reviews.jsonl"
 
 
 def main() -> int:
-    requests = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
-    reviews = {r["custom_id"]: r["params"]["messages"][0]["content"].removeprefix("Review: ") for r in requests}
-    settings = EmulatorSettings(port=0, latency=3.0, responder="batchdrop_local.demo_responder:classify_review")
-    with Emulator(settings) as emulator:
-        print(f"Message Batches emulator on {emulator.url}: answers come from a keyword responder, not Claude.")
-        client = anthropic.Anthropic(base_url=emulator.url, api_key="demo-key", max_retries=0)
-        batch = client.messages.batches.create(requests=requests)
-        print(f"created {batch.id} with {batch.request_counts.processing} requests ({SAMPLE.name})")
-        started = time.monotonic()
-        while batch.processing_status != "ended":
-            print(f"\r  {batch.processing_status}, {time.monotonic() - started:4.1f} s", end="", flush=True)
-            time.sleep(0.25)
-            batch = client.messages.batches.retrieve(batch.id)
-        counts = batch.request_counts
-        print(
-            f"\rended after {time.monotonic() - started:.1f} s: {counts.succeeded} succeeded, "
-            f"{counts.errored} errored, {counts.canceled} canceled, {counts.expired} expired"
-        )
-        rows = sorted(client.messages.batches.results(batch.id), key=lambda row: row.custom_id)
-        client.close()
-    print()
-    print(f"{'custom_id':<12} {'answer':<9} {'in':>4} {'out':>4}  review")
-    tokens_in = tokens_out = 0
-    for row in rows:
-        if row.result.type != "succeeded":
-            print(f"{row.custom_id:<12} {row.result.type:<9}")
+    reviews = {}
+    for line in SAMPLE.read_text().splitlines():
+        if line.strip():
+            request = json.loads(line)
+            reviews[request["custom_id"]] = request["params"]["messages"][0]["content"].removeprefix("Review: ")
+    print("Starting the local stack: moto (AWS) and the Message Batches emulator (Anthropic) on 127.0.0.1.")
+    print("Answers come from the emulator's keyword responder, not from Claude.\n")
+    # The handlers' JSON logs and metrics are for CloudWatch; keep the demo's screen readable.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    quiet = {"LogLevel": "WARNING"}
+    with LocalStack(latency=3.0, responder=RESPONDER, parameters=quiet) as stack, LocalRunner(stack, tick_seconds=1.0):
+        s3 = stack.client("s3")
+        version = s3.put_object(Bucket=stack.bucket_name, Key=SOURCE_KEY, Body=SAMPLE.read_bytes())["VersionId"]
+        job_id = job_id_for(stack.bucket_name, SOURCE_KEY, version)
+        print(f"dropped {SAMPLE.name} ({len(reviews)} requests) at s3://{stack.bucket_name}/{SOURCE_KEY}")
+        print(f"job {job_id}")
+        manifest = _wait_for_manifest(stack, job_id, timeout=120)
+        rows = [json.loads(line) for key in manifest["results"] for line in _read(stack, key).splitlines()]
+    _print_results(rows, reviews)
+    _print_manifest(manifest)
+    print("\nThe same stack talks to the real API when ANTHROPIC_BASE_URL is unset and the secret holds a real")
+    print("key; `sam deploy --guided` puts the same template and handlers in your AWS account (see README).")
+    return 0 if manifest["status"] == "COMPLETED" else 1
+
+
+def _read(stack: LocalStack, key: str) -> bytes:
+    return stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"].read()
+
+
+def _wait_for_manifest(stack: LocalStack, job_id: str, timeout: float) -> dict[str, Any]:
+    table = stack.client("dynamodb")
+    started = time.monotonic()
+    live = sys.stdout.isatty()  # redraw one line on a terminal; in a log, print each change once
+    last = ""
+    while time.monotonic() - started < timeout:
+        items = table.query(
+            TableName=stack.table_name,
+            KeyConditionExpression="PK = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"JOB#{job_id}"}},
+            ConsistentRead=True,
+        )["Items"]
+        status = next((i["status"]["S"] for i in items if i["SK"]["S"] == "JOB"), "WAITING FOR THE S3 EVENT")
+        shards = [i["state"]["S"] for i in items if i["SK"]["S"] != "JOB"]
+        line = f"  {status}: batches {', '.join(shards) or '-'}"
+        if live:
+            print(f"\r{line:<70} {time.monotonic() - started:5.1f} s", end="", flush=True)
+        elif line != last:
+            print(line, flush=True)
+        last = line
+        if status in ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED"):
+            if live:
+                print()
+            return json.loads(_read(stack, manifest_key(job_id)))
+        time.sleep(0.3)
+    raise SystemExit(f"the job did not finish within {timeout:.0f} s")
+
+
+def _print_results(rows: list[dict[str, Any]], reviews: dict[str, str]) -> None:
+    print(f"\n{'custom_id':<12} {'answer':<9} {'in':>4} {'out':>4}  review")
+    for row in sorted(rows, key=lambda r: r["custom_id"]):
+        result = row["result"]
+        if result["type"] != "succeeded":
+            print(f"{row['custom_id']:<12} {result['type']}")
             continue
-        message = row.result.message
-        answer = "".join(block.text for block in message.content if block.type == "text")
-        tokens_in += message.usage.input_tokens
-        tokens_out += message.usage.output_tokens
-        review = reviews[row.custom_id]
-        print(
-            f"{row.custom_id:<12} {answer:<9} {message.usage.input_tokens:>4} {message.usage.output_tokens:>4}  "
-            f"{review[:60] + ('...' if len(review) > 60 else '')}"
-        )
-    print(f"\n{len(rows)} results, {tokens_in} input and {tokens_out} output tokens.")
-    print("Against the real API: the same code with ANTHROPIC_API_KEY set and no base_url.")
-    return 0
+        message = result["message"]
+        answer = "".join(block.get("text", "") for block in message["content"])
+        review = reviews.get(row["custom_id"], "")
+        review = review if len(review) <= 58 else review[:57] + "..."
+        usage = message["usage"]
+        print(f"{row['custom_id']:<12} {answer:<9} {usage['input_tokens']:>4} {usage['output_tokens']:>4}  {review}")
+
+
+def _print_manifest(manifest: dict[str, Any]) -> None:
+    counts = manifest["counts"]
+    cost = manifest["cost"]
+    print(f"\nmanifest results/{manifest['job_id']}/manifest.json: {manifest['status']}")
+    print("  " + ", ".join(f"{counts[k]} {k}" for k in ("requests", "succeeded", "errored", "expired", "rejected")))
+    print(f"  {len(manifest['batches'])} batch(es): " + ", ".join(b["batch_id"] for b in manifest["batches"]))
+    print(f"  cost ${cost['batch_usd']} at the batch price; ${cost['standard_usd']} at the standard price")
 
 
 if __name__ == "__main__":
