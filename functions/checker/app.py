@@ -16,11 +16,12 @@ from batchdrop.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:  # noqa: ARG001 - the schedule's payload carries nothing to act on
+    wired = wiring.adapters()
     checker = Checker(
-        wiring.store(),
-        wiring.state(),
-        wiring.batches_api(),
-        wiring.events(),
+        wired.store,
+        wired.state,
+        wired.batches,
+        wired.events,
         wiring.utc_now,
         seconds_left=lambda: context.get_remaining_time_in_millis() / 1000,
     )

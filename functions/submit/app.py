@@ -19,7 +19,8 @@ from batchdrop.submit import SourceObject, Submitter
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:  # noqa: ARG001 - Powertools reads the context
-    submitter = Submitter(wiring.store(), wiring.state(), wiring.batches_api(), wiring.utc_now)
+    wired = wiring.adapters()
+    submitter = Submitter(wired.store, wired.state, wired.batches, wiring.utc_now)
     outcomes = []
     for record in S3Event(event).records:
         obj = record.s3.get_object

@@ -1,8 +1,11 @@
-"""Production wiring shared by the handlers: settings read once, adapters built once per
-container with their real clients, the Anthropic key fetched from Secrets Manager."""
+"""Production wiring shared by the handlers: the adapters with their real clients, built
+once per environment (so once per Lambda container; locally, once per local stack) and
+the Anthropic key fetched from Secrets Manager, never from an environment variable."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 
@@ -12,38 +15,43 @@ from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.config import Settings
 
+# Besides Settings, what decides where the clients talk to (set by the local stack only).
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@cache
-def settings() -> Settings:
-    return Settings.from_env()
+@dataclass(frozen=True)
+class Adapters:
+    settings: Settings
+    store: ObjectStore
+    state: StateTable
+    batches: BatchesApi
+    events: EventPublisher
 
 
-def _api_key() -> str:
-    from aws_lambda_powertools.utilities import parameters
-
-    # Cached for POWERTOOLS_PARAMETERS_MAX_AGE seconds; the key never sits in an env var.
-    return str(parameters.get_secret(settings().secret_arn))
-
-
-@cache
-def store() -> ObjectStore:
-    return ObjectStore(settings().bucket)
+def adapters() -> Adapters:
+    return _build(Settings.from_env(), tuple(os.environ.get(name) for name in _ENDPOINT_VARIABLES))
 
 
 @cache
-def state() -> StateTable:
-    return StateTable(settings().table)
+def _build(settings: Settings, _endpoints: tuple[str | None, ...]) -> Adapters:
+    secrets: list[object] = []  # the provider, made on first use: its import is not free
 
+    def api_key() -> str:
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-@cache
-def batches_api() -> BatchesApi:
-    return BatchesApi(_api_key, base_url=settings().base_url)
+        if not secrets:
+            secrets.append(SecretsProvider())  # its own client: built for this environment
+        # Cached by the provider for POWERTOOLS_PARAMETERS_MAX_AGE seconds.
+        return str(secrets[0].get(settings.secret_arn))  # type: ignore[attr-defined]
 
-
-@cache
-def events() -> EventPublisher:
-    return EventPublisher(settings().event_bus)
+    return Adapters(
+        settings=settings,
+        store=ObjectStore(settings.bucket),
+        state=StateTable(settings.table),
+        batches=BatchesApi(api_key, base_url=settings.base_url),
+        events=EventPublisher(settings.event_bus),
+    )

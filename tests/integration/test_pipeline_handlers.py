@@ -1,0 +1,125 @@
+"""Each handler, called as Lambda calls it, with the events in events/ (the same files
+`sam local invoke -e` takes), against moto in server mode and the emulator."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from batchdrop.domain.jobs import job_id_for
+from batchdrop.errors import BadEventError
+from batchdrop_local.lambda_context import LocalLambdaContext
+from batchdrop_local.runner import load_event, load_handler
+from batchdrop_local.stack import LocalStack
+
+SAMPLE = [{"custom_id": f"h-{i}", "params": {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [
+    {"role": "user", "content": f"question {i}"}]}} for i in range(6)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(latency=60) as running:  # batches end when a test says so (control end)
+        yield running
+
+
+@pytest.fixture
+def lambda_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {**stack.function_env("SubmitFunction"), **stack.function_env("CheckerFunction")}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+
+
+def _invoke(stack: LocalStack, function: str, event: dict[str, Any]) -> Any:
+    spec = stack.template.function(function)
+    context = LocalLambdaContext(
+        function_name=stack.function_name(function),
+        memory_limit_in_mb=spec.memory_mb,
+        timeout_seconds=spec.timeout_seconds,
+    )
+    return load_handler(spec)(event, context)
+
+
+def _s3_event(stack: LocalStack, key: str, version_id: str) -> dict[str, Any]:
+    event = copy.deepcopy(load_event("s3-put-inbox"))
+    record = event["Records"][0]["s3"]
+    record["bucket"]["name"] = stack.bucket_name
+    record["object"]["key"] = key.replace(" ", "+")
+    record["object"]["versionId"] = version_id
+    return event
+
+
+def _upload(stack: LocalStack, key: str, lines: list[dict[str, Any]]) -> str:
+    body = "\n".join(json.dumps(line) for line in lines).encode()
+    return str(stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"])
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_submit_event_creates_one_batch_and_records_it(stack: LocalStack) -> None:
+    # Given an uploaded file and the S3 event for its version (key URL-encoded, as S3 sends it)
+    version = _upload(stack, "inbox/with space.jsonl", SAMPLE)
+    before = stack.emulator_control().counters()["creates_accepted"]
+
+    # When the submit handler gets the event, twice
+    first = _invoke(stack, "SubmitFunction", _s3_event(stack, "inbox/with space.jsonl", version))
+    second = _invoke(stack, "SubmitFunction", _s3_event(stack, "inbox/with space.jsonl", version))
+
+    # Then one batch was created and the job is running; the second event changed nothing
+    job_id = job_id_for(stack.bucket_name, "inbox/with space.jsonl", version)
+    assert first["jobs"] == [{"job_id": job_id, "status": "RUNNING", "duplicate": False}]
+    assert second["jobs"][0]["duplicate"] is True
+    assert stack.emulator_control().counters()["creates_accepted"] - before == 1
+    shard = json.loads(
+        stack.client("s3").get_object(Bucket=stack.bucket_name, Key=f"work/{job_id}/shard-00000.json")["Body"].read()
+    )
+    assert [r["custom_id"] for r in shard["requests"]] == [r["custom_id"] for r in SAMPLE]
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_checker_tick_collects_ended_batches_and_finishes_the_job(stack: LocalStack) -> None:
+    # Given a submitted job whose batch has ended at the provider
+    version = _upload(stack, "inbox/tick.jsonl", SAMPLE)
+    _invoke(stack, "SubmitFunction", _s3_event(stack, "inbox/tick.jsonl", version))
+    stack.emulator_control().end()
+    completions = _completion_queue(stack)
+
+    # When the checker runs with the scheduled event
+    report = _invoke(stack, "CheckerFunction", load_event("scheduled-tick"))
+
+    # Then the job's results and manifest are in S3, and the completion event is on the bus
+    job_id = job_id_for(stack.bucket_name, "inbox/tick.jsonl", version)
+    assert job_id in report["finished_jobs"]
+    s3 = stack.client("s3")
+    manifest = json.loads(s3.get_object(Bucket=stack.bucket_name, Key=f"results/{job_id}/manifest.json")["Body"].read())
+    assert manifest["status"] == "COMPLETED"
+    assert manifest["counts"]["succeeded"] == len(SAMPLE)
+    lines = s3.get_object(Bucket=stack.bucket_name, Key=manifest["results"][0])["Body"].read().splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(r["custom_id"] for r in SAMPLE)
+    messages = stack.client("sqs").receive_message(QueueUrl=completions, WaitTimeSeconds=1)["Messages"]
+    detail = json.loads(messages[0]["Body"])["detail"]
+    assert (detail["job_id"], detail["status"]) == (job_id, "COMPLETED")
+
+    # And an idle tick afterwards finds nothing to do
+    assert _invoke(stack, "CheckerFunction", load_event("scheduled-tick"))["open_batches"] == 0
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_an_event_without_a_version_id_fails_closed(stack: LocalStack) -> None:
+    event = _s3_event(stack, "inbox/unversioned.jsonl", "")
+    del event["Records"][0]["s3"]["object"]["versionId"]
+    with pytest.raises(BadEventError, match="no versionId"):
+        _invoke(stack, "SubmitFunction", event)
+
+
+def _completion_queue(stack: LocalStack) -> str:
+    """A rule on the bus that copies batchdrop's events into a queue the test can read."""
+    sqs, events = stack.client("sqs"), stack.client("events")
+    url = sqs.create_queue(QueueName="completions")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus = stack.env["BATCHDROP_EVENT_BUS"]
+    events.put_rule(Name="completions", EventBusName=bus, EventPattern=json.dumps({"source": ["batchdrop"]}))
+    events.put_targets(Rule="completions", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    return str(url)
