@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock lint test test-unit test-integration test-e2e demo emulator clean
+.PHONY: help venv lock lint test build-check test-unit test-integration test-e2e demo emulator clean
 
 include mk/sam.mk
 
@@ -43,8 +43,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint template-lint
+test: lint template-lint build-check
 	$(BIN)/pytest
+
+# `sam build` works here without Docker; its artifact holds both handlers and the layer.
+# (The layer is built for arm64, so it is checked by its layout, not imported on x86_64.)
+build-check: build
+	test -f .aws-sam/build/SubmitFunction/app.py
+	test -f .aws-sam/build/CheckerFunction/app.py
+	test -f .aws-sam/build/CommonLayer/python/batchdrop/submit.py
+	test -d .aws-sam/build/CommonLayer/python/anthropic
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -m unit
