@@ -11,11 +11,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from batchdrop_local.commands import add_user_commands
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batchdrop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_emulator(commands)
+    _add_local(commands)
+    add_user_commands(commands)
     args = parser.parse_args(argv)
     return int(args.run(args, parser) or 0)
 
@@ -27,7 +31,7 @@ def _add_emulator(commands: Any) -> None:
     p = commands.add_parser(
         "emulator",
         help="run the local Message Batches API emulator",
-        description="A local, stateful emulator of Anthropic's Message Batches API (docs/emulator.md).",
+        description="A local, stateful emulator of Anthropic's Message Batches API (see the README).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
@@ -44,7 +48,7 @@ def _add_emulator(commands: Any) -> None:
     p.add_argument("--results-url", choices=("absolute", "relative"), default="absolute")
     p.add_argument("--max-output-tokens", type=int, default=64_000, metavar="N")
     p.add_argument("--responder", metavar="MODULE:CALLABLE", help="your own responder")
-    faults = p.add_argument_group("faults (docs/emulator.md, Faults)")
+    faults = p.add_argument_group("faults (README, Faults)")
     faults.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:STATUS:RATE[:TIMES]")
     faults.add_argument("--stall", action="append", default=[], metavar="ENDPOINT:SECONDS:RATE[:TIMES]")
     faults.add_argument("--retry-after", type=float, default=1.0, metavar="SECONDS")
@@ -107,6 +111,8 @@ def _run_emulator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         emulator = Emulator(settings)
     except (ValueError, ValidationError) as exc:
         parser.error(str(exc))
+    except OSError as exc:  # the port is taken, the address is not ours, the db is unwritable
+        parser.error(f"cannot start the emulator on {args.host}:{args.port}: {exc}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -114,6 +120,79 @@ def _run_emulator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         print(f"emulator listening on {emulator.url}", flush=True)
         stop.wait()
     print("emulator stopped", file=sys.stderr)
+    return 0
+
+
+# --- batchdrop local up -----------------------------------------------------------------
+
+
+def _add_local(commands: Any) -> None:
+    local = commands.add_parser(
+        "local",
+        help="run batchdrop locally: moto, the emulator and both handlers",
+        description="The local stack (docs: DESIGN.md, Local stack): no AWS account, no Anthropic key.",
+    )
+    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="COMMAND")
+    up = local_commands.add_parser(
+        "up",
+        help="start the local stack and serve until Ctrl-C",
+        description=(
+            "Start moto and the Message Batches emulator on 127.0.0.1, create template.yaml's resources, "
+            "deliver inbox/ uploads to the submit handler and tick the checker; write the client "
+            "environment to --env-file and print it."
+        ),
+    )
+    up.add_argument("--latency", type=float, default=2.0, metavar="SECONDS", help="emulator: time until a batch ends")
+    up.add_argument("--tick", type=float, default=2.0, metavar="SECONDS", help="checker schedule (default 2)")
+    up.add_argument("--port-moto", type=int, default=0, metavar="N", help="moto's port; 0 picks a free one")
+    up.add_argument("--port-emulator", type=int, default=0, metavar="N", help="the emulator's port; 0 picks one")
+    up.add_argument(
+        "--responder", metavar="MODULE:CALLABLE", help="the emulator's responder (README: The Message Batches emulator)"
+    )
+    up.add_argument(
+        "--env-file", type=Path, default=Path(".batchdrop/local.env"), metavar="FILE", help="where to write the env"
+    )
+    up.set_defaults(run=_run_local_up)
+
+
+def _run_local_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import logging
+
+    from batchdrop_local.runner import LocalRunner
+    from batchdrop_local.stack import LocalStack, iter_env_lines
+
+    if args.tick <= 0 or args.latency < 0:
+        parser.error("--tick must be > 0 and --latency >= 0")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # "found credentials in environment", per client
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stack = LocalStack(
+            moto_port=args.port_moto,
+            emulator_port=args.port_emulator,
+            latency=args.latency,
+            responder=args.responder,
+        ).start()
+    except (ValueError, OSError) as exc:  # a bad template or responder, a port in use
+        parser.error(str(exc))
+    try:
+        with LocalRunner(stack, tick_seconds=args.tick) as runner:
+            env_file = stack.write_env_file(args.env_file)
+            print(f"# batchdrop local stack: moto {stack.moto_url}, emulator {stack.emulator_url}")
+            print(f"# written to {env_file}; load it with: set -a; . {env_file}; set +a")
+            for line in iter_env_lines(stack.env):
+                print(line)
+            print(
+                f"# drop files into s3://{stack.bucket_name}/{runner.triggers[0].prefix}; "
+                f"checker every {args.tick:g} s; Ctrl-C to stop",
+                flush=True,
+            )
+            stop.wait()
+    finally:
+        stack.stop()
+    print("local stack stopped", file=sys.stderr)
     return 0
 
 

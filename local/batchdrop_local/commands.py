@@ -1,6 +1,9 @@
 """The user's commands: `batchdrop submit`, `status` and `results`, against the local stack
 or a deployed one. Names come from the environment (`.batchdrop/local.env` sets them for
-the local stack) or from a deployed stack's Outputs with `--stack NAME`."""
+the local stack) or from a deployed stack's Outputs with `--stack NAME`.
+
+batchdrop's own modules (and through them boto3 and Powertools) are imported inside the
+commands, so that `batchdrop emulator` and `--help` start without them."""
 
 from __future__ import annotations
 
@@ -11,9 +14,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-from batchdrop.adapters.state import StateTable
-from batchdrop.domain.jobs import job_id_for, manifest_key
 
 FINAL = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"}
 
@@ -73,6 +73,9 @@ def _s3() -> Any:
 
 
 def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from batchdrop.adapters.state import StateTable
+    from batchdrop.domain.jobs import job_id_for
+
     bucket, table = _names(args, parser)
     if not args.file.is_file():
         parser.error(f"{args.file}: no such file")
@@ -91,7 +94,7 @@ def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0 if job and job.get("status") in ("COMPLETED", "COMPLETED_WITH_ERRORS") else 1
 
 
-def _wait(state: StateTable, job_id: str, timeout: float) -> dict[str, Any] | None:
+def _wait(state: Any, job_id: str, timeout: float) -> dict[str, Any] | None:
     deadline = time.monotonic() + timeout
     live = sys.stdout.isatty()
     last = None
@@ -117,6 +120,8 @@ def _wait(state: StateTable, job_id: str, timeout: float) -> dict[str, Any] | No
 
 
 def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from batchdrop.adapters.state import StateTable
+
     _, table = _names(args, parser)
     state = StateTable(table)
     if args.job_id:
@@ -170,6 +175,8 @@ def _print_job(job: dict[str, Any] | None) -> None:
 
 
 def _results(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from batchdrop.domain.jobs import manifest_key
+
     bucket, _ = _names(args, parser)
     s3 = _s3()
     try:

@@ -1,1 +1,1 @@
-"""A local, stateful emulator of Anthropic's Message Batches API (see docs/emulator.md)."""
+"""A local, stateful emulator of Anthropic's Message Batches API (README: The Message Batches emulator)."""

@@ -49,8 +49,10 @@ class EmulatorControl:
     def set_faults(self, faults: dict[str, Any]) -> dict[str, Any]:
         return dict(self._call("PUT", "faults", faults))
 
-    def reset(self) -> None:
-        self._call("POST", "reset", {})
+    def reset(self, *, faults: bool = False) -> None:
+        """Forget every batch and counter; faults go back to the emulator's settings, or to
+        none with `faults=True`."""
+        self._call("POST", "reset", {"faults": True} if faults else {})
 
 
 def _ids(batch_ids: list[str] | None) -> dict[str, Any]:

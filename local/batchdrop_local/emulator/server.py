@@ -25,7 +25,7 @@ from batchdrop_local.emulator.faults import ERROR_TYPE_BY_STATUS, FaultInjector,
 from batchdrop_local.emulator.responder import PromptCache, Responder, load_responder
 from batchdrop_local.emulator.settings import EmulatorSettings
 from batchdrop_local.emulator.store import ApiError, Store
-from batchdrop_local.emulator.validation import count_error, envelope_error
+from batchdrop_local.emulator.validation import body_error, count_error, envelope_error
 from batchdrop_local.emulator.wire import compact, error_body, new_request_id
 
 _BATCHES = re.compile(r"^/v1/messages/batches/?$")
@@ -121,7 +121,11 @@ class Emulator:
             return Responder(cache=cache, seed=settings.seed, user=user)
 
         self.store = Store(settings, lambda: self.faults, make_answerer, time.time)
-        self._server = _Server((settings.host, settings.port), _Handler, self)
+        try:
+            self._server = _Server((settings.host, settings.port), _Handler, self)
+        except BaseException:  # a port in use must not leave the store's temporary directory behind
+            self.store.close()
+            raise
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -134,7 +138,7 @@ class Emulator:
         return f"http://{self.settings.host}:{self.port}"
 
     def start(self) -> Emulator:
-        for target in (self._server.serve_forever, self._process):
+        for target in (self._serve, self._process):
             thread = threading.Thread(target=target, daemon=True, name=f"emulator-{target.__name__}")
             thread.start()
             self._threads.append(thread)
@@ -154,6 +158,10 @@ class Emulator:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+    def _serve(self) -> None:
+        # `stop` waits for the loop to notice: the default half-second poll made every stop slow.
+        self._server.serve_forever(poll_interval=0.05)
+
     def _process(self) -> None:
         tick = min(0.05, max(self.settings.latency / 20, 0.01))
         while not self._stop.wait(tick):
@@ -166,11 +174,13 @@ class Emulator:
     def set_faults(self, faults: FaultSettings) -> None:
         self.faults = FaultInjector(faults, self.settings.seed)
 
-    def reset(self) -> None:
+    def reset(self, *, clear_faults: bool = False) -> None:
+        """Forget every batch and counter; the faults go back to those of the settings, or to
+        none with `clear_faults`."""
         self.store.reset()
         self.traffic.clear()
         self.creates.clear()
-        self.set_faults(self._initial_faults)
+        self.set_faults(FaultSettings() if clear_faults else self._initial_faults)
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -195,10 +205,19 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, the body waits for the
+    # client's delayed ACK and every call takes 40 ms.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests and the demo read the emulator's behaviour, not its access log."""
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.emulator.store.release()
 
     # --- dispatch ---------------------------------------------------------------------
 
@@ -339,6 +358,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with spool.open("wb") as out:
                 problem = self._validate_stream(_Tee(body, out), custom_ids)
+            if problem is None and not custom_ids:
+                with spool.open("rb") as spooled:
+                    problem = body_error(ijson.parse(spooled, use_float=True))
             if problem is None:
                 problem = count_error(len(custom_ids), settings.max_requests)
         except _BodyTooLarge:
@@ -463,7 +485,7 @@ class _Handler(BaseHTTPRequestHandler):
             emu.set_faults(faults)
             self._json(faults.model_dump())
         elif (method, action) == ("POST", "reset"):
-            emu.reset()
+            emu.reset(clear_faults=payload.get("faults") is True)
             self._json({"reset": True})
         else:
             raise ApiError(404, "not_found_error", f"Unknown control call: {method} {_CONTROL_PREFIX}{action}")

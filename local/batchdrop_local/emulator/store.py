@@ -188,6 +188,18 @@ class Store:
             raise
         conn.execute("COMMIT")
 
+    def release(self) -> None:
+        """Close the calling thread's connection. The server runs each HTTP connection in a
+        thread of its own: one left open would hold its file descriptors until `close`."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
+
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:

@@ -5,6 +5,7 @@ Messages follow the API's pydantic style, `loc: msg`."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 CUSTOM_ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
@@ -17,6 +18,7 @@ _REFUSED_IN_BATCHES = {
     "previous_thread_event_id": "threads are not available in batches",
     "cache_hint": "routing hints apply to synchronous requests only",
     "context_hint": "routing hints apply to synchronous requests only",
+    "research_preview_2026_02": "research preview mode is not available on the batch path",
 }
 
 
@@ -44,6 +46,19 @@ def envelope_error(index: int, item: Any) -> str | None:
     if not isinstance(item["params"], dict):
         return f"{loc}.params: Input should be a valid dictionary"
     return None
+
+
+def body_error(events: Iterable[tuple[str, str, Any]]) -> str | None:
+    """Why a create body that carried no request is not `{"requests": [...]}`, or None when
+    it is one with an empty list. `events` are the body's ijson parse events."""
+    events = iter(events)
+    _, first, _ = next(events, ("", None, None))
+    if first != "start_map":
+        return "Input should be a valid dictionary or object to extract fields from"
+    for prefix, event, _ in events:
+        if prefix == "requests":  # the first event under the key is its value's
+            return None if event == "start_array" else "requests: Input should be a valid list"
+    return "requests: Field required"
 
 
 def count_error(count: int, max_requests: int) -> str | None:
