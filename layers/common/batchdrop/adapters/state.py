@@ -221,51 +221,55 @@ class StateTable:
 
     # --- shards -----------------------------------------------------------------------
 
-    def begin_submit(self, job_id: str, index: int, sent_at: str) -> bool:
-        """PENDING → SUBMITTING: the intent, recorded before the create is sent."""
+    def _move_shard(
+        self,
+        job_id: str,
+        index: int,
+        expected: str,
+        new: str,
+        *,
+        assign: str = "",
+        remove: str = "",
+        names: Mapping[str, str] | None = None,
+        **values: Any,
+    ) -> bool:
+        """One conditional shard transition, expected → new, with more `SET` (`assign`, using
+        `values` as `:name` and `names` for reserved words) and `REMOVE` clauses."""
+        update = f"SET #s = :new{', ' + assign if assign else ''}{' REMOVE ' + remove if remove else ''}"
         return self._conditional(
             Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            UpdateExpression="SET #s = :submitting, sent_at = :at, attempt = attempt + :one",
-            ConditionExpression="#s = :pending",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":submitting": "SUBMITTING", ":pending": "PENDING", ":at": sent_at, ":one": 1},
+            UpdateExpression=update,
+            ConditionExpression="#s = :expected",
+            ExpressionAttributeNames={"#s": "state", **(names or {})},
+            ExpressionAttributeValues={":new": new, ":expected": expected, **{f":{k}": v for k, v in values.items()}},
+        )
+
+    def begin_submit(self, job_id: str, index: int, sent_at: str) -> bool:
+        """PENDING → SUBMITTING: the intent, recorded before the create is sent."""
+        return self._move_shard(
+            job_id, index, "PENDING", "SUBMITTING", assign="sent_at = :at, attempt = attempt + :one", at=sent_at, one=1
         )
 
     def mark_submitted(self, job_id: str, index: int, batch_id: str) -> bool:
         """SUBMITTING → SUBMITTED with the provider's batch id; the shard joins the open index."""
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            UpdateExpression="SET #s = :submitted, batch_id = :batch, GSI1PK = :open, GSI1SK = :order",
-            ConditionExpression="#s = :submitting",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={
-                ":submitted": "SUBMITTED",
-                ":submitting": "SUBMITTING",
-                ":batch": batch_id,
-                ":open": OPEN,
-                ":order": f"SHARD#{job_id}#{index:05d}",
-            },
+        return self._move_shard(
+            job_id,
+            index,
+            "SUBMITTING",
+            "SUBMITTED",
+            assign="batch_id = :batch, GSI1PK = :open, GSI1SK = :order",
+            batch=batch_id,
+            open=OPEN,
+            order=f"SHARD#{job_id}#{index:05d}",
         )
 
     def mark_unknown(self, job_id: str, index: int, reason: str) -> bool:
         """SUBMITTING → UNKNOWN: the create may have created a batch; never resend blindly."""
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            UpdateExpression="SET #s = :unknown, reason = :reason",
-            ConditionExpression="#s = :submitting",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":unknown": "UNKNOWN", ":submitting": "SUBMITTING", ":reason": reason},
-        )
+        return self._move_shard(job_id, index, "SUBMITTING", "UNKNOWN", assign="reason = :reason", reason=reason)
 
     def release_submit(self, job_id: str, index: int, reason: str) -> bool:
         """SUBMITTING → PENDING after a create the provider refused (no batch exists)."""
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            UpdateExpression="SET #s = :pending, reason = :reason",
-            ConditionExpression="#s = :submitting",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":pending": "PENDING", ":submitting": "SUBMITTING", ":reason": reason},
-        )
+        return self._move_shard(job_id, index, "SUBMITTING", "PENDING", assign="reason = :reason", reason=reason)
 
     def open_items(self) -> Iterator[dict[str, Any]]:
         """Unfinished jobs and shards whose batch is open: one query when idle, then one
@@ -287,18 +291,16 @@ class StateTable:
         ended_at: str,
     ) -> bool:
         """SUBMITTED → COLLECTED once its results are in S3; the shard leaves the open index."""
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            UpdateExpression="SET #s = :collected, counts = :counts, #u = :usage, result_key = :key,"
-            " ended_at = :at REMOVE GSI1PK, GSI1SK",
-            ConditionExpression="#s = :submitted",
-            ExpressionAttributeNames={"#s": "state", "#u": "usage"},
-            ExpressionAttributeValues={
-                ":collected": "COLLECTED",
-                ":submitted": "SUBMITTED",
-                ":counts": dict(counts),
-                ":usage": {model: dict(u) for model, u in usage.items()},
-                ":key": result_key,
-                ":at": ended_at,
-            },
+        return self._move_shard(
+            job_id,
+            index,
+            "SUBMITTED",
+            "COLLECTED",
+            assign="counts = :counts, #u = :usage, result_key = :key, ended_at = :at",
+            remove="GSI1PK, GSI1SK",
+            names={"#u": "usage"},  # a reserved word
+            counts=dict(counts),
+            usage={model: dict(u) for model, u in usage.items()},
+            key=result_key,
+            at=ended_at,
         )
