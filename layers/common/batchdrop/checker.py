@@ -1,7 +1,11 @@
 """One checker tick: follow every open batch; when one has ended, stream its results into
 S3 and record its counts and usage; when every batch of a job is in, write the job's
-manifest, close it and announce it. A tick's work grows with open jobs and batches,
-never with requests, and it stops early to leave the rest to the next tick."""
+manifest, close it and announce it. For jobs still submitting, it settles creates whose
+outcome is unknown by listing the provider's recent batches (RELIABILITY.md §9: adopt the
+match, submit again once none can exist, cancel duplicates) and submits the shards a full
+queue deferred, through the submit function's own create path. A tick's work grows with
+open jobs and batches, never with requests, and it stops early to leave the rest to the
+next tick."""
 
 from __future__ import annotations
 
@@ -9,20 +13,27 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from batchdrop.adapters import batches as batches_adapter
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import StateTable
+from batchdrop.domain import reconcile
 from batchdrop.domain.jobs import final_status, manifest_key, rejected_key, results_part_key
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.usage import Usage
-from batchdrop.errors import ProviderUnavailableError
+from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
 from batchdrop.observability import logger
+from batchdrop.submit import CreateResult, ShardCreator
 
 # Stop starting new work when less than this is left of the invocation.
 SAFETY_SECONDS = 60.0
+# A SUBMITTING shard is taken as left behind by a crash once its intent is older than the
+# create's timeout plus this margin.
+LEASE_MARGIN_SECONDS = 60.0
 
 
 @dataclass
@@ -31,6 +42,10 @@ class TickReport:
     collected: list[str] = field(default_factory=list)
     finished_jobs: list[str] = field(default_factory=list)
     deferred: int = 0  # items left to the next tick (time ran short, or the provider was unavailable)
+    submitted: int = 0  # shards this tick created a batch for
+    adopted: list[str] = field(default_factory=list)  # batches found by reconciliation
+    resubmitted: int = 0  # unknown creates shown to have made no batch, back to PENDING
+    canceled: list[str] = field(default_factory=list)  # duplicate batches canceled
 
 
 class Checker:
@@ -42,6 +57,7 @@ class Checker:
         events: EventPublisher,
         clock: Callable[[], str],
         seconds_left: Callable[[], float],
+        grace_seconds: float | None = None,
     ) -> None:
         self._store = store
         self._state = state
@@ -49,6 +65,8 @@ class Checker:
         self._events = events
         self._now = clock
         self._seconds_left = seconds_left
+        self._grace = grace_seconds
+        self._creator = ShardCreator(store, state, api, clock)
 
     def tick(self) -> TickReport:
         report = TickReport()
@@ -56,6 +74,7 @@ class Checker:
         shards = [item for item in items if item["SK"].startswith("SHARD#")]
         jobs = [item for item in items if item["SK"] == "JOB"]
         report.open_batches = len(shards)
+        self._advance_submitting(jobs, report)
         touched: set[str] = set()
         for shard in shards:
             if self._seconds_left() < SAFETY_SECONDS:
@@ -73,6 +92,132 @@ class Checker:
             if job["job_id"] not in still_open and self._finish_if_done(job["job_id"]):
                 report.finished_jobs.append(job["job_id"])
         return report
+
+    # --- jobs still submitting -----------------------------------------------------------
+
+    def _advance_submitting(self, jobs: list[dict[str, Any]], report: TickReport) -> None:
+        """Settle unknown creates, submit deferred shards, and mark a job RUNNING once
+        every shard has its batch. Reads one query per submitting job."""
+        submitting = {job["job_id"]: job for job in jobs if job.get("status") == "SUBMITTING"}
+        if not submitting:
+            return
+        shards_of = {job_id: self._state.job_items(job_id)[1] for job_id in submitting}
+        all_shards = [shard for shards in shards_of.values() for shard in shards]
+        if self._settle_unknown(all_shards, report):
+            shards_of = {job_id: self._state.job_items(job_id)[1] for job_id in submitting}
+        for job_id, shards in shards_of.items():
+            if self._submit_pending(job_id, shards, report):
+                shards = self._state.job_items(job_id)[1]
+            if shards and all(shard["state"] in ("SUBMITTED", "COLLECTED") for shard in shards):
+                self._state.mark_job_running(job_id)
+                logger.info("every shard of the job has its batch", extra={"job_id": job_id})
+
+    def _submit_pending(self, job_id: str, shards: list[dict[str, Any]], report: TickReport) -> bool:
+        """Create a batch for each PENDING shard (deferred by a full queue, or found never
+        created), while time allows; True if any shard moved."""
+        moved = False
+        for shard in shards:
+            if shard["state"] != "PENDING":
+                continue
+            if self._seconds_left() < SAFETY_SECONDS + batches_adapter.create_timeout():
+                report.deferred += 1
+                continue
+            try:
+                result = self._creator.create(job_id, shard)
+            except ProviderOutcomeUnknownError:
+                moved = True  # UNKNOWN now: the next tick reconciles it
+                continue
+            except ProviderRejectedError as exc:
+                logger.error("create refused: shard left pending", extra={"job_id": job_id, "error": str(exc)})
+                report.deferred += 1
+                continue
+            except ProviderUnavailableError as exc:
+                logger.warning("shard left to the next tick", extra={"job_id": job_id, "error": str(exc)})
+                report.deferred += 1
+                continue
+            if result is CreateResult.CREATED:
+                report.submitted += 1
+                moved = True
+            elif result is CreateResult.DEFERRED:
+                report.deferred += 1
+        return moved
+
+    def _unsettled(self, shards: list[dict[str, Any]], now: datetime) -> tuple[list[reconcile.Unsettled], set[int]]:
+        """Shards whose create may have made a batch, and the sizes of creates in flight."""
+        lease = batches_adapter.create_timeout() + LEASE_MARGIN_SECONDS
+        unsettled: list[reconcile.Unsettled] = []
+        in_flight: set[int] = set()
+        for shard in shards:
+            if shard["state"] not in ("UNKNOWN", "SUBMITTING") or not shard.get("sent_at"):
+                continue
+            sent_at = reconcile.parse_time(shard["sent_at"])
+            if shard["state"] == "SUBMITTING" and (now - sent_at).total_seconds() < lease:
+                in_flight.add(int(shard["requests"]))
+                continue
+            unsettled.append(reconcile.Unsettled(shard["job_id"], int(shard["index"]), int(shard["requests"]), sent_at))
+        return unsettled, in_flight
+
+    def _settle_unknown(self, shards: list[dict[str, Any]], report: TickReport) -> bool:
+        """RELIABILITY.md §9 T4: match unknown creates against the provider's recent
+        batches; adopt, resubmit or wait, and cancel duplicates. True if any shard moved."""
+        now = reconcile.parse_time(self._now())
+        unsettled, in_flight = self._unsettled(shards, now)
+        if not unsettled or self._seconds_left() < SAFETY_SECONDS:
+            return False
+        by_key = {(shard["job_id"], int(shard["index"])): shard for shard in shards}
+        oldest = min(shard.sent_at for shard in unsettled)
+        try:
+            recent = self._api.list_recent(oldest - timedelta(seconds=reconcile.SKEW_SECONDS))
+        except ProviderUnavailableError as exc:
+            logger.warning("unknown creates left to the next tick", extra={"error": str(exc)})
+            return False
+        listed = [reconcile.Listed.from_api(batch) for batch in recent.batches]
+        owned = {shard["batch_id"] for shard in shards if shard.get("batch_id")}
+        timeout = batches_adapter.create_timeout()
+        maybe = {b.id for b in listed if any(reconcile.matches(s, b, timeout) for s in unsettled)} - owned
+        owned |= self._state.owned_batches(sorted(maybe))
+        grace = self._grace if self._grace is not None else reconcile.GRACE_SECONDS
+        decision = reconcile.settle(
+            unsettled,
+            listed,
+            owned=owned,
+            covered=recent.complete,
+            now=now,
+            create_timeout=timeout,
+            grace=grace,
+            blocked_sizes=in_flight,
+        )
+        moved = False
+        for (job_id, index), batch_id in decision.adopt.items():
+            shard = by_key[(job_id, index)]
+            if self._state.adopt_batch(job_id, index, batch_id, shard["sent_at"]):
+                logger.warning(
+                    "unknown create settled: batch adopted",
+                    extra={"job_id": job_id, "shard": index, "batch_id": batch_id},
+                )
+                report.adopted.append(batch_id)
+                moved = True
+        for job_id, index in decision.resubmit:
+            shard = by_key[(job_id, index)]
+            reason = f"no batch matched the create sent at {shard['sent_at']}: submitted again"
+            if self._state.resubmit_unsettled(job_id, index, shard["state"], shard["sent_at"], reason):
+                logger.warning(
+                    "unknown create settled: no batch, shard pending again", extra={"job_id": job_id, "shard": index}
+                )
+                report.resubmitted += 1
+                moved = True
+        for batch_id in decision.cancel:
+            try:
+                self._api.cancel(batch_id)
+            except ProviderUnavailableError as exc:
+                logger.warning("duplicate batch not canceled yet", extra={"batch_id": batch_id, "error": str(exc)})
+                continue
+            logger.warning("DuplicateBatch: a second batch for one shard was canceled", extra={"batch_id": batch_id})
+            report.canceled.append(batch_id)
+        report.deferred += len(decision.wait)
+        return moved
+
+    # --- open batches -----------------------------------------------------------------
 
     def _collect_if_ended(self, shard: dict[str, Any]) -> bool:
         batch = self._api.retrieve(shard["batch_id"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.objects import MultipartWriter, ObjectStore
@@ -18,7 +19,7 @@ from batchdrop.domain.jobs import job_id_for, manifest_key, rejected_key, reject
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
 from batchdrop.domain.shards import ENVELOPE_CLOSE, ENVELOPE_OPEN, ShardLimits, assign_shards, shard_key
-from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError
+from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
 from batchdrop.observability import logger
 
 
@@ -186,8 +187,9 @@ class Submitter:
     def _submit_pending(self, job_id: str) -> SubmitOutcome:
         submitted = 0
         _, shards = self._state.job_items(job_id)
+        creator = ShardCreator(self._store, self._state, self._api, self._now)
         for shard in shards:
-            if shard["state"] == "PENDING" and self._create(job_id, shard):
+            if shard["state"] == "PENDING" and creator.create(job_id, shard) is CreateResult.CREATED:
                 submitted += 1
         _, shards = self._state.job_items(job_id)
         if all(s["state"] in ("SUBMITTED", "COLLECTED") for s in shards):
@@ -195,10 +197,34 @@ class Submitter:
         job = self._state.get_job(job_id) or {}
         return SubmitOutcome(job_id, str(job.get("status")), submitted=submitted)
 
-    def _create(self, job_id: str, shard: dict[str, object]) -> bool:
+
+class CreateResult(Enum):
+    CREATED = "created"  # a batch was created and recorded for the shard
+    DEFERRED = "deferred"  # the provider's queue is full: the shard stays PENDING
+    SKIPPED = "skipped"  # another invocation holds the shard's create, or it lost its batch
+
+
+class ShardCreator:
+    """One shard's create, the one path the submit function and the checker share: record
+    the intent (PENDING → SUBMITTING), send the body once, record the outcome.
+
+    A 4xx releases the shard to PENDING (a full queue returns DEFERRED; any other refusal
+    re-raises ProviderRejectedError); a 5xx, timeout or dropped connection marks it UNKNOWN
+    and re-raises ProviderOutcomeUnknownError: only the checker's reconciliation settles
+    it. A batch whose recording loses (its shard moved, or it is owned already) is
+    canceled, since nothing would ever collect it."""
+
+    def __init__(self, store: ObjectStore, state: StateTable, api: BatchesApi, clock: Callable[[], str]) -> None:
+        self._store = store
+        self._state = state
+        self._api = api
+        self._now = clock
+
+    def create(self, job_id: str, shard: dict[str, object]) -> CreateResult:
         index = int(shard["index"])  # type: ignore[call-overload]
-        if not self._state.begin_submit(job_id, index, self._now()):
-            return False  # someone else holds this shard's create
+        sent_at = self._now()
+        if not self._state.begin_submit(job_id, index, sent_at):
+            return CreateResult.SKIPPED  # someone else holds this shard's create
         size, body = self._store.chunks(str(shard["key"]))
         try:
             batch = self._api.create(body, size)
@@ -206,12 +232,24 @@ class Submitter:
             self._state.release_submit(job_id, index, str(exc))
             if exc.queue_full:
                 logger.warning("provider queue full: shard left pending", extra={"shard": index})
-                return False
+                return CreateResult.DEFERRED
             raise
         except ProviderOutcomeUnknownError as exc:
             self._state.mark_unknown(job_id, index, str(exc))
             logger.error("create outcome unknown: shard not resent", extra={"shard": index})
             raise
-        self._state.mark_submitted(job_id, index, batch["id"])
+        if not self._state.mark_submitted(job_id, index, batch["id"], sent_at=sent_at):
+            current = self._state.get_shard(job_id, index) or {}
+            if current.get("batch_id") == batch["id"]:
+                return CreateResult.CREATED  # reconciliation adopted it first
+            try:
+                self._api.cancel(batch["id"])
+            except ProviderUnavailableError:
+                logger.exception("could not cancel an unrecorded batch", extra={"batch_id": batch["id"]})
+            logger.warning(
+                "DuplicateBatch: a created batch could not be recorded and was canceled",
+                extra={"shard": index, "batch_id": batch["id"], "owner_batch": current.get("batch_id")},
+            )
+            return CreateResult.SKIPPED
         logger.info("batch created", extra={"shard": index, "batch_id": batch["id"], "requests": shard["requests"]})
-        return True
+        return CreateResult.CREATED

@@ -6,12 +6,28 @@ The SDK is imported on first use: it is the heaviest import of the functions."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
 
 CREATE_TIMEOUT_SECONDS = 300.0
 READ_RETRIES = 3
+# The most batches one reconciliation lists (newest first) before giving up on its window.
+LIST_MAX_BATCHES = 5000
+LIST_PAGE = 100
+
+
+def create_timeout() -> float:
+    """The create call's timeout, read when it is used (tests shrink it)."""
+    return CREATE_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class RecentBatches:
+    batches: list[dict[str, Any]]
+    complete: bool  # True when the listing reached back past `not_before` (or the oldest batch)
 
 
 class BatchesApi:
@@ -37,7 +53,7 @@ class BatchesApi:
         from anthropic.types.messages import MessageBatch
 
         try:
-            batch = self.client.with_options(max_retries=0, timeout=CREATE_TIMEOUT_SECONDS).post(
+            batch = self.client.with_options(max_retries=0, timeout=create_timeout()).post(
                 "/v1/messages/batches",
                 cast_to=MessageBatch,
                 content=iter(body),
@@ -59,6 +75,34 @@ class BatchesApi:
             return self.client.messages.batches.retrieve(batch_id).model_dump(mode="json")
         except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
             raise ProviderUnavailableError(f"retrieve {batch_id}: {type(exc).__name__}") from exc
+
+    def list_recent(self, not_before: datetime) -> RecentBatches:
+        """The workspace's batches, newest first, back to the first one created before
+        `not_before` (excluded). Incomplete when the listing stopped at LIST_MAX_BATCHES."""
+        import anthropic
+
+        batches: list[dict[str, Any]] = []
+        try:
+            for batch in self.client.messages.batches.list(limit=LIST_PAGE):
+                if batch.created_at < not_before:
+                    return RecentBatches(batches, complete=True)
+                if len(batches) >= LIST_MAX_BATCHES:
+                    return RecentBatches(batches, complete=False)
+                batches.append(batch.model_dump(mode="json"))
+        except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
+            raise ProviderUnavailableError(f"list batches: {type(exc).__name__}") from exc
+        return RecentBatches(batches, complete=True)
+
+    def cancel(self, batch_id: str) -> dict[str, Any] | None:
+        """Ask the provider to cancel a batch; None when it refuses (e.g. it has ended)."""
+        import anthropic
+
+        try:
+            return self.client.messages.batches.cancel(batch_id).model_dump(mode="json")
+        except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
+            raise ProviderUnavailableError(f"cancel {batch_id}: {type(exc).__name__}") from exc
+        except anthropic.APIStatusError:
+            return None
 
     def result_lines(self, batch: dict[str, Any]) -> Iterator[bytes]:
         """The raw JSONL lines of an ended batch, as the API sends them."""

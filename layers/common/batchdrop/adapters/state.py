@@ -6,7 +6,7 @@ key `JOB#…`, beside `SHARD#…`), so one query per tick finds all the checker 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,6 +23,10 @@ def _job_pk(job_id: str) -> str:
 
 def _shard_sk(index: int) -> str:
     return f"SHARD#{index:05d}"
+
+
+def _guard_pk(batch_id: str) -> str:
+    return f"PBATCH#{batch_id}"
 
 
 def _plain(value: Any) -> Any:
@@ -250,17 +254,77 @@ class StateTable:
             job_id, index, "PENDING", "SUBMITTING", assign="sent_at = :at, attempt = attempt + :one", at=sent_at, one=1
         )
 
-    def mark_submitted(self, job_id: str, index: int, batch_id: str) -> bool:
-        """SUBMITTING → SUBMITTED with the provider's batch id; the shard joins the open index."""
-        return self._move_shard(
-            job_id,
-            index,
-            "SUBMITTING",
-            "SUBMITTED",
-            assign="batch_id = :batch, GSI1PK = :open, GSI1SK = :order",
-            batch=batch_id,
-            open=OPEN,
-            order=f"SHARD#{job_id}#{index:05d}",
+    def mark_submitted(self, job_id: str, index: int, batch_id: str, sent_at: str | None = None) -> bool:
+        """SUBMITTING → SUBMITTED with the provider's batch id; the shard joins the open index.
+        One transaction also writes the batch's `PBATCH#<id>` owner guard, so a batch can
+        never belong to two shards. `sent_at` fences the write to the intent that sent it."""
+        return self._attach(job_id, index, batch_id, expected=("SUBMITTING",), sent_at=sent_at)
+
+    def adopt_batch(self, job_id: str, index: int, batch_id: str, sent_at: str) -> bool:
+        """UNKNOWN or SUBMITTING → SUBMITTED with a batch found by reconciliation, for the
+        intent recorded at `sent_at` only; False if the shard moved or the batch is owned."""
+        return self._attach(job_id, index, batch_id, expected=("UNKNOWN", "SUBMITTING"), sent_at=sent_at)
+
+    def _attach(self, job_id: str, index: int, batch_id: str, *, expected: Sequence[str], sent_at: str | None) -> bool:
+        client = self.table.meta.client
+        states = {f":st{i}": state for i, state in enumerate(expected)}
+        condition = f"#s IN ({', '.join(states)})"
+        values: dict[str, Any] = {
+            ":new": "SUBMITTED",
+            ":batch": batch_id,
+            ":open": OPEN,
+            ":order": f"SHARD#{job_id}#{index:05d}",
+            **states,
+        }
+        if sent_at is not None:
+            condition += " AND sent_at = :sent"
+            values[":sent"] = sent_at
+        shard_update = {
+            "Update": {
+                "TableName": self._name,
+                "Key": {"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+                "UpdateExpression": "SET #s = :new, batch_id = :batch, GSI1PK = :open, GSI1SK = :order",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#s": "state"},
+                "ExpressionAttributeValues": values,
+            }
+        }
+        guard = {
+            "Put": {
+                "TableName": self._name,
+                "Item": {"PK": _guard_pk(batch_id), "SK": "OWNER", "job_id": job_id, "index": index},
+                "ConditionExpression": "attribute_not_exists(PK)",
+            }
+        }
+        try:
+            client.transact_write_items(TransactItems=[shard_update, guard])
+        except client.exceptions.TransactionCanceledException as exc:
+            logger.info("batch not attached", extra={"reasons": exc.response.get("CancellationReasons")})
+            return False
+        return True
+
+    def get_shard(self, job_id: str, index: int) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)}, ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
+    def owned_batches(self, batch_ids: Iterable[str]) -> set[str]:
+        """Which of these provider batches already belong to a shard (have a guard)."""
+        owned = set()
+        for batch_id in batch_ids:
+            key = {"PK": _guard_pk(batch_id), "SK": "OWNER"}
+            if "Item" in self.table.get_item(Key=key, ConsistentRead=True):
+                owned.add(batch_id)
+        return owned
+
+    def resubmit_unsettled(self, job_id: str, index: int, expected: str, sent_at: str, reason: str) -> bool:
+        """UNKNOWN (or a SUBMITTING whose lease ran out) → PENDING once reconciliation showed
+        its create made no batch; the attempt count is kept. Fenced to that intent."""
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            UpdateExpression="SET #s = :new, reason = :reason",
+            ConditionExpression="#s = :expected AND sent_at = :sent",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={":new": "PENDING", ":expected": expected, ":sent": sent_at, ":reason": reason},
         )
 
     def mark_unknown(self, job_id: str, index: int, reason: str) -> bool:
