@@ -1,8 +1,16 @@
 """Test tiers come from the directory a test lives in: tests/unit, tests/integration, tests/e2e."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# What Lambda's environment always has when batchdrop's modules are imported: Powertools'
+# Logger and Metrics are created at import (batchdrop.observability) and keep these values,
+# so they are set here, before any test module imports them.
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "batchdrop")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "batchdrop/tests")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
 _TIERS = ("unit", "integration", "e2e")
 

@@ -378,7 +378,6 @@ class LocalRunner:
         # The notification configuration starts now: what is already there never triggers.
         for trigger, version in self._list_versions():
             self._seen.add(self._identity(trigger, version))
-        self._manifests_before = self._manifest_keys()
 
     # -- lifecycle
 
@@ -505,12 +504,17 @@ class LocalRunner:
             time.sleep(min(self.poll_seconds, remaining))
 
     def all_jobs_finished(self) -> bool:
-        """No open batch, and a manifest for every version accepted since this runner began."""
+        """No open batch, and each version accepted since this runner began has its own
+        job's manifest (DESIGN.md's layout: results/<job_id>/manifest.json)."""
+        from batchdrop.domain.jobs import job_id_for, manifest_key
+
         with self._records_lock:
-            accepted = len(self.accepted_versions)
+            accepted = set(self.accepted_versions)
         if self.stack.open_batch_count():
             return False
-        return len(self._manifest_keys() - self._manifests_before) >= accepted
+        bucket = self.stack.bucket_name
+        expected = {manifest_key(job_id_for(bucket, key, version)) for key, version in accepted}
+        return expected <= self._manifest_keys()
 
     def _manifest_keys(self) -> set[str]:
         s3 = self.stack.client("s3")

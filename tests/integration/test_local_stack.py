@@ -451,18 +451,25 @@ def test_drain_ticks_until_idle_or_timeout(stack: LocalStack, submit: StandInHan
 
 
 def test_drain_by_default_waits_for_a_manifest_per_accepted_upload(stack: LocalStack, submit: StandInHandler) -> None:
-    job_id = uuid.uuid4().hex
+    from batchdrop.domain.jobs import job_id_for, manifest_key
+
+    key = unique_key()
     ticks: list[dict[str, Any]] = []
+    uploaded: dict[str, str] = {}
 
     def checker_that_finishes_on_its_third_tick(event: dict[str, Any], context: Any) -> None:
         ticks.append(event)
+        s3 = stack.client("s3")
+        if len(ticks) == 1:  # another job's manifest must not count for this upload's
+            s3.put_object(Bucket=stack.bucket_name, Key=f"results/j{uuid.uuid4().hex[:24]}/manifest.json", Body=b"{}")
         if len(ticks) == 3:
-            stack.client("s3").put_object(Bucket=stack.bucket_name, Key=f"results/{job_id}/manifest.json", Body=b"{}")
+            own = manifest_key(job_id_for(stack.bucket_name, key, uploaded["version"]))
+            s3.put_object(Bucket=stack.bucket_name, Key=own, Body=b"{}")
 
     draining_runner = LocalRunner(
         stack, submit, checker_that_finishes_on_its_third_tick, poll_seconds=0.01, retry_delay_seconds=0
     )
-    put(stack, unique_key())
+    uploaded["version"] = put(stack, key)
 
     assert not draining_runner.drain(timeout=0)
     assert draining_runner.drain(timeout=5)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -125,3 +126,24 @@ def _completion_queue(stack: LocalStack) -> str:
     events.put_rule(Name="completions", EventBusName=bus, EventPattern=json.dumps({"source": ["batchdrop"]}))
     events.put_targets(Rule="completions", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
     return str(url)
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_a_gzipped_file_with_crlf_line_ends_is_read_line_by_line(stack: LocalStack) -> None:
+    # Given a .jsonl.gz upload whose lines end in \r\n, with a BOM on the first
+    body = "\r\n".join(json.dumps(line) for line in SAMPLE[:3]).encode()
+    version = str(
+        stack.client("s3").put_object(
+            Bucket=stack.bucket_name, Key="inbox/packed.jsonl.gz", Body=gzip.compress(b"\xef\xbb\xbf" + body + b"\r\n")
+        )["VersionId"]
+    )
+
+    # When the submit handler gets its event
+    result = _invoke(stack, "SubmitFunction", _s3_event(stack, "inbox/packed.jsonl.gz", version))
+
+    # Then all three requests went into the batch, none rejected
+    job_id = result["jobs"][0]["job_id"]
+    job = stack.client("dynamodb").get_item(
+        TableName=stack.table_name, Key={"PK": {"S": f"JOB#{job_id}"}, "SK": {"S": "JOB"}}
+    )["Item"]
+    assert (job["requested"]["N"], job["rejected"]["N"]) == ("3", "0")

@@ -25,7 +25,13 @@ from batchdrop.domain import reconcile
 from batchdrop.domain.jobs import final_status, manifest_key, rejected_key, results_part_key
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.usage import Usage
-from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
+from batchdrop.errors import (
+    CheckerItemsFailedError,
+    ProviderOutcomeUnknownError,
+    ProviderRejectedError,
+    ProviderUnavailableError,
+    ResultsMismatchError,
+)
 from batchdrop.observability import logger
 from batchdrop.submit import CreateResult, ShardCreator
 
@@ -76,6 +82,7 @@ class Checker:
         report.open_batches = len(shards)
         self._advance_submitting(jobs, report)
         touched: set[str] = set()
+        failed: list[str] = []
         for shard in shards:
             if self._seconds_left() < SAFETY_SECONDS:
                 report.deferred += 1
@@ -87,10 +94,21 @@ class Checker:
             except ProviderUnavailableError as exc:
                 logger.warning("batch left to the next tick", extra={"batch_id": shard["batch_id"], "error": str(exc)})
                 report.deferred += 1
+            except Exception:  # one bad batch must not stop the others; re-raised below  # noqa: BLE001
+                logger.exception("collecting a batch failed", extra={"batch_id": shard["batch_id"]})
+                failed.append(f"batch {shard['batch_id']}")
         still_open = {shard["job_id"] for shard in shards} - touched
         for job in jobs:
-            if job["job_id"] not in still_open and self._finish_if_done(job["job_id"]):
-                report.finished_jobs.append(job["job_id"])
+            if job["job_id"] in still_open:
+                continue
+            try:
+                if self._finish_if_done(job["job_id"]):
+                    report.finished_jobs.append(job["job_id"])
+            except Exception:  # likewise for one job  # noqa: BLE001
+                logger.exception("finishing a job failed", extra={"job_id": job["job_id"]})
+                failed.append(f"job {job['job_id']}")
+        if failed:
+            raise CheckerItemsFailedError(f"{len(failed)} item(s) failed this tick: {', '.join(failed)}")
         return report
 
     # --- jobs still submitting -----------------------------------------------------------
@@ -171,7 +189,8 @@ class Checker:
         except ProviderUnavailableError as exc:
             logger.warning("unknown creates left to the next tick", extra={"error": str(exc)})
             return False
-        listed = [reconcile.Listed.from_api(batch) for batch in recent.batches]
+        # A batch already being canceled (a duplicate we canceled) is never adopted.
+        listed = [reconcile.Listed.from_api(b) for b in recent.batches if not b.get("cancel_initiated_at")]
         owned = {shard["batch_id"] for shard in shards if shard.get("batch_id")}
         timeout = batches_adapter.create_timeout()
         maybe = {b.id for b in listed if any(reconcile.matches(s, b, timeout) for s in unsettled)} - owned
@@ -237,9 +256,9 @@ class Checker:
                     message = result["message"]
                     usage.setdefault(message["model"], Usage()).add_message_usage(message.get("usage") or {})
         if sum(counts.values()) != shard["requests"]:
-            logger.error(
-                "results do not match the batch's requests",
-                extra={"results": sum(counts.values()), "requests": shard["requests"]},
+            # Not recorded as collected: the job must never close on results that do not add up.
+            raise ResultsMismatchError(
+                f"batch {batch['id']} returned {sum(counts.values())} results for {shard['requests']} requests"
             )
         self._state.mark_collected(
             job_id,
@@ -290,8 +309,8 @@ class Checker:
             completed_at=completed_at,
         )
         self._store.put_json(manifest_key(job_id), manifest)
-        if not self._state.finish_job(job_id, status, manifest_key(job_id), completed_at):
-            return False  # another checker finished it first
+        # The event goes out before the job leaves the open index, so a failed publish is
+        # retried on the next tick: at least once (consumers dedupe on job_id), never lost.
         self._events.job_completed(
             {
                 "job_id": job_id,
@@ -301,5 +320,7 @@ class Checker:
                 "manifest_key": manifest_key(job_id),
             }
         )
+        if not self._state.finish_job(job_id, status, manifest_key(job_id), completed_at):
+            return False  # another checker finished it first
         logger.info("job finished", extra={"job_id": job_id, "status": status})
         return True

@@ -16,6 +16,8 @@ ENV_EVENT_BUS = "BATCHDROP_EVENT_BUS"
 ENV_MAX_ATTEMPTS = "BATCHDROP_MAX_ATTEMPTS"
 ENV_SECRET_ARN = "ANTHROPIC_SECRET_ARN"  # noqa: S105 - the name of a variable, not a secret
 ENV_BASE_URL = "ANTHROPIC_BASE_URL"  # unset in AWS: the SDK's default, the real API
+ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"  # unset in AWS; the local stack's moto server
+ENV_REGION = "AWS_DEFAULT_REGION"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class Settings:
     secret_arn: str
     base_url: str | None
     max_attempts: int
+    # Where boto3 talks to: part of the settings so that adapters built for one
+    # environment are never reused in another (a new local stack, say).
+    aws_endpoint: str | None = None
+    region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -45,4 +51,6 @@ class Settings:
             secret_arn=env[ENV_SECRET_ARN],
             base_url=env.get(ENV_BASE_URL) or None,
             max_attempts=max_attempts,
+            aws_endpoint=env.get(ENV_AWS_ENDPOINT) or None,
+            region=env.get(ENV_REGION) or None,
         )

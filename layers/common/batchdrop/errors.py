@@ -28,3 +28,16 @@ class ProviderOutcomeUnknownError(BatchdropError):
 
 class ProviderUnavailableError(BatchdropError):
     """A read (retrieve, results) failed after the SDK's bounded retries; try again later."""
+
+
+class ResultsMismatchError(BatchdropError):
+    """An ended batch's results do not account for each of its requests exactly once."""
+
+
+class CheckerItemsFailedError(BatchdropError):
+    """Some jobs or batches failed in a tick; the others went on. Raised at the end of the
+    tick so the failure reaches Lambda's failure destination and the alarm."""
+
+
+class EventNotPublishedError(BatchdropError):
+    """EventBridge did not accept the completion event."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from batchdrop.adapters.batches import BatchesApi
-from batchdrop.adapters.objects import MultipartWriter, ObjectStore
+from batchdrop.adapters.objects import READ_BYTES, MultipartWriter, ObjectStore
 from batchdrop.adapters.state import ShardPlan, StateTable
 from batchdrop.domain.jobs import job_id_for, manifest_key, rejected_key, rejected_record
 from batchdrop.domain.manifest import build_manifest
@@ -222,12 +222,13 @@ class ShardCreator:
 
     def create(self, job_id: str, shard: dict[str, object]) -> CreateResult:
         index = int(shard["index"])  # type: ignore[call-overload]
-        sent_at = self._now()
-        if not self._state.begin_submit(job_id, index, sent_at):
-            return CreateResult.SKIPPED  # someone else holds this shard's create
-        size, body = self._store.chunks(str(shard["key"]))
+        # Opened before the intent: a shard that cannot be read never becomes "maybe sent".
+        size, body = self._store.open(str(shard["key"]))
         try:
-            batch = self._api.create(body, size)
+            sent_at = self._now()
+            if not self._state.begin_submit(job_id, index, sent_at):
+                return CreateResult.SKIPPED  # someone else holds this shard's create
+            batch = self._api.create(body.iter_chunks(READ_BYTES), size)
         except ProviderRejectedError as exc:
             self._state.release_submit(job_id, index, str(exc))
             if exc.queue_full:
@@ -238,6 +239,8 @@ class ShardCreator:
             self._state.mark_unknown(job_id, index, str(exc))
             logger.error("create outcome unknown: shard not resent", extra={"shard": index})
             raise
+        finally:
+            body.close()
         if not self._state.mark_submitted(job_id, index, batch["id"], sent_at=sent_at):
             current = self._state.get_shard(job_id, index) or {}
             if current.get("batch_id") == batch["id"]:

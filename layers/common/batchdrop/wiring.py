@@ -4,7 +4,6 @@ the Anthropic key fetched from Secrets Manager, never from an environment variab
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -14,9 +13,6 @@ from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.config import Settings
-
-# Besides Settings, what decides where the clients talk to (set by the local stack only).
-_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 
 
 def utc_now() -> str:
@@ -33,11 +29,11 @@ class Adapters:
 
 
 def adapters() -> Adapters:
-    return _build(Settings.from_env(), tuple(os.environ.get(name) for name in _ENDPOINT_VARIABLES))
+    return _build(Settings.from_env())
 
 
 @cache
-def _build(settings: Settings, _endpoints: tuple[str | None, ...]) -> Adapters:
+def _build(settings: Settings) -> Adapters:
     secrets: list[object] = []  # the provider, made on first use: its import is not free
 
     def api_key() -> str:

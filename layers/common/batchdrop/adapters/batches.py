@@ -73,8 +73,9 @@ class BatchesApi:
 
         try:
             return self.client.messages.batches.retrieve(batch_id).model_dump(mode="json")
-        except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
-            raise ProviderUnavailableError(f"retrieve {batch_id}: {type(exc).__name__}") from exc
+        except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
+            # Any status (a 404 or 401 too) leaves the batch to the next tick, with the reason logged.
+            raise ProviderUnavailableError(f"retrieve {batch_id}: {type(exc).__name__}: {exc}") from exc
 
     def list_recent(self, not_before: datetime) -> RecentBatches:
         """The workspace's batches, newest first, back to the first one created before

@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from batchdrop.errors import EventNotPublishedError
+
 SOURCE = "batchdrop"
 DETAIL_TYPE = "Batchdrop Job Completed"
 
@@ -35,4 +37,4 @@ class EventPublisher:
             ]
         )
         if response.get("FailedEntryCount"):
-            raise RuntimeError(f"completion event not accepted: {response['Entries']}")
+            raise EventNotPublishedError(f"completion event not accepted: {response['Entries']}")

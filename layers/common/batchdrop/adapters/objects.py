@@ -54,10 +54,10 @@ class ObjectStore:
         with stream:
             yield from stream
 
-    def chunks(self, key: str) -> tuple[int, Iterator[bytes]]:
-        """The size of an object and its bytes as a stream of chunks."""
+    def open(self, key: str) -> tuple[int, Any]:
+        """The size of an object and its open body (read it with `iter_chunks`; close it)."""
         response = self.client.get_object(Bucket=self.bucket, Key=key)
-        return int(response["ContentLength"]), response["Body"].iter_chunks(READ_BYTES)
+        return int(response["ContentLength"]), response["Body"]
 
     def put_json(self, key: str, document: Any) -> None:
         body = json.dumps(document, indent=2, ensure_ascii=False).encode()

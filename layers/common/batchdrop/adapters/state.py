@@ -40,6 +40,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _raise_unless_condition_lost(exc: Exception) -> None:
+    """A transaction canceled because a condition did not hold is an answer ("someone else
+    got there"); one canceled for throttling or a conflict is an error to retry."""
+    reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+    if not reasons or any(r.get("Code") not in (None, "None", "ConditionalCheckFailed") for r in reasons):
+        raise exc
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     index: int
@@ -174,6 +182,7 @@ class StateTable:
             for start in range(99, len(puts), 100):
                 client.transact_write_items(TransactItems=puts[start : start + 100])
         except client.exceptions.TransactionCanceledException as exc:
+            _raise_unless_condition_lost(exc)
             logger.info("shards not recorded", extra={"reasons": exc.response.get("CancellationReasons")})
             return False
         return True
@@ -299,6 +308,7 @@ class StateTable:
         try:
             client.transact_write_items(TransactItems=[shard_update, guard])
         except client.exceptions.TransactionCanceledException as exc:
+            _raise_unless_condition_lost(exc)
             logger.info("batch not attached", extra={"reasons": exc.response.get("CancellationReasons")})
             return False
         return True

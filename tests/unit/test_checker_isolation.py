@@ -1,0 +1,75 @@
+"""One bad batch must not stop a checker tick: the others are collected, and the failure
+still reaches Lambda (and so the failure destination and its alarm) at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from batchdrop.checker import Checker
+from batchdrop.errors import CheckerItemsFailedError
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.parts: dict[str, _Writer] = {}
+
+    def writer(self, key: str, _content_type: str) -> _Writer:
+        return self.parts.setdefault(key, _Writer())
+
+
+class _State:
+    def __init__(self, shards: list[dict[str, Any]]) -> None:
+        self.shards = shards
+        self.collected: list[str] = []
+
+    def open_items(self) -> list[dict[str, Any]]:
+        return self.shards
+
+    def mark_collected(self, job_id: str, index: int, **_figures: Any) -> bool:
+        self.collected.append(job_id)
+        return True
+
+
+class _Api:
+    """Batch "broken" fails with an unexpected error; the others have ended with one result."""
+
+    def retrieve(self, batch_id: str) -> dict[str, Any]:
+        if batch_id == "broken":
+            raise KeyError("an unexpected shape")
+        return {"id": batch_id, "processing_status": "ended", "ended_at": "2026-11-23T10:00:00Z"}
+
+    def result_lines(self, batch: dict[str, Any]) -> list[bytes]:
+        return [b'{"custom_id":"' + batch["id"].encode() + b'","result":{"type":"canceled"}}']
+
+
+def _shard(job_id: str, batch_id: str) -> dict[str, Any]:
+    return {"SK": f"SHARD#{job_id}#00000", "job_id": job_id, "index": 0, "batch_id": batch_id, "requests": 1}
+
+
+def test_a_failing_batch_does_not_stop_the_others_and_the_tick_still_fails() -> None:
+    # Given three open batches, the middle one failing in an unexpected way
+    state = _State([_shard("j-a", "a"), _shard("j-b", "broken"), _shard("j-c", "c")])
+    checker = Checker(_Store(), state, _Api(), events=None, clock=lambda: "now", seconds_left=lambda: 900)  # type: ignore[arg-type]
+
+    # When the checker ticks, Then it raises at the end, naming the failed batch...
+    with pytest.raises(CheckerItemsFailedError, match="batch broken"):
+        checker.tick()
+
+    # ...after collecting the two healthy batches
+    assert state.collected == ["j-a", "j-c"]
