@@ -89,14 +89,14 @@ class Submitter:
     def submit(self, source: SourceObject) -> SubmitOutcome:
         job_id = job_id_for(source.bucket, source.key, source.version_id)
         logger.append_keys(job_id=job_id, source_key=source.key)
+        status = "RECEIVED"
         if not self._state.create_job(job_id, source.as_dict(), self._now()):
-            job = self._state.get_job(job_id) or {}
-            if job.get("status") not in ("RECEIVED", "SUBMITTING"):
-                logger.info("duplicate event for a job already under way", extra={"status": job.get("status")})
-                return SubmitOutcome(job_id, str(job.get("status")), duplicate=True)
-            logger.info("resuming an interrupted job", extra={"status": job["status"]})
-        job = self._state.get_job(job_id) or {}
-        if job["status"] == "RECEIVED":
+            status = str((self._state.get_job(job_id) or {}).get("status"))
+            if status not in ("RECEIVED", "SUBMITTING"):
+                logger.info("duplicate event for a job already under way", extra={"status": status})
+                return SubmitOutcome(job_id, status, duplicate=True)
+            logger.info("resuming an interrupted job", extra={"status": status})
+        if status == "RECEIVED":
             split = self._split(job_id, source)
             if not split.shards:
                 return self._fail(job_id, source, split)
