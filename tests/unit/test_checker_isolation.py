@@ -73,3 +73,16 @@ def test_a_failing_batch_does_not_stop_the_others_and_the_tick_still_fails() -> 
 
     # ...after collecting the two healthy batches
     assert state.collected == ["j-a", "j-c"]
+
+
+class _JobState:
+    """A job that recorded two shards, of which only one item exists, collected."""
+
+    def job_items(self, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        job = {"job_id": job_id, "status": "RUNNING", "shards": 2, "requested": 2, "rejected": 0}
+        return job, [{"index": 0, "state": "COLLECTED", "counts": {"succeeded": 1}}]
+
+
+def test_a_job_missing_a_recorded_shard_is_never_closed() -> None:
+    checker = Checker(_Store(), _JobState(), _Api(), events=None, clock=lambda: "now", seconds_left=lambda: 900)  # type: ignore[arg-type]
+    assert checker._finish_if_done("j-partial") is False

@@ -277,6 +277,11 @@ class Checker:
             return False
         if any(shard["state"] != "COLLECTED" for shard in shards):
             return False
+        if len(shards) != int(job.get("shards", len(shards))):
+            # Fewer shard items than the job recorded (an interrupted recording): never close
+            # a job on part of its requests.
+            logger.error("job has fewer shards than recorded", extra={"job_id": job_id, "found": len(shards)})
+            return False
         counts: Counter[str] = Counter()
         usage: dict[str, Usage] = {}
         for shard in shards:
