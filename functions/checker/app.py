@@ -24,14 +24,20 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         wired.events,
         wiring.utc_now,
         seconds_left=lambda: context.get_remaining_time_in_millis() / 1000,
+        max_attempts=wired.settings.max_attempts,
     )
     report = checker.tick()
     metrics.add_metric("OpenBatches", MetricUnit.Count, report.open_batches)
     metrics.add_metric("BatchesCollected", MetricUnit.Count, len(report.collected))
     metrics.add_metric("JobsFinished", MetricUnit.Count, len(report.finished_jobs))
+    metrics.add_metric("RequestsRetried", MetricUnit.Count, report.retried)
+    metrics.add_metric("DuplicateBatches", MetricUnit.Count, len(report.canceled))
+    metrics.add_metric("BatchesPastExpiry", MetricUnit.Count, len(report.past_expiry))
     return {
         "open_batches": report.open_batches,
         "collected": report.collected,
         "finished_jobs": report.finished_jobs,
         "deferred": report.deferred,
+        "retried": report.retried,
+        "past_expiry": report.past_expiry,
     }

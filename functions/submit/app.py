@@ -1,7 +1,10 @@
-"""SubmitFunction: an object created under inbox/ becomes a job and its batches."""
+"""SubmitFunction: an object created under inbox/ becomes a job and its batches; one created
+at cancel/<job_id> cancels that job; the sweeper's schedule starts a job for any inbox/
+object whose event was lost."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -10,21 +13,36 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchdrop import wiring
+from batchdrop.cancel import CANCEL_PREFIX, Canceler
 from batchdrop.errors import BadEventError
 from batchdrop.observability import logger, metrics, tracer
 from batchdrop.submit import SourceObject, Submitter
+from batchdrop.sweeper import Sweeper
+
+SWEEP_SOURCE = "batchdrop.sweeper"
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:  # noqa: ARG001 - Powertools reads the context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     wired = wiring.adapters()
-    submitter = Submitter(wired.store, wired.state, wired.batches, wiring.utc_now)
+    submitter = Submitter(
+        wired.store, wired.state, wired.batches, wiring.utc_now, max_attempts=wired.settings.max_attempts
+    )
+    if event.get("source") == SWEEP_SOURCE:
+        return _sweep(wired, submitter, context)
+    if "Records" not in event:
+        raise BadEventError(f"not an S3 event nor a sweep: keys {sorted(event)}")
     outcomes = []
     for record in S3Event(event).records:
         obj = record.s3.get_object
         key = unquote_plus(obj.key)  # S3 sends keys URL-encoded ("a b+c" arrives as "a+b%2Bc")
+        if key.startswith(CANCEL_PREFIX):
+            canceled = Canceler(wired.store, wired.state, wired.batches, wiring.utc_now).cancel_from_key(key)
+            metrics.add_metric("CancelRequests", MetricUnit.Count, 1)
+            outcomes.append({"job_id": canceled.job_id, "status": canceled.status, "cancel": True})
+            continue
         if not obj.version_id:
             # The bucket is versioned: without a version id the job's identity is unknown.
             raise BadEventError(f"S3 record for {key!r} has no versionId; refusing to guess the object version")
@@ -33,3 +51,15 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metrics.add_metric("BatchesCreated", MetricUnit.Count, outcome.submitted)
         outcomes.append({"job_id": outcome.job_id, "status": outcome.status, "duplicate": outcome.duplicate})
     return {"jobs": outcomes}
+
+
+def _sweep(wired: wiring.Adapters, submitter: Submitter, context: LambdaContext) -> dict[str, Any]:
+    report = Sweeper(
+        wired.store,
+        wired.state,
+        submitter,
+        now=lambda: datetime.now(UTC),
+        seconds_left=lambda: context.get_remaining_time_in_millis() / 1000,
+    ).sweep()
+    metrics.add_metric("ObjectsSwept", MetricUnit.Count, len(report.started))
+    return {"seen": report.seen, "started": report.started, "left": report.left}

@@ -138,12 +138,15 @@ def _add_local(commands: Any) -> None:
         help="start the local stack and serve until Ctrl-C",
         description=(
             "Start moto and the Message Batches emulator on 127.0.0.1, create template.yaml's resources, "
-            "deliver inbox/ uploads to the submit handler and tick the checker; write the client "
-            "environment to --env-file and print it."
+            "deliver inbox/ uploads and cancel/ requests to the submit handler, sweep inbox/ and tick the "
+            "checker; write the client environment to --env-file and print it."
         ),
     )
     up.add_argument("--latency", type=float, default=2.0, metavar="SECONDS", help="emulator: time until a batch ends")
     up.add_argument("--tick", type=float, default=2.0, metavar="SECONDS", help="checker schedule (default 2)")
+    up.add_argument(
+        "--sweep", type=float, default=60.0, metavar="SECONDS", help="inbox/ sweeper schedule (default 60; 0: off)"
+    )
     up.add_argument("--port-moto", type=int, default=0, metavar="N", help="moto's port; 0 picks a free one")
     up.add_argument("--port-emulator", type=int, default=0, metavar="N", help="the emulator's port; 0 picks one")
     up.add_argument(
@@ -161,8 +164,8 @@ def _run_local_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from batchdrop_local.runner import LocalRunner
     from batchdrop_local.stack import LocalStack, iter_env_lines
 
-    if args.tick <= 0 or args.latency < 0:
-        parser.error("--tick must be > 0 and --latency >= 0")
+    if args.tick <= 0 or args.latency < 0 or args.sweep < 0:
+        parser.error("--tick must be > 0, --latency and --sweep >= 0")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)  # "found credentials in environment", per client
     stop = threading.Event()
@@ -178,15 +181,17 @@ def _run_local_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     except (ValueError, OSError) as exc:  # a bad template or responder, a port in use
         parser.error(str(exc))
     try:
-        with LocalRunner(stack, tick_seconds=args.tick) as runner:
+        with LocalRunner(stack, tick_seconds=args.tick, sweep_seconds=args.sweep or None) as runner:
             env_file = stack.write_env_file(args.env_file)
             print(f"# batchdrop local stack: moto {stack.moto_url}, emulator {stack.emulator_url}")
             print(f"# written to {env_file}; load it with: set -a; . {env_file}; set +a")
             for line in iter_env_lines(stack.env):
                 print(line)
+            prefixes = " and ".join(f"s3://{stack.bucket_name}/{t.prefix}" for t in runner.triggers)
+            sweeps = f"sweeper every {args.sweep:g} s" if args.sweep else "no sweeper"
             print(
-                f"# drop files into s3://{stack.bucket_name}/{runner.triggers[0].prefix}; "
-                f"checker every {args.tick:g} s; Ctrl-C to stop",
+                f"# watching {prefixes}; checker every {args.tick:g} s; {sweeps}; Ctrl-C to stop\n"
+                f"# drop request files under inbox/ (`batchdrop submit FILE`); cancel with `batchdrop cancel JOB_ID`",
                 flush=True,
             )
             stop.wait()

@@ -1,5 +1,5 @@
-"""The user's commands: `batchdrop submit`, `status` and `results`, against the local stack
-or a deployed one. Names come from the environment (`.batchdrop/local.env` sets them for
+"""The user's commands: `batchdrop submit`, `status`, `results` and `cancel`, against the local
+stack or a deployed one. Names come from the environment (`.batchdrop/local.env` sets them for
 the local stack) or from a deployed stack's Outputs with `--stack NAME`.
 
 batchdrop's own modules (and through them boto3 and Powertools) are imported inside the
@@ -40,6 +40,18 @@ def add_user_commands(commands: Any) -> None:
     results.add_argument("job_id")
     results.add_argument("--out", type=Path, default=Path("results"), metavar="DIR", help="where to (./results)")
     results.set_defaults(run=_results)
+
+    cancel = commands.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel a job: it ends CANCELED with the results collected so far",
+        description=(
+            "Put an empty object at cancel/JOB_ID in the bucket: batchdrop cancels the job's open "
+            "batches, and the job ends CANCELED with the results collected so far."
+        ),
+    )
+    cancel.add_argument("job_id", help="the job, as `batchdrop submit` and `batchdrop status` print it")
+    cancel.set_defaults(run=_cancel)
 
 
 # --- names --------------------------------------------------------------------------
@@ -198,4 +210,30 @@ def _results(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cost = manifest["cost"]
         print(f"  cost ${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard)")
     print(f"  {len(keys)} files in {out}/")
+    return 0
+
+
+# --- cancel -------------------------------------------------------------------------
+
+
+def _cancel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from batchdrop.adapters.state import StateTable
+    from batchdrop.cancel import CANCEL_PREFIX, job_id_of
+
+    # The submit function's own reading of a cancel/ key: what it would refuse is refused here.
+    if job_id_of(f"{CANCEL_PREFIX}{args.job_id}") != args.job_id:
+        parser.error(f"{args.job_id!r} is not a job id: a job id is 'j' and 24 lowercase hex characters")
+    bucket, table = _names(args, parser)
+    job = StateTable(table).get_job(args.job_id)
+    if job is None:
+        print(f"no job {args.job_id} in table {table}: nothing to cancel (see `batchdrop status`)", file=sys.stderr)
+        return 1
+    if job["status"] in FINAL:
+        print(f"job {args.job_id} already ended {job['status']}: nothing to cancel", file=sys.stderr)
+        return 1
+    key = f"{CANCEL_PREFIX}{args.job_id}"
+    version_id = _s3().put_object(Bucket=bucket, Key=key, Body=b"").get("VersionId")
+    written = f"s3://{bucket}/{key}" + (f" (version {version_id})" if version_id else "")
+    print(f"cancel requested for job {args.job_id} ({job['status']}, source {job['key']}): wrote {written}")
+    print(f"the job will end CANCELED with its results so far; follow it with `batchdrop status {args.job_id}`")
     return 0

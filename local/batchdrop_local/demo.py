@@ -98,7 +98,8 @@ def _print_manifest(manifest: dict[str, Any]) -> None:
     cost = manifest["cost"]
     print(f"\nmanifest results/{manifest['job_id']}/manifest.json: {manifest['status']}")
     print("  " + ", ".join(f"{counts[k]} {k}" for k in ("requests", "succeeded", "errored", "expired", "rejected")))
-    print(f"  {len(manifest['batches'])} batch(es): " + ", ".join(b["batch_id"] for b in manifest["batches"]))
+    batch_ids = [attempt["batch_id"] for shard in manifest["batches"] for attempt in shard["attempts"]]
+    print(f"  {len(batch_ids)} batch(es): " + ", ".join(str(batch_id) for batch_id in batch_ids))
     print(f"  cost ${cost['batch_usd']} at the batch price; ${cost['standard_usd']} at the standard price")
 
 

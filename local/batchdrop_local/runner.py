@@ -1,8 +1,8 @@
 """The local runner: the wiring AWS does and moto does not. It turns every new object version
-under a function's S3 trigger prefix into the S3 notification Lambda would receive, ticks the
-scheduled function with EventBridge Scheduler's payload, and calls both handlers exactly as
-Lambda does: `handler(event, context)`, asynchronously, with Lambda's async retries and the
-template's on-failure destination.
+under a function's S3 trigger prefixes (inbox/, cancel/) into the S3 notification Lambda would
+receive, ticks the checker and runs the S3-triggered function's sweep with EventBridge
+Scheduler's payloads, and calls both handlers exactly as Lambda does: `handler(event, context)`,
+asynchronously, with Lambda's async retries and the template's on-failure destination.
 
 Events are files too: `load_event("s3-put-inbox")` reads `events/s3-put-inbox.json`, the same
 payloads `sam local invoke -e` uses.
@@ -13,7 +13,8 @@ carry no versionId and no sequencer (LOCAL-TOOLING.md §2), so the runner polls
 seen as one `ObjectCreated` event, with the version id, size and eTag S3 reports and a
 sequencer that grows with each event. Versions present when the runner is created predate
 its "notification configuration" and are never delivered. A version is delivered once;
-`redeliver()` sends a duplicate on purpose.
+`redeliver()` sends a duplicate on purpose, and `lose_event()` (or the `lose_events` predicate)
+drops one, as S3 or Lambda's async queue may: only a sweep finds that object.
 
 **The scheduled event.** SAM's `ScheduleV2` creates an EventBridge Scheduler schedule whose
 Lambda target receives the schedule's `Input` verbatim, after Scheduler substitutes its
@@ -21,7 +22,9 @@ context attributes (`<aws.scheduler.schedule-arn>`, `<aws.scheduler.scheduled-ti
 `<aws.scheduler.execution-id>`, `<aws.scheduler.attempt-number>`); template.yaml sets an
 Input, so the checker gets that plain object, not an EventBridge envelope. Without an Input
 the runner sends `{}`. For a v1 `Schedule` event (an EventBridge rule) it sends the
-"Scheduled Event" envelope (or the rule's Input).
+"Scheduled Event" envelope (or the rule's Input). Two functions have a schedule: the one
+without an S3 event is the checker (`tick()`); the S3-triggered one's schedule is the inbox/
+sweep (`sweep()`), run in the background only when `sweep_seconds` is given.
 
 **Environment.** Both handlers run in this process, so the runner swaps each function's
 environment (`LocalStack.function_env`) into `os.environ` for the length of an invocation
@@ -59,6 +62,7 @@ EVENTS_DIR = REPO_ROOT / "events"
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
+SCHEDULE_EVENT_TYPES = ("ScheduleV2", "Schedule")
 # Lambda's defaults for asynchronous invocation when a function has no EventInvokeConfig.
 DEFAULT_ASYNC_RETRIES = 2
 # Variables a Lambda function never has, even if the shell that started the runner does.
@@ -321,14 +325,19 @@ class LocalRunner:
     """Delivers S3 notifications to the S3-triggered function and ticks the scheduled one.
 
     `submit_handler`/`checker_handler` (any `handler(event, context)` callables) stand in for
-    the functions with an S3 / a schedule event in template.yaml; `handlers` maps any other
-    logical id. A function without one is imported from its CodeUri on its first invocation.
+    the function with S3 events and the one with only a schedule in template.yaml; `handlers`
+    maps any other logical id. A function without one is imported from its CodeUri on its
+    first invocation.
 
-    Tests drive it synchronously (`run_once()`, `deliver_pending()`, `tick()`, `drain()`);
-    `start()` (or `with`) adds the background threads `batchdrop local up` uses: a watcher
-    polling every `poll_seconds`, a worker invoking the S3-triggered function, and a ticker
-    every `tick_seconds`. Failed attempts are retried after `retry_delay_seconds`, doubling,
-    as many times as the function's EventInvokeConfig allows (2 when it has none)."""
+    Tests drive it synchronously (`run_once()`, `deliver_pending()`, `tick()`, `sweep()`,
+    `drain()`); `start()` (or `with`) adds the background threads `batchdrop local up` uses: a
+    watcher polling every `poll_seconds`, a worker invoking the S3-triggered function, a ticker
+    every `tick_seconds` and, if `sweep_seconds` is given, a sweeper. Failed attempts are
+    retried after `retry_delay_seconds`, doubling, as many times as the function's
+    EventInvokeConfig allows (2 when it has none).
+
+    `lose_events(key, version_id)`, if given, is asked about every new version: when it
+    returns True the version's notification is dropped (`lost_events` lists them)."""
 
     def __init__(
         self,
@@ -340,19 +349,30 @@ class LocalRunner:
         tick_seconds: float = 2.0,
         poll_seconds: float = 0.2,
         retry_delay_seconds: float = 1.0,
+        sweep_seconds: float | None = None,
+        lose_events: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.stack = stack
         self.tick_seconds = tick_seconds
         self.poll_seconds = poll_seconds
         self.retry_delay_seconds = retry_delay_seconds
+        self.sweep_seconds = sweep_seconds
+        self.lose_events = lose_events
         functions = stack.template.functions()
         self.triggers = [trigger for function in functions.values() for trigger in S3Trigger.of_function(function)]
-        self.scheduled_function = _only(
-            [f for f in functions.values() if f.events_of_type("ScheduleV2", "Schedule")], "a schedule event"
-        )
         self.submit_function = _only(
             [functions[name] for name in dict.fromkeys(t.function_logical_id for t in self.triggers)], "an S3 event"
         )
+        self.scheduled_function = _only(
+            [
+                f
+                for f in functions.values()
+                if f.events_of_type(*SCHEDULE_EVENT_TYPES) and f.logical_id != self.submit_function.logical_id
+            ],
+            "a schedule event and no S3 event",
+        )
+        if sweep_seconds and not self._has_schedule(self.submit_function):
+            raise ValueError(f"sweep_seconds: template.yaml gives {self.submit_function.logical_id} no schedule event")
         self._functions = functions
         self._handlers: dict[str, Handler] = dict(handlers or {})
         if submit_handler is not None:
@@ -364,6 +384,8 @@ class LocalRunner:
         self.failures: list[FailedEvent] = []
         # (key, version id) of every notification the S3-triggered function handled without error.
         self.accepted_versions: set[tuple[str, str]] = set()
+        # (key, version id) of every notification dropped on purpose (lose_event, lose_events).
+        self.lost_events: list[tuple[str, str]] = []
         self._records_lock = threading.Lock()
         self._invoke_lock = threading.RLock()  # one invocation at a time: os.environ is global
         self._tick_lock = threading.Lock()  # ReservedConcurrentExecutions: 1 for the checker
@@ -372,12 +394,13 @@ class LocalRunner:
         self._in_flight = 0
         self._seen: set[tuple[str, str, str, str]] = set()
         self._seen_lock = threading.Lock()
+        self._dispatched: set[tuple[str, str]] = set()  # taken off the queue for delivery
         self._last_sequencer = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         # The notification configuration starts now: what is already there never triggers.
         for trigger, version in self._list_versions():
-            self._seen.add(self._identity(trigger, version))
+            self._seen.add(self._identity(trigger, version.key, version.version_id))
 
     # -- lifecycle
 
@@ -390,8 +413,10 @@ class LocalRunner:
     def start(self) -> LocalRunner:
         self._stopping.clear()
         targets: list[tuple[str, Callable[[], None]]] = [("watcher", self._watch), ("worker", self._work)]
-        if self._schedule_enabled():
+        if self._schedule_enabled(self.scheduled_function):
             targets.append(("ticker", self._tick_forever))
+        if self.sweep_seconds and self._schedule_enabled(self.submit_function):
+            targets.append(("sweeper", self._sweep_forever))
         for name, target in targets:
             thread = threading.Thread(target=target, name=f"local-runner-{name}", daemon=True)
             thread.start()
@@ -417,14 +442,40 @@ class LocalRunner:
             event_name = "ObjectCreated:CompleteMultipartUpload" if version.multipart else "ObjectCreated:Put"
             if not trigger.fires_for(version.key, event_name):
                 continue
-            identity = self._identity(trigger, version)
+            identity = self._identity(trigger, version.key, version.version_id)
             with self._seen_lock:
                 if identity in self._seen:
                     continue
                 self._seen.add(identity)
+            if self.lose_events is not None and self.lose_events(version.key, version.version_id):
+                self._record_lost(version.key, version.version_id)
+                continue
             self._enqueue(trigger, version, event_name)
             found += 1
         return found
+
+    def lose_event(self, key: str, version_id: str) -> None:
+        """Drop the notification of one object version, as S3 or Lambda's async queue may
+        (DESIGN.md, Failure model): it is never delivered, so only a sweep can start its job.
+        Call it before the version is delivered (synchronously: before `deliver_pending()` or
+        `run_once()`); with the background threads running, pass `lose_events` instead. A
+        notification already queued is taken off the queue; one already delivered raises
+        ValueError. `redeliver()` still sends it (a late event)."""
+        with self._pending_ready:
+            if (key, version_id) in self._dispatched:
+                raise ValueError(f"the event of {key} (version {version_id}) was already delivered")
+            with self._seen_lock:
+                self._seen.update(self._identity(trigger, key, version_id) for trigger in self.triggers)
+            self._pending = deque(
+                item for item in self._pending if (item.version.key, item.version.version_id) != (key, version_id)
+            )
+        self._record_lost(key, version_id)
+
+    def _record_lost(self, key: str, version_id: str) -> None:
+        with self._records_lock:
+            if (key, version_id) not in self.lost_events:
+                self.lost_events.append((key, version_id))
+        _log.info("the event of %s (version %s) is lost on purpose", key, version_id)
 
     def redeliver(self, key: str, version_id: str) -> None:
         """Queue the notification of an already delivered version again (a duplicate event)."""
@@ -462,9 +513,21 @@ class LocalRunner:
         with self._tick_lock:
             return self._invoke_async(function.logical_id, self.scheduled_event())
 
-    def scheduled_event(self) -> dict[str, Any]:
-        function = self.scheduled_function
-        event_name, event = next(iter(function.events_of_type("ScheduleV2", "Schedule").items()))
+    def sweep(self) -> Invocation:
+        """One run of the S3-triggered function's own schedule (the inbox/ sweep), with that
+        schedule's event, as an asynchronous invocation (retries, on-failure destination)."""
+        return self._invoke_async(self.submit_function.logical_id, self.sweep_event())
+
+    def sweep_event(self) -> dict[str, Any]:
+        """The event the sweep schedule sends: its Input with Scheduler's attributes filled."""
+        if not self._has_schedule(self.submit_function):
+            raise ValueError(f"template.yaml gives {self.submit_function.logical_id} no schedule event to sweep with")
+        return self.scheduled_event(self.submit_function)
+
+    def scheduled_event(self, function: FunctionSpec | None = None) -> dict[str, Any]:
+        """The event `function`'s schedule (by default the checker's) invokes it with, now."""
+        function = function or self.scheduled_function
+        event_name, event = _schedule_of(function)
         properties = event.get("Properties", {})
         resolved_input = self.stack.resolver.resolve(properties.get("Input"))
         name = f"{self.stack.stack_name}-{function.logical_id}{event_name}"
@@ -658,8 +721,8 @@ class LocalRunner:
                         yield trigger, version
 
     @staticmethod
-    def _identity(trigger: S3Trigger, version: ObjectVersion) -> tuple[str, str, str, str]:
-        return (trigger.function_logical_id, trigger.event_name, version.key, version.version_id)
+    def _identity(trigger: S3Trigger, key: str, version_id: str) -> tuple[str, str, str, str]:
+        return (trigger.function_logical_id, trigger.event_name, key, version_id)
 
     def _enqueue(self, trigger: S3Trigger, version: ObjectVersion, event_name: str) -> None:
         event = build_s3_event(
@@ -685,7 +748,9 @@ class LocalRunner:
             if not self._pending:
                 return None
             self._in_flight += 1
-            return self._pending.popleft()
+            item = self._pending.popleft()
+            self._dispatched.add((item.version.key, item.version.version_id))
+            return item
 
     def _done(self) -> None:
         with self._pending_ready:
@@ -716,8 +781,16 @@ class LocalRunner:
         while not self._stopping.wait(self.tick_seconds):
             self.tick()
 
-    def _schedule_enabled(self) -> bool:
-        event = next(iter(self.scheduled_function.events_of_type("ScheduleV2", "Schedule").values()))
+    def _sweep_forever(self) -> None:
+        while not self._stopping.wait(self.sweep_seconds or 0):
+            self.sweep()
+
+    @staticmethod
+    def _has_schedule(function: FunctionSpec) -> bool:
+        return bool(function.events_of_type(*SCHEDULE_EVENT_TYPES))
+
+    def _schedule_enabled(self, function: FunctionSpec) -> bool:
+        _, event = _schedule_of(function)
         properties = event.get("Properties", {})
         if "State" in properties:
             return self.stack.resolver.resolve_str(properties["State"]) == "ENABLED"
@@ -730,6 +803,13 @@ def _only(functions: list[FunctionSpec], what: str) -> FunctionSpec:
             f"expected one function with {what} in template.yaml, found {[f.logical_id for f in functions]}"
         )
     return functions[0]
+
+
+def _schedule_of(function: FunctionSpec) -> tuple[str, dict[str, Any]]:
+    schedules = function.events_of_type(*SCHEDULE_EVENT_TYPES)
+    if len(schedules) != 1:
+        raise ValueError(f"expected one schedule event on {function.logical_id}, found {sorted(schedules)}")
+    return next(iter(schedules.items()))
 
 
 def _is_inside(file: str | None, directory: Path) -> bool:

@@ -1,20 +1,24 @@
-"""`batchdrop submit`, `status` and `results` against the running local stack, as a user
-types them after `batchdrop local up` and loading `.batchdrop/local.env`."""
+"""`batchdrop submit`, `status`, `results` and `cancel` against the running local stack, as a
+user types them after `batchdrop local up` and loading `.batchdrop/local.env`."""
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from batchdrop.adapters.state import StateTable
 from batchdrop_local.cli import main
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "reviews.jsonl"
+JOB_ID = re.compile(r"j[0-9a-f]{24}")  # as batchdrop.domain.jobs.job_id_for makes them
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +93,96 @@ def test_submit_refuses_a_key_outside_inbox(user_env: LocalStack, capsys: pytest
     with pytest.raises(SystemExit):
         main(["submit", str(SAMPLE), "--key", "results/sneaky.jsonl"])
     assert "only keys under inbox/" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- cancel
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def full_queue(running: LocalStack) -> Iterator[None]:
+    """The provider's queue is full: every create is refused, so a job stays open."""
+    control = running.emulator_control()
+    control.set_faults({"queue_limit": 0})
+    yield
+    control.set_faults({})
+
+
+@pytest.mark.usefixtures("full_queue")
+def test_cancel_writes_the_cancel_request_for_an_open_job(
+    user_env: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a job that cannot finish (its batch waits for room in the provider's queue)
+    assert main(["submit", str(SAMPLE), "--key", "inbox/cancel-me/reviews.jsonl"]) == 0
+    job_id = capsys.readouterr().out.split("job ", 1)[1].split(":", 1)[0]
+    assert JOB_ID.fullmatch(job_id)
+    state = StateTable(user_env.table_name)
+    _wait_for(lambda: (state.get_job(job_id) or {}).get("status") not in (None, "RECEIVED"))
+
+    # When the user cancels it
+    assert main(["cancel", job_id]) == 0
+
+    # Then an empty object at cancel/<job_id> asks for the cancel, and the user is told what comes next
+    out = capsys.readouterr().out
+    request = user_env.client("s3").get_object(Bucket=user_env.bucket_name, Key=f"cancel/{job_id}")
+    assert request["Body"].read() == b""
+    assert f"s3://{user_env.bucket_name}/cancel/{job_id}" in out
+    assert "will end CANCELED with its results so far" in out
+    assert f"batchdrop status {job_id}" in out
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["not-a-job", "j123", "J" + "a" * 24, "j" + "A" * 24, "j" + "a" * 25, "../j" + "a" * 24]
+)
+def test_cancel_refuses_what_is_not_a_job_id(
+    user_env: LocalStack, capsys: pytest.CaptureFixture[str], bad_id: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["cancel", bad_id])
+
+    assert exited.value.code == 2
+    assert f"{bad_id!r} is not a job id" in capsys.readouterr().err
+    listing = user_env.client("s3").list_objects_v2(Bucket=user_env.bucket_name, Prefix="cancel/")
+    assert all(bad_id not in item["Key"] for item in listing.get("Contents", []))
+
+
+def test_cancel_of_an_unknown_job_names_it_and_writes_nothing(
+    user_env: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unknown = "j" + "0" * 24
+
+    assert main(["cancel", unknown]) == 1
+
+    assert f"no job {unknown}" in capsys.readouterr().err
+    listing = user_env.client("s3").list_objects_v2(Bucket=user_env.bucket_name, Prefix=f"cancel/{unknown}")
+    assert listing["KeyCount"] == 0
+
+
+def test_cancel_of_a_finished_job_says_so_and_writes_nothing(
+    user_env: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", str(SAMPLE), "--key", "inbox/finished/reviews.jsonl", "--wait", "--timeout", "120"]) == 0
+    job_id = capsys.readouterr().out.split("job ", 1)[1].split(":", 1)[0]
+
+    assert main(["cancel", job_id]) == 1
+
+    assert f"job {job_id} already ended COMPLETED" in capsys.readouterr().err
+    listing = user_env.client("s3").list_objects_v2(Bucket=user_env.bucket_name, Prefix=f"cancel/{job_id}")
+    assert listing["KeyCount"] == 0
+
+
+def test_cancel_without_names_explains_where_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BATCHDROP_BUCKET", raising=False)
+    monkeypatch.delenv("BATCHDROP_TABLE", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["cancel", "j" + "0" * 24])
+    assert exited.value.code == 2
+    assert "--stack NAME" in capsys.readouterr().err

@@ -6,7 +6,6 @@ back once."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,9 @@ from anthropic.types.messages import MessageBatchIndividualResponse
 
 import batchdrop.adapters.batches
 import batchdrop.domain.reconcile
-from batchdrop.domain.jobs import job_id_for
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
-from batchdrop_local.synth import write_requests
+from tests.e2e import support
 
 SUBMIT = "SubmitFunction"
 
@@ -42,34 +40,12 @@ def runner(stack: LocalStack) -> Iterator[LocalRunner]:
 
 
 def _upload(stack: LocalStack, tmp_path: Path, key: str, requests: int) -> str:
-    source = tmp_path / "requests.jsonl"
-    write_requests(source, requests)
-    response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=source.read_bytes())
-    return job_id_for(stack.bucket_name, key, str(response["VersionId"]))
+    return support.upload(stack, tmp_path, key, requests)
 
 
-def _read(stack: LocalStack, key: str) -> bytes:
-    return stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"].read()
-
-
-def _shard_states(stack: LocalStack, job_id: str) -> list[str]:
-    items = stack.client("dynamodb").query(
-        TableName=stack.table_name,
-        KeyConditionExpression="PK = :pk AND begins_with(SK, :shard)",
-        ExpressionAttributeValues={":pk": {"S": f"JOB#{job_id}"}, ":shard": {"S": "SHARD#"}},
-        ConsistentRead=True,
-    )["Items"]
-    return [item["state"]["S"] for item in items]
-
-
-def _finished(stack: LocalStack, job_id: str) -> bool:
-    keys = stack.client("s3").list_objects_v2(Bucket=stack.bucket_name, Prefix=f"results/{job_id}/manifest.json")
-    return keys.get("KeyCount", 0) > 0
-
-
-def _run_to_the_end(stack: LocalStack, runner: LocalRunner, job_id: str, timeout: float = 30) -> dict[str, Any]:
-    assert runner.drain(timeout=timeout, idle=lambda: _finished(stack, job_id) and not stack.open_batch_count())
-    return dict(json.loads(_read(stack, f"results/{job_id}/manifest.json")))
+_read = support.read
+_shard_states = support.shard_states
+_run_to_the_end = support.run_to_the_end
 
 
 def _assert_exactly_once(stack: LocalStack, manifest: dict[str, Any], requests: int) -> None:
@@ -163,4 +139,4 @@ def test_a_500_on_create_is_resubmitted_after_the_grace_period_once_no_batch_is_
     # Then after the grace period the shard is submitted again, once, and the job completes
     manifest = _run_to_the_end(stack, runner, job_id)
     _assert_exactly_once(stack, manifest, 31)
-    assert manifest["batches"][0]["attempts"] == 2
+    assert manifest["batches"][0]["attempts"][0]["creates"] == 2

@@ -286,7 +286,7 @@ def test_a_second_put_of_the_same_key_is_a_new_version_and_a_new_event(
     assert s3_object(submit.events[1])["size"] == len(b"second\n")
 
 
-@pytest.mark.parametrize("prefix", ["results/", "work/", "errors/", "pipelines/", "inbox-not/"])
+@pytest.mark.parametrize("prefix", ["results/", "work/", "errors/", "pipelines/", "inbox-not/", "cancel-not/"])
 def test_puts_outside_inbox_deliver_nothing(
     stack: LocalStack, runner: LocalRunner, submit: StandInHandler, prefix: str
 ) -> None:
@@ -322,6 +322,98 @@ def test_redeliver_sends_a_duplicate_of_the_same_version(
     assert len(submit.events) == 2
     assert [s3_object(event)["versionId"] for event in submit.events] == [version_id, version_id]
     assert s3_object(submit.events[0])["key"] == s3_object(submit.events[1])["key"]
+
+
+def test_a_put_into_cancel_delivers_its_own_event_to_the_submit_function(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler, template: SamTemplate
+) -> None:
+    (cancel_event,) = (
+        name
+        for name, event in template.function("SubmitFunction").events_of_type("S3").items()
+        if event["Properties"]["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": "cancel/"}]
+    )
+    key = f"cancel/j{uuid.uuid4().hex[:24]}"
+    version_id = put(stack, key, b"")
+
+    runner.run_once()
+
+    (event,) = submit.events
+    record = event["Records"][0]
+    assert S3Event(event).object_key == key
+    assert s3_object(event)["versionId"] == version_id
+    assert s3_object(event)["size"] == 0
+    assert record["s3"]["configurationId"] == f"SubmitFunction{cancel_event}"
+    assert record["eventName"] == "ObjectCreated:Put"
+
+
+def test_a_lost_event_is_never_delivered_and_others_still_are(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler
+) -> None:
+    lost_key, kept_key = unique_key(name="lost.jsonl"), unique_key(name="kept.jsonl")
+    lost_version = put(stack, lost_key)
+    kept_version = put(stack, kept_key)
+
+    runner.lose_event(lost_key, lost_version)
+    runner.run_once()
+    runner.run_once()
+
+    assert [S3Event(event).object_key for event in submit.events] == [kept_key]
+    assert runner.lost_events == [(lost_key, lost_version)]
+    assert (lost_key, lost_version) not in runner.accepted_versions
+    assert (kept_key, kept_version) in runner.accepted_versions
+
+
+def test_a_lost_event_can_still_arrive_late_with_redeliver(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler
+) -> None:
+    key = unique_key()
+    version_id = put(stack, key)
+    runner.lose_event(key, version_id)
+    runner.run_once()
+
+    runner.redeliver(key, version_id)
+    runner.run_once()
+
+    assert [s3_object(event)["versionId"] for event in submit.events] == [version_id]
+
+
+def test_a_queued_event_can_be_lost_but_a_delivered_one_cannot(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler
+) -> None:
+    queued_key, delivered_key = unique_key(), unique_key()
+    delivered_version = put(stack, delivered_key)
+    runner.run_once()
+    queued_version = put(stack, queued_key)
+    assert runner.discover() == 1  # queued, not yet delivered
+
+    runner.lose_event(queued_key, queued_version)
+    runner.run_once()
+
+    assert [S3Event(event).object_key for event in submit.events] == [delivered_key]
+    with pytest.raises(ValueError, match="already delivered"):
+        runner.lose_event(delivered_key, delivered_version)
+
+
+def test_lose_events_drops_matching_uploads_in_the_background(
+    stack: LocalStack, submit: StandInHandler, checker: StandInHandler
+) -> None:
+    lost_key, kept_key = unique_key(name="lost.jsonl"), unique_key(name="kept.jsonl")
+    lossy_runner = LocalRunner(
+        stack,
+        submit,
+        checker,
+        poll_seconds=0.02,
+        retry_delay_seconds=0,
+        lose_events=lambda key, _version_id: key == lost_key,
+    )
+
+    with lossy_runner:
+        lost_version = put(stack, lost_key)
+        put(stack, kept_key)
+        wait_until(lambda: len(submit.events) == 1 and lossy_runner.lost_events != [])
+
+    assert S3Event(submit.events[0]).object_key == kept_key
+    assert lossy_runner.lost_events == [(lost_key, lost_version)]
 
 
 def test_a_multipart_upload_arrives_as_complete_multipart_upload(
@@ -438,6 +530,90 @@ def test_the_checker_is_ticked_with_the_schedules_payload(
     assert tick["attempt"] == "1"
     assert checker.events[0]["execution_id"] != checker.events[1]["execution_id"]
     assert checker.calls[0]["context"].function_name == stack.function_name("CheckerFunction")
+
+
+def test_the_two_schedules_are_told_apart_by_their_functions_s3_events(runner: LocalRunner) -> None:
+    assert runner.scheduled_function.logical_id == "CheckerFunction"
+    assert runner.submit_function.logical_id == "SubmitFunction"
+    assert runner.scheduled_event()["source"] == "batchdrop.scheduler"
+    assert runner.sweep_event()["source"] == "batchdrop.sweeper"
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def test_sweep_invokes_the_submit_function_with_the_sweep_schedules_payload(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler, checker: StandInHandler, template: SamTemplate
+) -> None:
+    schedule = template.function("SubmitFunction").events_of_type("ScheduleV2")
+    declared_input = json.loads(next(iter(schedule.values()))["Properties"]["Input"])
+
+    first = runner.sweep()
+    second = runner.sweep()
+
+    assert (first.function_logical_id, first.error, first.result) == ("SubmitFunction", None, {"ok": 1})
+    assert second.error is None
+    sweep = submit.events[0]
+    assert set(sweep) == set(declared_input)
+    assert sweep["source"] == declared_input["source"] == "batchdrop.sweeper"
+    assert not any("<aws.scheduler." in str(value) for value in sweep.values())
+    assert datetime.fromisoformat(sweep["scheduled_time"])
+    assert submit.events[0]["execution_id"] != submit.events[1]["execution_id"]
+    assert submit.calls[0]["context"].function_name == stack.function_name("SubmitFunction")
+    assert submit.calls[0]["environ"]["POWERTOOLS_SERVICE_NAME"] == "submit"
+    assert checker.events == []
+
+
+def test_after_a_lost_event_the_sweep_reaches_the_submit_function(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler
+) -> None:
+    # Given an upload whose event is lost
+    key = unique_key()
+    version_id = put(stack, key)
+    runner.lose_event(key, version_id)
+    runner.run_once()
+    assert submit.events == []
+
+    # When the sweeper runs
+    invocation = runner.sweep()
+
+    # Then the submit function is invoked with the sweep, and the object is there to be found
+    assert invocation.error is None
+    (event,) = submit.events
+    assert event["source"] == "batchdrop.sweeper"
+    listing = stack.client("s3").list_object_versions(Bucket=stack.bucket_name, Prefix="inbox/")
+    assert (key, version_id) in {(v["Key"], v["VersionId"]) for v in listing["Versions"]}
+
+
+def test_a_failing_sweep_is_retried_then_sent_to_the_submit_failure_queue(
+    stack: LocalStack, checker: StandInHandler, template: SamTemplate
+) -> None:
+    always_failing = StandInHandler(failures=100)
+    failing_runner = LocalRunner(stack, always_failing, checker, retry_delay_seconds=0)
+    destination = template.function("SubmitFunction").event_invoke_config["DestinationConfig"]["OnFailure"]
+    queue_url = stack.queue_urls[destination["Destination"]["Fn::GetAtt"][0]]
+    sqs = stack.client("sqs")
+    sqs.purge_queue(QueueUrl=queue_url)
+
+    invocation = failing_runner.sweep()
+
+    assert invocation.attempt == 3
+    assert [event["source"] for event in always_failing.events] == ["batchdrop.sweeper"] * 3
+    messages = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+    assert json.loads(messages[0]["Body"])["requestPayload"]["source"] == "batchdrop.sweeper"
+
+
+def test_the_background_runner_sweeps_only_when_asked(
+    stack: LocalStack, submit: StandInHandler, checker: StandInHandler
+) -> None:
+    with LocalRunner(stack, submit, checker, tick_seconds=0.05, sweep_seconds=0.05):
+        wait_until(lambda: len(submit.events) >= 2)
+    quiet_submit, quiet_checker = StandInHandler(), StandInHandler()
+    with LocalRunner(stack, quiet_submit, quiet_checker, tick_seconds=0.05):
+        wait_until(lambda: len(quiet_checker.events) >= 3)
+
+    assert {event["source"] for event in submit.events} == {"batchdrop.sweeper"}
+    assert quiet_submit.events == []
 
 
 def test_drain_ticks_until_idle_or_timeout(stack: LocalStack, submit: StandInHandler) -> None:

@@ -18,6 +18,12 @@ class _Writer:
     def write(self, data: bytes) -> None:
         self.data += data
 
+    def close(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        self.data = b""
+
     def __enter__(self) -> _Writer:
         return self
 
@@ -29,7 +35,7 @@ class _Store:
     def __init__(self) -> None:
         self.parts: dict[str, _Writer] = {}
 
-    def writer(self, key: str, _content_type: str) -> _Writer:
+    def writer(self, key: str, _content_type: str, **_conditions: Any) -> _Writer:
         return self.parts.setdefault(key, _Writer())
 
 
@@ -40,6 +46,9 @@ class _State:
 
     def open_items(self) -> list[dict[str, Any]]:
         return self.shards
+
+    def get_shard(self, job_id: str, index: int) -> dict[str, Any]:
+        return next(s for s in self.shards if s["job_id"] == job_id and s["index"] == index)
 
     def mark_collected(self, job_id: str, index: int, **_figures: Any) -> bool:
         self.collected.append(job_id)
@@ -59,7 +68,14 @@ class _Api:
 
 
 def _shard(job_id: str, batch_id: str) -> dict[str, Any]:
-    return {"SK": f"SHARD#{job_id}#00000", "job_id": job_id, "index": 0, "batch_id": batch_id, "requests": 1}
+    return {
+        "SK": f"SHARD#{job_id}#00000",
+        "job_id": job_id,
+        "index": 0,
+        "state": "SUBMITTED",
+        "batch_id": batch_id,
+        "requests": 1,
+    }
 
 
 def test_a_failing_batch_does_not_stop_the_others_and_the_tick_still_fails() -> None:

@@ -3,6 +3,7 @@ issues 3 and 4 rely on (RELIABILITY.md §10), read from the template itself, nev
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ TEMPLATE_PATH = ROOT / "template.yaml"
 
 # Lambda runs these triggers asynchronously: a failure must land somewhere (RELIABILITY.md §1.2).
 ASYNC_EVENT_TYPES = {"S3", "SNS", "ScheduleV2", "Schedule", "EventBridgeRule", "CloudWatchEvent"}
-# Prefixes whose new objects trigger work; everything the functions write lies elsewhere.
-TRIGGER_PREFIXES = {"inbox/"}
+# Prefixes whose new objects trigger work (a new job, a cancel request); everything the
+# functions write lies elsewhere.
+TRIGGER_PREFIXES = {"inbox/", "cancel/"}
 WRITTEN_PREFIXES = ("work/", "errors/", "results/")
 SECRET_PARAMETER = {"Ref": "AnthropicSecretArn"}
 OPERATOR_OUTPUTS = {
@@ -28,11 +30,21 @@ OPERATOR_OUTPUTS = {
     "SubmitFunctionName",
     "CheckerFunctionName",
     "CheckerScheduleName",
+    "SweeperScheduleName",
     "SubmitFailureQueueUrl",
     "CheckerFailureQueueUrl",
     "CheckerScheduleDeadLetterQueueUrl",
+    "SweeperScheduleDeadLetterQueueUrl",
+    "MetricsNamespace",
 }
 FOURTEEN_DAYS = 14 * 24 * 3600
+# What the sweeper's schedule sends SubmitFunction (the lead's handler contract, issue 4).
+SWEEP_PAYLOAD = {
+    "source": "batchdrop.sweeper",
+    "scheduled_time": "<aws.scheduler.scheduled-time>",
+    "execution_id": "<aws.scheduler.execution-id>",
+}
+ALARM_TOPIC_ACTIONS = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
 
 
 # ---------------------------------------------------------------- helpers
@@ -88,6 +100,37 @@ def s3_object_patterns(function: dict[str, Any], action: str) -> set[str]:
                 _, _, key = resource_text(resource).partition("}/")
                 patterns.add(key)
     return patterns
+
+
+def listable_prefixes(function: dict[str, Any], action: str) -> set[str]:
+    """The `s3:prefix` patterns under which `function` may do a bucket-level list `action`;
+    "<any>" when a grant has no prefix condition."""
+    prefixes = set()
+    for statement in statements(function):
+        if statement["Effect"] == "Allow" and action in actions(statement):
+            condition = statement.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+            prefixes |= set(as_list(condition)) if condition else {"<any>"}
+    return prefixes
+
+
+def may_list(function: dict[str, Any], action: str, prefix: str) -> bool:
+    """Whether a list request with `Prefix=prefix` matches one of the grants' StringLike patterns."""
+    return any(fnmatch.fnmatchcase(prefix, pattern) for pattern in listable_prefixes(function, action))
+
+
+def alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: alarm["Properties"] for name, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm").items()}
+
+
+def metric_stats(alarm: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics an alarm reads: its own, or each MetricStat of its metric math."""
+    if "MetricName" in alarm:
+        return [{key: alarm.get(key) for key in ("Namespace", "MetricName", "Dimensions")}]
+    return [query["MetricStat"]["Metric"] for query in alarm["Metrics"] if "MetricStat" in query]
+
+
+def service_name(template: dict[str, Any], function_name: str) -> str:
+    return str(environment(template, template["Resources"][function_name])["POWERTOOLS_SERVICE_NAME"])
 
 
 def environment(template: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
@@ -196,25 +239,31 @@ def test_lifecycle_cleans_up_uploads_versions_and_shards(template: dict[str, Any
     assert any("NoncurrentVersionExpiration" in rule for rule in enabled)
     (work,) = (rule for rule in enabled if rule.get("Prefix") == "work/")
     assert work["ExpirationInDays"] == {"Ref": "WorkRetentionDays"}
+    (cancel,) = (rule for rule in enabled if rule.get("Prefix") == "cancel/")
+    assert cancel["ExpirationInDays"] >= 1
 
 
-def test_only_inbox_objects_trigger_work(template: dict[str, Any]) -> None:
-    s3_events = [
-        event["Properties"]
-        for function in functions(template).values()
-        for event in function["Properties"].get("Events", {}).values()
+def test_only_inbox_and_cancel_objects_trigger_work(template: dict[str, Any]) -> None:
+    s3_events = {
+        (function_name, event_name): event["Properties"]
+        for function_name, function in functions(template).items()
+        for event_name, event in function["Properties"].get("Events", {}).items()
         if event["Type"] == "S3"
-    ]
+    }
 
-    prefixes = set()
-    for event in s3_events:
+    prefixes = []
+    for event in s3_events.values():
         assert event["Bucket"] == {"Ref": "Bucket"}
         assert all(e.startswith("s3:ObjectCreated:") for e in as_list(event["Events"]))
         rules = event["Filter"]["S3Key"]["Rules"]
         assert [rule["Name"] for rule in rules] == ["prefix"]
-        prefixes.add(rules[0]["Value"])
-    assert prefixes == TRIGGER_PREFIXES
+        prefixes.append(rules[0]["Value"])
+    assert set(prefixes) == TRIGGER_PREFIXES
+    assert len(prefixes) == len(set(prefixes)), "one event per prefix"
+    # S3 rejects overlapping filters for one event type on one bucket.
+    assert not any(a != b and a.startswith(b) for a in prefixes for b in prefixes)
     assert not any(p.startswith(WRITTEN_PREFIXES) for p in prefixes)
+    assert {function_name for function_name, _ in s3_events} == {"SubmitFunction"}
     # SAM writes the notification from the events above; nothing else may add one.
     assert "NotificationConfiguration" not in props(template, "Bucket")
 
@@ -328,21 +377,109 @@ def test_failure_queues_are_encrypted_and_keep_messages_14_days(
 
 
 def test_every_failure_queue_and_function_has_an_alarm(template: dict[str, Any]) -> None:
-    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm").values()
+    aws_alarms = [alarm for alarm in alarms(template).values() if alarm.get("Namespace") in ("AWS/SQS", "AWS/Lambda")]
 
     def watched(namespace: str) -> set[str]:
         return {
             next(references(dimension["Value"]))
-            for alarm in alarms
-            if alarm["Properties"]["Namespace"] == namespace
-            for dimension in alarm["Properties"]["Dimensions"]
+            for alarm in aws_alarms
+            if alarm["Namespace"] == namespace
+            for dimension in alarm["Dimensions"]
         }
 
     assert watched("AWS/SQS") == failure_queues(template)
     assert watched("AWS/Lambda") == set(functions(template))
-    for alarm in alarms:
-        assert alarm["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
-        assert alarm["Properties"]["Threshold"] == 0
+    for alarm in aws_alarms:
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        assert alarm["Threshold"] == 0
+
+
+def test_every_alarm_notifies_the_optional_topic_and_ignores_missing_data(template: dict[str, Any]) -> None:
+    for name, alarm in alarms(template).items():
+        assert alarm["AlarmActions"] == ALARM_TOPIC_ACTIONS, name
+        assert alarm["OKActions"] == ALARM_TOPIC_ACTIONS, name
+        assert alarm["TreatMissingData"] == "notBreaching", name
+        assert alarm["AlarmDescription"].strip(), name
+
+
+def test_the_sweeper_schedule_has_its_own_dead_letter_queue_and_alarm(template: dict[str, Any]) -> None:
+    def dead_letter_queue(function_name: str, event_name: str) -> str:
+        event = props(template, function_name)["Events"][event_name]
+        return str(event["Properties"]["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0])
+
+    sweep = dead_letter_queue("SubmitFunction", "Sweep")
+    tick = dead_letter_queue("CheckerFunction", "Tick")
+    watched_queues = {
+        next(references(dimension["Value"])): name
+        for name, alarm in alarms(template).items()
+        if alarm.get("Namespace") == "AWS/SQS"
+        for dimension in alarm["Dimensions"]
+    }
+
+    assert sweep == "SweeperScheduleDeadLetterQueue"
+    assert sweep != tick
+    assert template["Resources"][sweep]["Type"] == "AWS::SQS::Queue"
+    assert props(template, sweep)["SqsManagedSseEnabled"] is True
+    alarm = alarms(template)[watched_queues[sweep]]
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert alarm["Period"] <= 300
+    assert alarm["EvaluationPeriods"] == 1
+
+
+# ---------------------------------------------------------------- batchdrop's own metrics
+
+
+def test_duplicate_batch_alarm_sums_both_functions_duplicates_over_five_minutes(template: dict[str, Any]) -> None:
+    alarm = alarms(template)["DuplicateBatchAlarm"]
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+
+    stats = {query["Id"]: query["MetricStat"] for query in alarm["Metrics"] if "MetricStat" in query}
+    (expression,) = (query for query in alarm["Metrics"] if "Expression" in query)
+    assert {stat["Metric"]["MetricName"] for stat in stats.values()} == {"DuplicateBatches"}
+    assert all(stat["Metric"]["Namespace"] == namespace for stat in stats.values())
+    services = sorted(
+        dimension["Value"]
+        for stat in stats.values()
+        for dimension in stat["Metric"]["Dimensions"]
+        if dimension["Name"] == "service"
+    )
+    assert services == sorted([service_name(template, "SubmitFunction"), service_name(template, "CheckerFunction")])
+    assert all(stat["Stat"] == "Sum" and stat["Period"] == 300 for stat in stats.values())
+    assert [q["Id"] for q in alarm["Metrics"] if q.get("ReturnData", True)] == [expression["Id"]]
+    assert set(re.findall(r"[a-z_][a-zA-Z0-9_]*", expression["Expression"])) >= set(stats)
+    assert "+" in expression["Expression"] or expression["Expression"].startswith("SUM(")
+    assert alarm["EvaluationPeriods"] == 1
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+def test_batch_past_expiry_alarm_fires_on_one_batch_reported_by_the_checker(template: dict[str, Any]) -> None:
+    alarm = alarms(template)["BatchPastExpiryAlarm"]
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+
+    assert alarm["Namespace"] == namespace
+    assert alarm["MetricName"] == "BatchesPastExpiry"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": service_name(template, "CheckerFunction")}]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Period"] == 300
+    assert alarm["EvaluationPeriods"] == 1
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+def test_own_metric_alarms_read_the_namespace_and_service_the_functions_emit(template: dict[str, Any]) -> None:
+    namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    services = {service_name(template, name) for name in functions(template)}
+
+    own = [metric for alarm in alarms(template).values() for metric in metric_stats(alarm)]
+    own = [metric for metric in own if not str(metric["Namespace"]).startswith("AWS/")]
+
+    assert {metric["MetricName"] for metric in own} == {"DuplicateBatches", "BatchesPastExpiry"}
+    for metric in own:
+        assert metric["Namespace"] == namespace
+        # Powertools adds exactly one dimension, `service`; an alarm must name the same set.
+        assert [dimension["Name"] for dimension in metric["Dimensions"]] == ["service"]
+        assert metric["Dimensions"][0]["Value"] in services
 
 
 # ---------------------------------------------------------------- checker
@@ -368,6 +505,38 @@ def test_checker_is_scheduled_by_eventbridge_scheduler_at_the_rate_parameter(
     assert tick["Properties"]["ScheduleExpression"] == {"Ref": "CheckerRate"}
     assert re.fullmatch(rate["AllowedPattern"], rate["Default"])
     assert json.loads(tick["Properties"]["Input"])["source"] == "batchdrop.scheduler"
+
+
+# ---------------------------------------------------------------- sweeper
+
+
+def test_sweeper_runs_submit_on_its_own_rate_with_the_sweep_payload(template: dict[str, Any]) -> None:
+    events = props(template, "SubmitFunction")["Events"]
+    sweep = events["Sweep"]
+    (tick,) = props(template, "CheckerFunction")["Events"].values()
+    rate = template["Parameters"]["SweeperRate"]
+
+    assert sweep["Type"] == "ScheduleV2"
+    assert [name for name, event in events.items() if event["Type"] in {"ScheduleV2", "Schedule"}] == ["Sweep"]
+    assert sweep["Properties"]["ScheduleExpression"] == {"Ref": "SweeperRate"}
+    assert rate["Default"] == "rate(15 minutes)"
+    assert re.fullmatch(rate["AllowedPattern"], rate["Default"])
+    assert re.fullmatch(rate["AllowedPattern"], "rate(1 day)")
+    assert not re.fullmatch(rate["AllowedPattern"], "every 15 minutes")
+    assert json.loads(sweep["Properties"]["Input"]) == SWEEP_PAYLOAD
+    # One switch pauses both schedules; names never collide across stacks.
+    assert sweep["Properties"]["State"] == tick["Properties"]["State"] == {"Ref": "CheckerScheduleState"}
+    assert sweep["Properties"]["OmitName"] is True
+    retry = sweep["Properties"]["RetryPolicy"]
+    assert 0 <= retry["MaximumRetryAttempts"] <= 2
+    assert 60 <= retry["MaximumEventAgeInSeconds"] <= 900
+
+
+def test_a_failed_sweep_goes_where_a_failed_upload_goes(template: dict[str, Any]) -> None:
+    # SubmitFunction's one EventInvokeConfig covers S3 events and sweeps alike.
+    config = props(template, "SubmitFunction")["EventInvokeConfig"]
+
+    assert config["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["SubmitFailureQueue", "Arn"]}
 
 
 # ---------------------------------------------------------------- secret and IAM
@@ -432,18 +601,36 @@ def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[st
         "results/*/manifest.json",
     }
     assert s3_object_patterns(checker, "s3:GetObject") == {"work/*", "results/*"}
-    assert s3_object_patterns(checker, "s3:PutObject") == {"results/*"}
+    # Retry bodies go to work/<job_id>/..., result parts and manifests to results/.
+    assert s3_object_patterns(checker, "s3:PutObject") == {"work/*", "results/*"}
     for function in (submit, checker):
         # A Lambda killed mid-upload must be able to abort what it started (RELIABILITY.md §5.1).
         assert s3_object_patterns(function, "s3:AbortMultipartUpload") == s3_object_patterns(function, "s3:PutObject")
 
 
-def test_sweeper_may_list_inbox_but_checker_never_reads_it(template: dict[str, Any]) -> None:
-    checker = template["Resources"]["CheckerFunction"]
-    (listing,) = (s for s in statements(checker) if "s3:ListBucket" in actions(s))
+def test_submit_may_list_inbox_versions_for_the_sweeper_and_nothing_else(template: dict[str, Any]) -> None:
+    submit = template["Resources"]["SubmitFunction"]
 
-    assert "inbox/*" in listing["Condition"]["StringLike"]["s3:prefix"]
-    assert not any(p.startswith("inbox/") for p in s3_object_patterns(checker, "s3:GetObject"))
+    assert listable_prefixes(submit, "s3:ListBucketVersions") == {"inbox/*"}
+    # The sweeper's ListObjectVersions(Prefix="inbox/") matches the grant.
+    assert may_list(submit, "s3:ListBucketVersions", "inbox/")
+    assert may_list(submit, "s3:ListBucket", "inbox/")
+    assert not may_list(submit, "s3:ListBucketVersions", "results/")
+    assert listable_prefixes(submit, "s3:ListBucket") == {"inbox/*", "work/*", "errors/*"}
+    # A cancel request is its key: nothing under cancel/ is read or listed.
+    for action in ("s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"):
+        assert not any(p.startswith("cancel/") for p in s3_object_patterns(submit, action))
+    assert not may_list(submit, "s3:ListBucket", "cancel/")
+
+
+def test_checker_can_neither_list_nor_read_inbox(template: dict[str, Any]) -> None:
+    checker = template["Resources"]["CheckerFunction"]
+
+    assert listable_prefixes(checker, "s3:ListBucketVersions") == set()
+    assert listable_prefixes(checker, "s3:ListBucket") == {"work/*", "results/*"}
+    assert not may_list(checker, "s3:ListBucket", "inbox/")
+    for action in ("s3:GetObject", "s3:GetObjectVersion"):
+        assert not any(p.startswith(("inbox/", "cancel/")) for p in s3_object_patterns(checker, action))
 
 
 def test_only_the_checker_queries_the_open_batches_index(template: dict[str, Any]) -> None:
@@ -528,8 +715,9 @@ def test_every_function_logs_to_a_group_with_retention(template: dict[str, Any])
 
 def test_outputs_name_everything_an_operator_needs(template: dict[str, Any]) -> None:
     outputs = template["Outputs"]
-    # SAM names the schedule it generates from CheckerFunction's Tick event <function><event>.
-    known = set(template["Resources"]) | set(template["Parameters"]) | {"CheckerFunctionTick"}
+    # SAM names each schedule it generates <function><event>; Subs may use pseudo parameters.
+    schedules = {"CheckerFunctionTick", "SubmitFunctionSweep"}
+    known = set(template["Resources"]) | set(template["Parameters"]) | schedules | {"AWS::StackName"}
 
     assert set(outputs) >= OPERATOR_OUTPUTS
     for output in outputs.values():

@@ -19,11 +19,20 @@ from typing import Any
 from batchdrop.adapters import batches as batches_adapter
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.events import EventPublisher
-from batchdrop.adapters.objects import ObjectStore
+from batchdrop.adapters.objects import MultipartWriter, ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.domain import reconcile
-from batchdrop.domain.jobs import final_status, manifest_key, rejected_key, results_part_key
+from batchdrop.domain.jobs import (
+    JobStatus,
+    canceled_result_line,
+    final_status,
+    is_retryable,
+    manifest_key,
+    rejected_key,
+    results_part_key,
+)
 from batchdrop.domain.manifest import build_manifest
+from batchdrop.domain.shards import ENVELOPE_CLOSE, ENVELOPE_OPEN, SEPARATOR, body_requests, shard_key
 from batchdrop.domain.usage import Usage
 from batchdrop.errors import (
     CheckerItemsFailedError,
@@ -33,13 +42,16 @@ from batchdrop.errors import (
     ResultsMismatchError,
 )
 from batchdrop.observability import logger
-from batchdrop.submit import CreateResult, ShardCreator
+from batchdrop.submit import CreateResult, ShardCreator, lease_owner
 
 # Stop starting new work when less than this is left of the invocation.
 SAFETY_SECONDS = 60.0
 # A SUBMITTING shard is taken as left behind by a crash once its intent is older than the
 # create's timeout plus this margin.
 LEASE_MARGIN_SECONDS = 60.0
+# A batch still open this long after its expires_at is flagged (metric BatchesPastExpiry) and
+# canceled, so that it ends and its requests are collected (and retried as expired).
+EXPIRY_MARGIN_SECONDS = 3600.0
 
 
 @dataclass
@@ -52,6 +64,9 @@ class TickReport:
     adopted: list[str] = field(default_factory=list)  # batches found by reconciliation
     resubmitted: int = 0  # unknown creates shown to have made no batch, back to PENDING
     canceled: list[str] = field(default_factory=list)  # duplicate batches canceled
+    retried: int = 0  # requests scheduled for another attempt
+    past_expiry: list[str] = field(default_factory=list)  # batches open past expires_at + margin
+    cancel_sent: list[str] = field(default_factory=list)  # batches of canceled jobs asked to stop
 
 
 class Checker:
@@ -64,6 +79,7 @@ class Checker:
         clock: Callable[[], str],
         seconds_left: Callable[[], float],
         grace_seconds: float | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self._store = store
         self._state = state
@@ -72,6 +88,7 @@ class Checker:
         self._now = clock
         self._seconds_left = seconds_left
         self._grace = grace_seconds
+        self._max_attempts = max_attempts
         self._creator = ShardCreator(store, state, api, clock)
 
     def tick(self) -> TickReport:
@@ -80,6 +97,7 @@ class Checker:
         shards = [item for item in items if item["SK"].startswith("SHARD#")]
         jobs = [item for item in items if item["SK"] == "JOB"]
         report.open_batches = len(shards)
+        canceling = {job["job_id"] for job in jobs if job.get("cancel_requested_at")}
         self._advance_submitting(jobs, report)
         touched: set[str] = set()
         failed: list[str] = []
@@ -88,7 +106,7 @@ class Checker:
                 report.deferred += 1
                 continue
             try:
-                if self._collect_if_ended(shard):
+                if self._collect_if_ended(shard, report, cancel=shard["job_id"] in canceling):
                     report.collected.append(shard["batch_id"])
                     touched.add(shard["job_id"])
             except ProviderUnavailableError as exc:
@@ -119,12 +137,17 @@ class Checker:
         submitting = {job["job_id"]: job for job in jobs if job.get("status") == "SUBMITTING"}
         if not submitting:
             return
+        self._creator.free_stale_lease(self._now())
         shards_of = {job_id: self._state.job_items(job_id)[1] for job_id in submitting}
         all_shards = [shard for shards in shards_of.values() for shard in shards]
         if self._settle_unknown(all_shards, report):
             shards_of = {job_id: self._state.job_items(job_id)[1] for job_id in submitting}
         for job_id, shards in shards_of.items():
-            if self._submit_pending(job_id, shards, report):
+            if submitting[job_id].get("cancel_requested_at"):
+                moved = self._cancel_unsent(job_id, shards)
+            else:
+                moved = self._submit_pending(job_id, shards, report)
+            if moved:
                 shards = self._state.job_items(job_id)[1]
             if shards and all(shard["state"] in ("SUBMITTED", "COLLECTED") for shard in shards):
                 self._state.mark_job_running(job_id)
@@ -141,7 +164,7 @@ class Checker:
                 report.deferred += 1
                 continue
             try:
-                result = self._creator.create(job_id, shard)
+                result = self._creator.create(job_id, shard, lease_wait_seconds=0.0)
             except ProviderOutcomeUnknownError:
                 moved = True  # UNKNOWN now: the next tick reconciles it
                 continue
@@ -153,11 +176,45 @@ class Checker:
                 logger.warning("shard left to the next tick", extra={"job_id": job_id, "error": str(exc)})
                 report.deferred += 1
                 continue
-            if result is CreateResult.CREATED:
-                report.submitted += 1
+            if result in (CreateResult.CREATED, CreateResult.REFUSED):
+                report.submitted += result is CreateResult.CREATED
                 moved = True
-            elif result is CreateResult.DEFERRED:
+            elif result in (CreateResult.DEFERRED, CreateResult.BUSY):
                 report.deferred += 1
+        return moved
+
+    def _cancel_unsent(self, job_id: str, shards: list[dict[str, Any]]) -> bool:
+        """A canceled job's shards that have no batch (never sent, or waiting for a retry)
+        come back canceled, each request once, without being sent; True if any moved."""
+        moved = False
+        for shard in shards:
+            if shard["state"] != "PENDING":
+                continue
+            index, attempt = int(shard["index"]), int(shard.get("round", 1))
+            part_key = results_part_key(job_id, index, attempt)
+            with self._store.writer(part_key, "application/x-jsonl", if_absent=True) as part:
+                requests = 0
+                for body in body_requests(self._store.lines(str(shard["key"]))):
+                    part.write(canceled_result_line(str(json.loads(body)["custom_id"])) + b"\n")
+                    requests += 1
+                if requests != int(shard["requests"]):
+                    raise ResultsMismatchError(
+                        f"shard {index} of {job_id}: {requests} requests, not {shard['requests']}"
+                    )
+            counts = Counter(shard.get("counts") or {})
+            counts["canceled"] += requests
+            outcome = {
+                "counts": dict(counts),
+                "result_keys": [*shard.get("result_keys", []), part_key],
+                "attempts_log": [
+                    *shard.get("attempts_log", []),
+                    {"attempt": attempt, "batch_id": None, "requests": requests, "counts": {"canceled": requests}},
+                ],
+            }
+            fence = {"round": attempt, "key": shard["key"]}
+            if self._state.mark_collected(job_id, index, expected="PENDING", fence=fence, outcome=outcome):
+                logger.info("unsent requests of a canceled job", extra={"job_id": job_id, "shard": index})
+                moved = True
         return moved
 
     def _unsettled(self, shards: list[dict[str, Any]], now: datetime) -> tuple[list[reconcile.Unsettled], set[int]]:
@@ -210,6 +267,7 @@ class Checker:
         for (job_id, index), batch_id in decision.adopt.items():
             shard = by_key[(job_id, index)]
             if self._state.adopt_batch(job_id, index, batch_id, shard["sent_at"]):
+                self._state.release_create_lease_of(lease_owner(job_id, index))
                 logger.warning(
                     "unknown create settled: batch adopted",
                     extra={"job_id": job_id, "shard": index, "batch_id": batch_id},
@@ -220,6 +278,7 @@ class Checker:
             shard = by_key[(job_id, index)]
             reason = f"no batch matched the create sent at {shard['sent_at']}: submitted again"
             if self._state.resubmit_unsettled(job_id, index, shard["state"], shard["sent_at"], reason):
+                self._state.release_create_lease_of(lease_owner(job_id, index))
                 logger.warning(
                     "unknown create settled: no batch, shard pending again", extra={"job_id": job_id, "shard": index}
                 )
@@ -238,38 +297,127 @@ class Checker:
 
     # --- open batches -----------------------------------------------------------------
 
-    def _collect_if_ended(self, shard: dict[str, Any]) -> bool:
-        batch = self._api.retrieve(shard["batch_id"])
+    def _collect_if_ended(self, seen: dict[str, Any], report: TickReport, *, cancel: bool = False) -> bool:
+        batch = self._api.retrieve(seen["batch_id"])
         if batch["processing_status"] != "ended":
+            self._chase_open_batch(seen, batch, report, cancel=cancel)
             return False
-        job_id, index = shard["job_id"], int(shard["index"])
+        job_id, index = seen["job_id"], int(seen["index"])
         logger.append_keys(job_id=job_id, batch_id=batch["id"])
-        part_key = results_part_key(job_id, index)
-        counts: Counter[str] = Counter()
-        usage: dict[str, Usage] = {}
-        with self._store.writer(part_key, "application/x-jsonl") as part:
+        # The index is eventually consistent: the shard itself says whether this batch is
+        # still the one to collect.
+        shard = self._state.get_shard(job_id, index)
+        if shard is None or shard["state"] != "SUBMITTED" or shard.get("batch_id") != batch["id"]:
+            return False
+        attempt = int(shard.get("round", 1))
+        # Decided by the attempt alone, so a second run over the same results (after a
+        # crash, or a second checker) writes the same part and the same retry body.
+        may_retry = attempt < int(shard.get("max_attempts", self._max_attempts))
+        part_key = results_part_key(job_id, index, attempt)
+        raw: Counter[str] = Counter()
+        finals: Counter[str] = Counter()
+        usage = {model: Usage(**figures) for model, figures in (shard.get("usage") or {}).items()}
+        retry_ids: set[str] = set()
+        part: MultipartWriter | None = None  # opened on the first final outcome
+        try:
             for line in self._api.result_lines(batch):
+                record = json.loads(line)
+                result = record["result"]
+                raw[result["type"]] += 1
+                if may_retry and (is_retryable(result) or (result["type"] == "canceled" and shard.get("overdue_at"))):
+                    retry_ids.add(str(record["custom_id"]))
+                    continue
+                if part is None:
+                    part = self._store.writer(part_key, "application/x-jsonl", if_absent=True)
                 part.write(line + b"\n")
-                result = json.loads(line)["result"]
-                counts[result["type"]] += 1
+                finals[result["type"]] += 1
                 if result["type"] == "succeeded":
                     message = result["message"]
                     usage.setdefault(message["model"], Usage()).add_message_usage(message.get("usage") or {})
-        if sum(counts.values()) != shard["requests"]:
-            # Not recorded as collected: the job must never close on results that do not add up.
-            raise ResultsMismatchError(
-                f"batch {batch['id']} returned {sum(counts.values())} results for {shard['requests']} requests"
+            if sum(raw.values()) != shard["requests"] or len(retry_ids) != sum(raw.values()) - sum(finals.values()):
+                # Never recorded: the job must never close on results that do not add up.
+                raise ResultsMismatchError(
+                    f"batch {batch['id']} returned {sum(raw.values())} results for {shard['requests']} requests"
+                )
+        except BaseException:
+            if part is not None:
+                part.abort()
+            raise
+        if part is not None:
+            part.close()  # False when a run before this one wrote it: the same outcomes, kept
+        counts = Counter(shard.get("counts") or {})
+        counts.update(finals)
+        log_entry = {
+            "attempt": attempt,
+            "batch_id": batch["id"],
+            "creates": int(shard.get("attempt", 1)),  # creates sent before one was known to exist
+            "requests": int(shard["requests"]),
+            "counts": dict(raw),
+            "retried": len(retry_ids),
+            "ended_at": str(batch.get("ended_at") or self._now()),
+        }
+        outcome = {
+            "counts": dict(counts),
+            "usage": {model: u.as_dict() for model, u in usage.items()},
+            "result_keys": [*shard.get("result_keys", []), *([part_key] if finals else [])],
+            "attempts_log": [*shard.get("attempts_log", []), log_entry],
+            "ended_at": log_entry["ended_at"],
+        }
+        fence = {"batch_id": batch["id"], "round": attempt}
+        if retry_ids:
+            retry_key = shard_key(job_id, index, attempt + 1)
+            size = self._write_retry_body(str(shard["key"]), retry_key, retry_ids)
+            next_round = {"round": attempt + 1, "key": retry_key, "requests": len(retry_ids), "size": size}
+            if not self._state.schedule_retry(job_id, index, fence=fence, outcome=outcome, next_round=next_round):
+                return False
+            report.retried += len(retry_ids)
+            logger.warning(
+                "transient failures: requests scheduled for another attempt",
+                extra={"attempt": attempt + 1, "requests": len(retry_ids), "counts": dict(raw)},
             )
-        self._state.mark_collected(
-            job_id,
-            index,
-            counts=dict(counts),
-            usage={model: u.as_dict() for model, u in usage.items()},
-            result_key=part_key,
-            ended_at=str(batch.get("ended_at") or self._now()),
-        )
-        logger.info("batch results collected", extra={"counts": dict(counts), "part": part_key})
+            return True
+        if not self._state.mark_collected(job_id, index, fence=fence, outcome=outcome):
+            return False
+        logger.info("batch results collected", extra={"counts": dict(raw), "part": part_key})
         return True
+
+    def _chase_open_batch(
+        self, seen: dict[str, Any], batch: dict[str, Any], report: TickReport, *, cancel: bool
+    ) -> None:
+        """An open batch of a canceled job is asked to stop (again, until the provider shows
+        it); one open past its expiry plus a margin is flagged and canceled, so it ends."""
+        overdue = False
+        expires_at = batch.get("expires_at")
+        if expires_at:
+            late = (reconcile.parse_time(self._now()) - reconcile.parse_time(str(expires_at))).total_seconds()
+            overdue = late > EXPIRY_MARGIN_SECONDS
+        if overdue:
+            report.past_expiry.append(batch["id"])
+            logger.error("BatchPastExpiry: batch still open past its expiry", extra={"batch_id": batch["id"]})
+            # Its canceled requests will count as expired: retried while attempts remain.
+            self._state.flag_overdue(seen["job_id"], int(seen["index"]), batch["id"], self._now())
+        if (cancel or overdue) and not batch.get("cancel_initiated_at"):
+            try:
+                self._api.cancel(batch["id"])
+            except ProviderUnavailableError as exc:
+                logger.warning("cancel not sent yet", extra={"batch_id": batch["id"], "error": str(exc)})
+                return
+            report.cancel_sent.append(batch["id"])
+
+    def _write_retry_body(self, source_key: str, retry_key: str, wanted: set[str]) -> int:
+        """The create body of a retry: the requests of `source_key` whose custom_id is in
+        `wanted`, in their order, streamed; its size. Every wanted request must be found."""
+        found = 0
+        with self._store.writer(retry_key, "application/json", if_absent=True) as body:
+            body.write(ENVELOPE_OPEN)
+            for request in body_requests(self._store.lines(source_key)):
+                if json.loads(request)["custom_id"] in wanted:
+                    body.write(SEPARATOR + request if found else request)
+                    found += 1
+            body.write(ENVELOPE_CLOSE)
+            if found != len(wanted):
+                raise ResultsMismatchError(f"{source_key} holds {found} of the {len(wanted)} requests to retry")
+        return body.size
 
     def _finish_if_done(self, job_id: str) -> bool:
         job, shards = self._state.job_items(job_id)
@@ -288,7 +436,10 @@ class Checker:
             counts.update(shard.get("counts") or {})
             for model, figures in (shard.get("usage") or {}).items():
                 usage.setdefault(model, Usage()).merge(Usage(**figures))
-        status = str(final_status(counts, int(job.get("rejected", 0))))
+        if job.get("cancel_requested_at"):
+            status = str(JobStatus.CANCELED)
+        else:
+            status = str(final_status(counts, int(job.get("rejected", 0))))
         completed_at = self._now()
         manifest = build_manifest(
             job_id=job_id,
@@ -300,20 +451,22 @@ class Checker:
             batches=[
                 {
                     "shard": shard["index"],
-                    "batch_id": shard["batch_id"],
-                    "requests": shard["requests"],
-                    "attempts": shard["attempt"],
+                    "requests": shard.get("shard_requests", shard["requests"]),
                     "counts": shard.get("counts") or {},
+                    "attempts": shard.get("attempts_log") or [],
                 }
                 for shard in shards
             ],
             usage_by_model=usage,
-            result_keys=[shard["result_key"] for shard in shards],
+            result_keys=[key for shard in shards for key in shard.get("result_keys", [])],
             rejected_key=rejected_key(job_id) if job.get("rejected") else None,
             created_at=job["created_at"],
             completed_at=completed_at,
         )
-        self._store.put_json(manifest_key(job_id), manifest)
+        if not self._store.put_json(manifest_key(job_id), manifest, if_absent=True):
+            # A checker that stopped after writing it: its manifest stands (same figures).
+            manifest = self._store.get_json(manifest_key(job_id))
+            status, completed_at = manifest["status"], manifest["timings"]["completed_at"]
         # The event goes out before the job leaves the open index, so a failed publish is
         # retried on the next tick: at least once (consumers dedupe on job_id), never lost.
         self._events.job_completed(

@@ -8,19 +8,46 @@ may have gone through (state UNKNOWN) is never sent again from here."""
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import Enum
 
-from batchdrop.adapters.batches import BatchesApi
+from aws_lambda_powertools.metrics import MetricUnit
+
+from batchdrop.adapters.batches import BatchesApi, create_timeout
 from batchdrop.adapters.objects import READ_BYTES, MultipartWriter, ObjectStore
 from batchdrop.adapters.state import ShardPlan, StateTable
-from batchdrop.domain.jobs import job_id_for, manifest_key, rejected_key, rejected_record
+from batchdrop.domain import reconcile
+from batchdrop.domain.jobs import (
+    job_id_for,
+    manifest_key,
+    refused_result_line,
+    rejected_key,
+    rejected_record,
+    results_part_key,
+)
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
-from batchdrop.domain.shards import ENVELOPE_CLOSE, ENVELOPE_OPEN, ShardLimits, assign_shards, shard_key
+from batchdrop.domain.shards import (
+    ENVELOPE_CLOSE,
+    ENVELOPE_OPEN,
+    SEPARATOR,
+    ShardLimits,
+    assign_shards,
+    body_requests,
+    shard_key,
+)
 from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
-from batchdrop.observability import logger
+from batchdrop.observability import logger, metrics
+
+# How long the submit function waits for another create to release the workspace's lease
+# before it leaves the shard to the checker's next tick.
+LEASE_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -79,12 +106,16 @@ class Submitter:
         api: BatchesApi,
         clock: Callable[[], str],
         limits: ShardLimits | None = None,
+        max_attempts: int = 3,
+        lease_wait_seconds: float = LEASE_WAIT_SECONDS,
     ) -> None:
         self._store = store
         self._state = state
         self._api = api
         self._now = clock
         self._limits = limits or ShardLimits()
+        self._max_attempts = max_attempts
+        self._lease_wait = lease_wait_seconds
 
     def submit(self, source: SourceObject) -> SubmitOutcome:
         job_id = job_id_for(source.bucket, source.key, source.version_id)
@@ -100,9 +131,34 @@ class Submitter:
             split = self._split(job_id, source)
             if not split.shards:
                 return self._fail(job_id, source, split)
-            if not self._state.record_shards(job_id, split.shards, requested=split.requested, rejected=split.rejected):
+            recorded = self._state.record_shards(
+                job_id,
+                split.shards,
+                requested=split.requested,
+                rejected=split.rejected,
+                max_attempts=self._max_attempts,
+            )
+            if not recorded:
                 logger.info("another invocation recorded this job's shards first")
+        else:
+            self._complete_recording(job_id)
+            # A run that died holding the create lease would stall every create until it ran out.
+            ShardCreator(self._store, self._state, self._api, self._now).free_stale_lease(self._now())
         return self._submit_pending(job_id)
+
+    def _complete_recording(self, job_id: str) -> None:
+        """A recording of more than 99 shards spans several transactions: a crash between
+        them leaves shards unrecorded. Their bodies are in work/ already; record them."""
+        job, shards = self._state.job_items(job_id)
+        expected = int((job or {}).get("shards", 0))
+        have = {int(shard["index"]) for shard in shards}
+        for index in sorted(set(range(expected)) - have):
+            key = shard_key(job_id, index)
+            requests = sum(1 for _ in body_requests(self._store.lines(key)))
+            size, body = self._store.open(key)
+            body.close()
+            if self._state.add_missing_shard(job_id, ShardPlan(index, key, requests, size), self._max_attempts):
+                logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
     # --- validating and sharding ------------------------------------------------------
 
@@ -123,7 +179,7 @@ class Submitter:
                     split.shards.append(ShardPlan(index, shard.key, 0, 0))
                     shard_requests = 0
                 else:
-                    shard.write(b",")
+                    shard.write(SEPARATOR)
                 shard.write(line.body)
                 shard_requests += 1
             if shard is not None:
@@ -189,7 +245,12 @@ class Submitter:
         _, shards = self._state.job_items(job_id)
         creator = ShardCreator(self._store, self._state, self._api, self._now)
         for shard in shards:
-            if shard["state"] == "PENDING" and creator.create(job_id, shard) is CreateResult.CREATED:
+            if shard["state"] != "PENDING":
+                continue
+            if (self._state.get_job(job_id) or {}).get("cancel_requested_at"):
+                logger.info("job canceled: its unsent shards are left to the checker")
+                break
+            if creator.create(job_id, shard, lease_wait_seconds=self._lease_wait) is CreateResult.CREATED:
                 submitted += 1
         _, shards = self._state.job_items(job_id)
         if all(s["state"] in ("SUBMITTED", "COLLECTED") for s in shards):
@@ -201,27 +262,109 @@ class Submitter:
 class CreateResult(Enum):
     CREATED = "created"  # a batch was created and recorded for the shard
     DEFERRED = "deferred"  # the provider's queue is full: the shard stays PENDING
+    BUSY = "busy"  # another create holds the workspace's lease: the shard stays PENDING
+    REFUSED = "refused"  # the provider refused the body for good: its requests are errored results
     SKIPPED = "skipped"  # another invocation holds the shard's create, or it lost its batch
 
 
+# Refusals that sending the same body again cannot change (a body the API will never take).
+# Any other 4xx (401/403/404: a key or workspace problem) leaves the shard pending.
+FINAL_REFUSALS = frozenset({400, 413, 422})
+# How long a create may hold the lease beyond its own timeout (a crash leaves it held).
+LEASE_MARGIN_SECONDS = 60.0
+LEASE_POLL_SECONDS = 0.5
+# A lease whose shard is still PENDING this long after it was taken lost its holder between
+# taking the lease and recording the intent.
+STALE_PENDING_LEASE = 60.0
+
+
+def lease_owner(job_id: str, index: int) -> str:
+    """The start of the lease owner of a shard's creates (a unique suffix follows)."""
+    return f"{job_id}#{index}#"
+
+
 class ShardCreator:
-    """One shard's create, the one path the submit function and the checker share: record
-    the intent (PENDING → SUBMITTING), send the body once, record the outcome.
+    """One shard's create, the one path the submit function and the checker share: take the
+    workspace's create lease (RELIABILITY.md §9 T6), record the intent (PENDING →
+    SUBMITTING), send the body once, record the outcome.
 
-    A 4xx releases the shard to PENDING (a full queue returns DEFERRED; any other refusal
-    re-raises ProviderRejectedError); a 5xx, timeout or dropped connection marks it UNKNOWN
-    and re-raises ProviderOutcomeUnknownError: only the checker's reconciliation settles
-    it. A batch whose recording loses (its shard moved, or it is owned already) is
-    canceled, since nothing would ever collect it."""
+    A full queue (429) releases the shard to PENDING and returns DEFERRED; a final refusal
+    (400/413/422) writes an errored result for each of its requests and returns REFUSED;
+    any other 4xx releases it and re-raises ProviderRejectedError. A 5xx, timeout or dropped
+    connection marks it UNKNOWN, keeps the lease until it runs out and re-raises
+    ProviderOutcomeUnknownError: only the checker's reconciliation settles it. A batch
+    whose recording loses (its shard moved, or it is owned already) is canceled, since
+    nothing would ever collect it."""
 
-    def __init__(self, store: ObjectStore, state: StateTable, api: BatchesApi, clock: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        state: StateTable,
+        api: BatchesApi,
+        clock: Callable[[], str],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._store = store
         self._state = state
         self._api = api
         self._now = clock
+        self._sleep = sleep
 
-    def create(self, job_id: str, shard: dict[str, object]) -> CreateResult:
+    def create(self, job_id: str, shard: dict[str, object], *, lease_wait_seconds: float = 0.0) -> CreateResult:
         index = int(shard["index"])  # type: ignore[call-overload]
+        owner = lease_owner(job_id, index) + uuid.uuid4().hex
+        if not self._take_lease(owner, lease_wait_seconds):
+            logger.info("another create holds the lease: shard left pending", extra={"shard": index})
+            return CreateResult.BUSY
+        try:
+            result = self._create_holding_lease(job_id, index, shard)
+        except ProviderOutcomeUnknownError:
+            raise  # the lease stays until it runs out, or until the checker settles the shard
+        except Exception:
+            self._state.release_create_lease(owner)
+            raise
+        self._state.release_create_lease(owner)
+        return result
+
+    def _take_lease(self, owner: str, wait_seconds: float) -> bool:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            now = self._now()
+            until = reconcile.parse_time(now) + timedelta(seconds=create_timeout() + LEASE_MARGIN_SECONDS)
+            if self._state.acquire_create_lease(
+                owner, now, until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            ):
+                return True
+            if self.free_stale_lease(now):
+                continue
+            if time.monotonic() >= deadline:
+                return False
+            self._sleep(LEASE_POLL_SECONDS)
+
+    def free_stale_lease(self, now: str) -> bool:
+        """Free the lease of a holder that died after its create was settled (its shard has
+        its batch, or went back to PENDING a while ago): without this, a crash at the wrong
+        moment would stall every create until the lease ran out. True if it was freed."""
+        lease = self._state.get_create_lease()
+        if lease is None:
+            return True
+        if str(lease["until"]) < now:
+            return True  # ran out: the next acquire takes it
+        job_id, _, rest = str(lease["owner"]).partition("#")
+        index = rest.partition("#")[0]
+        shard = self._state.get_shard(job_id, int(index)) if index.isdigit() else None
+        state = (shard or {}).get("state")
+        age = (reconcile.parse_time(now) - reconcile.parse_time(str(lease["taken_at"]))).total_seconds()
+        settled = state not in ("SUBMITTING", "UNKNOWN", "PENDING") or (
+            state == "PENDING" and age > STALE_PENDING_LEASE
+        )
+        if not settled:
+            return False
+        logger.warning("freed a create lease its holder left behind", extra={"owner": lease["owner"], "state": state})
+        return self._state.release_create_lease(str(lease["owner"]))
+
+    def _create_holding_lease(self, job_id: str, index: int, shard: dict[str, object]) -> CreateResult:
+        """The create itself, under the lease."""
         # Opened before the intent: a shard that cannot be read never becomes "maybe sent".
         size, body = self._store.open(str(shard["key"]))
         try:
@@ -230,6 +373,8 @@ class ShardCreator:
                 return CreateResult.SKIPPED  # someone else holds this shard's create
             batch = self._api.create(body.iter_chunks(READ_BYTES), size)
         except ProviderRejectedError as exc:
+            if exc.status in FINAL_REFUSALS:
+                return self._refuse(job_id, shard, sent_at, str(exc))
             self._state.release_submit(job_id, index, str(exc))
             if exc.queue_full:
                 logger.warning("provider queue full: shard left pending", extra={"shard": index})
@@ -253,6 +398,40 @@ class ShardCreator:
                 "DuplicateBatch: a created batch could not be recorded and was canceled",
                 extra={"shard": index, "batch_id": batch["id"], "owner_batch": current.get("batch_id")},
             )
+            metrics.add_metric("DuplicateBatches", MetricUnit.Count, 1)
             return CreateResult.SKIPPED
         logger.info("batch created", extra={"shard": index, "batch_id": batch["id"], "requests": shard["requests"]})
         return CreateResult.CREATED
+
+    def _refuse(self, job_id: str, shard: dict[str, object], sent_at: str, reason: str) -> CreateResult:
+        """The provider will never take this body: each of its requests gets an errored
+        result (invalid_request_error, with the reason) and the shard is collected."""
+        index = int(shard["index"])  # type: ignore[call-overload]
+        attempt = int(shard.get("round", 1))  # type: ignore[call-overload]
+        part_key = results_part_key(job_id, index, attempt)
+        with self._store.writer(part_key, "application/x-jsonl", if_absent=True) as part:
+            requests = 0
+            for request in body_requests(self._store.lines(str(shard["key"]))):
+                part.write(refused_result_line(str(json.loads(request)["custom_id"]), reason) + b"\n")
+                requests += 1
+        counts = Counter(shard.get("counts") or {})  # type: ignore[arg-type]
+        counts["errored"] += requests
+        outcome = {
+            "counts": dict(counts),
+            "result_keys": [*shard.get("result_keys", []), part_key],  # type: ignore[misc]
+            "attempts_log": [
+                *shard.get("attempts_log", []),  # type: ignore[misc]
+                {
+                    "attempt": attempt,
+                    "batch_id": None,
+                    "requests": requests,
+                    "counts": {"errored": requests},
+                    "refused": reason,
+                },
+            ],
+        }
+        self._state.mark_collected(job_id, index, expected="SUBMITTING", fence={"sent_at": sent_at}, outcome=outcome)
+        logger.error(
+            "the provider refused the batch: its requests are errored", extra={"shard": index, "reason": reason}
+        )
+        return CreateResult.REFUSED

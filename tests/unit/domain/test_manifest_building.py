@@ -25,10 +25,24 @@ def manifest(**overrides: Any) -> dict[str, Any]:
         "batches": [
             {
                 "shard": 0,
-                "batch_id": "msgbatch_01",
                 "requests": 10,
-                "attempts": 1,
                 "counts": {"succeeded": 7, "errored": 1, "expired": 2},
+                "attempts": [
+                    {
+                        "attempt": 1,
+                        "batch_id": "msgbatch_01",
+                        "requests": 10,
+                        "counts": {"succeeded": 5, "expired": 5},
+                        "retried": 5,
+                    },
+                    {
+                        "attempt": 2,
+                        "batch_id": "msgbatch_02",
+                        "requests": 5,
+                        "counts": {"succeeded": 2, "errored": 1, "expired": 2},
+                        "retried": 0,
+                    },
+                ],
             }
         ],
         "usage_by_model": {"claude-haiku-4-5": Usage(input_tokens=1_000_000, output_tokens=100_000)},
@@ -53,12 +67,28 @@ def test_a_manifest_that_adds_up_holds_everything_the_design_lists() -> None:
     assert built["batches"] == [
         {
             "shard": 0,
-            "batch_id": "msgbatch_01",
             "requests": 10,
-            "attempts": 1,
             "counts": {"succeeded": 7, "errored": 1, "canceled": 0, "expired": 2},
+            "attempts": [
+                {
+                    "attempt": 1,
+                    "batch_id": "msgbatch_01",
+                    "requests": 10,
+                    "counts": {"succeeded": 5, "errored": 0, "canceled": 0, "expired": 5},
+                    "retried": 5,
+                },
+                {
+                    "attempt": 2,
+                    "batch_id": "msgbatch_02",
+                    "requests": 5,
+                    "counts": {"succeeded": 2, "errored": 1, "canceled": 0, "expired": 2},
+                    "retried": 0,
+                },
+            ],
         }
     ]
+    # And which attempt gave each request its final outcome
+    assert built["attempts"] == {"final_at_attempt": {"1": 5, "2": 5}, "requests_retried": 5, "batches_created": 2}
     assert built["usage"]["total"]["input_tokens"] == 1_000_000
     assert built["usage"]["by_model"]["claude-haiku-4-5"]["output_tokens"] == 100_000
     assert built["timings"] == {"created_at": "2025-01-01T00:00:00Z", "completed_at": "2025-01-01T01:00:00Z"}
@@ -107,16 +137,28 @@ def test_the_manifest_is_json_serialisable_even_from_dynamodb_decimals() -> None
         batches=[
             {
                 "shard": Decimal(0),
-                "batch_id": "msgbatch_01",
                 "requests": Decimal(10),
-                "attempts": Decimal(2),
-                "counts": {"succeeded": Decimal(7)},
+                "counts": {"succeeded": Decimal(7), "errored": Decimal(1), "expired": Decimal(2)},
+                "attempts": [
+                    {
+                        "attempt": Decimal(1),
+                        "batch_id": "msgbatch_01",
+                        "requests": Decimal(10),
+                        "counts": {"succeeded": Decimal(7), "errored": Decimal(1), "expired": Decimal(2)},
+                    },
+                ],
             }
         ],
     )
     # When it is serialised / Then it round-trips with ints
     assert json.loads(json.dumps(built)) == built
-    assert built["batches"][0]["attempts"] == 2
+    assert built["batches"][0]["attempts"][0]["requests"] == 10
+
+
+def test_a_shard_whose_final_outcomes_do_not_add_up_is_refused() -> None:
+    shard = {"shard": 0, "requests": 10, "counts": {"succeeded": 9}, "attempts": []}
+    with pytest.raises(ValueError, match="shard 0: final outcomes add up to 9, not to 10"):
+        manifest(counts={"succeeded": 10}, batches=[shard])
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,11 @@ from batchdrop.domain.shards import (
     ENVELOPE_BYTES,
     ENVELOPE_CLOSE,
     ENVELOPE_OPEN,
+    SEPARATOR_BYTES,
     ShardLimits,
     assign_shards,
     body_chunks,
+    body_requests,
     create_body_bytes,
     shard_key,
 )
@@ -51,10 +53,22 @@ def test_the_create_body_is_the_envelope_around_lines_joined_by_commas() -> None
     lines = [ValidLine(1, "a", b'{"custom_id":"a"}'), ValidLine(2, "b", b'{"custom_id":"b"}')]
     # When the body is streamed
     body = body_of(lines)
-    # Then it is the API's create body
-    assert body == b'{"requests":[{"custom_id":"a"},{"custom_id":"b"}]}'
+    # Then it is the API's create body, one request per line
+    assert body == b'{"requests":[\n{"custom_id":"a"},\n{"custom_id":"b"}\n]}'
     assert json.loads(body) == {"requests": [{"custom_id": "a"}, {"custom_id": "b"}]}
     assert create_body_bytes(2, sum(len(line.body) for line in lines)) == len(body)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_a_create_body_reads_back_as_its_request_bodies(count: int) -> None:
+    # Given a create body of `count` requests, split into lines as S3 streams it
+    tricky = '"params":{"x":",\\n]}"}'  # separators and envelope bytes inside a string
+    lines = [ValidLine(n, f"id-{n}", f'{{"custom_id":"id-{n}",{tricky}}}'.encode()) for n in range(count)]
+    body = body_of(lines)
+    # When its requests are read back
+    read = list(body_requests(body.splitlines(keepends=True)))
+    # Then they are exactly the request bodies, in order
+    assert read == [line.body for line in lines]
 
 
 def test_the_create_body_is_streamed_not_joined() -> None:
@@ -78,7 +92,7 @@ def test_shards_hold_exactly_max_requests_at_the_count_boundary() -> None:
 
 def test_a_shard_ends_when_envelope_and_commas_would_exceed_the_byte_limit() -> None:
     # Given lines of 10 bytes, and a limit that fits exactly 3 of them with the envelope and 2 commas
-    limits = ShardLimits(max_requests=100, max_bytes=ENVELOPE_BYTES + 3 * 10 + 2)
+    limits = ShardLimits(max_requests=100, max_bytes=ENVELOPE_BYTES + 3 * 10 + 2 * SEPARATOR_BYTES)
     lines = [line_of(10, n) for n in range(1, 8)]
     # When they are assigned
     shards = shards_of(lines, limits)
@@ -90,7 +104,7 @@ def test_a_shard_ends_when_envelope_and_commas_would_exceed_the_byte_limit() -> 
 
 def test_one_byte_less_and_the_comma_pushes_the_third_line_out() -> None:
     # Given the same lines and a limit one byte short of three
-    limits = ShardLimits(max_requests=100, max_bytes=ENVELOPE_BYTES + 3 * 10 + 2 - 1)
+    limits = ShardLimits(max_requests=100, max_bytes=ENVELOPE_BYTES + 3 * 10 + 2 * SEPARATOR_BYTES - 1)
     # When they are assigned
     shards = shards_of([line_of(10, n) for n in range(1, 8)], limits)
     # Then shards hold two lines each

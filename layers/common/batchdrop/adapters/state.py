@@ -123,6 +123,20 @@ class StateTable:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def existing_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these jobs exist: BatchGetItem, 100 keys a request."""
+        wanted = list(dict.fromkeys(job_ids))
+        found: set[str] = set()
+        resource = self.table.meta.client
+        for start in range(0, len(wanted), 100):
+            keys = [{"PK": _job_pk(job_id), "SK": "JOB"} for job_id in wanted[start : start + 100]]
+            request: dict[str, Any] = {self._name: {"Keys": keys, "ProjectionExpression": "job_id"}}
+            while request:
+                answer = resource.batch_get_item(RequestItems=request)
+                found.update(str(item["job_id"]) for item in answer["Responses"].get(self._name, []))
+                request = answer.get("UnprocessedKeys") or {}
+        return found
+
     def list_jobs(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"FilterExpression": "SK = :job", "ExpressionAttributeValues": {":job": "JOB"}}
@@ -133,7 +147,9 @@ class StateTable:
                 return sorted(items, key=lambda job: job["created_at"], reverse=True)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def record_shards(self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int) -> bool:
+    def record_shards(
+        self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int, max_attempts: int = 3
+    ) -> bool:
         """RECEIVED → SUBMITTING, with the job's shards as PENDING items, all at once.
         (The resource's client serialises plain values itself, as the table does.)"""
         client = self.table.meta.client
@@ -160,17 +176,7 @@ class StateTable:
             {
                 "Put": {
                     "TableName": self._name,
-                    "Item": {
-                        "PK": _job_pk(job_id),
-                        "SK": _shard_sk(shard.index),
-                        "job_id": job_id,
-                        "index": shard.index,
-                        "state": "PENDING",
-                        "key": shard.key,
-                        "requests": shard.requests,
-                        "size": shard.size,
-                        "attempt": 0,
-                    },
+                    "Item": self._shard_item(job_id, shard, max_attempts),
                     "ConditionExpression": "attribute_not_exists(PK)",
                 }
             }
@@ -186,6 +192,29 @@ class StateTable:
             logger.info("shards not recorded", extra={"reasons": exc.response.get("CancellationReasons")})
             return False
         return True
+
+    @staticmethod
+    def _shard_item(job_id: str, shard: ShardPlan, max_attempts: int) -> dict[str, Any]:
+        return {
+            "PK": _job_pk(job_id),
+            "SK": _shard_sk(shard.index),
+            "job_id": job_id,
+            "index": shard.index,
+            "state": "PENDING",
+            "key": shard.key,
+            "requests": shard.requests,  # of the current attempt's batch
+            "shard_requests": shard.requests,  # of the whole shard, whatever the attempt
+            "size": shard.size,
+            "attempt": 0,  # creates sent for the current attempt's batch
+            "round": 1,  # the attempt: 1, then 2.. for the retries of transient failures
+            "max_attempts": max_attempts,  # fixed per shard, so re-running a collection decides alike
+        }
+
+    def add_missing_shard(self, job_id: str, shard: ShardPlan, max_attempts: int) -> bool:
+        """Record one shard a crash left out of a recording that spanned several
+        transactions (more than 99 shards); False if it is there already."""
+        item = self._shard_item(job_id, shard, max_attempts)
+        return self._conditional(Item=item, ConditionExpression="attribute_not_exists(PK)")
 
     def fail_job(self, job_id: str, reason: str, *, requested: int, rejected: int, manifest_key: str) -> bool:
         return self._conditional(
@@ -223,6 +252,28 @@ class StateTable:
             },
         )
 
+    def request_cancel(self, job_id: str, requested_at: str) -> dict[str, Any] | None:
+        """Mark an unfinished job as to be canceled (once: a repeated request keeps the first
+        time); the job as it is now, or None when there is no such job."""
+        client = self.table.meta.client
+        try:
+            item = self.table.update_item(
+                Key={"PK": _job_pk(job_id), "SK": "JOB"},
+                UpdateExpression="SET cancel_requested_at = if_not_exists(cancel_requested_at, :at)",
+                ConditionExpression="attribute_exists(PK) AND #s IN (:received, :submitting, :running)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":at": requested_at,
+                    ":received": "RECEIVED",
+                    ":submitting": "SUBMITTING",
+                    ":running": "RUNNING",
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except client.exceptions.ConditionalCheckFailedException:
+            return self.get_job(job_id)
+        return _plain(item)
+
     def _set_job_status(self, job_id: str, expected: str, status: str) -> bool:
         return self._conditional(
             Key={"PK": _job_pk(job_id), "SK": "JOB"},
@@ -256,6 +307,45 @@ class StateTable:
             ExpressionAttributeNames={"#s": "state", **(names or {})},
             ExpressionAttributeValues={":new": new, ":expected": expected, **{f":{k}": v for k, v in values.items()}},
         )
+
+    # --- the single create lease (RELIABILITY.md §9 T6) ----------------------------------
+
+    def acquire_create_lease(self, owner: str, now: str, until: str) -> bool:
+        """Take the workspace's one create lease until `until` (ISO times compare as strings),
+        if it is free or its holder's time ran out: at most one create is unresolved at a time,
+        so an unknown outcome matches one listed batch without ambiguity."""
+        return self._conditional(
+            Item={"PK": "CTRL", "SK": "CREATE_LEASE", "owner": owner, "until": until, "taken_at": now},
+            ConditionExpression="attribute_not_exists(PK) OR #until < :now OR #owner = :owner",
+            ExpressionAttributeNames={"#until": "until", "#owner": "owner"},
+            ExpressionAttributeValues={":now": now, ":owner": owner},
+        )
+
+    def get_create_lease(self) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"PK": "CTRL", "SK": "CREATE_LEASE"}, ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
+    def release_create_lease(self, owner: str) -> bool:
+        """Give the lease back, if this owner still holds it."""
+        return self._release_lease("#owner = :owner", owner)
+
+    def release_create_lease_of(self, owner_prefix: str) -> bool:
+        """Give the lease back on behalf of a create whose outcome was unknown, once the
+        checker has settled it (its owner starts with the shard's prefix)."""
+        return self._release_lease("begins_with(#owner, :owner)", owner_prefix)
+
+    def _release_lease(self, condition: str, owner: str) -> bool:
+        client = self.table.meta.client
+        try:
+            self.table.delete_item(
+                Key={"PK": "CTRL", "SK": "CREATE_LEASE"},
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": owner},
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def begin_submit(self, job_id: str, index: int, sent_at: str) -> bool:
         """PENDING → SUBMITTING: the intent, recorded before the create is sent."""
@@ -359,22 +449,103 @@ class StateTable:
         job_id: str,
         index: int,
         *,
-        counts: Mapping[str, int],
-        usage: Mapping[str, Mapping[str, int]],
-        result_key: str,
-        ended_at: str,
+        expected: str = "SUBMITTED",
+        fence: Mapping[str, Any],
+        outcome: Mapping[str, Any],
     ) -> bool:
-        """SUBMITTED → COLLECTED once its results are in S3; the shard leaves the open index."""
-        return self._move_shard(
+        """`expected` → COLLECTED with the shard's final counts, usage, result parts and
+        attempt log (`outcome`); the shard leaves the open index. `fence` holds attribute
+        values the item must still have (the batch id, the attempt), so a second checker, or a
+        stale one, can never record an attempt twice."""
+        return self._settle(job_id, index, expected, "COLLECTED", fence, outcome, remove="GSI1PK, GSI1SK")
+
+    def flag_overdue(self, job_id: str, index: int, batch_id: str, at: str) -> bool:
+        """Note on a shard that its batch ran past its expiry and was canceled by us."""
+        return self._conditional(
+            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            UpdateExpression="SET overdue_at = if_not_exists(overdue_at, :at)",
+            ConditionExpression="#s = :submitted AND batch_id = :batch",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={":at": at, ":submitted": "SUBMITTED", ":batch": batch_id},
+        )
+
+    def schedule_retry(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        fence: Mapping[str, Any],
+        outcome: Mapping[str, Any],
+        next_round: Mapping[str, Any],
+    ) -> bool:
+        """SUBMITTED → PENDING for the shard's next attempt (`next_round`: its round, body key
+        and request count), with the finals so far (`outcome`); the job goes back to
+        SUBMITTING so the checker creates the retry's batch. One transaction."""
+        client = self.table.meta.client
+        shard = self._settle_update(
             job_id,
             index,
             "SUBMITTED",
-            "COLLECTED",
-            assign="counts = :counts, #u = :usage, result_key = :key, ended_at = :at",
-            remove="GSI1PK, GSI1SK",
-            names={"#u": "usage"},  # a reserved word
-            counts=dict(counts),
-            usage={model: dict(u) for model, u in usage.items()},
-            key=result_key,
-            at=ended_at,
+            "PENDING",
+            fence,
+            {**outcome, **next_round, "attempt": 0},
+            remove="GSI1PK, GSI1SK, batch_id, sent_at, overdue_at",
         )
+        job = {
+            "Update": {
+                "TableName": self._name,
+                "Key": {"PK": _job_pk(job_id), "SK": "JOB"},
+                "UpdateExpression": "SET #s = :submitting",
+                "ConditionExpression": "#s IN (:submitting, :running)",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":submitting": "SUBMITTING", ":running": "RUNNING"},
+            }
+        }
+        try:
+            client.transact_write_items(TransactItems=[{"Update": {"TableName": self._name, **shard}}, job])
+        except client.exceptions.TransactionCanceledException as exc:
+            _raise_unless_condition_lost(exc)
+            return False
+        return True
+
+    def _settle(
+        self,
+        job_id: str,
+        index: int,
+        expected: str,
+        new: str,
+        fence: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        remove: str,
+    ) -> bool:
+        return self._conditional(**self._settle_update(job_id, index, expected, new, fence, values, remove=remove))
+
+    def _settle_update(
+        self,
+        job_id: str,
+        index: int,
+        expected: str,
+        new: str,
+        fence: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        remove: str,
+    ) -> dict[str, Any]:
+        """The UpdateItem arguments of a fenced shard transition that sets `values`."""
+        names = {"#s": "state", **{f"#f{i}": name for i, name in enumerate(fence)}}
+        names.update({f"#v{i}": name for i, name in enumerate(values)})
+        condition = " AND ".join(["#s = :expected", *(f"#f{i} = :f{i}" for i in range(len(fence)))])
+        assign = ", ".join(["#s = :new", *(f"#v{i} = :v{i}" for i in range(len(values)))])
+        return {
+            "Key": {"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            "UpdateExpression": f"SET {assign} REMOVE {remove}",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {
+                ":new": new,
+                ":expected": expected,
+                **{f":f{i}": value for i, value in enumerate(fence.values())},
+                **{f":v{i}": value for i, value in enumerate(values.values())},
+            },
+        }

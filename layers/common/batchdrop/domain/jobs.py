@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from batchdrop.domain.requests import RejectedLine
 
@@ -53,8 +54,51 @@ def final_status(counts: Mapping[str, int], rejected: int) -> JobStatus:
     return JobStatus.COMPLETED_WITH_ERRORS
 
 
-def results_part_key(job_id: str, index: int) -> str:
-    return f"results/{job_id}/results-{index:05d}.jsonl"
+def results_part_key(job_id: str, index: int, attempt: int = 1) -> str:
+    """Where the final outcomes a shard's batch gave at `attempt` go: results-00000.jsonl for
+    the first attempt, results-00000-a2.jsonl for the outcomes of its first retry, and so on."""
+    suffix = f"-a{attempt}" if attempt > 1 else ""
+    return f"results/{job_id}/results-{index:05d}{suffix}.jsonl"
+
+
+# Errors the provider itself had while serving a request; anything else (invalid_request_error
+# above all) is the request's own fault and final.
+RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
+
+
+def error_type(result: Mapping[str, Any]) -> str | None:
+    """The type of an `errored` result's error: the API nests it as {"type": "error", "error":
+    {"type": ..., "message": ...}}; a flat {"type": ..., "message": ...} is read too."""
+    error = result.get("error")
+    if not isinstance(error, Mapping):
+        return None
+    inner = error.get("error")
+    found = inner.get("type") if isinstance(inner, Mapping) else error.get("type")
+    return str(found) if found is not None else None
+
+
+def is_retryable(result: Mapping[str, Any]) -> bool:
+    """Whether a request's outcome is worth another attempt: an expired request, or one that
+    errored on the provider's side (api_error, overloaded_error). Succeeded, canceled and
+    invalid requests are final."""
+    if result.get("type") == "expired":
+        return True
+    return result.get("type") == "errored" and error_type(result) in RETRYABLE_ERRORS
+
+
+def refused_result_line(custom_id: str, reason: str) -> bytes:
+    """The result line batchdrop writes for a request the provider never took, because it
+    refused the whole create body (400/413): errored, as invalid_request_error, so every
+    request still has exactly one outcome in results/."""
+    error = {"type": "invalid_request_error", "message": f"batchdrop: the batch was refused: {reason}"}
+    record = {"custom_id": custom_id, "result": {"type": "errored", "error": {"type": "error", "error": error}}}
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def canceled_result_line(custom_id: str) -> bytes:
+    """The result line for a request of a canceled job that was never sent: canceled, as
+    the provider reports the requests a cancel stopped."""
+    return json.dumps({"custom_id": custom_id, "result": {"type": "canceled"}}, separators=(",", ":")).encode()
 
 
 def manifest_key(job_id: str) -> str:

@@ -40,6 +40,7 @@ def build_manifest(
     if total != requests:
         raise ValueError(f"outcomes add up to {total} ({outcome_counts}), not to the {requests} requests submitted")
 
+    shards = [_batch(batch) for batch in batches]
     total_usage = Usage()
     for usage in usage_by_model.values():
         total_usage.merge(usage)
@@ -51,7 +52,8 @@ def build_manifest(
         "source": {name: source[name] for name in ("bucket", "key", "version_id")},
         "status": str(status),
         "counts": {"requests": requests, "rejected": _count(rejected, "rejected"), **outcome_counts},
-        "batches": [_batch(batch) for batch in batches],
+        "batches": shards,
+        "attempts": _attempt_summary(shards),
         "usage": {
             "total": total_usage.as_dict(),
             "by_model": {model: usage.as_dict() for model, usage in sorted(usage_by_model.items())},
@@ -73,13 +75,48 @@ def build_manifest(
 
 
 def _batch(batch: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    """One shard: its requests, their final outcomes, and each attempt's batch (the first
+    sends every request; each retry sends again those whose outcome was transient)."""
+    attempts = [_attempt(attempt) for attempt in batch.get("attempts") or []]
+    shard = {
         "shard": _count(batch["shard"], "batches[].shard"),
-        "batch_id": str(batch["batch_id"]),
         "requests": _count(batch["requests"], "batches[].requests"),
-        "attempts": _count(batch["attempts"], "batches[].attempts"),
         "counts": _outcome_counts(batch.get("counts") or {}, "batches[].counts"),
+        "attempts": attempts,
     }
+    final = sum(shard["counts"].values())
+    if final != shard["requests"]:
+        raise ValueError(f"shard {shard['shard']}: final outcomes add up to {final}, not to {shard['requests']}")
+    return shard
+
+
+def _attempt(attempt: Mapping[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "attempt": _count(attempt["attempt"], "attempts[].attempt"),
+        "batch_id": attempt.get("batch_id"),  # None: never sent (canceled before, or refused)
+        "requests": _count(attempt["requests"], "attempts[].requests"),
+        "counts": _outcome_counts(attempt.get("counts") or {}, "attempts[].counts"),
+        "retried": _count(attempt.get("retried", 0), "attempts[].retried"),
+    }
+    if "creates" in attempt:
+        entry["creates"] = _count(attempt["creates"], "attempts[].creates")
+    if attempt.get("refused"):
+        entry["refused"] = str(attempt["refused"])
+    return entry
+
+
+def _attempt_summary(batches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How many requests got their final outcome at each attempt, and how many were retried."""
+    final_at: dict[str, int] = {}
+    retried = 0
+    sent = 0
+    for shard in batches:
+        for attempt in shard["attempts"]:
+            number = str(attempt["attempt"])
+            final_at[number] = final_at.get(number, 0) + attempt["requests"] - attempt["retried"]
+            retried += attempt["retried"]
+            sent += attempt["batch_id"] is not None
+    return {"final_at_attempt": final_at, "requests_retried": retried, "batches_created": sent}
 
 
 def _outcome_counts(counts: Mapping[str, Any], name: str) -> dict[str, int]:

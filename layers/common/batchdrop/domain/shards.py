@@ -8,10 +8,14 @@ from dataclasses import dataclass
 
 from batchdrop.domain.requests import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, ValidLine
 
-ENVELOPE_OPEN = b'{"requests":['
-ENVELOPE_CLOSE = b"]}"
-_SEPARATOR = b","
+# One request per line (a compact request body never holds a raw newline), so a shard's
+# requests can be read back line by line to build a retry body.
+ENVELOPE_OPEN = b'{"requests":[\n'
+ENVELOPE_CLOSE = b"\n]}"
+SEPARATOR = b",\n"
+_SEPARATOR = SEPARATOR
 ENVELOPE_BYTES = len(ENVELOPE_OPEN) + len(ENVELOPE_CLOSE)
+SEPARATOR_BYTES = len(_SEPARATOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,7 @@ def assign_shards(lines: Iterable[ValidLine], limits: ShardLimits = DEFAULT_LIMI
 
 
 def body_chunks(lines: Iterable[ValidLine]) -> Iterator[bytes]:
-    """The create body for one shard's lines as a stream of bytes: ENVELOPE_OPEN, lines joined by b",",
+    """The create body for one shard's lines as a stream of bytes: ENVELOPE_OPEN, lines joined by b",\\n",
     ENVELOPE_CLOSE. No lines gives an empty `requests` array, which the API refuses: callers send none."""
     yield ENVELOPE_OPEN
     first = True
@@ -69,6 +73,18 @@ def body_chunks(lines: Iterable[ValidLine]) -> Iterator[bytes]:
     yield ENVELOPE_CLOSE
 
 
-def shard_key(job_id: str, index: int) -> str:
-    """Where a shard's create body is kept: work/<job_id>/shard-00000.json."""
-    return f"work/{job_id}/shard-{index:05d}.json"
+def shard_key(job_id: str, index: int, attempt: int = 1) -> str:
+    """Where a shard's create body is kept: work/<job_id>/shard-00000.json, and the body of
+    its retry at attempt N (the requests to send again): work/<job_id>/shard-00000-aN.json."""
+    suffix = f"-a{attempt}" if attempt > 1 else ""
+    return f"work/{job_id}/shard-{index:05d}{suffix}.json"
+
+
+def body_requests(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The request bodies of a create body written by `body_chunks` (or the submit path), read
+    back line by line: the envelope lines are skipped and each request's separator dropped."""
+    for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if line in (ENVELOPE_OPEN.rstrip(b"\n"), ENVELOPE_CLOSE.lstrip(b"\n")):
+            continue
+        yield line[:-1] if line.endswith(b",") else line

@@ -1,0 +1,76 @@
+"""Canceling a job on request (`batchdrop cancel JOB_ID`, or an object dropped at
+`cancel/<job_id>`): the job is marked, every open batch of it is asked to stop now, and
+the checker does the rest on its ticks: it repeats the cancel until the provider shows it,
+turns the shards that were never sent into `canceled` results, collects what the batches
+did finish, and closes the job CANCELED with its results so far."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from batchdrop.adapters.batches import BatchesApi
+from batchdrop.adapters.objects import ObjectStore
+from batchdrop.adapters.state import StateTable
+from batchdrop.errors import ProviderUnavailableError
+from batchdrop.observability import logger
+
+CANCEL_PREFIX = "cancel/"
+_JOB_ID = re.compile(r"j[0-9a-f]{24}")
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    job_id: str | None
+    status: str  # CANCELING, or why nothing was done: UNKNOWN_JOB, FINISHED, BAD_KEY
+    batches_canceled: int = 0
+
+
+def job_id_of(key: str) -> str | None:
+    """The job id named by a `cancel/<job_id>` key, or None when it names none."""
+    name = key.removeprefix(CANCEL_PREFIX)
+    return name if key.startswith(CANCEL_PREFIX) and _JOB_ID.fullmatch(name) else None
+
+
+class Canceler:
+    def __init__(self, store: ObjectStore, state: StateTable, api: BatchesApi, clock: Callable[[], str]) -> None:
+        self._store = store
+        self._state = state
+        self._api = api
+        self._now = clock
+
+    def cancel_from_key(self, key: str) -> CancelOutcome:
+        job_id = job_id_of(key)
+        if job_id is None:
+            return self._refuse(key, None, "BAD_KEY", f"{key!r} is not cancel/<job_id> (a job id is j + 24 hex digits)")
+        return self.cancel(job_id, key)
+
+    def cancel(self, job_id: str, key: str | None = None) -> CancelOutcome:
+        job = self._state.request_cancel(job_id, self._now())
+        if job is None:
+            return self._refuse(key, job_id, "UNKNOWN_JOB", f"no job {job_id} in this stack")
+        if job["status"] not in ("RECEIVED", "SUBMITTING", "RUNNING"):
+            logger.info("cancel of a job that has finished: nothing to do", extra={"job_id": job_id})
+            return CancelOutcome(job_id, "FINISHED")
+        canceled = 0
+        _, shards = self._state.job_items(job_id)
+        for shard in shards:
+            if shard["state"] != "SUBMITTED":
+                continue
+            try:
+                if self._api.cancel(shard["batch_id"]) is not None:
+                    canceled += 1
+            except ProviderUnavailableError as exc:  # the checker repeats it
+                logger.warning("cancel left to the checker", extra={"batch_id": shard["batch_id"], "error": str(exc)})
+        logger.info("job cancel requested", extra={"job_id": job_id, "batches_canceled": canceled})
+        return CancelOutcome(job_id, "CANCELING", canceled)
+
+    def _refuse(self, key: str | None, job_id: str | None, status: str, reason: str) -> CancelOutcome:
+        """A cancel that names no job of this stack: said in the log and, for a dropped
+        object, beside it under errors/ so the upstream system can read why."""
+        logger.error("cancel refused", extra={"key": key, "reason": reason})
+        if key is not None:
+            name = key.removeprefix(CANCEL_PREFIX).replace("/", "_") or "_"
+            self._store.put_json(f"errors/cancel/{name}.json", {"key": key, "reason": reason})
+        return CancelOutcome(job_id, status)

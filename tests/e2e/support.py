@@ -1,0 +1,123 @@
+"""What the end-to-end tests share: uploading a file to the local stack, running the
+pipeline until a job is finished, and reading back what it wrote."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from batchdrop.domain.jobs import job_id_for
+from batchdrop_local.runner import LocalRunner
+from batchdrop_local.stack import LocalStack
+from batchdrop_local.synth import write_requests
+
+
+def upload(stack: LocalStack, tmp_path: Path, key: str, requests: int) -> str:
+    """Put a file of `requests` generated requests at `key`; the job id it will have."""
+    source = tmp_path / "requests.jsonl"
+    write_requests(source, requests)
+    return upload_bytes(stack, key, source.read_bytes())
+
+
+def upload_bytes(stack: LocalStack, key: str, body: bytes) -> str:
+    response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
+    return job_id_for(stack.bucket_name, key, str(response["VersionId"]))
+
+
+def read(stack: LocalStack, key: str) -> bytes:
+    return bytes(stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"].read())
+
+
+def shard_items(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
+    items = stack.client("dynamodb").query(
+        TableName=stack.table_name,
+        KeyConditionExpression="PK = :pk AND begins_with(SK, :shard)",
+        ExpressionAttributeValues={":pk": {"S": f"JOB#{job_id}"}, ":shard": {"S": "SHARD#"}},
+        ConsistentRead=True,
+    )["Items"]
+    return list(items)
+
+
+def shard_states(stack: LocalStack, job_id: str) -> list[str]:
+    return [item["state"]["S"] for item in shard_items(stack, job_id)]
+
+
+def job_status(stack: LocalStack, job_id: str) -> str | None:
+    item = (
+        stack.client("dynamodb")
+        .get_item(
+            TableName=stack.table_name, Key={"PK": {"S": f"JOB#{job_id}"}, "SK": {"S": "JOB"}}, ConsistentRead=True
+        )
+        .get("Item")
+    )
+    return item["status"]["S"] if item else None
+
+
+def finished(stack: LocalStack, job_id: str) -> bool:
+    keys = stack.client("s3").list_objects_v2(Bucket=stack.bucket_name, Prefix=f"results/{job_id}/manifest.json")
+    return keys.get("KeyCount", 0) > 0 and job_status(stack, job_id) not in ("RECEIVED", "SUBMITTING", "RUNNING")
+
+
+def run_to_the_end(stack: LocalStack, runner: LocalRunner, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Deliver events and tick until the job is finished and no batch is open; its manifest."""
+    assert runner.drain(timeout=timeout, idle=lambda: finished(stack, job_id) and not stack.open_batch_count())
+    return dict(json.loads(read(stack, f"results/{job_id}/manifest.json")))
+
+
+def result_lines(stack: LocalStack, manifest: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Every result line of a job, by custom_id: (the part it is in, the parsed line)."""
+    lines: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key in manifest["results"]:
+        for line in read(stack, key).splitlines():
+            record = json.loads(line)
+            lines.setdefault(record["custom_id"], []).append((key, record))
+    return lines
+
+
+def input_ids(body: bytes) -> list[str]:
+    return [json.loads(line)["custom_id"] for line in body.splitlines() if line.strip()]
+
+
+def assert_each_request_once(stack: LocalStack, manifest: dict[str, Any], ids: list[str]) -> Counter[str]:
+    """Every input request has exactly one outcome in results/, and the manifest's counts
+    are the outcomes found there; the outcomes by type."""
+    lines = result_lines(stack, manifest)
+    assert sorted(lines) == sorted(ids)
+    assert {len(found) for found in lines.values()} == {1}
+    outcomes = Counter(found[0][1]["result"]["type"] for found in lines.values())
+    for outcome in ("succeeded", "errored", "canceled", "expired"):
+        assert manifest["counts"][outcome] == outcomes[outcome], outcome
+    return outcomes
+
+
+def open_uploads(stack: LocalStack, prefix: str = "") -> list[str]:
+    """Multipart uploads left open under a prefix."""
+    answer = stack.client("s3").list_multipart_uploads(Bucket=stack.bucket_name, Prefix=prefix)
+    return [upload["Key"] for upload in answer.get("Uploads", [])]
+
+
+def adapters(stack: LocalStack) -> tuple[Any, Any, Any, Any]:
+    """The layer's adapters bound to the local stack, for tests that must run two
+    invocations truly at once (the runner runs one at a time, as os.environ is global)."""
+    import boto3
+
+    from batchdrop.adapters.batches import BatchesApi
+    from batchdrop.adapters.events import EventPublisher
+    from batchdrop.adapters.objects import ObjectStore
+    from batchdrop.adapters.state import StateTable
+
+    resource = boto3.resource(
+        "dynamodb",
+        endpoint_url=stack.moto_url,
+        region_name=stack.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return (
+        ObjectStore(stack.bucket_name, client=stack.client("s3")),
+        StateTable(stack.table_name, resource=resource),
+        BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url),
+        EventPublisher(stack.event_bus_name, client=stack.client("events")),
+    )

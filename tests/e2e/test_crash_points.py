@@ -1,0 +1,281 @@
+"""A crash at any step of submit or of the checker loses nothing and sends nothing twice
+(issue 4; RELIABILITY.md §8 "Crash-consistency", §10 property 5). Each test kills the
+process once at one step (tests/e2e/crash.py: a BaseException, no cleanup, the cached
+clients dropped), lets Lambda's retry and the next ticks run on the local stack, and
+checks from the emulator's counters and the result files that every request went out
+once and came back once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from anthropic.types.messages import MessageBatchIndividualResponse
+
+import batchdrop.adapters.batches
+import batchdrop.adapters.objects
+import batchdrop.checker
+import batchdrop.domain.reconcile
+import batchdrop.submit
+from batchdrop.adapters.batches import BatchesApi
+from batchdrop.adapters.events import EventPublisher
+from batchdrop.adapters.objects import MultipartWriter
+from batchdrop.adapters.state import StateTable
+from batchdrop.domain.jobs import job_id_for
+from batchdrop.domain.shards import ShardLimits
+from batchdrop_local.runner import LocalRunner, load_handler
+from batchdrop_local.stack import LocalStack
+from batchdrop_local.synth import write_requests
+from tests.e2e.crash import CrashPoint, RuntimeExited
+
+SUBMIT = "SubmitFunction"
+CHECKER = "CheckerFunction"
+
+# A crashed invocation flushes no metric, and Powertools warns about it.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+
+
+def _writing_results(writer: MultipartWriter, _data: bytes) -> bool:
+    return writer.key.startswith("results/")
+
+
+@dataclass(frozen=True)
+class Case:
+    """Where the process dies, and what the pipeline must show once the submit event is done."""
+
+    owner: type
+    method: str
+    when: Literal["before", "after"]
+    nth: int = 1  # the nth call that `counts`
+    counts: Callable[..., bool] | None = None
+    states_after_submit: tuple[str, ...] = ("SUBMITTED",)
+    creates_after_submit: int = 1  # batches the emulator accepted by then: the retry resent nothing
+    requests: int = 30
+    shards: int = 1
+    in_checker: bool = False
+    reconciled: bool = False  # settled by the checker's listing: leases shortened to seconds
+    small_parts: bool = False  # results go out as a multipart upload of 1 KiB parts
+    events: int = 1  # completion events published
+
+    def crash_point(self) -> CrashPoint:
+        return CrashPoint(self.owner, self.method, self.when, self.nth, self.counts)
+
+
+CASES = {
+    # --- submit: Lambda retries the event
+    "submit-after-shard-write": Case(StateTable, "record_shards", "before"),
+    "submit-after-intent": Case(
+        StateTable,
+        "begin_submit",
+        "after",
+        states_after_submit=("SUBMITTING",),
+        creates_after_submit=0,
+        reconciled=True,
+    ),
+    "submit-after-accepted-before-recorded": Case(
+        BatchesApi, "create", "after", states_after_submit=("SUBMITTING",), reconciled=True
+    ),
+    "submit-after-accepted-before-recorded-second-shard": Case(
+        BatchesApi,
+        "create",
+        "after",
+        nth=2,
+        states_after_submit=("SUBMITTED", "SUBMITTING"),
+        creates_after_submit=2,
+        requests=40,
+        shards=2,  # of 20 requests each: the first shard's batch matches too, but is owned
+        reconciled=True,
+    ),
+    "submit-after-recording": Case(StateTable, "mark_submitted", "after"),
+    # --- checker: its schedule is not retried; the next tick resumes
+    "checker-mid-results-stream": Case(
+        MultipartWriter, "write", "before", nth=10, counts=_writing_results, requests=50, in_checker=True
+    ),
+    "checker-mid-results-stream-multipart": Case(
+        MultipartWriter,
+        "write",
+        "before",
+        nth=10,
+        counts=_writing_results,
+        requests=50,
+        in_checker=True,
+        small_parts=True,
+    ),
+    "checker-after-results-before-collected": Case(StateTable, "mark_collected", "before", in_checker=True),
+    # The manifest and the event went out before the crash: the next tick writes the manifest
+    # again and sends the event again (at least once; consumers dedupe on job_id).
+    "checker-after-manifest-before-job-closed": Case(StateTable, "finish_job", "before", in_checker=True, events=2),
+}
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(latency=0.3) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def handlers(stack: LocalStack) -> dict[str, Any]:
+    """The real handlers, imported once as Lambda would on a cold start."""
+    functions = stack.template.functions()
+    return {name: load_handler(functions[name], stack.template_root) for name in (SUBMIT, CHECKER)}
+
+
+@pytest.fixture
+def events_published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    published: list[dict[str, Any]] = []
+    original = EventPublisher.job_completed
+
+    def counting(publisher: EventPublisher, detail: dict[str, Any]) -> None:
+        original(publisher, detail)
+        published.append(dict(detail))
+
+    monkeypatch.setattr(EventPublisher, "job_completed", counting)
+    return published
+
+
+def _prepare(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    if case.reconciled:
+        # A create that may have gone through is settled seconds after its intent, not minutes.
+        monkeypatch.setattr(batchdrop.adapters.batches, "CREATE_TIMEOUT_SECONDS", 2.0)
+        monkeypatch.setattr(batchdrop.checker, "LEASE_MARGIN_SECONDS", 0.5)
+        monkeypatch.setattr(batchdrop.domain.reconcile, "GRACE_SECONDS", 2.0)
+    if case.shards > 1:
+        limits = ShardLimits(max_requests=-(-case.requests // case.shards))
+        monkeypatch.setattr(batchdrop.submit, "ShardLimits", lambda: limits)
+    if case.small_parts:
+        import moto.s3.models
+
+        monkeypatch.setattr(batchdrop.adapters.objects, "PART_BYTES", 1024)
+        monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1)  # moto serves from this process
+
+
+def _upload(stack: LocalStack, tmp_path: Path, key: str, requests: int) -> tuple[str, set[str]]:
+    source = tmp_path / "requests.jsonl"
+    write_requests(source, requests)
+    body = source.read_bytes()
+    response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
+    custom_ids = {json.loads(line)["custom_id"] for line in body.splitlines()}
+    return job_id_for(stack.bucket_name, key, str(response["VersionId"])), custom_ids
+
+
+def _read(stack: LocalStack, key: str) -> bytes:
+    return stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"].read()
+
+
+def _job_items(stack: LocalStack, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    items = stack.client("dynamodb").query(
+        TableName=stack.table_name,
+        KeyConditionExpression="PK = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"JOB#{job_id}"}},
+        ConsistentRead=True,
+    )["Items"]
+    job = next(item for item in items if item["SK"]["S"] == "JOB")
+    return job, sorted((item for item in items if item["SK"]["S"].startswith("SHARD#")), key=lambda i: i["SK"]["S"])
+
+
+def _finished(stack: LocalStack, job_id: str) -> bool:
+    keys = stack.client("s3").list_objects_v2(Bucket=stack.bucket_name, Prefix=f"results/{job_id}/manifest.json")
+    return keys.get("KeyCount", 0) > 0 and _job_items(stack, job_id)[0]["status"]["S"] == "COMPLETED"
+
+
+# The workspace's single-flight create lease (RELIABILITY.md §9 T6), if the table has one.
+CREATE_LEASE = {"PK": {"S": "CTRL"}, "SK": {"S": "CREATE_LEASE"}}
+
+
+def _create_lease(stack: LocalStack) -> dict[str, Any] | None:
+    key = {"TableName": stack.table_name, "Key": CREATE_LEASE, "ConsistentRead": True}
+    return stack.client("dynamodb").get_item(**key).get("Item")
+
+
+def _batch_ids(shard: dict[str, Any]) -> list[str]:
+    """The batches the manifest names for one shard (one per attempt that was sent)."""
+    if "batch_id" in shard:  # the manifest before per-request retries
+        return [shard["batch_id"]]
+    return [attempt["batch_id"] for attempt in shard["attempts"] if attempt["batch_id"]]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_crash_is_resumed_by_the_next_invocation_with_every_request_sent_and_collected_once(
+    name: str,
+    stack: LocalStack,
+    handlers: dict[str, Any],
+    events_published: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    case = CASES[name]
+    control = stack.emulator_control()
+    control.reset(faults=True)  # counters and custom_ids start from zero
+    # A workspace with no create in flight, whatever an earlier test's crash left held
+    stack.client("dynamodb").delete_item(TableName=stack.table_name, Key=CREATE_LEASE)
+    _prepare(case, monkeypatch)
+    point = case.crash_point().install(monkeypatch)
+    runner = LocalRunner(
+        stack,
+        submit_handler=point.survive(handlers[SUBMIT]),
+        checker_handler=point.survive(handlers[CHECKER]),
+        tick_seconds=0.5,
+        retry_delay_seconds=0.1,
+    )
+
+    # Given a file dropped into inbox/, and a process that dies once at this step
+    job_id, custom_ids = _upload(stack, tmp_path, f"inbox/crash/{name}.jsonl", case.requests)
+
+    # When the submit function handles the event (and Lambda retries it if it died)
+    runner.deliver_pending()
+    attempts = [invocation.error is None for invocation in runner.invocations_of(SUBMIT)]
+    assert attempts == ([True] if case.in_checker else [False, True])
+    assert tuple(shard["state"]["S"] for shard in _job_items(stack, job_id)[1]) == case.states_after_submit
+    assert control.counters()["creates_accepted"] == case.creates_after_submit
+
+    # ... and the checker ticks until the job is closed, dying once if the step is its own
+    assert runner.drain(timeout=30, idle=lambda: _finished(stack, job_id) and not stack.open_batch_count())
+
+    # Then the crash happened, once, and was the only failure: Lambda's retry of the submit
+    # event, or the checker's next tick (its schedule is not retried), picked up the work
+    assert point.fired == 1
+    failed = [(i.function_logical_id, i.error) for i in runner.invocations if i.error]
+    assert len(failed) == 1, failed
+    assert failed[0][0] == (CHECKER if case.in_checker else SUBMIT)
+    assert f"{RuntimeExited.__name__}: Runtime exited: simulated crash {point.name}" in str(failed[0][1])
+    assert all(failure.function_logical_id == CHECKER for failure in runner.failures)
+
+    # ... one batch per shard was created, and no request was sent twice
+    manifest = dict(json.loads(_read(stack, f"results/{job_id}/manifest.json")))
+    assert manifest["status"] == "COMPLETED"
+    assert control.counters()["creates_accepted"] == case.shards
+    assert control.custom_ids(minimum=2) == {}
+    batch_ids = [batch_id for shard in manifest["batches"] for batch_id in _batch_ids(shard)]
+    assert len(manifest["batches"]) == len(batch_ids) == len(set(batch_ids)) == case.shards
+    assert sum(batch["requests"] for batch in manifest["batches"]) == case.requests
+    assert manifest["counts"]["requests"] == manifest["counts"]["succeeded"] == case.requests
+
+    # ... every request came back exactly once, in the parts the manifest names and no others
+    s3 = stack.client("s3")
+    listed = s3.list_objects_v2(Bucket=stack.bucket_name, Prefix=f"results/{job_id}/")["Contents"]
+    parts = sorted(item["Key"] for item in listed if not item["Key"].endswith("/manifest.json"))
+    assert parts == sorted(manifest["results"])
+    returned: Counter[str] = Counter()
+    for key in parts:
+        for line in _read(stack, key).splitlines():
+            returned[MessageBatchIndividualResponse.model_validate_json(line).custom_id] += 1
+    assert set(returned) == custom_ids
+    assert set(returned.values()) == {1}
+
+    # ... the job is closed and announced; no upload was left half done, and no create
+    # lease is left held for the next upload's creates to wait out
+    job, shards = _job_items(stack, job_id)
+    assert job["status"]["S"] == "COMPLETED"
+    assert {shard["state"]["S"] for shard in shards} == {"COLLECTED"}
+    assert [event["job_id"] for event in events_published] == [job_id] * case.events
+    uploads = s3.list_multipart_uploads(Bucket=stack.bucket_name).get("Uploads", [])
+    left = [upload["Key"] for upload in uploads if job_id in upload["Key"]]
+    assert left == [], "a killed writer's multipart upload was never aborted (only the 7-day lifecycle rule would)"
+    lease = _create_lease(stack)
+    assert lease is None, f"the create lease is still held ({lease}): the next upload's creates wait it out"
