@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from anthropic import Anthropic
 
 from batchdrop.domain.jobs import job_id_for
 from batchdrop.errors import BadEventError
@@ -147,3 +148,43 @@ def test_a_gzipped_file_with_crlf_line_ends_is_read_line_by_line(stack: LocalSta
         TableName=stack.table_name, Key={"PK": {"S": f"JOB#{job_id}"}, "SK": {"S": "JOB"}}
     )["Item"]
     assert (job["requested"]["N"], job["rejected"]["N"]) == ("3", "0")
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_submit_handler_cancels_the_job_named_by_the_cancel_event(stack: LocalStack) -> None:
+    # Given a job whose batch is open, and the cancel event file naming it
+    version = _upload(stack, "inbox/to-cancel.jsonl", SAMPLE)
+    job_id = _invoke(stack, "SubmitFunction", _s3_event(stack, "inbox/to-cancel.jsonl", version))["jobs"][0]["job_id"]
+    event = copy.deepcopy(load_event("s3-put-cancel"))
+    event["Records"][0]["s3"]["bucket"]["name"] = stack.bucket_name
+    event["Records"][0]["s3"]["object"]["key"] = f"cancel/{job_id}"
+
+    # When the submit function gets it
+    outcome = _invoke(stack, "SubmitFunction", event)["jobs"][0]
+
+    # Then the job is marked and its open batch asked to stop
+    assert outcome == {"job_id": job_id, "status": "CANCELING", "cancel": True}
+    job = stack.client("dynamodb").get_item(
+        TableName=stack.table_name, Key={"PK": {"S": f"JOB#{job_id}"}, "SK": {"S": "JOB"}}, ConsistentRead=True
+    )["Item"]
+    assert "cancel_requested_at" in job
+    shard = stack.client("dynamodb").get_item(
+        TableName=stack.table_name, Key={"PK": {"S": f"JOB#{job_id}"}, "SK": {"S": "SHARD#00000"}}, ConsistentRead=True
+    )["Item"]
+    provider = Anthropic(api_key=stack.api_key, base_url=stack.emulator_url)
+    assert provider.messages.batches.retrieve(shard["batch_id"]["S"]).cancel_initiated_at is not None
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_submit_handler_sweeps_with_the_sweep_event(stack: LocalStack) -> None:
+    # Given the sweep event file (every object here has its job already, or is too young)
+    # When the submit function gets it / Then it reports what it looked at and starts nothing
+    report = _invoke(stack, "SubmitFunction", load_event("scheduled-sweep"))
+    assert set(report) == {"seen", "started", "left"}
+    assert report["started"] == []
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_submit_handler_refuses_an_event_it_does_not_know(stack: LocalStack) -> None:
+    with pytest.raises(BadEventError, match="not an S3 event nor a sweep"):
+        _invoke(stack, "SubmitFunction", {"source": "someone.else"})
