@@ -28,6 +28,7 @@ from batchdrop.domain.jobs import (
     final_status,
     is_retryable,
     manifest_key,
+    refused_result_line,
     rejected_key,
     results_part_key,
 )
@@ -42,7 +43,7 @@ from batchdrop.errors import (
     ResultsMismatchError,
 )
 from batchdrop.observability import logger
-from batchdrop.submit import CreateResult, ShardCreator, lease_owner
+from batchdrop.submit import CreateResult, ShardCreator
 
 # Stop starting new work when less than this is left of the invocation.
 SAFETY_SECONDS = 60.0
@@ -98,9 +99,9 @@ class Checker:
         jobs = [item for item in items if item["SK"] == "JOB"]
         report.open_batches = len(shards)
         canceling = {job["job_id"] for job in jobs if job.get("cancel_requested_at")}
-        self._advance_submitting(jobs, report)
         touched: set[str] = set()
         failed: list[str] = []
+        self._advance_submitting(jobs, report, failed)
         for shard in shards:
             if self._seconds_left() < SAFETY_SECONDS:
                 report.deferred += 1
@@ -131,27 +132,39 @@ class Checker:
 
     # --- jobs still submitting -----------------------------------------------------------
 
-    def _advance_submitting(self, jobs: list[dict[str, Any]], report: TickReport) -> None:
-        """Settle unknown creates, submit deferred shards, and mark a job RUNNING once
-        every shard has its batch. Reads one query per submitting job."""
+    def _advance_submitting(self, jobs: list[dict[str, Any]], report: TickReport, failed: list[str]) -> None:
+        """Settle unknown creates, submit pending shards (or close them unsent: a canceled
+        job, a refused body), and mark a job RUNNING once every shard has its batch. Reads
+        one query per submitting job; one job's failure is recorded and the others go on."""
         submitting = {job["job_id"]: job for job in jobs if job.get("status") == "SUBMITTING"}
         if not submitting:
             return
-        self._creator.free_stale_lease(self._now())
-        shards_of = {job_id: self._state.job_items(job_id)[1] for job_id in submitting}
-        all_shards = [shard for shards in shards_of.values() for shard in shards]
-        if self._settle_unknown(all_shards, report):
+        try:
+            self._creator.free_stale_lease(self._now())
             shards_of = {job_id: self._state.job_items(job_id)[1] for job_id in submitting}
+            all_shards = [shard for shards in shards_of.values() for shard in shards]
+            if self._settle_unknown(all_shards, report):
+                shards_of = {job_id: self._state.job_items(job_id)[1] for job_id in submitting}
+        except ProviderUnavailableError as exc:
+            logger.warning("unknown creates left to the next tick", extra={"error": str(exc)})
+            return
         for job_id, shards in shards_of.items():
-            if submitting[job_id].get("cancel_requested_at"):
-                moved = self._cancel_unsent(job_id, shards)
-            else:
-                moved = self._submit_pending(job_id, shards, report)
-            if moved:
-                shards = self._state.job_items(job_id)[1]
-            if shards and all(shard["state"] in ("SUBMITTED", "COLLECTED") for shard in shards):
-                self._state.mark_job_running(job_id)
-                logger.info("every shard of the job has its batch", extra={"job_id": job_id})
+            try:
+                self._advance_job(submitting[job_id], shards, report)
+            except Exception:  # one job must not stop the others; re-raised at the end  # noqa: BLE001
+                logger.exception("advancing a submitting job failed", extra={"job_id": job_id})
+                failed.append(f"job {job_id}")
+
+    def _advance_job(self, job: dict[str, Any], shards: list[dict[str, Any]], report: TickReport) -> None:
+        job_id = job["job_id"]
+        moved = self._close_unsent(job, shards)
+        if not job.get("cancel_requested_at"):
+            moved = self._submit_pending(job_id, shards, report) or moved
+        if moved:
+            shards = self._state.job_items(job_id)[1]
+        if shards and all(shard["state"] in ("SUBMITTED", "COLLECTED") for shard in shards):
+            self._state.mark_job_running(job_id)
+            logger.info("every shard of the job has its batch", extra={"job_id": job_id})
 
     def _submit_pending(self, job_id: str, shards: list[dict[str, Any]], report: TickReport) -> bool:
         """Create a batch for each PENDING shard (deferred by a full queue, or found never
@@ -183,43 +196,66 @@ class Checker:
                 report.deferred += 1
         return moved
 
-    def _cancel_unsent(self, job_id: str, shards: list[dict[str, Any]]) -> bool:
-        """A canceled job's shards that have no batch (never sent, or waiting for a retry)
-        come back canceled, each request once, without being sent; True if any moved."""
+    def _close_unsent(self, job: dict[str, Any], shards: list[dict[str, Any]]) -> bool:
+        """Shards whose requests will never be sent get one result line per request: for a
+        canceled job, its PENDING shards are claimed (PENDING → CANCELING) and come back
+        `canceled`; a body refused for good (REFUSED) comes back `errored`. The claim comes
+        first, so no create can take the shard while its lines are written. True if any moved."""
         moved = False
         for shard in shards:
-            if shard["state"] != "PENDING":
-                continue
-            index, attempt = int(shard["index"]), int(shard.get("round", 1))
-            part_key = results_part_key(job_id, index, attempt)
-            with self._store.writer(part_key, "application/x-jsonl", if_absent=True) as part:
-                requests = 0
-                for body in body_requests(self._store.lines(str(shard["key"]))):
-                    part.write(canceled_result_line(str(json.loads(body)["custom_id"])) + b"\n")
-                    requests += 1
-                if requests != int(shard["requests"]):
-                    raise ResultsMismatchError(
-                        f"shard {index} of {job_id}: {requests} requests, not {shard['requests']}"
-                    )
-            counts = Counter(shard.get("counts") or {})
-            counts["canceled"] += requests
-            outcome = {
-                "counts": dict(counts),
-                "result_keys": [*shard.get("result_keys", []), part_key],
-                "attempts_log": [
-                    *shard.get("attempts_log", []),
-                    {"attempt": attempt, "batch_id": None, "requests": requests, "counts": {"canceled": requests}},
-                ],
-            }
-            fence = {"round": attempt, "key": shard["key"]}
-            if self._state.mark_collected(job_id, index, expected="PENDING", fence=fence, outcome=outcome):
-                logger.info("unsent requests of a canceled job", extra={"job_id": job_id, "shard": index})
+            if shard["state"] == "PENDING" and job.get("cancel_requested_at"):
+                fence = {"round": int(shard.get("round", 1)), "key": shard["key"]}
+                reason = "the job was canceled before this shard was sent"
+                if not self._state.claim_unsent(
+                    job["job_id"], int(shard["index"]), "PENDING", "CANCELING", fence, reason
+                ):
+                    continue
+                shard = {**shard, "state": "CANCELING"}
+            if shard["state"] == "CANCELING":
+                self._write_unsent(
+                    job["job_id"], shard, "canceled", lambda custom_id, _r: canceled_result_line(custom_id)
+                )
+                moved = True
+            elif shard["state"] == "REFUSED":
+                self._write_unsent(job["job_id"], shard, "errored", refused_result_line)
                 moved = True
         return moved
 
+    def _write_unsent(
+        self, job_id: str, shard: dict[str, Any], outcome: str, line_for: Callable[[str, str], bytes]
+    ) -> None:
+        index, attempt = int(shard["index"]), int(shard.get("round", 1))
+        reason = str(shard.get("reason", ""))
+        part_key = results_part_key(job_id, index, attempt)
+        with self._store.writer(part_key, "application/x-jsonl", if_absent=True) as part:
+            requests = 0
+            for body in body_requests(self._store.lines(str(shard["key"]))):
+                part.write(line_for(str(json.loads(body)["custom_id"]), reason) + b"\n")
+                requests += 1
+            if requests != int(shard["requests"]):
+                raise ResultsMismatchError(f"shard {index} of {job_id}: {requests} requests, not {shard['requests']}")
+        counts = Counter(shard.get("counts") or {})
+        counts[outcome] += requests
+        entry: dict[str, Any] = {
+            "attempt": attempt,
+            "batch_id": None,
+            "requests": requests,
+            "counts": {outcome: requests},
+        }
+        if shard["state"] == "REFUSED":
+            entry["refused"] = reason
+        outcome_values = {
+            "counts": dict(counts),
+            "result_keys": [*shard.get("result_keys", []), part_key],
+            "attempts_log": [*shard.get("attempts_log", []), entry],
+        }
+        fence = {"round": attempt, "key": shard["key"]}
+        if self._state.mark_collected(job_id, index, expected=shard["state"], fence=fence, outcome=outcome_values):
+            logger.info("requests closed unsent", extra={"job_id": job_id, "shard": index, "outcome": outcome})
+
     def _unsettled(self, shards: list[dict[str, Any]], now: datetime) -> tuple[list[reconcile.Unsettled], set[int]]:
         """Shards whose create may have made a batch, and the sizes of creates in flight."""
-        lease = batches_adapter.create_timeout() + LEASE_MARGIN_SECONDS
+        lease = batches_adapter.create_window() + LEASE_MARGIN_SECONDS
         unsettled: list[reconcile.Unsettled] = []
         in_flight: set[int] = set()
         for shard in shards:
@@ -249,7 +285,7 @@ class Checker:
         # A batch already being canceled (a duplicate we canceled) is never adopted.
         listed = [reconcile.Listed.from_api(b) for b in recent.batches if not b.get("cancel_initiated_at")]
         owned = {shard["batch_id"] for shard in shards if shard.get("batch_id")}
-        timeout = batches_adapter.create_timeout()
+        timeout = batches_adapter.create_window()
         maybe = {b.id for b in listed if any(reconcile.matches(s, b, timeout) for s in unsettled)} - owned
         owned |= self._state.owned_batches(sorted(maybe))
         grace = self._grace if self._grace is not None else reconcile.GRACE_SECONDS
@@ -267,7 +303,7 @@ class Checker:
         for (job_id, index), batch_id in decision.adopt.items():
             shard = by_key[(job_id, index)]
             if self._state.adopt_batch(job_id, index, batch_id, shard["sent_at"]):
-                self._state.release_create_lease_of(lease_owner(job_id, index))
+                self._state.release_create_lease(str(shard.get("lease_owner", "")))
                 logger.warning(
                     "unknown create settled: batch adopted",
                     extra={"job_id": job_id, "shard": index, "batch_id": batch_id},
@@ -278,7 +314,7 @@ class Checker:
             shard = by_key[(job_id, index)]
             reason = f"no batch matched the create sent at {shard['sent_at']}: submitted again"
             if self._state.resubmit_unsettled(job_id, index, shard["state"], shard["sent_at"], reason):
-                self._state.release_create_lease_of(lease_owner(job_id, index))
+                self._state.release_create_lease(str(shard.get("lease_owner", "")))
                 logger.warning(
                     "unknown create settled: no batch, shard pending again", extra={"job_id": job_id, "shard": index}
                 )
@@ -422,6 +458,10 @@ class Checker:
     def _finish_if_done(self, job_id: str) -> bool:
         job, shards = self._state.job_items(job_id)
         if job is None or job["status"] not in ("SUBMITTING", "RUNNING") or not shards:
+            return False
+        if job["status"] == "RUNNING" and any(s["state"] not in ("SUBMITTED", "COLLECTED") for s in shards):
+            # A retry was scheduled while another invocation marked the job running.
+            self._state.reopen_job(job_id)
             return False
         if any(shard["state"] != "COLLECTED" for shard in shards):
             return False

@@ -8,28 +8,24 @@ may have gone through (state UNKNOWN) is never sent again from here."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from batchdrop.adapters.batches import BatchesApi, create_timeout
+from batchdrop.adapters.batches import BatchesApi, create_window
 from batchdrop.adapters.objects import READ_BYTES, MultipartWriter, ObjectStore
 from batchdrop.adapters.state import ShardPlan, StateTable
 from batchdrop.domain import reconcile
 from batchdrop.domain.jobs import (
     job_id_for,
     manifest_key,
-    refused_result_line,
     rejected_key,
     rejected_record,
-    results_part_key,
 )
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
@@ -263,19 +259,26 @@ class CreateResult(Enum):
     CREATED = "created"  # a batch was created and recorded for the shard
     DEFERRED = "deferred"  # the provider's queue is full: the shard stays PENDING
     BUSY = "busy"  # another create holds the workspace's lease: the shard stays PENDING
-    REFUSED = "refused"  # the provider refused the body for good: its requests are errored results
+    REFUSED = "refused"  # the provider refused the body for good: the checker writes errored results
     SKIPPED = "skipped"  # another invocation holds the shard's create, or it lost its batch
 
 
 # Refusals that sending the same body again cannot change (a body the API will never take).
 # Any other 4xx (401/403/404: a key or workspace problem) leaves the shard pending.
 FINAL_REFUSALS = frozenset({400, 413, 422})
-# How long a create may hold the lease beyond its own timeout (a crash leaves it held).
+# How long a create may hold the lease beyond the longest a create can take (a crash
+# leaves it held), and how long one whose outcome is unknown keeps it unless settled first.
 LEASE_MARGIN_SECONDS = 60.0
+UNKNOWN_LEASE_SECONDS = 86_400.0
 LEASE_POLL_SECONDS = 0.5
 # A lease whose shard is still PENDING this long after it was taken lost its holder between
 # taking the lease and recording the intent.
 STALE_PENDING_LEASE = 60.0
+
+
+def _iso(moment: datetime) -> str:
+    """The clock's own format (milliseconds, Z), so lease times compare as strings."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def lease_owner(job_id: str, index: int) -> str:
@@ -317,9 +320,13 @@ class ShardCreator:
             logger.info("another create holds the lease: shard left pending", extra={"shard": index})
             return CreateResult.BUSY
         try:
-            result = self._create_holding_lease(job_id, index, shard)
+            result = self._create_holding_lease(job_id, index, shard, owner)
         except ProviderOutcomeUnknownError:
-            raise  # the lease stays until it runs out, or until the checker settles the shard
+            # No other create may run until the checker has settled this one (it releases
+            # the lease then): a second create in its window could be taken for it.
+            until = reconcile.parse_time(self._now()) + timedelta(seconds=UNKNOWN_LEASE_SECONDS)
+            self._state.extend_create_lease(owner, _iso(until))
+            raise
         except Exception:
             self._state.release_create_lease(owner)
             raise
@@ -330,10 +337,8 @@ class ShardCreator:
         deadline = time.monotonic() + wait_seconds
         while True:
             now = self._now()
-            until = reconcile.parse_time(now) + timedelta(seconds=create_timeout() + LEASE_MARGIN_SECONDS)
-            if self._state.acquire_create_lease(
-                owner, now, until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            ):
+            until = reconcile.parse_time(now) + timedelta(seconds=create_window() + LEASE_MARGIN_SECONDS)
+            if self._state.acquire_create_lease(owner, now, _iso(until)):
                 return True
             if self.free_stale_lease(now):
                 continue
@@ -363,25 +368,29 @@ class ShardCreator:
         logger.warning("freed a create lease its holder left behind", extra={"owner": lease["owner"], "state": state})
         return self._state.release_create_lease(str(lease["owner"]))
 
-    def _create_holding_lease(self, job_id: str, index: int, shard: dict[str, object]) -> CreateResult:
+    def _create_holding_lease(self, job_id: str, index: int, shard: dict[str, object], owner: str) -> CreateResult:
         """The create itself, under the lease."""
         # Opened before the intent: a shard that cannot be read never becomes "maybe sent".
         size, body = self._store.open(str(shard["key"]))
         try:
             sent_at = self._now()
-            if not self._state.begin_submit(job_id, index, sent_at):
-                return CreateResult.SKIPPED  # someone else holds this shard's create
+            if not self._state.begin_submit(job_id, index, sent_at, owner):
+                return CreateResult.SKIPPED  # the shard moved, the job is canceled, or the lease was lost
             batch = self._api.create(body.iter_chunks(READ_BYTES), size)
         except ProviderRejectedError as exc:
             if exc.status in FINAL_REFUSALS:
-                return self._refuse(job_id, shard, sent_at, str(exc))
-            self._state.release_submit(job_id, index, str(exc))
+                # Claimed as REFUSED before anything is written; the checker writes an
+                # errored result for each of its requests and collects it.
+                self._state.claim_unsent(job_id, index, "SUBMITTING", "REFUSED", {"sent_at": sent_at}, str(exc))
+                logger.error("the provider refused the batch for good", extra={"shard": index, "reason": str(exc)})
+                return CreateResult.REFUSED
+            self._state.release_submit(job_id, index, str(exc), sent_at)
             if exc.queue_full:
                 logger.warning("provider queue full: shard left pending", extra={"shard": index})
                 return CreateResult.DEFERRED
             raise
         except ProviderOutcomeUnknownError as exc:
-            self._state.mark_unknown(job_id, index, str(exc))
+            self._state.mark_unknown(job_id, index, str(exc), sent_at)
             logger.error("create outcome unknown: shard not resent", extra={"shard": index})
             raise
         finally:
@@ -402,36 +411,3 @@ class ShardCreator:
             return CreateResult.SKIPPED
         logger.info("batch created", extra={"shard": index, "batch_id": batch["id"], "requests": shard["requests"]})
         return CreateResult.CREATED
-
-    def _refuse(self, job_id: str, shard: dict[str, object], sent_at: str, reason: str) -> CreateResult:
-        """The provider will never take this body: each of its requests gets an errored
-        result (invalid_request_error, with the reason) and the shard is collected."""
-        index = int(shard["index"])  # type: ignore[call-overload]
-        attempt = int(shard.get("round", 1))  # type: ignore[call-overload]
-        part_key = results_part_key(job_id, index, attempt)
-        with self._store.writer(part_key, "application/x-jsonl", if_absent=True) as part:
-            requests = 0
-            for request in body_requests(self._store.lines(str(shard["key"]))):
-                part.write(refused_result_line(str(json.loads(request)["custom_id"]), reason) + b"\n")
-                requests += 1
-        counts = Counter(shard.get("counts") or {})  # type: ignore[arg-type]
-        counts["errored"] += requests
-        outcome = {
-            "counts": dict(counts),
-            "result_keys": [*shard.get("result_keys", []), part_key],  # type: ignore[misc]
-            "attempts_log": [
-                *shard.get("attempts_log", []),  # type: ignore[misc]
-                {
-                    "attempt": attempt,
-                    "batch_id": None,
-                    "requests": requests,
-                    "counts": {"errored": requests},
-                    "refused": reason,
-                },
-            ],
-        }
-        self._state.mark_collected(job_id, index, expected="SUBMITTING", fence={"sent_at": sent_at}, outcome=outcome)
-        logger.error(
-            "the provider refused the batch: its requests are errored", extra={"shard": index, "reason": reason}
-        )
-        return CreateResult.REFUSED

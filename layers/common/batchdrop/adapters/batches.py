@@ -24,6 +24,13 @@ def create_timeout() -> float:
     return CREATE_TIMEOUT_SECONDS
 
 
+def create_window() -> float:
+    """The longest a create can be in flight. The SDK's timeout bounds each phase (connect,
+    each write, the read), not the whole call, so a 256 MB upload can outlast it; the
+    function's own limit (900 s, Lambda's maximum) is what ends it: 3 times the 300 s timeout."""
+    return 3 * create_timeout()
+
+
 @dataclass(frozen=True)
 class RecentBatches:
     batches: list[dict[str, Any]]

@@ -109,10 +109,11 @@ class ObjectStore:
 
 
 def _precondition_failed(exc: Exception) -> bool:
-    """S3's answer to a conditional write that lost: 412 PreconditionFailed (or 409 when a
-    concurrent conditional write to the same key is still in progress)."""
+    """S3's answer to a conditional write that lost: 412 PreconditionFailed. (A 409
+    ConditionalRequestConflict means another write to the key is still in progress and may
+    yet fail: it is an error, and the next run tries again.)"""
     code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+    return code in ("PreconditionFailed", "412")
 
 
 class MultipartWriter:

@@ -329,11 +329,6 @@ class StateTable:
         """Give the lease back, if this owner still holds it."""
         return self._release_lease("#owner = :owner", owner)
 
-    def release_create_lease_of(self, owner_prefix: str) -> bool:
-        """Give the lease back on behalf of a create whose outcome was unknown, once the
-        checker has settled it (its owner starts with the shard's prefix)."""
-        return self._release_lease("begins_with(#owner, :owner)", owner_prefix)
-
     def _release_lease(self, condition: str, owner: str) -> bool:
         client = self.table.meta.client
         try:
@@ -347,11 +342,50 @@ class StateTable:
             return False
         return True
 
-    def begin_submit(self, job_id: str, index: int, sent_at: str) -> bool:
-        """PENDING → SUBMITTING: the intent, recorded before the create is sent."""
-        return self._move_shard(
-            job_id, index, "PENDING", "SUBMITTING", assign="sent_at = :at, attempt = attempt + :one", at=sent_at, one=1
-        )
+    def begin_submit(self, job_id: str, index: int, sent_at: str, lease_owner: str) -> bool:
+        """PENDING → SUBMITTING: the intent, recorded before the create is sent, in one
+        transaction with two checks: the job has no cancel request, and `lease_owner` still
+        holds the create lease. False when any of the three does not hold."""
+        client = self.table.meta.client
+        shard = {
+            "Update": {
+                "TableName": self._name,
+                "Key": {"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+                "UpdateExpression": "SET #s = :new, sent_at = :at, attempt = attempt + :one, lease_owner = :owner",
+                "ConditionExpression": "#s = :pending",
+                "ExpressionAttributeNames": {"#s": "state"},
+                "ExpressionAttributeValues": {
+                    ":new": "SUBMITTING",
+                    ":pending": "PENDING",
+                    ":at": sent_at,
+                    ":one": 1,
+                    ":owner": lease_owner,
+                },
+            }
+        }
+        not_canceled = {
+            "ConditionCheck": {
+                "TableName": self._name,
+                "Key": {"PK": _job_pk(job_id), "SK": "JOB"},
+                "ConditionExpression": "attribute_not_exists(cancel_requested_at)",
+            }
+        }
+        lease_held = {
+            "ConditionCheck": {
+                "TableName": self._name,
+                "Key": {"PK": "CTRL", "SK": "CREATE_LEASE"},
+                "ConditionExpression": "#owner = :owner",
+                "ExpressionAttributeNames": {"#owner": "owner"},
+                "ExpressionAttributeValues": {":owner": lease_owner},
+            }
+        }
+        try:
+            client.transact_write_items(TransactItems=[shard, not_canceled, lease_held])
+        except client.exceptions.TransactionCanceledException as exc:
+            _raise_unless_condition_lost(exc)
+            logger.info("intent not recorded", extra={"reasons": exc.response.get("CancellationReasons")})
+            return False
+        return True
 
     def mark_submitted(self, job_id: str, index: int, batch_id: str, sent_at: str | None = None) -> bool:
         """SUBMITTING → SUBMITTED with the provider's batch id; the shard joins the open index.
@@ -427,13 +461,38 @@ class StateTable:
             ExpressionAttributeValues={":new": "PENDING", ":expected": expected, ":sent": sent_at, ":reason": reason},
         )
 
-    def mark_unknown(self, job_id: str, index: int, reason: str) -> bool:
-        """SUBMITTING → UNKNOWN: the create may have created a batch; never resend blindly."""
-        return self._move_shard(job_id, index, "SUBMITTING", "UNKNOWN", assign="reason = :reason", reason=reason)
+    def mark_unknown(self, job_id: str, index: int, reason: str, sent_at: str) -> bool:
+        """SUBMITTING → UNKNOWN: the create may have created a batch; never resend blindly.
+        Fenced to the intent recorded at `sent_at`."""
+        fence = {"sent_at": sent_at}
+        return self._settle(job_id, index, "SUBMITTING", "UNKNOWN", fence, {"reason": reason}, remove="overdue_at")
 
-    def release_submit(self, job_id: str, index: int, reason: str) -> bool:
+    def release_submit(self, job_id: str, index: int, reason: str, sent_at: str) -> bool:
         """SUBMITTING → PENDING after a create the provider refused (no batch exists)."""
-        return self._move_shard(job_id, index, "SUBMITTING", "PENDING", assign="reason = :reason", reason=reason)
+        fence = {"sent_at": sent_at}
+        return self._settle(job_id, index, "SUBMITTING", "PENDING", fence, {"reason": reason}, remove="overdue_at")
+
+    def claim_unsent(
+        self, job_id: str, index: int, expected: str, new: str, fence: Mapping[str, Any], reason: str
+    ) -> bool:
+        """A shard whose requests will never be sent (a canceled job: PENDING → CANCELING; a
+        body refused for good: SUBMITTING → REFUSED) is claimed before its results are
+        written, so no create can take it any more; `fence` pins the intent or attempt."""
+        return self._settle(job_id, index, expected, new, fence, {"reason": reason}, remove="overdue_at")
+
+    def reopen_job(self, job_id: str) -> bool:
+        """RUNNING → SUBMITTING for a job that has a shard without its batch again."""
+        return self._set_job_status(job_id, "RUNNING", "SUBMITTING")
+
+    def extend_create_lease(self, owner: str, until: str) -> bool:
+        """Keep the lease for a create whose outcome is unknown until the checker settles it."""
+        return self._conditional(
+            Key={"PK": "CTRL", "SK": "CREATE_LEASE"},
+            UpdateExpression="SET #until = :until",
+            ConditionExpression="#owner = :owner",
+            ExpressionAttributeNames={"#until": "until", "#owner": "owner"},
+            ExpressionAttributeValues={":until": until, ":owner": owner},
+        )
 
     def open_items(self) -> Iterator[dict[str, Any]]:
         """Unfinished jobs and shards whose batch is open: one query when idle, then one
