@@ -266,10 +266,8 @@ class CreateResult(Enum):
 # Refusals that sending the same body again cannot change (a body the API will never take).
 # Any other 4xx (401/403/404: a key or workspace problem) leaves the shard pending.
 FINAL_REFUSALS = frozenset({400, 413, 422})
-# How long a create may hold the lease beyond the longest a create can take (a crash
-# leaves it held), and how long one whose outcome is unknown keeps it unless settled first.
+# Recorded with the lease (informative): the longest a create can take, plus this margin.
 LEASE_MARGIN_SECONDS = 60.0
-UNKNOWN_LEASE_SECONDS = 86_400.0
 LEASE_POLL_SECONDS = 0.5
 # A lease whose shard is still PENDING this long after it was taken lost its holder between
 # taking the lease and recording the intent.
@@ -322,10 +320,8 @@ class ShardCreator:
         try:
             result = self._create_holding_lease(job_id, index, shard, owner)
         except ProviderOutcomeUnknownError:
-            # No other create may run until the checker has settled this one (it releases
-            # the lease then): a second create in its window could be taken for it.
-            until = reconcile.parse_time(self._now()) + timedelta(seconds=UNKNOWN_LEASE_SECONDS)
-            self._state.extend_create_lease(owner, _iso(until))
+            # The lease stays: no other create may run until the checker has settled this
+            # one (it releases the lease then), as a create in its window could be taken for it.
             raise
         except Exception:
             self._state.release_create_lease(owner)
@@ -347,26 +343,28 @@ class ShardCreator:
             self._sleep(LEASE_POLL_SECONDS)
 
     def free_stale_lease(self, now: str) -> bool:
-        """Free the lease of a holder that died after its create was settled (its shard has
-        its batch, or went back to PENDING a while ago): without this, a crash at the wrong
-        moment would stall every create until the lease ran out. True if it was freed."""
+        """Free the lease of a holder that is gone: its shard has moved on (it has its
+        batch, or another intent holds it), or is still PENDING a while after the lease was
+        taken (the holder died before recording its intent). A holder whose intent is still
+        SUBMITTING or UNKNOWN keeps the lease until the checker settles that create, however
+        long it takes. True if the lease is free now."""
         lease = self._state.get_create_lease()
         if lease is None:
             return True
-        if str(lease["until"]) < now:
-            return True  # ran out: the next acquire takes it
-        job_id, _, rest = str(lease["owner"]).partition("#")
+        owner = str(lease["owner"])
+        job_id, _, rest = owner.partition("#")
         index = rest.partition("#")[0]
-        shard = self._state.get_shard(job_id, int(index)) if index.isdigit() else None
-        state = (shard or {}).get("state")
+        shard = (self._state.get_shard(job_id, int(index)) if index.isdigit() else None) or {}
+        state = shard.get("state")
         age = (reconcile.parse_time(now) - reconcile.parse_time(str(lease["taken_at"]))).total_seconds()
-        settled = state not in ("SUBMITTING", "UNKNOWN", "PENDING") or (
-            state == "PENDING" and age > STALE_PENDING_LEASE
-        )
-        if not settled:
+        if state in ("SUBMITTING", "UNKNOWN"):
+            alive = shard.get("lease_owner") == owner
+        else:
+            alive = state == "PENDING" and age <= STALE_PENDING_LEASE
+        if alive:
             return False
-        logger.warning("freed a create lease its holder left behind", extra={"owner": lease["owner"], "state": state})
-        return self._state.release_create_lease(str(lease["owner"]))
+        logger.warning("freed a create lease its holder left behind", extra={"owner": owner, "state": state})
+        return self._state.release_create_lease(owner)
 
     def _create_holding_lease(self, job_id: str, index: int, shard: dict[str, object], owner: str) -> CreateResult:
         """The create itself, under the lease."""

@@ -311,14 +311,16 @@ class StateTable:
     # --- the single create lease (RELIABILITY.md §9 T6) ----------------------------------
 
     def acquire_create_lease(self, owner: str, now: str, until: str) -> bool:
-        """Take the workspace's one create lease until `until` (ISO times compare as strings),
-        if it is free or its holder's time ran out: at most one create is unresolved at a time,
-        so an unknown outcome matches one listed batch without ambiguity."""
+        """Take the workspace's one create lease if it is free: at most one create is
+        unresolved at a time, so an unknown outcome matches one listed batch without
+        ambiguity. A lease never lapses on time alone: it is released by its holder, by the
+        checker once it has settled the holder's create, or freed as stale once the holder's
+        shard shows it died (ShardCreator.free_stale_lease). `until` is informative."""
         return self._conditional(
             Item={"PK": "CTRL", "SK": "CREATE_LEASE", "owner": owner, "until": until, "taken_at": now},
-            ConditionExpression="attribute_not_exists(PK) OR #until < :now OR #owner = :owner",
-            ExpressionAttributeNames={"#until": "until", "#owner": "owner"},
-            ExpressionAttributeValues={":now": now, ":owner": owner},
+            ConditionExpression="attribute_not_exists(PK) OR #owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":owner": owner},
         )
 
     def get_create_lease(self) -> dict[str, Any] | None:
@@ -483,16 +485,6 @@ class StateTable:
     def reopen_job(self, job_id: str) -> bool:
         """RUNNING → SUBMITTING for a job that has a shard without its batch again."""
         return self._set_job_status(job_id, "RUNNING", "SUBMITTING")
-
-    def extend_create_lease(self, owner: str, until: str) -> bool:
-        """Keep the lease for a create whose outcome is unknown until the checker settles it."""
-        return self._conditional(
-            Key={"PK": "CTRL", "SK": "CREATE_LEASE"},
-            UpdateExpression="SET #until = :until",
-            ConditionExpression="#owner = :owner",
-            ExpressionAttributeNames={"#until": "until", "#owner": "owner"},
-            ExpressionAttributeValues={":until": until, ":owner": owner},
-        )
 
     def open_items(self) -> Iterator[dict[str, Any]]:
         """Unfinished jobs and shards whose batch is open: one query when idle, then one
