@@ -12,13 +12,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock lint test build-check test-unit test-integration test-e2e demo emulator clean
+.PHONY: help venv lock lint test build-check test-unit test-integration test-e2e demo soak emulator clean
 
 include mk/sam.mk
 
 help:
 	@echo "make demo   - run a batch through the local emulator and print the results"
 	@echo "make test   - lint and run every test tier (builds .venv on first use)"
+	@echo "make soak   - 40 files x 500 requests under every emulator fault; fails if a request is lost or sent twice"
 	@echo "make lint   - ruff only"
 	@echo "make template-lint - cfn-lint and sam validate --lint on template.yaml"
 	@echo "make build  - sam build, without Docker"
@@ -65,6 +66,11 @@ test-e2e: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m batchdrop_local.demo
+
+# 40 files of 500 requests (shards of 200) under every emulator fault; exits non-zero if a
+# request is lost or sent twice (batchdrop_local/soak.py). About 6 minutes.
+soak: $(STAMP)
+	$(BIN)/python -m batchdrop_local.soak --jobs 40 --requests 500 --shard-requests 200 --seed 7
 
 emulator: $(STAMP)
 	$(BIN)/batchdrop emulator --host 127.0.0.1 --port 8765 --latency 2
