@@ -102,3 +102,23 @@ class _JobState:
 def test_a_job_missing_a_recorded_shard_is_never_closed() -> None:
     checker = Checker(_Store(), _JobState(), _Api(), events=None, clock=lambda: "now", seconds_left=lambda: 900)  # type: ignore[arg-type]
     assert checker._finish_if_done("j-partial") is False
+
+
+def test_results_of_other_requests_are_never_recorded_even_when_the_count_matches() -> None:
+    # Given a shard whose one request is "mine", and a batch that returns one result for "theirs"
+    shard = {**_shard("j-a", "a"), "ids_digest": _digest_of("mine")}
+    state = _State([shard])
+    checker = Checker(_Store(), state, _Api(), events=None, clock=lambda: "now", seconds_left=lambda: 900)  # type: ignore[arg-type]
+
+    # When the checker ticks / Then the batch fails and nothing is recorded
+    with pytest.raises(CheckerItemsFailedError, match="batch a"):
+        checker.tick()
+    assert state.collected == []
+
+
+def _digest_of(custom_id: str) -> str:
+    from batchdrop.domain.jobs import IdsDigest
+
+    digest = IdsDigest()
+    digest.add(custom_id)
+    return digest.hex

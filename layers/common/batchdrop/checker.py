@@ -23,6 +23,7 @@ from batchdrop.adapters.objects import MultipartWriter, ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.domain import reconcile
 from batchdrop.domain.jobs import (
+    IdsDigest,
     JobStatus,
     canceled_result_line,
     final_status,
@@ -354,12 +355,14 @@ class Checker:
         finals: Counter[str] = Counter()
         usage = {model: Usage(**figures) for model, figures in (shard.get("usage") or {}).items()}
         retry_ids: set[str] = set()
+        digest = IdsDigest()
         part: MultipartWriter | None = None  # opened on the first final outcome
         try:
             for line in self._api.result_lines(batch):
                 record = json.loads(line)
                 result = record["result"]
                 raw[result["type"]] += 1
+                digest.add(str(record["custom_id"]))
                 if may_retry and (is_retryable(result) or (result["type"] == "canceled" and shard.get("overdue_at"))):
                     retry_ids.add(str(record["custom_id"]))
                     continue
@@ -374,6 +377,11 @@ class Checker:
                 # Never recorded: the job must never close on results that do not add up.
                 raise ResultsMismatchError(
                     f"batch {batch['id']} returned {sum(raw.values())} results for {shard['requests']} requests"
+                )
+            if shard.get("ids_digest") and digest.hex != shard["ids_digest"]:
+                # The right count, the wrong requests: a batch that is not this shard's.
+                raise ResultsMismatchError(
+                    f"batch {batch['id']} returned results for other requests than shard {index}"
                 )
         except BaseException:
             if part is not None:
@@ -403,7 +411,16 @@ class Checker:
         if retry_ids:
             retry_key = shard_key(job_id, index, attempt + 1)
             size = self._write_retry_body(str(shard["key"]), retry_key, retry_ids)
-            next_round = {"round": attempt + 1, "key": retry_key, "requests": len(retry_ids), "size": size}
+            retry_digest = IdsDigest()
+            for custom_id in retry_ids:
+                retry_digest.add(custom_id)
+            next_round = {
+                "round": attempt + 1,
+                "key": retry_key,
+                "requests": len(retry_ids),
+                "size": size,
+                "ids_digest": retry_digest.hex,
+            }
             if not self._state.schedule_retry(job_id, index, fence=fence, outcome=outcome, next_round=next_round):
                 return False
             report.retried += len(retry_ids)

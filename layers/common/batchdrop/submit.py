@@ -8,6 +8,7 @@ may have gone through (state UNKNOWN) is never sent again from here."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from batchdrop.adapters.objects import READ_BYTES, MultipartWriter, ObjectStore
 from batchdrop.adapters.state import ShardPlan, StateTable
 from batchdrop.domain import reconcile
 from batchdrop.domain.jobs import (
+    IdsDigest,
     job_id_for,
     manifest_key,
     rejected_key,
@@ -150,10 +152,14 @@ class Submitter:
         have = {int(shard["index"]) for shard in shards}
         for index in sorted(set(range(expected)) - have):
             key = shard_key(job_id, index)
-            requests = sum(1 for _ in body_requests(self._store.lines(key)))
+            digest, requests = IdsDigest(), 0
+            for request in body_requests(self._store.lines(key)):
+                digest.add(str(json.loads(request)["custom_id"]))
+                requests += 1
             size, body = self._store.open(key)
             body.close()
-            if self._state.add_missing_shard(job_id, ShardPlan(index, key, requests, size), self._max_attempts):
+            plan = ShardPlan(index, key, requests, size, digest.hex)
+            if self._state.add_missing_shard(job_id, plan, self._max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
     # --- validating and sharding ------------------------------------------------------
@@ -164,12 +170,14 @@ class Submitter:
         rejects = _RejectSink(self._store, rejected_key(job_id), source.key)
         shard: MultipartWriter | None = None
         shard_requests = 0
+        digest = IdsDigest()
         try:
             lines = check_lines(self._store.lines(source.key, source.version_id))
             for index, line in assign_shards(self._valid(lines, split, rejects), self._limits):
                 if shard is None or index != split.shards[-1].index:
                     if shard is not None:
-                        self._close_shard(shard, split, shard_requests)
+                        self._close_shard(shard, split, shard_requests, digest)
+                        digest = IdsDigest()
                     shard = self._store.writer(shard_key(job_id, index), "application/json")
                     shard.write(ENVELOPE_OPEN)
                     split.shards.append(ShardPlan(index, shard.key, 0, 0))
@@ -177,9 +185,10 @@ class Submitter:
                 else:
                     shard.write(SEPARATOR)
                 shard.write(line.body)
+                digest.add(line.custom_id)
                 shard_requests += 1
             if shard is not None:
-                self._close_shard(shard, split, shard_requests)
+                self._close_shard(shard, split, shard_requests, digest)
                 shard = None
             rejects.close()
         except BaseException:
@@ -200,11 +209,11 @@ class Submitter:
                 yield line
 
     @staticmethod
-    def _close_shard(shard: MultipartWriter, split: _Split, requests: int) -> None:
+    def _close_shard(shard: MultipartWriter, split: _Split, requests: int, digest: IdsDigest) -> None:
         shard.write(ENVELOPE_CLOSE)
         shard.close()
         last = split.shards[-1]
-        split.shards[-1] = ShardPlan(last.index, last.key, requests, shard.size)
+        split.shards[-1] = ShardPlan(last.index, last.key, requests, shard.size, digest.hex)
 
     def _fail(self, job_id: str, source: SourceObject, split: _Split) -> SubmitOutcome:
         if split.rejected:

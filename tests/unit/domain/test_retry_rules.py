@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from batchdrop.domain.jobs import (
+    IdsDigest,
     canceled_result_line,
     error_type,
     is_retryable,
@@ -59,3 +60,16 @@ def test_lines_for_requests_never_taken_have_the_api_shape() -> None:
     assert not is_retryable(refused["result"])
     assert "400: body too large" in refused["result"]["error"]["error"]["message"]
     assert json.loads(canceled_result_line("doc-2")) == {"custom_id": "doc-2", "result": {"type": "canceled"}}
+
+
+def _digest(ids: list[str]) -> str:
+    digest = IdsDigest()
+    for custom_id in ids:
+        digest.add(custom_id)
+    return digest.hex
+
+
+def test_the_ids_digest_ignores_order_and_tells_sets_of_the_same_size_apart() -> None:
+    assert _digest(["a", "b", "c"]) == _digest(["c", "a", "b"])
+    assert _digest(["a", "b", "c"]) != _digest(["a", "b", "d"])
+    assert _digest([]) == "0" * 32

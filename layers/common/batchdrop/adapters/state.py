@@ -54,6 +54,7 @@ class ShardPlan:
     key: str
     requests: int
     size: int
+    ids_digest: str = ""  # IdsDigest of the shard's custom_ids
 
 
 class StateTable:
@@ -205,6 +206,7 @@ class StateTable:
             "requests": shard.requests,  # of the current attempt's batch
             "shard_requests": shard.requests,  # of the whole shard, whatever the attempt
             "size": shard.size,
+            "ids_digest": shard.ids_digest,
             "attempt": 0,  # creates sent for the current attempt's batch
             "round": 1,  # the attempt: 1, then 2.. for the retries of transient failures
             "max_attempts": max_attempts,  # fixed per shard, so re-running a collection decides alike

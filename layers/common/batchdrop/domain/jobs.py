@@ -95,6 +95,22 @@ def refused_result_line(custom_id: str, reason: str) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+class IdsDigest:
+    """An order-free fingerprint of a set of custom_ids: the XOR of each id's SHA-256 (first
+    16 bytes). Recorded for every batch a shard sends and recomputed from the results, so
+    results that belong to another batch are never recorded, even with the right count."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def add(self, custom_id: str) -> None:
+        self._value ^= int.from_bytes(hashlib.sha256(custom_id.encode()).digest()[:16], "big")
+
+    @property
+    def hex(self) -> str:
+        return f"{self._value:032x}"
+
+
 def canceled_result_line(custom_id: str) -> bytes:
     """The result line for a request of a canceled job that was never sent: canceled, as
     the provider reports the requests a cancel stopped."""
