@@ -340,3 +340,31 @@ def test_a_batch_open_past_its_expiry_is_flagged_and_canceled(
     monkeypatch.setattr(batchdrop.checker, "EXPIRY_MARGIN_SECONDS", 3600.0)
     manifest = run_to_the_end(stack, runner, job_id)
     assert_each_request_once(stack, manifest, input_ids(body))
+
+
+def test_the_same_event_twenty_times_from_eight_threads_makes_one_job_and_one_batch(
+    stack: LocalStack, runner: LocalRunner, tmp_path: Path
+) -> None:
+    # Given one uploaded version, its event handled 20 times by 8 concurrent invocations
+    body = _requests(tmp_path, 14)
+    key = "inbox/storm/requests.jsonl"
+    version = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"]
+    runner.lose_event(key, version)  # the runner's own delivery is replaced by the storm below
+    source = SourceObject(stack.bucket_name, key, version)
+    store, state, api, _ = adapters(stack)
+    outcomes: list[Any] = []
+    work = [lambda: outcomes.append(Submitter(store, state, api, wiring.utc_now).submit(source)) for _ in range(20)]
+
+    # When they run eight at a time
+    for start in range(0, len(work), 8):
+        _together(*work[start : start + 8])
+
+    # Then there is one job, its shard objects were written once, one batch was created
+    job_id = job_id_for(stack.bucket_name, key, version)
+    assert {outcome.job_id for outcome in outcomes} == {job_id}
+    assert sum(outcome.submitted for outcome in outcomes) == 1
+    shard_versions = stack.client("s3").list_object_versions(Bucket=stack.bucket_name, Prefix=f"work/{job_id}/")
+    assert [v["Key"] for v in shard_versions["Versions"]] == [f"work/{job_id}/shard-00000.json"]
+    manifest = run_to_the_end(stack, runner, job_id)
+    assert_each_request_once(stack, manifest, input_ids(body))
+    assert stack.emulator_control().counters()["creates_accepted"] == 1

@@ -52,7 +52,7 @@ MAX_ATTEMPTS = 3  # the template's default MaxAttempts
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
 SETTINGS = settings(
-    max_examples=8,
+    max_examples=6,
     stateful_step_count=15,
     deadline=None,
     derandomize=True,

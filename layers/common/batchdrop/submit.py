@@ -178,7 +178,9 @@ class Submitter:
                     if shard is not None:
                         self._close_shard(shard, split, shard_requests, digest)
                         digest = IdsDigest()
-                    shard = self._store.writer(shard_key(job_id, index), "application/json")
+                    # If absent: a duplicate invocation splitting at the same time (or a resumed
+                    # one) writes the same bytes; the first complete copy stays.
+                    shard = self._store.writer(shard_key(job_id, index), "application/json", if_absent=True)
                     shard.write(ENVELOPE_OPEN)
                     split.shards.append(ShardPlan(index, shard.key, 0, 0))
                     shard_requests = 0
