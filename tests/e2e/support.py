@@ -10,6 +10,8 @@ from typing import Any
 
 from batchdrop.domain.jobs import job_id_for
 from batchdrop_local.runner import LocalRunner
+from batchdrop_local.soak import job_status
+from batchdrop_local.soak import read_object as read
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import write_requests
 
@@ -26,10 +28,6 @@ def upload_bytes(stack: LocalStack, key: str, body: bytes) -> str:
     return job_id_for(stack.bucket_name, key, str(response["VersionId"]))
 
 
-def read(stack: LocalStack, key: str) -> bytes:
-    return bytes(stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"].read())
-
-
 def shard_items(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
     items = stack.client("dynamodb").query(
         TableName=stack.table_name,
@@ -42,17 +40,6 @@ def shard_items(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
 
 def shard_states(stack: LocalStack, job_id: str) -> list[str]:
     return [item["state"]["S"] for item in shard_items(stack, job_id)]
-
-
-def job_status(stack: LocalStack, job_id: str) -> str | None:
-    item = (
-        stack.client("dynamodb")
-        .get_item(
-            TableName=stack.table_name, Key={"PK": {"S": f"JOB#{job_id}"}, "SK": {"S": "JOB"}}, ConsistentRead=True
-        )
-        .get("Item")
-    )
-    return item["status"]["S"] if item else None
 
 
 def finished(stack: LocalStack, job_id: str) -> bool:

@@ -287,31 +287,6 @@ class StateTable:
 
     # --- shards -----------------------------------------------------------------------
 
-    def _move_shard(
-        self,
-        job_id: str,
-        index: int,
-        expected: str,
-        new: str,
-        *,
-        assign: str = "",
-        remove: str = "",
-        names: Mapping[str, str] | None = None,
-        **values: Any,
-    ) -> bool:
-        """One conditional shard transition, expected → new, with more `SET` (`assign`, using
-        `values` as `:name` and `names` for reserved words) and `REMOVE` clauses."""
-        update = f"SET #s = :new{', ' + assign if assign else ''}{' REMOVE ' + remove if remove else ''}"
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            UpdateExpression=update,
-            ConditionExpression="#s = :expected",
-            ExpressionAttributeNames={"#s": "state", **(names or {})},
-            ExpressionAttributeValues={":new": new, ":expected": expected, **{f":{k}": v for k, v in values.items()}},
-        )
-
-    # --- the single create lease (RELIABILITY.md §9 T6) ----------------------------------
-
     def acquire_create_lease(self, owner: str, now: str, until: str) -> bool:
         """Take the workspace's one create lease if it is free: at most one create is
         unresolved at a time, so an unknown outcome matches one listed batch without
