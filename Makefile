@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock lint test build-check test-unit test-integration test-e2e demo soak emulator clean
+.PHONY: help venv lock lint test build-check test-unit test-integration test-e2e demo soak bench emulator clean
 
 include mk/sam.mk
 
@@ -20,6 +20,7 @@ help:
 	@echo "make demo   - run a batch through the local emulator and print the results"
 	@echo "make test   - lint and run every test tier (builds .venv on first use)"
 	@echo "make soak   - 40 files x 500 requests under every emulator fault; fails if a request is lost or sent twice"
+	@echo "make bench  - every benchmark against the local stack, baselines beside ours, one table (bench/latest.md)"
 	@echo "make lint   - ruff only"
 	@echo "make template-lint - cfn-lint and sam validate --lint on template.yaml"
 	@echo "make build  - sam build, without Docker"
@@ -71,6 +72,11 @@ demo: $(STAMP)
 # request is lost or sent twice (batchdrop_local/soak.py). About 6 minutes.
 soak: $(STAMP)
 	$(BIN)/python -m batchdrop_local.soak --jobs 40 --requests 500 --shard-requests 200 --seed 7
+
+# Figures, not tests: prints one table (and writes bench/latest.md) of submit, results,
+# checker, cold start and cost, each beside baselines measured in the same run. About N minutes.
+bench: $(STAMP) build
+	$(BIN)/python -m bench
 
 emulator: $(STAMP)
 	$(BIN)/batchdrop emulator --host 127.0.0.1 --port 8765 --latency 2

@@ -1,0 +1,63 @@
+"""The smallest create endpoint there is: reads a `POST /v1/messages/batches` body to the
+end, throws it away and answers with a batch. Benchmarks send the submit paths here, so
+their times are the client's own work, not a server's parsing.
+
+    python -m bench.sink [--port N]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CHUNK = 1024 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        left = int(self.headers.get("Content-Length", "0"))
+        while left:
+            data = self.rfile.read(min(CHUNK, left))
+            if not data:
+                break
+            left -= len(data)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = json.dumps(
+            {
+                "id": f"msgbatch_sink{uuid.uuid4().hex[:20]}",
+                "type": "message_batch",
+                "processing_status": "in_progress",
+                "request_counts": {"processing": 1, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
+                "ended_at": None,
+                "created_at": now,
+                "expires_at": now,
+                "archived_at": None,
+                "cancel_initiated_at": None,
+                "results_url": None,
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), _Handler)
+    print(f"sink listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
