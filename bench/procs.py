@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -19,8 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far: VmHWM, which starts afresh at exec
+    (ru_maxrss does not: a child keeps the peak of the parent it was forked from)."""
+    match = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    if match is None:
+        raise RuntimeError("no VmHWM in /proc/self/status: peak RSS is measured on Linux only")
+    return int(match[1]) / 1024
 
 
 def report(figures: Mapping[str, Any]) -> None:

@@ -41,18 +41,17 @@ def test_a_well_formed_line_is_valid_with_its_line_number_and_custom_id() -> Non
     assert (result.line, result.custom_id) == (1, "review-1")
 
 
-def test_valid_body_is_the_compact_request_and_round_trips() -> None:
-    # Given a request written with spaces and non-ASCII text, custom_id after params
-    request = {"params": params(messages=[{"role": "user", "content": "Très bien — 很好"}]), "custom_id": "r1"}
+def test_valid_body_is_the_line_as_written() -> None:
+    # Given a request written with spaces, \u escapes and an escaped emoji, custom_id after params
+    request = {"params": params(messages=[{"role": "user", "content": "Très bien — 很好 😀"}]), "custom_id": "r1"}
     line = json.dumps(request, indent=None, separators=(", ", ": ")).encode()
-    # When it is checked
-    result = only_result([line])
-    # Then the body is the compact canonical form, custom_id first, UTF-8 unescaped, with the same content
+    assert b"\\ud83d\\ude00" in line  # json.dumps escapes the emoji as a surrogate pair
+    # When it is checked (with surrounding whitespace and a CRLF ending)
+    result = only_result([b"  " + line + b" \r\n"])
+    # Then the body is the line itself, byte for byte, meaning the same request
     assert isinstance(result, ValidLine)
-    expected = {"custom_id": "r1", "params": request["params"]}
-    assert result.body == json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
-    assert json.loads(result.body) == expected
-    assert "Très bien — 很好".encode() in result.body
+    assert result.body == line
+    assert json.loads(result.body) == request
 
 
 def test_unknown_params_keys_pass_through_untouched() -> None:
@@ -145,14 +144,14 @@ def test_a_line_exactly_at_the_limit_is_valid() -> None:
     assert isinstance(result, ValidLine)
 
 
-def test_a_line_whose_compact_form_is_still_too_long_is_rejected() -> None:
-    # Given a line that fits as written but whose canonical form does not (1e5 is sent as 100000.0)
+def test_numbers_are_sent_as_written() -> None:
+    # Given a line whose numbers a re-encoding would rewrite (1e5 would become 100000.0)
     line = b'{"custom_id":"a","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"t":1e5}}'
     # When it is checked with a limit equal to its written size
     result = only_result([line], max_line_bytes=len(line))
-    # Then it is rejected for its size
-    assert isinstance(result, RejectedLine)
-    assert "bytes; a request may be at most" in result.reason
+    # Then it fits, and its body is what was written
+    assert isinstance(result, ValidLine)
+    assert result.body == line
 
 
 REJECTIONS: list[tuple[str, bytes, str]] = [
@@ -216,6 +215,11 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
     ("stream null", request_line(stream=None), "params.stream: batch requests cannot be streamed"),
     ("number overflows", request_line(temperature=0.5).replace(b"0.5", b"1e400"), "a number is too large"),
     ("lone surrogate", request_line("a", system="\ud800"), "unpaired surrogate"),
+    (
+        "integer of 5,000 digits",
+        request_line(max_tokens=1).replace(b'"max_tokens": 1', b'"max_tokens": ' + b"9" * 5000),
+        "not valid JSON",
+    ),
 ]
 
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 PART_BYTES = 8 * 1024 * 1024  # S3's minimum is 5 MiB; 8 MiB parts reach 78 GiB within 10,000 parts
 READ_BYTES = 1024 * 1024
+# Parts sent while the next one fills: uploads overlap the parsing that produces them, and
+# memory stays bounded (the part filling plus this many on their way).
+PARTS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,12 @@ class ObjectStore:
     def client(self) -> Any:
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("s3")
+            # Bodies are not SHA-256 signed: over HTTPS S3 takes UNSIGNED-PAYLOAD (as botocore
+            # does by itself for uploads with a checksum), and hashing 256 MB shards costs CPU
+            # a Lambda of 1 GB (0.6 vCPU) should spend on the requests themselves.
+            self._client = boto3.client("s3", config=Config(s3={"payload_signing_enabled": False}))
         return self._client
 
     def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
@@ -117,8 +126,10 @@ def _precondition_failed(exc: Exception) -> bool:
 
 
 class MultipartWriter:
-    """Writes one object in PART_BYTES parts; a small object is one plain PUT. Aborts the
-    upload on any error (a bucket lifecycle rule sweeps up after a killed Lambda).
+    """Writes one object in PART_BYTES parts; a small object is one plain PUT. Parts go out
+    from a background thread, at most PARTS_IN_FLIGHT at a time, so writing overlaps the
+    work that produces the data. Aborts the upload on any error (a bucket lifecycle rule
+    sweeps up after a killed Lambda).
 
     With `if_absent`, the object is only written if the key holds none yet (If-None-Match):
     when another writer got there first, its object stays and `created` is False. Used for
@@ -134,6 +145,8 @@ class MultipartWriter:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._sending: deque[Future[dict[str, Any]]] = deque()
+        self._sender: ThreadPoolExecutor | None = None
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -150,12 +163,36 @@ class MultipartWriter:
                 Bucket=self._bucket, Key=self.key, ContentType=self._content_type
             )
             self._upload_id = created["UploadId"]
-        number = len(self._parts) + 1
-        part = self._client.upload_part(
-            Bucket=self._bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer)
-        )
-        self._parts.append({"PartNumber": number, "ETag": part["ETag"]})
+        while len(self._sending) >= PARTS_IN_FLIGHT:
+            self._parts.append(self._sending.popleft().result())
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="part-upload")
+        number = len(self._parts) + len(self._sending) + 1
+        data = bytes(self._buffer)
         self._buffer.clear()
+        self._sending.append(self._sender.submit(self._upload_part, self._upload_id, number, data))
+
+    def _upload_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        part = self._client.upload_part(
+            Bucket=self._bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        return {"PartNumber": number, "ETag": part["ETag"]}
+
+    def _sent(self) -> None:
+        """Wait for every part on its way; the first failure is raised."""
+        try:
+            while self._sending:
+                self._parts.append(self._sending.popleft().result())
+        finally:
+            self._stop_sender()
+
+    def _stop_sender(self) -> None:
+        for pending in self._sending:
+            pending.cancel()
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
+        self._sending.clear()
 
     def close(self) -> bool:
         """Complete the object; False when a conditional write found one there already."""
@@ -171,6 +208,7 @@ class MultipartWriter:
             else:
                 if self._buffer:
                     self._flush_part()
+                self._sent()
                 self._client.complete_multipart_upload(
                     Bucket=self._bucket,
                     Key=self.key,
@@ -195,6 +233,7 @@ class MultipartWriter:
                 self._client.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=upload["UploadId"])
 
     def abort(self) -> None:
+        self._stop_sender()  # a part still on its way would fail against the aborted upload
         if self._upload_id is not None:
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=self._upload_id)
             self._upload_id = None

@@ -1,9 +1,13 @@
-"""Validating native-mode input: each non-blank line becomes a ValidLine (the compact request
-exactly as it will be sent) or a RejectedLine (its line number and the reason), streaming."""
+"""Validating native-mode input: each non-blank line becomes a ValidLine (the request as
+written, which is what will be sent) or a RejectedLine (its line number and the reason),
+streaming. A valid line's bytes are sent as they are, never re-encoded: the checks make sure
+they mean exactly what they say (no duplicate key, NaN, overflowing number or unpaired
+surrogate), and not re-encoding halves the work of a 256 MB file."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,7 +31,7 @@ _SHOWN_VALUE_CHARS = 40
 class ValidLine:
     line: int  # 1-based line number in the input file
     custom_id: str
-    body: bytes  # the compact JSON object {"custom_id":..., "params":...} exactly as it will be sent
+    body: bytes  # the line as written (less a BOM and surrounding whitespace): what will be sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +84,14 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
     if problems:
         return RejectedLine(number, readable_id, _joined(problems))
 
-    try:
-        encoded = _encode(custom_id, parsed["params"])
-    except _UnreadableError as exc:
-        return RejectedLine(number, readable_id, str(exc))
-    if len(encoded) > max_line_bytes:
-        return RejectedLine(number, readable_id, _too_large(len(encoded), max_line_bytes))
-    return ValidLine(number, custom_id, encoded)
+    if _SURROGATE_ESCAPE.search(line):
+        # Rare (an escaped emoji, say): only then is the line worth encoding, to find out
+        # whether its escapes pair up into real characters.
+        try:
+            _encode(custom_id, parsed["params"])
+        except _UnreadableError as exc:
+            return RejectedLine(number, readable_id, str(exc))
+    return ValidLine(number, custom_id, line.strip())
 
 
 # --- parsing and encoding -------------------------------------------------------------
@@ -120,7 +125,23 @@ def _refuse_constant(name: str) -> Any:
     raise _NonStandardNumberError(name)
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicate_keys, parse_constant=_refuse_constant)
+def _finite_float(text: str) -> float:
+    # 1e999 parses as infinity, which JSON cannot carry: the API would read something else.
+    value = float(text)
+    if math.isinf(value):
+        raise _OverflowingNumberError(text)
+    return value
+
+
+class _OverflowingNumberError(ValueError):
+    pass
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicate_keys, parse_constant=_refuse_constant, parse_float=_finite_float
+)
+# A \uD800-\uDFFF escape: half of a surrogate pair, which must have its other half.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _parse(line: bytes) -> Any:
@@ -135,14 +156,19 @@ def _parse(line: bytes) -> Any:
         raise _UnreadableError(reason) from exc
     except _NonStandardNumberError as exc:
         raise _UnreadableError(f"not valid JSON: {exc.args[0]} is not a JSON number") from exc
+    except _OverflowingNumberError as exc:
+        raise _UnreadableError(f"a number is too large to be sent ({exc.args[0]} overflows)") from exc
     except json.JSONDecodeError as exc:
         raise _UnreadableError(f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise _UnreadableError(f"not valid JSON for a request: {exc}") from exc
     except RecursionError as exc:
         raise _UnreadableError("not valid JSON for a request: nested too deeply") from exc
 
 
 def _encode(custom_id: str, params: Any) -> bytes:
-    """The compact request body, exactly as it will be sent."""
+    """The request as compact JSON: a line is encoded only to prove it can be (its
+    surrogate escapes pair up); what is sent is the line itself."""
     try:
         text = json.dumps(
             {"custom_id": custom_id, "params": params}, separators=(",", ":"), ensure_ascii=False, allow_nan=False

@@ -1,0 +1,12 @@
+"""Emulator responders for benchmarks: replies of a fixed size, so a batch's results reach a
+chosen number of bytes (100,000 results of about 1.1 KB each make 110 MB)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_TEXT = ("Emulated reply for the results benchmark, padded to a steady length. " * 12)[:800]
+
+
+def padded(params: dict[str, Any], custom_id: str) -> str:  # noqa: ARG001 - the responder signature
+    return _TEXT

@@ -1,0 +1,173 @@
+"""Submit at the API's limits: one object of 100,000 requests in 268 MB (one full shard)
+from S3 to a recorded batch, by the real SubmitFunction handler, beside two paths measured
+in the same run on the same object and the same server:
+
+- naive: parse every line into a list and call `messages.batches.create(requests=list)`,
+  the pattern most guides show;
+- minimal: check each line is a request, spool the create body to local disk and post it
+  streamed (the least a correct submit can do, with no state and no S3 copy).
+
+Then a 1 GB object of several shards, ours alone (no single create can take it). Each path
+runs in a fresh interpreter (bench.submit_child) so its peak RSS is its own, against
+bench.sink, which reads the body and answers: the times are the client's work, not a
+server's parsing. S3 and DynamoDB are the local stack's moto server."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from batchdrop.domain.jobs import job_id_for
+from batchdrop_local.runner import ObjectVersion, build_s3_event
+from batchdrop_local.stack import LocalStack
+from batchdrop_local.synth import write_requests
+from bench import procs
+from bench.table import Figure
+
+MB = procs.MB
+PEAK_GOAL_MB = 256
+
+
+def upload(stack: LocalStack, path: Path, key: str) -> dict[str, Any]:
+    """Put `path` at `key` (multipart, as a large upload would be); the S3 event for it."""
+    s3 = stack.client("s3")
+    s3.upload_file(str(path), stack.bucket_name, key)
+    head = s3.head_object(Bucket=stack.bucket_name, Key=key)
+    version = ObjectVersion(
+        bucket=stack.bucket_name,
+        key=key,
+        version_id=head["VersionId"],
+        size=head["ContentLength"],
+        etag=head["ETag"].strip('"'),
+        last_modified=head["LastModified"],
+    )
+    return build_s3_event(version, region=stack.region, sequencer="0", configuration_id="bench")
+
+
+def submit_child(path: str, event: dict[str, Any], env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    event_file = workdir / f"event-{path}.json"
+    event_file.write_text(json.dumps(event))
+    return procs.run_child("bench.submit_child", path, str(event_file), env=env)
+
+
+def job_of(event: dict[str, Any]) -> str:
+    record = event["Records"][0]["s3"]
+    return job_id_for(record["bucket"]["name"], record["object"]["key"], record["object"]["versionId"])
+
+
+def shard_items(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
+    return stack.client("dynamodb").query(
+        TableName=stack.table_name,
+        KeyConditionExpression="PK = :pk AND begins_with(SK, :shard)",
+        ExpressionAttributeValues={":pk": {"S": f"JOB#{job_id}"}, ":shard": {"S": "SHARD#"}},
+        ConsistentRead=True,
+    )["Items"]
+
+
+def _recorded(stack: LocalStack, event: dict[str, Any]) -> tuple[int, int]:
+    """(shards, shards with a batch) of the job the event made."""
+    items = shard_items(stack, job_of(event))
+    return len(items), sum(1 for item in items if "batch_id" in item)
+
+
+def run(quick: bool) -> list[Figure]:
+    requests, size = (10_000, 26_800_000) if quick else (100_000, 268_000_000)
+    big_requests, big_size = (40_000, 107_000_000) if quick else (400_000, 1_070_000_000)
+    label = f"{requests:,} requests, {size / 1e6:.0f} MB"
+    big_label = f"{big_requests:,} requests, {big_size / 1e9:.2f} GB"
+    figures: list[Figure] = []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalStack(latency=3600) as stack,
+        procs.sink() as sink_url,
+    ):
+        workdir = Path(tmp)
+        env = {**stack.function_env("SubmitFunction"), "ANTHROPIC_BASE_URL": sink_url}
+        source = workdir / "requests.jsonl"
+        write_requests(source, requests, size)
+        event = upload(stack, source, "inbox/bench-limit.jsonl")
+        source.unlink()
+        print(f"submit: {label} uploaded; naive, minimal, ours…", flush=True)
+        naive = submit_child("naive", event, env, workdir)
+        minimal = submit_child("minimal", event, env, workdir)
+        ours = submit_child("ours", event, env, workdir)
+        shards, sent = _recorded(stack, event)
+        if (shards, sent) != (1, 1) or ours["status"] != "RUNNING":
+            raise RuntimeError(f"ours did not record one batch: {shards} shards, {sent} sent, {ours}")
+
+        write_requests(source, big_requests, big_size)
+        big_event = upload(stack, source, "inbox/bench-large.jsonl")
+        source.unlink()
+        print(f"submit: {big_label} uploaded; ours…", flush=True)
+        big = submit_child("ours", big_event, env, workdir)
+        big_shards, big_sent = _recorded(stack, big_event)
+        if big_shards < (1 if quick else 2) or big_sent != big_shards:
+            raise RuntimeError(f"ours did not create every shard's batch: {big_sent} of {big_shards}")
+
+    figures += [
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: time",
+            ours["seconds"],
+            "s",
+            "minimal stream-and-post",
+            minimal["seconds"],
+            minimal["seconds"] / ours["seconds"],
+            "within 2x of minimal",
+            ours["seconds"] <= 2 * minimal["seconds"],
+        ),
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: time",
+            ours["seconds"],
+            "s",
+            "naive list + batches.create",
+            naive["seconds"],
+            naive["seconds"] / ours["seconds"],
+            ">= 4x faster than naive",
+            naive["seconds"] >= 4 * ours["seconds"],
+        ),
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: peak RSS",
+            ours["peak_rss_mb"],
+            "MB",
+            "naive list + batches.create",
+            naive["peak_rss_mb"],
+            naive["peak_rss_mb"] / ours["peak_rss_mb"],
+            f">= 8x leaner than naive, < {PEAK_GOAL_MB} MB",
+            naive["peak_rss_mb"] >= 8 * ours["peak_rss_mb"] and ours["peak_rss_mb"] < PEAK_GOAL_MB,
+        ),
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: peak RSS",
+            ours["peak_rss_mb"],
+            "MB",
+            "minimal stream-and-post",
+            minimal["peak_rss_mb"],
+            minimal["peak_rss_mb"] / ours["peak_rss_mb"],
+        ),
+        Figure(
+            "submit",
+            f"object to {big_shards} recorded batches, {big_label}: peak RSS",
+            big["peak_rss_mb"],
+            "MB",
+            f"ours on {size / 1e6:.0f} MB",
+            ours["peak_rss_mb"],
+            ours["peak_rss_mb"] / big["peak_rss_mb"],
+            f"< {PEAK_GOAL_MB} MB, flat with size",
+            big["peak_rss_mb"] < PEAK_GOAL_MB,
+        ),
+        Figure(
+            "submit",
+            f"object to {big_shards} recorded batches, {big_label}: throughput",
+            big_size / MB / big["seconds"],
+            "MB/s",
+            f"ours on {size / 1e6:.0f} MB",
+            size / MB / ours["seconds"],
+            (big_size / big["seconds"]) / (size / ours["seconds"]),
+        ),
+    ]
+    return figures
