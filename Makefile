@@ -23,7 +23,8 @@ help:
 	@echo "make bench  - every benchmark against the local stack, baselines beside ours, one table (bench/latest.md)"
 	@echo "make lint   - ruff only"
 	@echo "make template-lint - cfn-lint and sam validate --lint on template.yaml"
-	@echo "make build  - sam build, without Docker"
+	@echo "make build  - sam build, without Docker, then compile the artifact's bytecode"
+	@echo "make build-native - the same artifact for this machine's architecture (bench/cold_start.py imports it)"
 	@echo "make lock   - recompile requirements/dev.txt from requirements/dev.in"
 	@echo "make clean  - remove the venv and caches"
 
@@ -32,7 +33,7 @@ $(STAMP): requirements/dev.txt pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r requirements/dev.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes --compile-bytecode -r requirements/dev.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
@@ -55,6 +56,10 @@ build-check: build
 	test -f .aws-sam/build/CheckerFunction/app.py
 	test -f .aws-sam/build/CommonLayer/python/batchdrop/submit.py
 	test -d .aws-sam/build/CommonLayer/python/anthropic
+	test -f .aws-sam/build/SubmitFunction/__pycache__/app.cpython-312.pyc
+	test -f .aws-sam/build/CheckerFunction/__pycache__/app.cpython-312.pyc
+	test -f .aws-sam/build/CommonLayer/python/batchdrop/__pycache__/submit.cpython-312.pyc
+	test -f .aws-sam/build/CommonLayer/python/anthropic/__pycache__/__init__.cpython-312.pyc
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -m unit

@@ -10,3 +10,11 @@ _TEXT = ("Emulated reply for the results benchmark, padded to a steady length. "
 
 def padded(params: dict[str, Any], custom_id: str) -> str:  # noqa: ARG001 - the responder signature
     return _TEXT
+
+
+_LONG_TEXT = (_TEXT * 6)[:4000]
+
+
+def padded_long(params: dict[str, Any], custom_id: str) -> str:  # noqa: ARG001 - the responder signature
+    """4 KB replies: many bytes of results from few requests (tests keep the emulator's work small)."""
+    return _LONG_TEXT

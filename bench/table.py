@@ -41,7 +41,7 @@ HEADER = ["area", "measured", "ours", "baseline (same run)", "ratio", "goal", "m
 def _number(value: float | None) -> str:
     if value is None:
         return ""
-    if value == int(value) and abs(value) >= 10:
+    if float(value).is_integer():
         return f"{int(value):,}"
     if abs(value) >= 100:
         return f"{value:,.0f}"

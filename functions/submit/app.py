@@ -1,6 +1,10 @@
 """SubmitFunction: an object created under inbox/ becomes a job and its batches; one created
 at cancel/<job_id> cancels that job; the sweeper's schedule starts a job for any inbox/
-object whose event was lost."""
+object whose event was lost.
+
+S3 records are read as the plain dicts they are, the way Powertools' S3Event reads them:
+importing S3Event loads its whole data_classes package, some thirty modules of event
+classes, at every cold start (bench/cold_start.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchdrop import wiring
@@ -35,18 +38,20 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if "Records" not in event:
         raise BadEventError(f"not an S3 event nor a sweep: keys {sorted(event)}")
     outcomes = []
-    for record in S3Event(event).records:
-        obj = record.s3.get_object
-        key = unquote_plus(obj.key)  # S3 sends keys URL-encoded ("a b+c" arrives as "a+b%2Bc")
+    for record in event["Records"]:
+        s3 = record["s3"]
+        obj = s3.get("get_object") or s3["object"]  # as S3Event.get_object: IntelligentTiering names it get_object
+        key = unquote_plus(obj["key"])  # S3 sends keys URL-encoded ("a b+c" arrives as "a+b%2Bc")
         if key.startswith(CANCEL_PREFIX):
             canceled = Canceler(wired.store, wired.state, wired.batches, wiring.utc_now).cancel_from_key(key)
             metrics.add_metric("CancelRequests", MetricUnit.Count, 1)
             outcomes.append({"job_id": canceled.job_id, "status": canceled.status, "cancel": True})
             continue
-        if not obj.version_id:
+        version_id = obj.get("versionId")
+        if not version_id:
             # The bucket is versioned: without a version id the job's identity is unknown.
             raise BadEventError(f"S3 record for {key!r} has no versionId; refusing to guess the object version")
-        outcome = submitter.submit(SourceObject(record.s3.bucket.name, key, obj.version_id))
+        outcome = submitter.submit(SourceObject(s3["bucket"]["name"], key, version_id))
         metrics.add_metric("DuplicateEvents" if outcome.duplicate else "ObjectsReceived", MetricUnit.Count, 1)
         metrics.add_metric("BatchesCreated", MetricUnit.Count, outcome.submitted)
         outcomes.append({"job_id": outcome.job_id, "status": outcome.status, "duplicate": outcome.duplicate})

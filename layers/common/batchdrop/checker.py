@@ -10,6 +10,8 @@ next tick."""
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +50,10 @@ from batchdrop.submit import CreateResult, ShardCreator
 
 # Stop starting new work when less than this is left of the invocation.
 SAFETY_SECONDS = 60.0
+# Nor this long after the tick began: ticks come every minute to a function of reserved
+# concurrency 1, and a tick still running when the next is due throttles it into the
+# failure queue (and its alarm) for nothing. What is left waits for the next tick.
+TICK_BUDGET_SECONDS = 45.0
 # A SUBMITTING shard is taken as left behind by a crash once its intent is older than the
 # create's timeout plus this margin.
 LEASE_MARGIN_SECONDS = 60.0
@@ -82,6 +88,7 @@ class Checker:
         seconds_left: Callable[[], float],
         grace_seconds: float | None = None,
         max_attempts: int = 3,
+        budget_seconds: float = TICK_BUDGET_SECONDS,
     ) -> None:
         self._store = store
         self._state = state
@@ -91,12 +98,22 @@ class Checker:
         self._seconds_left = seconds_left
         self._grace = grace_seconds
         self._max_attempts = max_attempts
+        self._budget = budget_seconds
+        self._deadline = time.monotonic() + budget_seconds
         self._creator = ShardCreator(store, state, api, clock)
+
+    def _out_of_time(self, needed: float = 0.0) -> bool:
+        """True when work that may take `needed` seconds must wait for the next tick."""
+        return self._seconds_left() < SAFETY_SECONDS + needed or time.monotonic() >= self._deadline
 
     def tick(self) -> TickReport:
         report = TickReport()
+        self._deadline = time.monotonic() + self._budget
         items = list(self._state.open_items())
         shards = [item for item in items if item["SK"].startswith("SHARD#")]
+        # A different order each tick: when time runs short, the batches left over are not
+        # the same ones every time (ended batches behind many open ones would wait forever).
+        random.shuffle(shards)
         jobs = [item for item in items if item["SK"] == "JOB"]
         report.open_batches = len(shards)
         canceling = {job["job_id"] for job in jobs if job.get("cancel_requested_at")}
@@ -104,7 +121,7 @@ class Checker:
         failed: list[str] = []
         self._advance_submitting(jobs, report, failed)
         for shard in shards:
-            if self._seconds_left() < SAFETY_SECONDS:
+            if self._out_of_time():
                 report.deferred += 1
                 continue
             try:
@@ -117,9 +134,14 @@ class Checker:
             except Exception:  # one bad batch must not stop the others; re-raised below  # noqa: BLE001
                 logger.exception("collecting a batch failed", extra={"batch_id": shard["batch_id"]})
                 failed.append(f"batch {shard['batch_id']}")
+            finally:
+                logger.remove_keys(["job_id", "batch_id"])  # set per batch while collecting
         still_open = {shard["job_id"] for shard in shards} - touched
         for job in jobs:
             if job["job_id"] in still_open:
+                continue
+            if self._out_of_time():
+                report.deferred += 1  # it stays in the open index: the next tick finishes it
                 continue
             try:
                 if self._finish_if_done(job["job_id"]):
@@ -174,7 +196,7 @@ class Checker:
         for shard in shards:
             if shard["state"] != "PENDING":
                 continue
-            if self._seconds_left() < SAFETY_SECONDS + batches_adapter.create_timeout():
+            if self._out_of_time(needed=batches_adapter.create_timeout()):
                 report.deferred += 1
                 continue
             try:
@@ -274,7 +296,7 @@ class Checker:
         batches; adopt, resubmit or wait, and cancel duplicates. True if any shard moved."""
         now = reconcile.parse_time(self._now())
         unsettled, in_flight = self._unsettled(shards, now)
-        if not unsettled or self._seconds_left() < SAFETY_SECONDS:
+        if not unsettled or self._out_of_time():
             return False
         by_key = {(shard["job_id"], int(shard["index"])): shard for shard in shards}
         oldest = min(shard.sent_at for shard in unsettled)

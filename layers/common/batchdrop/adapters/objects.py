@@ -8,10 +8,12 @@ import io
 import json
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 PART_BYTES = 8 * 1024 * 1024  # S3's minimum is 5 MiB; 8 MiB parts reach 78 GiB within 10,000 parts
 READ_BYTES = 1024 * 1024
@@ -166,6 +168,8 @@ class MultipartWriter:
         while len(self._sending) >= PARTS_IN_FLIGHT:
             self._parts.append(self._sending.popleft().result())
         if self._sender is None:
+            from concurrent.futures import ThreadPoolExecutor  # only objects of several parts need it
+
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="part-upload")
         number = len(self._parts) + len(self._sending) + 1
         data = bytes(self._buffer)

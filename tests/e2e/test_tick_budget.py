@@ -1,0 +1,212 @@
+"""What one checker tick costs, in calls (issue 5): an idle tick is one query, and a busy
+tick grows with open batches, never with requests. Exact counts, never times: CallCounter
+counts every AWS call of the tick's own clients, and the emulator counts the API requests
+it received per endpoint. A regression such as a write per request, a read of the shard
+bodies on every tick or a second query when idle changes these numbers and fails here."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from batchdrop import wiring
+from batchdrop.adapters.batches import BatchesApi
+from batchdrop.adapters.events import EventPublisher
+from batchdrop.adapters.objects import PART_BYTES, ObjectStore
+from batchdrop.adapters.state import StateTable
+from batchdrop.checker import Checker, TickReport
+from batchdrop.domain.shards import ShardLimits
+from batchdrop.submit import SourceObject, Submitter
+from batchdrop_local.calls import CallCounter
+from batchdrop_local.soak import Upload, put_requests
+from batchdrop_local.stack import DUMMY_AWS_KEY, LocalStack
+from tests.e2e.support import assert_each_request_once, read
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+
+N = 50  # requests per batch in the small job; the large one has ten times as many
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    # An hour per batch: nothing ends unless a test ends it through the control endpoint.
+    with LocalStack(latency=3600) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def nothing_open(stack: LocalStack) -> Iterator[None]:
+    """Each test starts and leaves the stack with nothing open, so a tick sees only its jobs."""
+    assert stack.open_batch_count() == 0
+    yield
+    _close_everything(stack)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The calls one tick made: AWS by (service, operation), the API by endpoint."""
+
+    aws: dict[tuple[str, str], int]
+    api: dict[str, int]
+    report: TickReport
+
+
+def _fresh_adapters(stack: LocalStack) -> tuple[ObjectStore, StateTable, BatchesApi, EventPublisher]:
+    """The layer's adapters on clients made now: CallCounter counts only clients created
+    after it started (the stack's own cached clients predate it, so they are not used)."""
+    import boto3
+    from botocore.config import Config
+
+    aws: dict[str, Any] = {
+        "endpoint_url": stack.moto_url,
+        "region_name": stack.region,
+        "aws_access_key_id": DUMMY_AWS_KEY,
+        "aws_secret_access_key": DUMMY_AWS_KEY,
+    }
+    return (
+        ObjectStore(
+            stack.bucket_name,
+            client=boto3.client("s3", config=Config(request_checksum_calculation="when_required"), **aws),
+        ),
+        StateTable(stack.table_name, resource=boto3.resource("dynamodb", **aws)),
+        BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url),
+        EventPublisher(stack.event_bus_name, client=boto3.client("events", **aws)),
+    )
+
+
+def _checker(stack: LocalStack) -> Checker:
+    store, state, api, events = _fresh_adapters(stack)
+    return Checker(store, state, api, events, wiring.utc_now, seconds_left=lambda: 900.0)
+
+
+def _counted_tick(stack: LocalStack) -> Cost:
+    control = stack.emulator_control()
+    before = control.counters()["http_requests"]
+    with CallCounter() as calls:
+        report = _checker(stack).tick()
+    after = control.counters()["http_requests"]
+    api = {endpoint: n - before.get(endpoint, 0) for endpoint, n in after.items() if n != before.get(endpoint, 0)}
+    return Cost(aws=dict(calls.calls), api=api, report=report)
+
+
+def _submit(stack: LocalStack, requests: int, per_batch: int) -> Upload:
+    """A file of `requests` requests through the real Submitter, in batches of `per_batch`."""
+    name = uuid.uuid4().hex[:8]
+    upload = put_requests(stack, f"inbox/budget/{name}.jsonl", f"b{name}", requests)
+    store, state, api, _ = _fresh_adapters(stack)
+    submitter = Submitter(store, state, api, wiring.utc_now, limits=ShardLimits(max_requests=per_batch))
+    outcome = submitter.submit(SourceObject(stack.bucket_name, upload.key, upload.version_id))
+    assert (outcome.status, outcome.submitted) == ("RUNNING", -(-requests // per_batch))
+    return upload
+
+
+def _close_everything(stack: LocalStack) -> None:
+    """End every open batch and tick until the open index is empty."""
+    stack.emulator_control().end()
+    for _ in range(5):
+        if stack.open_batch_count() == 0:
+            return
+        _checker(stack).tick()
+    assert stack.open_batch_count() == 0
+
+
+def _open_tick_cost(stack: LocalStack, requests: int, per_batch: int) -> Cost:
+    """A job's batches submitted and still in progress; what a tick over them costs."""
+    _submit(stack, requests, per_batch)
+    cost = _counted_tick(stack)
+    _close_everything(stack)
+    return cost
+
+
+def _collect_tick_cost(stack: LocalStack, requests: int, per_batch: int) -> tuple[Cost, Upload]:
+    """A job's batches submitted and ended; what the tick that collects them costs."""
+    upload = _submit(stack, requests, per_batch)
+    stack.emulator_control().end()
+    return _counted_tick(stack), upload
+
+
+def test_an_idle_tick_is_one_query_and_nothing_else(stack: LocalStack) -> None:
+    # Given a table that holds a finished job, and nothing open
+    _submit(stack, 4, 2)
+    _close_everything(stack)
+
+    # When a tick runs
+    cost = _counted_tick(stack)
+
+    # Then it made one DynamoDB Query, no S3 or EventBridge call, and no API request
+    assert cost.aws == {("dynamodb", "Query"): 1}
+    assert cost.api == {}
+    assert cost.report.open_batches == 0
+    assert not cost.report.collected
+    assert not cost.report.finished_jobs
+
+
+def test_a_tick_over_open_batches_costs_the_same_for_ten_times_the_requests(stack: LocalStack) -> None:
+    # Given a job of 2 batches of N requests, then one of 2 batches of 10*N, each still in progress
+    # When a tick runs over each
+    small = _open_tick_cost(stack, 2 * N, N)
+    large = _open_tick_cost(stack, 2 * 10 * N, 10 * N)
+
+    # Then both cost exactly the one query and one retrieve per batch: no S3, no write, no read per request
+    assert small.aws == large.aws == {("dynamodb", "Query"): 1}
+    assert small.api == large.api == {"retrieve": 2}
+    assert small.report.open_batches == large.report.open_batches == 2
+    assert not small.report.collected
+    assert not large.report.collected
+
+
+def test_a_tick_over_open_batches_grows_with_the_batches(stack: LocalStack) -> None:
+    # Given a job of 1 batch of N requests, then one of 4 batches of N, each still in progress
+    # When a tick runs over each
+    one = _open_tick_cost(stack, N, N)
+    four = _open_tick_cost(stack, 4 * N, N)
+
+    # Then the query stays one, and the API retrieves are one per open batch
+    assert one.aws == four.aws == {("dynamodb", "Query"): 1}
+    assert one.api == {"retrieve": 1}
+    assert four.api == {"retrieve": 4}
+
+
+def test_a_tick_that_collects_costs_the_same_for_ten_times_the_requests(stack: LocalStack) -> None:
+    # Given a job of 2 batches of N requests, then one of 2 batches of 10*N, each ended
+    # When the tick that collects each job runs
+    small, small_upload = _collect_tick_cost(stack, 2 * N, N)
+    large, large_upload = _collect_tick_cost(stack, 2 * 10 * N, 10 * N)
+
+    # Then both cost the same calls: the open-index query, then per batch a retrieve, a
+    # consistent read of the shard, the results download, one S3 PUT of the part and the
+    # fenced update; per job its items' query, the manifest PUT, the event and the close.
+    # (An S3 part grows with bytes, one UploadPart per 8 MiB: these parts are one PUT each,
+    # checked below, so a call per request or per line would show here.)
+    expected_aws = {
+        ("dynamodb", "Query"): 2,
+        ("dynamodb", "GetItem"): 2,
+        ("dynamodb", "UpdateItem"): 2 + 1,
+        ("s3", "PutObject"): 2 + 1,
+        ("events", "PutEvents"): 1,
+    }
+    assert small.aws == large.aws == expected_aws
+    assert small.api == large.api == {"retrieve": 2, "results": 2}
+    part_sizes = {}
+    for cost, upload in ((small, small_upload), (large, large_upload)):
+        assert len(cost.report.collected) == 2
+        assert cost.report.finished_jobs == [upload.job_id]
+        manifest = _manifest(stack, upload.job_id)
+        assert_each_request_once(stack, manifest, list(upload.custom_ids))
+        part_sizes[upload.job_id] = [_size(stack, key) for key in manifest["results"]]
+    # And the large job's parts really carry ten times the results, still under one 8 MiB part
+    assert min(part_sizes[large_upload.job_id]) > 9 * max(part_sizes[small_upload.job_id])
+    assert max(part_sizes[large_upload.job_id]) < PART_BYTES
+
+
+def _manifest(stack: LocalStack, job_id: str) -> dict[str, Any]:
+    return dict(json.loads(read(stack, f"results/{job_id}/manifest.json")))
+
+
+def _size(stack: LocalStack, key: str) -> int:
+    return int(stack.client("s3").head_object(Bucket=stack.bucket_name, Key=key)["ContentLength"])
