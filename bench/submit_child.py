@@ -3,6 +3,7 @@
     python -m bench.submit_child ours EVENT.json      # the real SubmitFunction handler
     python -m bench.submit_child minimal EVENT.json   # validate line by line, stream the body
     python -m bench.submit_child naive EVENT.json     # the pattern most guides show
+    python -m bench.submit_child s3-floor EVENT.json  # copy to work/ and read back: S3's share
 
 The environment is the function's (bench.submit sets it); ANTHROPIC_BASE_URL is the sink.
 Each path reads the same object version and sends the same requests to the same server."""
@@ -77,6 +78,23 @@ def minimal(event: dict[str, Any]) -> dict[str, Any]:
     return {"requests": requests, "batch_id": batch.id}
 
 
+def s3_floor(event: dict[str, Any]) -> dict[str, Any]:
+    """What any path that keeps a copy of the body in S3 pays on this S3, parsing nothing:
+    the object's lines written to work/ through our multipart writer, then read back whole."""
+    from batchdrop.adapters.objects import READ_BYTES, ObjectStore
+
+    bucket, key, version = _source(event)
+    store = ObjectStore(bucket)
+    copy_key = f"work/bench-floor/{version}.json"
+    with store.writer(copy_key, "application/json") as copy:
+        for line in store.lines(key, version):
+            copy.write(line)
+    size, body = store.open(copy_key)
+    read = sum(len(chunk) for chunk in body.iter_chunks(READ_BYTES))
+    body.close()
+    return {"bytes": size, "read": read}
+
+
 def naive(event: dict[str, Any]) -> dict[str, Any]:
     """The pattern most guides show: parse every line into a list, hand the list to the SDK."""
     import boto3
@@ -100,7 +118,7 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "functions" / "submit"))
         import app  # type: ignore[import-not-found]  # noqa: F401
     started = time.perf_counter()
-    figures = {"ours": ours, "minimal": minimal, "naive": naive}[path](event)
+    figures = {"ours": ours, "minimal": minimal, "naive": naive, "s3-floor": s3_floor}[path](event)
     report({**figures, "seconds": time.perf_counter() - started})
 
 

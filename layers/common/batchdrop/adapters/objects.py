@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 PART_BYTES = 8 * 1024 * 1024  # S3's minimum is 5 MiB; 8 MiB parts reach 78 GiB within 10,000 parts
 READ_BYTES = 1024 * 1024
-# Parts sent while the next one fills: uploads overlap the parsing that produces them, and
-# memory stays bounded (the part filling plus this many on their way).
+# Parts sent at once, by as many threads, while the next one fills: uploads overlap the
+# parsing that produces them, and memory stays bounded (the part filling plus these).
 PARTS_IN_FLIGHT = 2
 
 
@@ -170,7 +170,7 @@ class MultipartWriter:
         if self._sender is None:
             from concurrent.futures import ThreadPoolExecutor  # only objects of several parts need it
 
-            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="part-upload")
+            self._sender = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="part-upload")
         number = len(self._parts) + len(self._sending) + 1
         data = bytes(self._buffer)
         self._buffer.clear()

@@ -56,7 +56,7 @@ def check_lines(
         line = raw.rstrip(b"\r\n")
         if number == 1 and line.startswith(_UTF8_BOM):
             line = line[len(_UTF8_BOM) :]
-        if not line.strip():
+        if not line or line.isspace():
             continue
         yield _check_line(number, line, first_seen, max_line_bytes)
 
@@ -91,7 +91,9 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
             _encode(custom_id, parsed["params"])
         except _UnreadableError as exc:
             return RejectedLine(number, readable_id, str(exc))
-    return ValidLine(number, custom_id, line.strip())
+    if line[:1].isspace() or line[-1:].isspace():
+        line = line.strip()
+    return ValidLine(number, custom_id, line)
 
 
 # --- parsing and encoding -------------------------------------------------------------
