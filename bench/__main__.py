@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.table import Figure, machine, markdown
+
+# What Lambda's environment gives the handlers' module-level Powertools objects, set before
+# any section imports batchdrop (they read it once, at import, whichever section is first).
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "batchdrop")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "batchdrop/bench")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
 # Each module has run(quick: bool) -> list[Figure], and starts what it needs itself.
 SECTIONS = {

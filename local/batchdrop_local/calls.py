@@ -19,7 +19,8 @@ class CallCounter:
     Hooks boto3's default session, where `boto3.client()`/`boto3.resource()` (and so the
     handlers' adapters) build their clients. A client copies the session's hooks when it is
     made: only clients made after `start()` are counted, so start it before the code under
-    test builds its adapters."""
+    test builds its adapters. Clients of other sessions are not counted: Powertools'
+    SecretsProvider makes its own (bench/cost.py counts at the botocore client instead)."""
 
     def __init__(self) -> None:
         self.calls: Counter[tuple[str, str]] = Counter()
