@@ -50,29 +50,29 @@ def _result_ids(stack: LocalStack, manifest: dict[str, Any]) -> Counter[str]:
     return ids
 
 
-def test_a_250k_request_file_ends_as_one_job_of_three_batches(
+def test_a_file_over_the_request_limit_ends_as_one_job_of_two_batches(
     stack: LocalStack, runner: LocalRunner, tmp_path: Path
 ) -> None:
-    # Given a file of 250,000 valid requests
+    # Given a file of 120,000 valid requests (over the API's 100,000 a batch)
     source = tmp_path / "big.jsonl"
-    write_requests(source, 250_000)
+    write_requests(source, 120_000)
     creates_before = stack.emulator_control().counters()["creates_accepted"]
 
     # When it is dropped into inbox/ and the pipeline runs until it is quiet
     version = _upload(stack, "inbox/nightly/big.jsonl", source.read_bytes())
     assert runner.drain(timeout=400)
 
-    # Then one job made 3 batches, and every request is in the results exactly once
+    # Then one job made 2 batches, and every request is in the results exactly once
     job_id = job_id_for(stack.bucket_name, "inbox/nightly/big.jsonl", version)
     manifest = _manifest(stack, job_id)
     assert manifest["status"] == "COMPLETED"
-    assert [b["requests"] for b in manifest["batches"]] == [100_000, 100_000, 50_000]
-    assert stack.emulator_control().counters()["creates_accepted"] - creates_before == 3
+    assert [b["requests"] for b in manifest["batches"]] == [100_000, 20_000]
+    assert stack.emulator_control().counters()["creates_accepted"] - creates_before == 2
     ids = _result_ids(stack, manifest)
-    assert len(ids) == 250_000
+    assert len(ids) == 120_000
     assert set(ids.values()) == {1}
     counts = manifest["counts"]
-    assert counts["requests"] == counts["succeeded"] == 250_000
+    assert counts["requests"] == counts["succeeded"] == 120_000
     assert manifest["source"]["key"] == "inbox/nightly/big.jsonl"
     assert float(manifest["cost"]["batch_usd"]) * 2 == pytest.approx(float(manifest["cost"]["standard_usd"]))
 

@@ -39,12 +39,20 @@ def stack() -> Iterator[LocalStack]:
         yield running
 
 
+# Clients made by a test, closed after it (an unclosed socket is an error under pytest).
+_MADE: list[Any] = []
+
+
 @pytest.fixture(autouse=True)
 def nothing_open(stack: LocalStack) -> Iterator[None]:
     """Each test starts and leaves the stack with nothing open, so a tick sees only its jobs."""
     assert stack.open_batch_count() == 0
-    yield
-    _close_everything(stack)
+    try:
+        yield
+        _close_everything(stack)
+    finally:
+        while _MADE:
+            _MADE.pop().close()
 
 
 @dataclass(frozen=True)
@@ -68,14 +76,18 @@ def _fresh_adapters(stack: LocalStack) -> tuple[ObjectStore, StateTable, Batches
         "aws_access_key_id": DUMMY_AWS_KEY,
         "aws_secret_access_key": DUMMY_AWS_KEY,
     }
+    import anthropic
+
+    s3 = boto3.client("s3", config=Config(request_checksum_calculation="when_required"), **aws)
+    dynamodb = boto3.resource("dynamodb", **aws)
+    events = boto3.client("events", **aws)
+    sdk = anthropic.Anthropic(api_key=stack.api_key, base_url=stack.emulator_url, max_retries=3)
+    _MADE.extend([s3, dynamodb.meta.client, events, sdk])
     return (
-        ObjectStore(
-            stack.bucket_name,
-            client=boto3.client("s3", config=Config(request_checksum_calculation="when_required"), **aws),
-        ),
-        StateTable(stack.table_name, resource=boto3.resource("dynamodb", **aws)),
-        BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url),
-        EventPublisher(stack.event_bus_name, client=boto3.client("events", **aws)),
+        ObjectStore(stack.bucket_name, client=s3),
+        StateTable(stack.table_name, resource=dynamodb),
+        BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url, client=sdk),
+        EventPublisher(stack.event_bus_name, client=events),
     )
 
 
