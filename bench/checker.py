@@ -32,19 +32,16 @@ from functools import partial
 from typing import Any
 
 from batchdrop import wiring
-from batchdrop.adapters.batches import BatchesApi
-from batchdrop.adapters.events import EventPublisher
-from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import OPEN, OPEN_INDEX, StateTable
 from batchdrop.checker import SAFETY_SECONDS, TICK_BUDGET_SECONDS, Checker, TickReport
 from batchdrop.domain.jobs import IdsDigest, job_id_for
 from batchdrop.domain.requests import ValidLine, check_lines
 from batchdrop.domain.shards import ShardLimits, assign_shards, body_chunks, shard_key
 from batchdrop.submit import SourceObject, Submitter, lease_owner
-from batchdrop_local.calls import CallCounter
+from batchdrop_local.calls import CallCounter, FreshAdapters, fresh_adapters
 from batchdrop_local.lambda_context import LocalLambdaContext
 from batchdrop_local.soak import Upload, audit, request_file
-from batchdrop_local.stack import DUMMY_AWS_KEY, LocalStack
+from batchdrop_local.stack import LocalStack
 from bench.table import Figure
 
 AREA = "checker"
@@ -63,35 +60,6 @@ def _say(message: str, started: float) -> None:
 
 
 # ---------------------------------------------------------------- clients
-
-
-@dataclass(frozen=True)
-class Clients:
-    store: ObjectStore
-    state: StateTable
-    api: BatchesApi
-    events: EventPublisher
-
-
-def _clients(stack: LocalStack) -> Clients:
-    """The layer's adapters on clients made now: CallCounter counts only clients created
-    after it started, so a measured tick gets clients of its own."""
-    import boto3
-    from botocore.config import Config
-
-    aws: dict[str, Any] = {
-        "endpoint_url": stack.moto_url,
-        "region_name": stack.region,
-        "aws_access_key_id": DUMMY_AWS_KEY,
-        "aws_secret_access_key": DUMMY_AWS_KEY,
-    }
-    s3 = boto3.client("s3", config=Config(request_checksum_calculation="when_required", max_pool_connections=16), **aws)
-    return Clients(
-        ObjectStore(stack.bucket_name, client=s3),
-        StateTable(stack.table_name, resource=boto3.resource("dynamodb", **aws)),
-        BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url),
-        EventPublisher(stack.event_bus_name, client=boto3.client("events", **aws)),
-    )
 
 
 # ---------------------------------------------------------------- the population
@@ -194,7 +162,7 @@ def _upload(stack: LocalStack, key: str, prefix: str, requests: int) -> tuple[Up
 def populate(stack: LocalStack, jobs: int, batches: int, tag: str) -> Population:
     """`batches` open batches of `REQUESTS_PER_BATCH` requests in `jobs` jobs: the first job
     of `REAL_SHARDS` batches through the real Submitter, the others recorded as it records."""
-    clients = _clients(stack)
+    clients = fresh_adapters(stack, max_pool_connections=16)
     population = Population()
     real, body = _upload(stack, f"inbox/bench-checker/{tag}-000.jsonl", f"{tag}000", REAL_SHARDS * REQUESTS_PER_BATCH)
     submitter = Submitter(
@@ -225,10 +193,11 @@ def populate(stack: LocalStack, jobs: int, batches: int, tag: str) -> Population
                     writer.put_item(Item=item)
             population.uploads.append(upload)
             population.batch_ids += [batch_id for _, _, batch_id in created]
+    clients.close()
     return population
 
 
-def _create(clients: Clients, job_id: str, split: dict[int, list[ValidLine]], index: int) -> tuple[int, int, str]:
+def _create(clients: FreshAdapters, job_id: str, split: dict[int, list[ValidLine]], index: int) -> tuple[int, int, str]:
     """A shard's body written to work/ and its batch created, as the Submitter does."""
     body = b"".join(body_chunks(split[index]))
     clients.store.client.put_object(
@@ -263,7 +232,7 @@ def measured_tick(stack: LocalStack, timeout_seconds: float, budget_seconds: flo
     control = stack.emulator_control()
     before = Counter(control.counters()["http_requests"])
     with CallCounter() as calls:
-        clients = _clients(stack)
+        clients = fresh_adapters(stack, max_pool_connections=16)
         context = LocalLambdaContext(function_name=stack.function_name(CHECKER), timeout_seconds=timeout_seconds)
         checker = Checker(
             clients.store,
@@ -275,7 +244,10 @@ def measured_tick(stack: LocalStack, timeout_seconds: float, budget_seconds: flo
             budget_seconds=budget_seconds,
         )
         started = time.perf_counter()
-        report = checker.tick()
+        try:
+            report = checker.tick()
+        finally:
+            clients.close()
         seconds = time.perf_counter() - started
         overran = context.timed_out
     after = Counter(control.counters()["http_requests"])

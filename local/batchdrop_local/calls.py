@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -58,3 +59,47 @@ class CallCounter:
     def reset(self) -> None:
         with self._lock:
             self.calls.clear()
+
+
+@dataclass(frozen=True)
+class FreshAdapters:
+    """The layer's adapters on clients of their own (see `fresh_adapters`); `close()` them."""
+
+    store: Any
+    state: Any
+    api: Any
+    events: Any
+
+    def close(self) -> None:
+        self.store.client.close()
+        self.state.table.meta.client.close()
+        self.events.client.close()
+        self.api.client.close()
+
+
+def fresh_adapters(stack: Any, *, max_pool_connections: int = 10) -> FreshAdapters:
+    """The layer's adapters bound to a local stack, on clients made now rather than the
+    stack's cached ones, so that a CallCounter started before this counts all their calls."""
+    import anthropic
+    from botocore.config import Config
+
+    from batchdrop.adapters.batches import BatchesApi
+    from batchdrop.adapters.events import EventPublisher
+    from batchdrop.adapters.objects import ObjectStore
+    from batchdrop.adapters.state import StateTable
+    from batchdrop_local.stack import DUMMY_AWS_KEY
+
+    aws: dict[str, Any] = {
+        "endpoint_url": stack.moto_url,
+        "region_name": stack.region,
+        "aws_access_key_id": DUMMY_AWS_KEY,
+        "aws_secret_access_key": DUMMY_AWS_KEY,
+        "config": Config(request_checksum_calculation="when_required", max_pool_connections=max_pool_connections),
+    }
+    sdk = anthropic.Anthropic(api_key=stack.api_key, base_url=stack.emulator_url, max_retries=3)
+    return FreshAdapters(
+        ObjectStore(stack.bucket_name, client=boto3.client("s3", **aws)),
+        StateTable(stack.table_name, resource=boto3.resource("dynamodb", **aws)),
+        BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url, client=sdk),
+        EventPublisher(stack.event_bus_name, client=boto3.client("events", **aws)),
+    )

@@ -22,9 +22,9 @@ from batchdrop.adapters.state import StateTable
 from batchdrop.checker import Checker, TickReport
 from batchdrop.domain.shards import ShardLimits
 from batchdrop.submit import SourceObject, Submitter
-from batchdrop_local.calls import CallCounter
+from batchdrop_local.calls import CallCounter, fresh_adapters
 from batchdrop_local.soak import Upload, put_requests
-from batchdrop_local.stack import DUMMY_AWS_KEY, LocalStack
+from batchdrop_local.stack import LocalStack
 from tests.e2e.support import assert_each_request_once, read
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
@@ -65,30 +65,10 @@ class Cost:
 
 
 def _fresh_adapters(stack: LocalStack) -> tuple[ObjectStore, StateTable, BatchesApi, EventPublisher]:
-    """The layer's adapters on clients made now: CallCounter counts only clients created
-    after it started (the stack's own cached clients predate it, so they are not used)."""
-    import boto3
-    from botocore.config import Config
-
-    aws: dict[str, Any] = {
-        "endpoint_url": stack.moto_url,
-        "region_name": stack.region,
-        "aws_access_key_id": DUMMY_AWS_KEY,
-        "aws_secret_access_key": DUMMY_AWS_KEY,
-    }
-    import anthropic
-
-    s3 = boto3.client("s3", config=Config(request_checksum_calculation="when_required"), **aws)
-    dynamodb = boto3.resource("dynamodb", **aws)
-    events = boto3.client("events", **aws)
-    sdk = anthropic.Anthropic(api_key=stack.api_key, base_url=stack.emulator_url, max_retries=3)
-    _MADE.extend([s3, dynamodb.meta.client, events, sdk])
-    return (
-        ObjectStore(stack.bucket_name, client=s3),
-        StateTable(stack.table_name, resource=dynamodb),
-        BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url, client=sdk),
-        EventPublisher(stack.event_bus_name, client=events),
-    )
+    """The layer's adapters on clients made now (the stack's own predate CallCounter)."""
+    made = fresh_adapters(stack)
+    _MADE.append(made)
+    return made.store, made.state, made.api, made.events
 
 
 def _checker(stack: LocalStack) -> Checker:

@@ -84,13 +84,11 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
     if problems:
         return RejectedLine(number, readable_id, _joined(problems))
 
-    if _SURROGATE_ESCAPE.search(line):
-        # Rare (an escaped emoji, say): only then is the line worth encoding, to find out
+    if _SURROGATE_ESCAPE.search(line) and not _surrogates_pair_up(parsed):
+        # Rare (an escaped emoji, say): only such a line is worth encoding, to find out
         # whether its escapes pair up into real characters.
-        try:
-            _encode(custom_id, parsed["params"])
-        except _UnreadableError as exc:
-            return RejectedLine(number, readable_id, str(exc))
+        reason = r"a string holds an unpaired surrogate escape (\ud800-\udfff), which is not valid Unicode"
+        return RejectedLine(number, readable_id, reason)
     if line[:1].isspace() or line[-1:].isspace():
         line = line.strip()
     return ValidLine(number, custom_id, line)
@@ -108,6 +106,10 @@ class _DuplicateKeyError(ValueError):
 
 
 class _NonStandardNumberError(ValueError):
+    pass
+
+
+class _OverflowingNumberError(ValueError):
     pass
 
 
@@ -133,10 +135,6 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise _OverflowingNumberError(text)
     return value
-
-
-class _OverflowingNumberError(ValueError):
-    pass
 
 
 _DECODER = json.JSONDecoder(
@@ -168,20 +166,14 @@ def _parse(line: bytes) -> Any:
         raise _UnreadableError("not valid JSON for a request: nested too deeply") from exc
 
 
-def _encode(custom_id: str, params: Any) -> bytes:
-    """The request as compact JSON: a line is encoded only to prove it can be (its
-    surrogate escapes pair up); what is sent is the line itself."""
+def _surrogates_pair_up(request: Any) -> bool:
+    """Whether every string of a parsed line is valid Unicode: an unpaired surrogate escape
+    decodes to a lone surrogate, which no UTF-8 encoder (nor the API) accepts."""
     try:
-        text = json.dumps(
-            {"custom_id": custom_id, "params": params}, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except ValueError as exc:
-        raise _UnreadableError("a number is too large to be sent (it would overflow to Infinity)") from exc
-    try:
-        return text.encode()
-    except UnicodeEncodeError as exc:
-        reason = r"a string holds an unpaired surrogate escape (\ud800-\udfff), which is not valid Unicode"
-        raise _UnreadableError(reason) from exc
+        json.dumps(request, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- field checks ---------------------------------------------------------------------
