@@ -1,5 +1,6 @@
 """What one checker tick costs, in calls (issue 5): an idle tick is one query, and a busy
-tick grows with open batches, never with requests. Exact counts, never times: CallCounter
+tick grows with open batches, never with requests: one list call shows up to 1,000 of them,
+and a lone batch is retrieved. Exact counts, never times: CallCounter
 counts every AWS call of the tick's own clients, and the emulator counts the API requests
 it received per endpoint. A regression such as a write per request, a read of the shard
 bodies on every tick or a second query when idle changes these numbers and fails here."""
@@ -144,9 +145,9 @@ def test_a_tick_over_open_batches_costs_the_same_for_ten_times_the_requests(stac
     small = _open_tick_cost(stack, 2 * N, N)
     large = _open_tick_cost(stack, 2 * 10 * N, 10 * N)
 
-    # Then both cost exactly the one query and one retrieve per batch: no S3, no write, no read per request
+    # Then both cost exactly the one query and one list call: no S3, no write, no read per request
     assert small.aws == large.aws == {("dynamodb", "Query"): 1}
-    assert small.api == large.api == {"retrieve": 2}
+    assert small.api == large.api == {"list": 1}
     assert small.report.open_batches == large.report.open_batches == 2
     assert not small.report.collected
     assert not large.report.collected
@@ -158,10 +159,10 @@ def test_a_tick_over_open_batches_grows_with_the_batches(stack: LocalStack) -> N
     one = _open_tick_cost(stack, N, N)
     four = _open_tick_cost(stack, 4 * N, N)
 
-    # Then the query stays one, and the API retrieves are one per open batch
+    # Then the query stays one; the lone batch is retrieved, the four are read from one list call
     assert one.aws == four.aws == {("dynamodb", "Query"): 1}
     assert one.api == {"retrieve": 1}
-    assert four.api == {"retrieve": 4}
+    assert four.api == {"list": 1}
 
 
 def test_a_tick_that_collects_costs_the_same_for_ten_times_the_requests(stack: LocalStack) -> None:
@@ -170,7 +171,7 @@ def test_a_tick_that_collects_costs_the_same_for_ten_times_the_requests(stack: L
     small, small_upload = _collect_tick_cost(stack, 2 * N, N)
     large, large_upload = _collect_tick_cost(stack, 2 * 10 * N, 10 * N)
 
-    # Then both cost the same calls: the open-index query, then per batch a retrieve, a
+    # Then both cost the same calls: the open-index query and one list call, then per batch a
     # consistent read of the shard, the results download, one S3 PUT of the part and the
     # fenced update; per job its items' query, the manifest PUT, the event and the close.
     # (An S3 part grows with bytes, one UploadPart per 8 MiB: these parts are one PUT each,
@@ -183,7 +184,7 @@ def test_a_tick_that_collects_costs_the_same_for_ten_times_the_requests(stack: L
         ("events", "PutEvents"): 1,
     }
     assert small.aws == large.aws == expected_aws
-    assert small.api == large.api == {"retrieve": 2, "results": 2}
+    assert small.api == large.api == {"list": 1, "results": 2}
     part_sizes = {}
     for cost, upload in ((small, small_upload), (large, large_upload)):
         assert len(cost.report.collected) == 2
@@ -202,3 +203,60 @@ def _manifest(stack: LocalStack, job_id: str) -> dict[str, Any]:
 
 def _size(stack: LocalStack, key: str) -> int:
     return int(stack.client("s3").head_object(Bucket=stack.bucket_name, Key=key)["ContentLength"])
+
+
+# --- the list call and its fall-backs ---------------------------------------------------
+
+
+def _foreign_batches(stack: LocalStack, count: int) -> None:
+    """`count` batches another application of the workspace created after ours."""
+    made = fresh_adapters(stack)
+    _MADE.append(made)
+    for index in range(count):
+        made.api.client.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": f"other-{index}",
+                    "params": {
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 8,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
+                }
+            ]
+        )
+
+
+def test_batches_the_list_pages_do_not_reach_are_retrieved_one_by_one(stack: LocalStack) -> None:
+    # Given our 2 open batches, then 150 newer batches of another application in the workspace
+    _submit(stack, 2 * N, N)
+    _foreign_batches(stack, 150)
+
+    # When a tick runs
+    cost = _counted_tick(stack)
+
+    # Then it spent its one list call (one per 50 open batches, the first 100 of the workspace
+    # show neither of ours) and retrieved each of ours on its own
+    assert cost.api == {"list": 1, "retrieve": 2}
+    assert cost.report.open_batches == 2
+    assert cost.report.deferred == 0
+
+
+def test_a_failing_list_leaves_each_batch_to_its_own_retrieve(stack: LocalStack) -> None:
+    # Given a job of 2 ended batches, and a list endpoint that answers 500 every time
+    upload = _submit(stack, 2 * N, N)
+    control = stack.emulator_control()
+    control.end()
+    control.set_faults({"http_errors": [{"endpoint": "list", "status": 500, "rate": 1}]})
+    try:
+        # When a tick runs
+        cost = _counted_tick(stack)
+    finally:
+        control.set_faults({"http_errors": []})
+
+    # Then it retrieved each batch, and collected both and closed the job all the same
+    assert cost.api["list"] >= 1
+    assert cost.api["retrieve"] == 2
+    assert cost.api["results"] == 2
+    assert cost.report.finished_jobs == [upload.job_id]
+    assert_each_request_once(stack, _manifest(stack, upload.job_id), list(upload.custom_ids))

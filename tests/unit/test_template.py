@@ -650,6 +650,11 @@ def test_only_the_checker_queries_the_open_batches_index(template: dict[str, Any
 # ---------------------------------------------------------------- functions, layer, logs
 
 
+def test_submit_function_has_a_full_vcpu_for_validating_shards(template: dict[str, Any]) -> None:
+    # Lambda gives one vCPU at 1,769 MB; below, the CPU-bound validation runs on a fraction of one.
+    assert props(template, "SubmitFunction")["MemorySize"] >= 1769
+
+
 def test_globals_set_runtime_tracing_and_shared_configuration(template: dict[str, Any]) -> None:
     globals_ = template["Globals"]["Function"]
     variables = globals_["Environment"]["Variables"]

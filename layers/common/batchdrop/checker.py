@@ -57,6 +57,10 @@ TICK_BUDGET_SECONDS = 45.0
 # A SUBMITTING shard is taken as left behind by a crash once its intent is older than the
 # create's timeout plus this margin.
 LEASE_MARGIN_SECONDS = 60.0
+# From this many open batches a tick reads them from the list endpoint (see Checker._listed),
+# spending at most one list call per LIST_CALL_PER_BATCHES of them before retrieving the rest.
+LIST_FROM_OPEN_BATCHES = 2
+LIST_CALL_PER_BATCHES = 50
 # A batch still open this long after its expires_at is flagged (metric BatchesPastExpiry) and
 # canceled, so that it ends and its requests are collected (and retried as expired).
 EXPIRY_MARGIN_SECONDS = 3600.0
@@ -120,12 +124,14 @@ class Checker:
         touched: set[str] = set()
         failed: list[str] = []
         self._advance_submitting(jobs, report, failed)
+        listed = self._listed(shards)
         for shard in shards:
             if self._out_of_time():
                 report.deferred += 1
                 continue
             try:
-                if self._collect_if_ended(shard, report, cancel=shard["job_id"] in canceling):
+                cancel = shard["job_id"] in canceling
+                if self._collect_if_ended(shard, report, cancel=cancel, batch=listed.get(shard["batch_id"])):
                     report.collected.append(shard["batch_id"])
                     touched.add(shard["job_id"])
             except ProviderUnavailableError as exc:
@@ -356,8 +362,30 @@ class Checker:
 
     # --- open batches -----------------------------------------------------------------
 
-    def _collect_if_ended(self, seen: dict[str, Any], report: TickReport, *, cancel: bool = False) -> bool:
-        batch = self._api.retrieve(seen["batch_id"])
+    def _listed(self, shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The open batches as the workspace's list shows them: one call for up to 1,000
+        batches instead of a retrieve each (every call counts against the Batches API's
+        requests-per-minute limit, creates included). Listing stops once it has cost one call
+        per LIST_CALL_PER_BATCHES open batches, or has reached batches older than the oldest
+        open one: a batch it did not show is retrieved on its own."""
+        if len(shards) < LIST_FROM_OPEN_BATCHES:
+            return {}
+        sent = [reconcile.parse_time(str(shard["sent_at"])) for shard in shards if shard.get("sent_at")]
+        skew = timedelta(seconds=reconcile.SKEW_SECONDS)
+        not_before = min(sent) - skew if len(sent) == len(shards) else None
+        max_calls = -(-len(shards) // LIST_CALL_PER_BATCHES)
+        try:
+            return self._api.find_recent([shard["batch_id"] for shard in shards], not_before, max_calls)
+        except ProviderUnavailableError as exc:
+            logger.warning("listing batches failed: each is retrieved on its own", extra={"error": str(exc)})
+            return {}
+
+    def _collect_if_ended(
+        self, seen: dict[str, Any], report: TickReport, *, cancel: bool = False, batch: dict[str, Any] | None = None
+    ) -> bool:
+        """`batch`: the batch as listed this tick; retrieved when not given."""
+        if batch is None:
+            batch = self._api.retrieve(seen["batch_id"])
         if batch["processing_status"] != "ended":
             self._chase_open_batch(seen, batch, report, cancel=cancel)
             return False

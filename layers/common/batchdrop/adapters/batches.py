@@ -5,7 +5,7 @@ The SDK is imported on first use: it is the heaviest import of the functions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,8 @@ READ_RETRIES = 3
 # The most batches one reconciliation lists (newest first) before giving up on its window.
 LIST_MAX_BATCHES = 5000
 LIST_PAGE = 100
+# The most batches one list call returns (the API's own maximum).
+LIST_PAGE_MAX = 1000
 
 
 def create_timeout() -> float:
@@ -100,6 +102,36 @@ class BatchesApi:
         except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
             raise ProviderUnavailableError(f"list batches: {type(exc).__name__}") from exc
         return RecentBatches(batches, complete=True)
+
+    def find_recent(
+        self, ids: Collection[str], not_before: datetime | None, max_calls: int
+    ) -> dict[str, dict[str, Any]]:
+        """Those of the batches `ids` that the workspace's list shows, by id, from at most
+        `max_calls` pages, newest first. It stops as soon as every id is found, or once a page
+        reaches batches created before `not_before`: a batch it does not return is to be
+        retrieved on its own. Raises ProviderUnavailableError if the first page fails."""
+        import anthropic
+
+        wanted, found = set(ids), {}
+        page_size = min(LIST_PAGE_MAX, max(LIST_PAGE, 2 * len(wanted)))
+        calls = 0
+        try:
+            page = self.client.messages.batches.list(limit=page_size)
+            while True:
+                calls += 1
+                oldest = None
+                for batch in page.data:
+                    if batch.id in wanted:
+                        found[batch.id] = batch.model_dump(mode="json")
+                    oldest = batch.created_at
+                past = not_before is not None and oldest is not None and oldest < not_before
+                if len(found) == len(wanted) or past or calls >= max_calls or not page.has_next_page():
+                    return found
+                page = page.get_next_page()
+        except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
+            if not calls:
+                raise ProviderUnavailableError(f"list batches: {type(exc).__name__}: {exc}") from exc
+            return found  # the pages read so far stand; the rest is retrieved one by one
 
     def cancel(self, batch_id: str) -> dict[str, Any] | None:
         """Ask the provider to cancel a batch; None when it refuses (e.g. it has ended)."""

@@ -61,7 +61,7 @@ class ObjectStore:
 
             # Bodies are not SHA-256 signed: over HTTPS S3 takes UNSIGNED-PAYLOAD (as botocore
             # does by itself for uploads with a checksum), and hashing 256 MB shards costs CPU
-            # a Lambda of 1 GB (0.6 vCPU) should spend on the requests themselves.
+            # a Lambda should spend on the requests themselves.
             self._client = boto3.client("s3", config=Config(s3={"payload_signing_enabled": False}))
         return self._client
 
