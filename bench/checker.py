@@ -36,8 +36,8 @@ from batchdrop.adapters.state import OPEN, OPEN_INDEX, StateTable
 from batchdrop.checker import SAFETY_SECONDS, TICK_BUDGET_SECONDS, Checker, TickReport
 from batchdrop.domain.jobs import IdsDigest, job_id_for
 from batchdrop.domain.requests import ValidLine, check_lines
-from batchdrop.domain.shards import ShardLimits, assign_shards, body_chunks, shard_key
-from batchdrop.submit import SourceObject, Submitter, lease_owner
+from batchdrop.domain.shards import ShardLimits, assign_shards, create_body, create_body_bytes, shard_key
+from batchdrop.submit import SHARD_CONTENT_TYPE, SourceObject, Submitter, lease_owner
 from batchdrop_local.calls import CallCounter, FreshAdapters, fresh_adapters
 from batchdrop_local.lambda_context import LocalLambdaContext
 from batchdrop_local.soak import Upload, audit, request_file
@@ -198,13 +198,15 @@ def populate(stack: LocalStack, jobs: int, batches: int, tag: str) -> Population
 
 
 def _create(clients: FreshAdapters, job_id: str, split: dict[int, list[ValidLine]], index: int) -> tuple[int, int, str]:
-    """A shard's body written to work/ and its batch created, as the Submitter does."""
-    body = b"".join(body_chunks(split[index]))
+    """A shard written to work/ and its batch created, as the Submitter does."""
+    lines = split[index]
+    shard = b"".join(line.body + b"\n" for line in lines)
     clients.store.client.put_object(
-        Bucket=clients.store.bucket, Key=shard_key(job_id, index), Body=body, ContentType="application/json"
+        Bucket=clients.store.bucket, Key=shard_key(job_id, index), Body=shard, ContentType=SHARD_CONTENT_TYPE
     )
-    batch = clients.api.create([body], len(body))
-    return index, len(body), str(batch["id"])
+    size = create_body_bytes(len(lines), sum(len(line.body) for line in lines))
+    batch = clients.api.create(create_body([shard]), size)
+    return index, size, str(batch["id"])
 
 
 # ---------------------------------------------------------------- measuring

@@ -3,7 +3,7 @@
     python -m bench.submit_child ours EVENT.json      # the real SubmitFunction handler
     python -m bench.submit_child minimal EVENT.json   # validate line by line, stream the body
     python -m bench.submit_child naive EVENT.json     # the pattern most guides show
-    python -m bench.submit_child s3-floor EVENT.json  # copy to work/ and read back: S3's share
+    python -m bench.submit_child s3-floor EVENT.json  # upload a copy to work/, read it back
 
 The environment is the function's (bench.submit sets it); ANTHROPIC_BASE_URL is the sink.
 Each path reads the same object version and sends the same requests to the same server."""
@@ -79,8 +79,9 @@ def minimal(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def s3_floor(event: dict[str, Any]) -> dict[str, Any]:
-    """What any path that keeps a copy of the body in S3 pays on this S3, parsing nothing:
-    the object's lines written to work/ through our multipart writer, then read back whole."""
+    """What a path that uploads its own copy of the body to S3 pays on this S3, parsing
+    nothing: the object's lines written to work/ through our multipart writer, then read back
+    whole. (Ours has S3 copy a clean file's shards instead, uploading none of it.)"""
     from batchdrop.adapters.objects import READ_BYTES, ObjectStore
 
     bucket, key, version = _source(event)

@@ -459,6 +459,9 @@ class LocalStack:
     def _start_moto(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        from batchdrop_local import moto_fidelity
+
+        moto_fidelity.apply()
         # One werkzeug access-log line per AWS call drowns everything else out.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         if self._moto_port:

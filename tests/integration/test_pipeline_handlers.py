@@ -74,10 +74,10 @@ def test_submit_event_creates_one_batch_and_records_it(stack: LocalStack) -> Non
     assert first["jobs"] == [{"job_id": job_id, "status": "RUNNING", "duplicate": False}]
     assert second["jobs"][0]["duplicate"] is True
     assert stack.emulator_control().counters()["creates_accepted"] - before == 1
-    shard = json.loads(
-        stack.client("s3").get_object(Bucket=stack.bucket_name, Key=f"work/{job_id}/shard-00000.json")["Body"].read()
-    )
-    assert [r["custom_id"] for r in shard["requests"]] == [r["custom_id"] for r in SAMPLE]
+    shard = stack.client("s3").get_object(Bucket=stack.bucket_name, Key=f"work/{job_id}/shard-00000.jsonl")
+    assert [json.loads(line)["custom_id"] for line in shard["Body"].read().splitlines()] == [
+        r["custom_id"] for r in SAMPLE
+    ]
 
 
 @pytest.mark.usefixtures("lambda_env")

@@ -169,7 +169,7 @@ def test_the_templates_lifecycle_rules_say_how_long_each_prefix_is_kept() -> Non
     rules = resolver.resolve(template.properties(bucket))["LifecycleConfiguration"]["Rules"]
     work_days = float(template.parameters["WorkRetentionDays"]["Default"])
     # Then work/ expires after WorkRetentionDays, inbox/ and results/ are kept, noncurrent versions expire
-    assert lifecycle_expiry_days(rules, "work/job/shard-00000.json") == work_days
+    assert lifecycle_expiry_days(rules, "work/job/shard-00000.jsonl") == work_days
     assert lifecycle_expiry_days(rules, "inbox/a.jsonl") is None
     assert lifecycle_expiry_days(rules, "results/job/manifest.json") is None
     assert lifecycle_expiry_days(rules, "inbox/a.jsonl", current=False) == float(

@@ -728,3 +728,18 @@ def test_outputs_name_everything_an_operator_needs(template: dict[str, Any]) -> 
     for output in outputs.values():
         assert output["Description"].strip()
         assert set(references(output["Value"])) <= known
+
+
+def test_functions_that_write_if_absent_may_list_the_uploads_a_killed_run_left(template: dict[str, Any]) -> None:
+    # Shards (submit), retry bodies, result parts and manifests (checker) are written if
+    # absent: the run that takes over lists the key's open uploads and aborts them first
+    # (MultipartWriter.abort_unfinished). moto enforces no IAM, so only this test sees a gap.
+    for name in ("SubmitFunction", "CheckerFunction"):
+        granted = {
+            resource_text(resource)
+            for statement in statements(template["Resources"][name])
+            if "s3:ListBucketMultipartUploads" in actions(statement)
+            for resource in as_list(statement["Resource"])
+        }
+        assert len(granted) == 1, name
+        assert next(iter(granted)).endswith(":s3:::batchdrop-${StackUuid}"), (name, granted)

@@ -36,7 +36,7 @@ from batchdrop.domain.jobs import (
     results_part_key,
 )
 from batchdrop.domain.manifest import build_manifest
-from batchdrop.domain.shards import ENVELOPE_CLOSE, ENVELOPE_OPEN, SEPARATOR, body_requests, shard_key
+from batchdrop.domain.shards import body_requests, create_body_bytes, shard_key
 from batchdrop.domain.usage import Usage
 from batchdrop.errors import (
     CheckerItemsFailedError,
@@ -46,7 +46,7 @@ from batchdrop.errors import (
     ResultsMismatchError,
 )
 from batchdrop.observability import logger
-from batchdrop.submit import CreateResult, ShardCreator
+from batchdrop.submit import SHARD_CONTENT_TYPE, CreateResult, ShardCreator
 
 # Stop starting new work when less than this is left of the invocation.
 SAFETY_SECONDS = 60.0
@@ -508,19 +508,20 @@ class Checker:
             report.cancel_sent.append(batch["id"])
 
     def _write_retry_body(self, source_key: str, retry_key: str, wanted: set[str]) -> int:
-        """The create body of a retry: the requests of `source_key` whose custom_id is in
-        `wanted`, in their order, streamed; its size. Every wanted request must be found."""
-        found = 0
-        with self._store.writer(retry_key, "application/json", if_absent=True) as body:
-            body.write(ENVELOPE_OPEN)
+        """The requests of `source_key` whose custom_id is in `wanted`, in their order, one
+        per line at `retry_key`, streamed; the size of their create body. Every wanted
+        request must be found."""
+        found = line_bytes = 0
+        with self._store.writer(retry_key, SHARD_CONTENT_TYPE, if_absent=True) as body:
             for request in body_requests(self._store.lines(source_key)):
                 if json.loads(request)["custom_id"] in wanted:
-                    body.write(SEPARATOR + request if found else request)
+                    body.write(request)
+                    body.write(b"\n")
                     found += 1
-            body.write(ENVELOPE_CLOSE)
+                    line_bytes += len(request)
             if found != len(wanted):
                 raise ResultsMismatchError(f"{source_key} holds {found} of the {len(wanted)} requests to retry")
-        return body.size
+        return create_body_bytes(found, line_bytes)
 
     def _finish_if_done(self, job_id: str) -> bool:
         job, shards = self._state.job_items(job_id)

@@ -41,3 +41,7 @@ class CheckerItemsFailedError(BatchdropError):
 
 class EventNotPublishedError(BatchdropError):
     """EventBridge did not accept the completion event."""
+
+
+class ShardBodyError(BatchdropError):
+    """A shard in work/ does not hold what was recorded of it: it is not sent."""

@@ -19,7 +19,7 @@ from enum import Enum
 from aws_lambda_powertools.metrics import MetricUnit
 
 from batchdrop.adapters.batches import BatchesApi, create_window
-from batchdrop.adapters.objects import READ_BYTES, MultipartWriter, ObjectStore
+from batchdrop.adapters.objects import READ_BYTES, MultipartWriter, ObjectStore, SourceRange
 from batchdrop.adapters.state import ShardPlan, StateTable
 from batchdrop.domain import reconcile
 from batchdrop.domain.jobs import (
@@ -32,15 +32,21 @@ from batchdrop.domain.jobs import (
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
 from batchdrop.domain.shards import (
-    ENVELOPE_CLOSE,
-    ENVELOPE_OPEN,
-    SEPARATOR,
     ShardLimits,
     assign_shards,
     body_requests,
+    create_body,
+    create_body_bytes,
+    holds_lines,
+    lines_body_bytes,
     shard_key,
 )
-from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
+from batchdrop.errors import (
+    ProviderOutcomeUnknownError,
+    ProviderRejectedError,
+    ProviderUnavailableError,
+    ShardBodyError,
+)
 from batchdrop.observability import logger, metrics
 
 # How long the submit function waits for another create to release the workspace's lease
@@ -87,6 +93,88 @@ class _RejectSink:
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.abort()
+
+
+class _LineReader:
+    """The source's lines, passed through, with where the last one read lies in the object."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self.start = 0  # offset of the last line read
+        self.end = 0  # offset after it: the bytes read so far
+        self.last = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        for raw in self._lines:
+            self.start = self.end
+            self.end += len(raw)
+            self.last = raw
+            yield raw
+
+
+class _ShardOut:
+    """One shard as the split makes it, in JSON Lines. While its lines are the source's own
+    bytes, one after another, it is only a range of the source, which S3 copies when the shard
+    ends: the Lambda never uploads it. The first line that is not (a rejected or blank line
+    before it, `\\r\\n`, a BOM, a gzip source) turns it into a written object that begins with
+    the range so far (copied by S3 too when it is a part's size or more)."""
+
+    def __init__(self, store: ObjectStore, source: SourceObject, index: int, key: str, *, copyable: bool) -> None:
+        self._store = store
+        self._source = source
+        self.index = index
+        self.key = key
+        self._copyable = copyable
+        self._range: tuple[int, int] | None = None  # [start, end) of the source, while copying
+        self._writer: MultipartWriter | None = None
+        self._requests = 0
+        self._line_bytes = 0
+        self._digest = IdsDigest()
+
+    def add(self, line: ValidLine, start: int, raw: bytes) -> None:
+        """Add a valid line, read from the source's bytes [start, start + len(raw))."""
+        body = line.body
+        self._requests += 1
+        self._line_bytes += len(body)
+        self._digest.add(line.custom_id)
+        if self._writer is None:
+            # The line as the source holds it: its body and one \n, or no \n at the end of the file.
+            exact = len(raw) == len(body) or (len(raw) == len(body) + 1 and raw[-1] == _NEWLINE)
+            if exact and self._copyable and (self._range is None or self._range[1] == start):
+                self._range = (start if self._range is None else self._range[0], start + len(raw))
+                return
+            self._writer = self._store.writer(self.key, SHARD_CONTENT_TYPE, if_absent=True)
+            if self._range is not None:
+                self._writer.copy_from(self._source_range(*self._range))
+                self._range = None
+        self._writer.write(body)
+        self._writer.write(b"\n")
+
+    def spans(self, start: int, end: int) -> bool:
+        """Whether the shard is still exactly the source's bytes [start, end)."""
+        return self._writer is None and self._range == (start, end)
+
+    def close(self, *, whole: bool) -> ShardPlan:
+        """Finish the object (`whole`: the shard is the whole source object); its plan."""
+        if self._writer is not None:
+            self._writer.close()
+        elif self._range is not None:
+            self._store.copy(
+                self._source_range(*self._range), self.key, SHARD_CONTENT_TYPE, whole=whole, if_absent=True
+            )
+        size = create_body_bytes(self._requests, self._line_bytes)
+        return ShardPlan(self.index, self.key, self._requests, size, self._digest.hex)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+    def _source_range(self, start: int, end: int) -> SourceRange:
+        return SourceRange(self._source.bucket, self._source.key, self._source.version_id, start, end)
+
+
+_NEWLINE = ord("\n")
+SHARD_CONTENT_TYPE = "application/x-ndjson"
 
 
 @dataclass
@@ -152,52 +240,49 @@ class Submitter:
         have = {int(shard["index"]) for shard in shards}
         for index in sorted(set(range(expected)) - have):
             key = shard_key(job_id, index)
-            digest, requests = IdsDigest(), 0
+            digest, requests, line_bytes = IdsDigest(), 0, 0
             for request in body_requests(self._store.lines(key)):
                 digest.add(str(json.loads(request)["custom_id"]))
                 requests += 1
-            size, body = self._store.open(key)
-            body.close()
-            plan = ShardPlan(index, key, requests, size, digest.hex)
+                line_bytes += len(request)
+            plan = ShardPlan(index, key, requests, create_body_bytes(requests, line_bytes), digest.hex)
             if self._state.add_missing_shard(job_id, plan, self._max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
     # --- validating and sharding ------------------------------------------------------
 
     def _split(self, job_id: str, source: SourceObject) -> _Split:
-        """Stream the object once: rejected lines to errors/, valid ones into shard bodies."""
+        """Stream the object once: rejected lines to errors/, valid ones into shards. A shard
+        that ends before the object does is finished in the background (S3 copying a range,
+        or the last parts going up) while the next one fills; all are done before this returns."""
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         split = _Split(shards=[])
         rejects = _RejectSink(self._store, rejected_key(job_id), source.key)
-        shard: MultipartWriter | None = None
-        shard_requests = 0
-        digest = IdsDigest()
-        try:
-            lines = check_lines(self._store.lines(source.key, source.version_id))
-            for index, line in assign_shards(self._valid(lines, split, rejects), self._limits):
-                if shard is None or index != split.shards[-1].index:
-                    if shard is not None:
-                        self._close_shard(shard, split, shard_requests, digest)
-                        digest = IdsDigest()
-                    # If absent: a duplicate invocation splitting at the same time (or a resumed
-                    # one) writes the same bytes; the first complete copy stays.
-                    shard = self._store.writer(shard_key(job_id, index), "application/json", if_absent=True)
-                    shard.write(ENVELOPE_OPEN)
-                    split.shards.append(ShardPlan(index, shard.key, 0, 0))
-                    shard_requests = 0
-                else:
-                    shard.write(SEPARATOR)
-                shard.write(line.body)
-                digest.add(line.custom_id)
-                shard_requests += 1
-            if shard is not None:
-                self._close_shard(shard, split, shard_requests, digest)
+        reader = _LineReader(self._store.lines(source.key, source.version_id))
+        # A gzip object's line offsets are not its bytes: its shards are always written.
+        copyable = not source.key.endswith(".gz")
+        shard: _ShardOut | None = None
+        closing: list[Future[ShardPlan]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-close") as closer:
+            try:
+                for index, line in assign_shards(self._valid(check_lines(reader), split, rejects), self._limits):
+                    if shard is None or index != shard.index:
+                        if shard is not None:
+                            closing.append(closer.submit(shard.close, whole=False))
+                        # If absent: a duplicate invocation splitting at the same time (or a
+                        # resumed one) writes the same bytes; the first complete copy stays.
+                        shard = _ShardOut(self._store, source, index, shard_key(job_id, index), copyable=copyable)
+                    shard.add(line, reader.start, reader.last)
+                last = shard.close(whole=shard.spans(0, reader.end)) if shard is not None else None
                 shard = None
-            rejects.close()
-        except BaseException:
-            if shard is not None:
-                shard.abort()
-            rejects.abort()
-            raise
+                split.shards = [done.result() for done in closing] + ([last] if last else [])
+                rejects.close()
+            except BaseException:
+                if shard is not None:
+                    shard.abort()
+                rejects.abort()
+                raise
         return split
 
     @staticmethod
@@ -209,13 +294,6 @@ class Submitter:
             else:
                 split.requested += 1
                 yield line
-
-    @staticmethod
-    def _close_shard(shard: MultipartWriter, split: _Split, requests: int, digest: IdsDigest) -> None:
-        shard.write(ENVELOPE_CLOSE)
-        shard.close()
-        last = split.shards[-1]
-        split.shards[-1] = ShardPlan(last.index, last.key, requests, shard.size, digest.hex)
 
     def _fail(self, job_id: str, source: SourceObject, split: _Split) -> SubmitOutcome:
         if split.rejected:
@@ -283,6 +361,18 @@ LEASE_POLL_SECONDS = 0.5
 # A lease whose shard is still PENDING this long after it was taken lost its holder between
 # taking the lease and recording the intent.
 STALE_PENDING_LEASE = 60.0
+
+
+def _lines_body_size(key: str, object_bytes: int, shard: dict[str, object]) -> int:
+    """The create body size recorded for a JSON Lines shard, checked against its object
+    before anything is sent: a body of another length would never be a whole request."""
+    recorded = int(shard["size"])  # type: ignore[call-overload]
+    if recorded not in lines_body_bytes(object_bytes, int(shard["requests"])):  # type: ignore[call-overload]
+        raise ShardBodyError(
+            f"{key}: {object_bytes} bytes and {shard['requests']} requests cannot make the recorded "
+            f"{recorded}-byte create body; the shard is left unsent"
+        )
+    return recorded
 
 
 def _iso(moment: datetime) -> str:
@@ -380,12 +470,17 @@ class ShardCreator:
     def _create_holding_lease(self, job_id: str, index: int, shard: dict[str, object], owner: str) -> CreateResult:
         """The create itself, under the lease."""
         # Opened before the intent: a shard that cannot be read never becomes "maybe sent".
-        size, body = self._store.open(str(shard["key"]))
+        key = str(shard["key"])
+        size, body = self._store.open(key)
         try:
+            chunks = body.iter_chunks(READ_BYTES)
+            if holds_lines(key):
+                size = _lines_body_size(key, size, shard)
+                chunks = create_body(chunks)
             sent_at = self._now()
             if not self._state.begin_submit(job_id, index, sent_at, owner):
                 return CreateResult.SKIPPED  # the shard moved, the job is canceled, or the lease was lost
-            batch = self._api.create(body.iter_chunks(READ_BYTES), size)
+            batch = self._api.create(chunks, size)
         except ProviderRejectedError as exc:
             if exc.status in FINAL_REFUSALS:
                 # Claimed as REFUSED before anything is written; the checker writes an

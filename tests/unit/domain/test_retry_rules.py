@@ -49,8 +49,8 @@ def test_the_error_type_is_read_from_the_nested_envelope() -> None:
 def test_each_attempt_has_its_own_part_and_body() -> None:
     assert results_part_key("jabc", 3, 1) == "results/jabc/results-00003.jsonl"
     assert results_part_key("jabc", 3, 2) == "results/jabc/results-00003-a2.jsonl"
-    assert shard_key("jabc", 3) == "work/jabc/shard-00003.json"
-    assert shard_key("jabc", 3, 3) == "work/jabc/shard-00003-a3.json"
+    assert shard_key("jabc", 3) == "work/jabc/shard-00003.jsonl"
+    assert shard_key("jabc", 3, 3) == "work/jabc/shard-00003-a3.jsonl"
 
 
 def test_lines_for_requests_never_taken_have_the_api_shape() -> None:

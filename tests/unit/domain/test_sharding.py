@@ -21,7 +21,10 @@ from batchdrop.domain.shards import (
     assign_shards,
     body_chunks,
     body_requests,
+    create_body,
     create_body_bytes,
+    holds_lines,
+    lines_body_bytes,
     shard_key,
 )
 
@@ -175,8 +178,8 @@ def test_at_the_real_byte_limit_shards_hold_what_256_mb_allows() -> None:
 
 
 def test_shard_keys_sort_in_shard_order() -> None:
-    assert shard_key("jabc", 0) == "work/jabc/shard-00000.json"
-    assert shard_key("jabc", 12) == "work/jabc/shard-00012.json"
+    assert shard_key("jabc", 0) == "work/jabc/shard-00000.jsonl"
+    assert shard_key("jabc", 12) == "work/jabc/shard-00012.jsonl"
     assert sorted(shard_key("j", n) for n in (10, 2, 1)) == [shard_key("j", n) for n in (1, 2, 10)]
 
 
@@ -218,3 +221,44 @@ def test_assign_shards_is_lazy() -> None:
     assigned = assign_shards(_endless_lines(), ShardLimits(max_requests=2, max_bytes=1000))
     # When five are taken / Then they come, without the stream being exhausted
     assert [index for index, _ in (next(assigned) for _ in range(5))] == [0, 0, 1, 1, 2]
+
+
+# --- JSON Lines shards: the create body is made while it is sent --------------------------
+
+
+@st.composite
+def shard_as_read(draw: st.DrawFn) -> tuple[list[ValidLine], bytes, list[bytes]]:
+    """Request lines (separators and envelope bytes inside strings), their JSON Lines shard
+    with or without a last newline, and that shard cut into chunks anywhere, as S3 streams."""
+    texts = draw(st.lists(st.text(alphabet=',]}{[\\"\n\r x', max_size=12), min_size=1, max_size=20))
+    lines = [
+        ValidLine(n, f"id-{n}", json.dumps({"custom_id": f"id-{n}", "t": t}).encode()) for n, t in enumerate(texts)
+    ]
+    shard = b"\n".join(line.body for line in lines) + (b"\n" if draw(st.booleans()) else b"")
+    cuts = sorted(draw(st.lists(st.integers(0, len(shard)), max_size=8)))
+    chunks = [shard[a:b] for a, b in zip([0, *cuts], [*cuts, len(shard)], strict=True)]
+    return lines, shard, chunks
+
+
+@given(shard_as_read())
+def test_a_lines_shard_streams_as_the_create_body_of_its_lines(
+    case: tuple[list[ValidLine], bytes, list[bytes]],
+) -> None:
+    # Given a JSON Lines shard read in chunks cut anywhere (empty ones too)
+    lines, shard, chunks = case
+    # When its create body is streamed
+    body = b"".join(create_body(iter(chunks)))
+    # Then it is byte for byte the body of its lines, of one of the two sizes its object allows
+    assert body == body_of(lines)
+    assert json.loads(body) == {"requests": [json.loads(line.body) for line in lines]}
+    with_newline, without = lines_body_bytes(len(shard), len(lines))
+    assert len(body) == (with_newline if shard.endswith(b"\n") else without)
+    # And its requests read back line by line, as retries read them
+    assert list(body_requests(shard.splitlines(keepends=True))) == [line.body for line in lines]
+
+
+def test_shards_written_before_json_lines_are_sent_as_they_are() -> None:
+    # Given the keys of this version's shards and retries, and of an earlier version's
+    # Then only the JSON Lines ones are wrapped in an envelope when sent
+    assert [holds_lines(key) for key in (shard_key("j", 0), shard_key("j", 0, 2))] == [True, True]
+    assert [holds_lines(key) for key in ("work/j/shard-00000.json", "work/j/shard-00000-a2.json")] == [False, False]

@@ -7,7 +7,7 @@ import gzip
 import io
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,36 @@ READ_BYTES = 1024 * 1024
 # Parts sent at once, by as many threads, while the next one fills: uploads overlap the
 # parsing that produces them, and memory stays bounded (the part filling plus these).
 PARTS_IN_FLIGHT = 2
+
+
+@dataclass(frozen=True)
+class SourceRange:
+    """Bytes [start, end) of one object version in `bucket`."""
+
+    bucket: str
+    key: str
+    version_id: str
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def copy_source(self) -> dict[str, str]:
+        return {"Bucket": self.bucket, "Key": self.key, "VersionId": self.version_id}
+
+    def read(self, client: Any) -> Iterator[bytes]:
+        if not self.size:
+            return
+        body = client.get_object(
+            Bucket=self.bucket, Key=self.key, VersionId=self.version_id, Range=f"bytes={self.start}-{self.end - 1}"
+        )["Body"]
+        try:
+            yield from body.iter_chunks(READ_BYTES)
+        finally:
+            body.close()
 
 
 @dataclass(frozen=True)
@@ -115,6 +145,31 @@ class ObjectStore:
             for version in page.get("Versions", []):
                 yield ObjectVersion(version["Key"], version.get("VersionId"), version["LastModified"])
 
+    def copy(self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False) -> bool:
+        """Write `key` as a copy of the range, made by S3 itself: the `whole` object version
+        is one CopyObject, a part of one a multipart upload of that range. With `if_absent`,
+        False when the key held an object already (it stays)."""
+        writer = self.writer(key, content_type, if_absent=if_absent)
+        if not whole:
+            writer.copy_from(source)
+            return writer.close()
+        if if_absent:
+            writer.abort_unfinished()
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource=source.copy_source,
+                ContentType=content_type,
+                MetadataDirective="REPLACE",
+                **({"IfNoneMatch": "*"} if if_absent else {}),
+            )
+        except Exception as exc:
+            if if_absent and _precondition_failed(exc):
+                return False
+            raise
+        return True
+
     def writer(self, key: str, content_type: str, *, if_absent: bool = False) -> MultipartWriter:
         return MultipartWriter(self.client, self.bucket, key, content_type, if_absent=if_absent)
 
@@ -158,9 +213,16 @@ class MultipartWriter:
             self._flush_part()
 
     def _flush_part(self) -> None:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._send_part(self._upload_part, data)
+
+    def _send_part(self, send: Callable[[str, int, Any], dict[str, Any]], data: Any) -> None:
+        """Start `send(upload_id, part_number, data)` in the background, once fewer than
+        PARTS_IN_FLIGHT parts are on their way; the upload begins with the first part."""
         if self._upload_id is None:
             if self._condition:
-                self._abort_unfinished()
+                self.abort_unfinished()
             created = self._client.create_multipart_upload(
                 Bucket=self._bucket, Key=self.key, ContentType=self._content_type
             )
@@ -172,15 +234,37 @@ class MultipartWriter:
 
             self._sender = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="part-upload")
         number = len(self._parts) + len(self._sending) + 1
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        self._sending.append(self._sender.submit(self._upload_part, self._upload_id, number, data))
+        self._sending.append(self._sender.submit(send, self._upload_id, number, data))
 
     def _upload_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         part = self._client.upload_part(
             Bucket=self._bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=data
         )
         return {"PartNumber": number, "ETag": part["ETag"]}
+
+    def copy_from(self, source: SourceRange) -> None:
+        """Begin the object with a range of another object version's bytes. S3 copies a range
+        of a part's size or more itself (UploadPartCopy), so its bytes never pass through
+        here; a shorter one is read and written."""
+        if self.size:
+            raise ValueError(f"{self.key}: a copied range must come first")
+        if source.size < PART_BYTES:
+            for chunk in source.read(self._client):
+                self.write(chunk)
+            return
+        self._send_part(self._copy_part, source)
+        self.size = source.size
+
+    def _copy_part(self, upload_id: str, number: int, source: SourceRange) -> dict[str, Any]:
+        part = self._client.upload_part_copy(
+            Bucket=self._bucket,
+            Key=self.key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource=source.copy_source,
+            CopySourceRange=f"bytes={source.start}-{source.end - 1}",
+        )
+        return {"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]}
 
     def _sent(self) -> None:
         """Wait for every part on its way; the first failure is raised."""
@@ -228,7 +312,7 @@ class MultipartWriter:
         self.created = True
         return True
 
-    def _abort_unfinished(self) -> None:
+    def abort_unfinished(self) -> None:
         """A resumable output (written if absent) may have an upload a killed run left open:
         abort it, so no incomplete upload outlives the run that takes over."""
         answer = self._client.list_multipart_uploads(Bucket=self._bucket, Prefix=self.key)

@@ -1,5 +1,10 @@
 """Cutting a stream of valid request lines into batches that respect both API limits (requests
-per batch and bytes per create body), and streaming each batch's create body."""
+per batch and bytes per create body), and streaming each batch's create body.
+
+A shard is kept in work/ as JSON Lines, one request per line (`shard-00000.jsonl`): when the
+source's lines are already exactly that, the shard is a server-side copy of their bytes.
+Its create body is made while it is sent: `{"requests":[` + the lines joined by `,` + `]}`.
+Shards written before this format (`.json`) are create bodies already, sent as they are."""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from dataclasses import dataclass
 
 from batchdrop.domain.requests import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, ValidLine
 
-# One request per line (a compact request body never holds a raw newline), so a shard's
-# requests can be read back line by line to build a retry body.
+# One request per line (a request line never holds a raw newline: JSON escapes them in
+# strings), so a shard's requests can be read back line by line to build a retry body.
 ENVELOPE_OPEN = b'{"requests":[\n'
 ENVELOPE_CLOSE = b"\n]}"
 SEPARATOR = b",\n"
@@ -74,10 +79,39 @@ def body_chunks(lines: Iterable[ValidLine]) -> Iterator[bytes]:
 
 
 def shard_key(job_id: str, index: int, attempt: int = 1) -> str:
-    """Where a shard's create body is kept: work/<job_id>/shard-00000.json, and the body of
-    its retry at attempt N (the requests to send again): work/<job_id>/shard-00000-aN.json."""
+    """Where a shard's requests are kept: work/<job_id>/shard-00000.jsonl, and the requests
+    of its retry at attempt N (those to send again): work/<job_id>/shard-00000-aN.jsonl."""
     suffix = f"-a{attempt}" if attempt > 1 else ""
-    return f"work/{job_id}/shard-{index:05d}{suffix}.json"
+    return f"work/{job_id}/shard-{index:05d}{suffix}.jsonl"
+
+
+def holds_lines(key: str) -> bool:
+    """Whether the shard at `key` is JSON Lines (sent through `create_body`); the `.json`
+    shards of earlier versions are whole create bodies."""
+    return key.endswith(".jsonl")
+
+
+def create_body(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The create body of a JSON Lines shard read as `chunks` of any size: ENVELOPE_OPEN, the
+    lines joined by SEPARATOR, ENVELOPE_CLOSE; the last line's newline, if any, is dropped.
+    Each chunk is rewritten once (`bytes.replace`), so the body streams at memory speed."""
+    yield ENVELOPE_OPEN
+    newline_held = False
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if newline_held:  # more bytes follow: the held newline ended a line that is not the last
+            yield _SEPARATOR
+        newline_held = chunk.endswith(b"\n")
+        yield (chunk[:-1] if newline_held else chunk).replace(b"\n", _SEPARATOR)
+    yield ENVELOPE_CLOSE
+
+
+def lines_body_bytes(object_bytes: int, requests: int) -> tuple[int, int]:
+    """The create body sizes a JSON Lines shard of `object_bytes` holding `requests` lines
+    can have: its last line ends in a newline, or (copied from the end of a file) it does not."""
+    with_newline = create_body_bytes(requests, object_bytes - requests)
+    return with_newline, with_newline + 1
 
 
 def body_requests(lines: Iterable[bytes]) -> Iterator[bytes]:
