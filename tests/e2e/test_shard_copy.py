@@ -241,3 +241,36 @@ def test_a_shard_whose_object_cannot_make_its_recorded_body_is_never_sent(stack:
         assert fresh.state.get_create_lease() is None
     finally:
         fresh.close()
+
+
+def test_a_shard_written_by_an_earlier_version_is_sent_as_the_create_body_it_is(stack: LocalStack) -> None:
+    # Given a recorded shard of an earlier version: a whole create body at a .json key
+    from batchdrop.adapters.state import ShardPlan
+    from batchdrop.domain.requests import ValidLine
+    from batchdrop.domain.shards import body_chunks
+    from batchdrop.submit import CreateResult, ShardCreator
+
+    job_id = "jearlierjsonshard0000000"
+    lines = [ValidLine(n, json.loads(line)["custom_id"], line) for n, line in enumerate(_lines(3, 100, first=6))]
+    body = b"".join(body_chunks(lines))
+    key = f"work/{job_id}/shard-00000.json"
+    fresh = fresh_adapters(stack)
+    try:
+        stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
+        fresh.state.create_job(
+            job_id, {"bucket": stack.bucket_name, "key": "inbox/x", "version_id": "v"}, wiring.utc_now()
+        )
+        fresh.state.record_shards(job_id, [ShardPlan(0, key, 3, len(body))], requested=3, rejected=0)
+        before = stack.emulator_control().custom_ids()
+
+        # When it is created
+        created = ShardCreator(fresh.store, fresh.state, fresh.api, wiring.utc_now).create(
+            job_id, fresh.state.get_shard(job_id, 0)
+        )
+    finally:
+        fresh.close()
+
+    # Then its body went as it is: one batch of its three requests
+    assert created is CreateResult.CREATED
+    sent = Counter(stack.emulator_control().custom_ids()) - Counter(before)
+    assert sent == Counter({line.custom_id: 1 for line in lines})
