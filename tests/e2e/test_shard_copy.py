@@ -10,15 +10,18 @@ import gzip
 import json
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from batchdrop import wiring
 from batchdrop.adapters.objects import PART_BYTES
-from batchdrop.domain.shards import ShardLimits, shard_key
-from batchdrop.submit import SourceObject, Submitter
-from batchdrop_local.calls import CallCounter, fresh_adapters
+from batchdrop.adapters.state import ShardPlan
+from batchdrop.domain.jobs import job_id_for
+from batchdrop.domain.requests import ValidLine
+from batchdrop.domain.shards import ShardLimits, body_chunks, lines_body_bytes, shard_key
+from batchdrop.errors import ShardBodyError
+from batchdrop.submit import CreateResult, ShardCreator, SourceObject, Submitter
+from batchdrop_local.calls import CallCounter, FreshAdapters, fresh_adapters
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.soak import read_object
 from batchdrop_local.stack import LocalStack
@@ -184,9 +187,7 @@ def test_lines_that_are_not_exactly_requests_are_written_one_per_line(
     _finish(stack, runner, job_id, joined)
 
 
-def test_a_copy_that_finds_the_shard_written_keeps_the_first(
-    stack: LocalStack, runner: LocalRunner, tmp_path: Path
-) -> None:
+def test_a_copy_that_finds_the_shard_written_keeps_the_first(stack: LocalStack, runner: LocalRunner) -> None:
     # Given a clean file whose shard another invocation has already written, with other bytes
     body = b"\n".join(_lines(4, 100, first=4)) + b"\n"
     key = "inbox/copy/raced.jsonl"
@@ -195,8 +196,6 @@ def test_a_copy_that_finds_the_shard_written_keeps_the_first(
     source = SourceObject(stack.bucket_name, key, version)
     fresh = fresh_adapters(stack)
     try:
-        from batchdrop.domain.jobs import job_id_for
-
         job_id = job_id_for(stack.bucket_name, key, version)
         stack.client("s3").put_object(Bucket=stack.bucket_name, Key=shard_key(job_id, 0), Body=b"first\n")
 
@@ -212,23 +211,20 @@ def test_a_copy_that_finds_the_shard_written_keeps_the_first(
     assert read_object(stack, shard_key(job_id, 0)) == b"first\n"
 
 
+def _record_one_shard(stack: LocalStack, fresh: FreshAdapters, job_id: str, key: str, body: bytes, size: int) -> None:
+    """A job of one recorded shard of 3 requests: `body` at `key`, recorded with `size`."""
+    stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
+    fresh.state.create_job(job_id, {"bucket": stack.bucket_name, "key": "inbox/x", "version_id": "v"}, wiring.utc_now())
+    fresh.state.record_shards(job_id, [ShardPlan(0, key, 3, size)], requested=3, rejected=0)
+
+
 def test_a_shard_whose_object_cannot_make_its_recorded_body_is_never_sent(stack: LocalStack) -> None:
     # Given a recorded shard whose object holds 3 lines but whose recorded body size is off by 2
-    from batchdrop.adapters.state import ShardPlan
-    from batchdrop.domain.shards import lines_body_bytes
-    from batchdrop.errors import ShardBodyError
-    from batchdrop.submit import ShardCreator
-
     job_id = "jbadbodysize000000000000"
     lines = b"".join(line + b"\n" for line in _lines(3, 100, first=5))
     fresh = fresh_adapters(stack)
     try:
-        stack.client("s3").put_object(Bucket=stack.bucket_name, Key=shard_key(job_id, 0), Body=lines)
-        fresh.state.create_job(
-            job_id, {"bucket": stack.bucket_name, "key": "inbox/x", "version_id": "v"}, wiring.utc_now()
-        )
-        size = lines_body_bytes(len(lines), 3)[0] + 2
-        fresh.state.record_shards(job_id, [ShardPlan(0, shard_key(job_id, 0), 3, size)], requested=3, rejected=0)
+        _record_one_shard(stack, fresh, job_id, shard_key(job_id, 0), lines, lines_body_bytes(len(lines), 3)[0] + 2)
         before = stack.emulator_control().counters()["creates_accepted"]
 
         # When its create is attempted / Then it is refused before any intent or byte is sent
@@ -245,22 +241,13 @@ def test_a_shard_whose_object_cannot_make_its_recorded_body_is_never_sent(stack:
 
 def test_a_shard_written_by_an_earlier_version_is_sent_as_the_create_body_it_is(stack: LocalStack) -> None:
     # Given a recorded shard of an earlier version: a whole create body at a .json key
-    from batchdrop.adapters.state import ShardPlan
-    from batchdrop.domain.requests import ValidLine
-    from batchdrop.domain.shards import body_chunks
-    from batchdrop.submit import CreateResult, ShardCreator
-
     job_id = "jearlierjsonshard0000000"
     lines = [ValidLine(n, json.loads(line)["custom_id"], line) for n, line in enumerate(_lines(3, 100, first=6))]
     body = b"".join(body_chunks(lines))
     key = f"work/{job_id}/shard-00000.json"
     fresh = fresh_adapters(stack)
     try:
-        stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
-        fresh.state.create_job(
-            job_id, {"bucket": stack.bucket_name, "key": "inbox/x", "version_id": "v"}, wiring.utc_now()
-        )
-        fresh.state.record_shards(job_id, [ShardPlan(0, key, 3, len(body))], requested=3, rejected=0)
+        _record_one_shard(stack, fresh, job_id, key, body, len(body))
         before = stack.emulator_control().custom_ids()
 
         # When it is created

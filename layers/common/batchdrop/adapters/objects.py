@@ -151,8 +151,9 @@ class ObjectStore:
         False when the key held an object already (it stays)."""
         writer = self.writer(key, content_type, if_absent=if_absent)
         if not whole:
-            writer.copy_from(source)
-            return writer.close()
+            with writer:  # aborted if the range cannot be copied
+                writer.copy_from(source)
+            return writer.created
         if if_absent:
             writer.abort_unfinished()
         try:
