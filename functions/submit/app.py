@@ -51,7 +51,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         if not version_id:
             # The bucket is versioned: without a version id the job's identity is unknown.
             raise BadEventError(f"S3 record for {key!r} has no versionId; refusing to guess the object version")
-        outcome = submitter.submit(SourceObject(s3["bucket"]["name"], key, version_id))
+        outcome = submitter.submit(SourceObject(s3["bucket"]["name"], key, version_id, obj.get("size")))
         metrics.add_metric("DuplicateEvents" if outcome.duplicate else "ObjectsReceived", MetricUnit.Count, 1)
         metrics.add_metric("BatchesCreated", MetricUnit.Count, outcome.submitted)
         outcomes.append({"job_id": outcome.job_id, "status": outcome.status, "duplicate": outcome.duplicate})

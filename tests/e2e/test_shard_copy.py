@@ -8,25 +8,34 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 
 from batchdrop import wiring
-from batchdrop.adapters.objects import PART_BYTES
+from batchdrop.adapters.objects import PART_BYTES, SourceRange
 from batchdrop.adapters.state import ShardPlan
 from batchdrop.domain.jobs import job_id_for
 from batchdrop.domain.requests import ValidLine
-from batchdrop.domain.shards import ShardLimits, body_chunks, lines_body_bytes, shard_key
+from batchdrop.domain.shards import ShardLimits, body_chunks, lines_body_bytes, shard_key, whole_copy_key
 from batchdrop.errors import ShardBodyError
-from batchdrop.submit import CreateResult, ShardCreator, SourceObject, Submitter
+from batchdrop.submit import EARLY_COPY_BYTES, CreateResult, ShardCreator, SourceObject, Submitter
 from batchdrop_local.calls import CallCounter, FreshAdapters, fresh_adapters
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.soak import read_object
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import request_lines
-from tests.e2e.support import assert_each_request_once, input_ids, open_uploads, run_to_the_end, shard_items
+from tests.e2e.support import (
+    assert_each_request_once,
+    input_ids,
+    open_uploads,
+    run_to_the_end,
+    shard_items,
+    upload_bytes,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
@@ -53,18 +62,29 @@ def _lines(count: int, line_bytes: int = 0, first: int = 0) -> list[bytes]:
 
 
 def _submit(
-    stack: LocalStack, runner: LocalRunner, key: str, body: bytes, limits: ShardLimits | None = None
+    stack: LocalStack,
+    runner: LocalRunner,
+    key: str,
+    body: bytes,
+    limits: ShardLimits | None = None,
+    *,
+    early_copy_bytes: int | None = None,
+    prepare: Callable[[FreshAdapters], None] | None = None,
 ) -> tuple[str, Counter[str]]:
     """Upload `body` at `key` and submit it as the function would, counting S3 calls: the
-    job id and the S3 operations the submit made."""
+    job id and the S3 operations the submit made. Without `early_copy_bytes` the event
+    carries no size, so no early copy is made; `prepare` may wrap the adapters first."""
     version = str(stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"])
     runner.lose_event(key, version)  # submitted here, with the limits asked for
+    size = None if early_copy_bytes is None else len(body)
+    early = {} if early_copy_bytes is None else {"early_copy_bytes": early_copy_bytes}
     with CallCounter() as calls:
         fresh = fresh_adapters(stack)
+        if prepare is not None:
+            prepare(fresh)
         try:
-            outcome = Submitter(fresh.store, fresh.state, fresh.api, wiring.utc_now, limits=limits).submit(
-                SourceObject(stack.bucket_name, key, version)
-            )
+            submitter = Submitter(fresh.store, fresh.state, fresh.api, wiring.utc_now, limits=limits, **early)
+            outcome = submitter.submit(SourceObject(stack.bucket_name, key, version, size))
         finally:
             fresh.close()
     assert outcome.status == "RUNNING"
@@ -85,6 +105,16 @@ def _finish(stack: LocalStack, runner: LocalRunner, job_id: str, lines: bytes, s
     assert open_uploads(stack, f"work/{job_id}/") == []
 
 
+def _assert_one_copy_and_no_upload(s3: Counter[str]) -> None:
+    """One CopyObject made the shard; no byte of it was sent from the function."""
+    assert {op: s3[op] for op in ("CopyObject", "UploadPartCopy", *UPLOADS)} == {
+        "CopyObject": 1,
+        "UploadPartCopy": 0,
+        "PutObject": 0,
+        "UploadPart": 0,
+    }
+
+
 @pytest.mark.parametrize("last_newline", [True, False], ids=["ending-in-newline", "no-last-newline"])
 def test_a_file_of_exact_request_lines_is_copied_by_s3_whole(
     stack: LocalStack, runner: LocalRunner, last_newline: bool
@@ -97,12 +127,7 @@ def test_a_file_of_exact_request_lines_is_copied_by_s3_whole(
 
     # Then its one shard is the file itself, made by one CopyObject: no byte of it was uploaded
     assert _shards(stack, job_id) == [body]
-    assert {op: s3[op] for op in ("CopyObject", "UploadPartCopy", *UPLOADS)} == {
-        "CopyObject": 1,
-        "UploadPartCopy": 0,
-        "PutObject": 0,
-        "UploadPart": 0,
-    }
+    _assert_one_copy_and_no_upload(s3)
     _finish(stack, runner, job_id, body)
 
 
@@ -209,6 +234,172 @@ def test_a_copy_that_finds_the_shard_written_keeps_the_first(stack: LocalStack, 
     versions = stack.client("s3").list_object_versions(Bucket=stack.bucket_name, Prefix=shard_key(job_id, 0))
     assert len(versions["Versions"]) == 1
     assert read_object(stack, shard_key(job_id, 0)) == b"first\n"
+
+
+# --- the early copy: a file that may be one clean shard is copied whole while it is read
+
+
+def _exists(stack: LocalStack, key: str) -> bool:
+    return stack.client("s3").list_objects_v2(Bucket=stack.bucket_name, Prefix=key).get("KeyCount", 0) > 0
+
+
+def _shard_keys(stack: LocalStack, job_id: str) -> list[str]:
+    items = sorted(shard_items(stack, job_id), key=lambda item: int(item["index"]["N"]))
+    return [item["key"]["S"] for item in items]
+
+
+def test_a_file_that_may_be_one_clean_shard_is_copied_by_s3_while_it_is_read(
+    stack: LocalStack, runner: LocalRunner
+) -> None:
+    # Given a clean file of one shard, at the size from which the copy starts early
+    body = b"\n".join(_lines(40, 300, first=7)) + b"\n"
+    # And a read that pauses after the first line until S3 has been asked for the copy
+    asked = threading.Event()
+    waited: list[bool] = []
+
+    def prepare(fresh: FreshAdapters) -> None:
+        lines_of, copy = fresh.store.lines, fresh.store.copy
+
+        def paused_lines(key: str, version_id: str | None = None) -> Iterator[bytes]:
+            for number, line in enumerate(lines_of(key, version_id), start=1):
+                if number == 2:
+                    waited.append(asked.wait(timeout=10))
+                yield line
+
+        def copy_asked(source: SourceRange, key: str, *args: object, **kwargs: object) -> bool:
+            if key.endswith("/source.jsonl"):
+                asked.set()
+            return copy(source, key, *args, **kwargs)  # type: ignore[arg-type]
+
+        fresh.store.lines = paused_lines  # type: ignore[method-assign]
+        fresh.store.copy = copy_asked  # type: ignore[method-assign]
+
+    # When it is submitted
+    job_id, s3 = _submit(stack, runner, "inbox/copy/early.jsonl", body, early_copy_bytes=len(body), prepare=prepare)
+
+    # Then S3 was asked to copy the whole file before its second line was read
+    assert waited == [True]
+    # And that copy is the job's one shard: the file's bytes, one CopyObject, nothing uploaded
+    assert _shard_keys(stack, job_id) == [whole_copy_key(job_id)]
+    assert read_object(stack, whole_copy_key(job_id)) == body
+    assert not _exists(stack, shard_key(job_id, 0))
+    _assert_one_copy_and_no_upload(s3)
+    _finish(stack, runner, job_id, body)
+
+
+@pytest.mark.parametrize("shape", ["rejected-line", "more-requests-than-a-shard"])
+def test_an_early_copy_of_a_file_that_is_not_one_clean_shard_is_left_unused(
+    stack: LocalStack, runner: LocalRunner, shape: str
+) -> None:
+    # Given a file whose first line is a request, but which is not one clean shard: a later
+    # line is not a request, or it holds more requests than a shard may
+    lines = _lines(7, 300, first=8)
+    if shape == "rejected-line":
+        body, limits, valid = b"\n".join([*lines[:3], b"not a request", *lines[3:]]) + b"\n", None, lines
+    else:
+        body, limits, valid = b"\n".join(lines) + b"\n", ShardLimits(max_requests=3), lines
+
+    # When it is submitted with the early copy on
+    job_id, _ = _submit(stack, runner, f"inbox/copy/early-{shape}.jsonl", body, limits, early_copy_bytes=1)
+
+    # Then the shards are their own objects, each request once across them, as without it
+    groups = [valid] if limits is None else [valid[:3], valid[3:6], valid[6:]]
+    assert _shards(stack, job_id) == [b"".join(line + b"\n" for line in group) for group in groups]
+    # And the early copy is the file's bytes, recorded nowhere, left to expire with work/
+    assert read_object(stack, whole_copy_key(job_id)) == body
+    status = "COMPLETED_WITH_ERRORS" if shape == "rejected-line" else "COMPLETED"
+    _finish(stack, runner, job_id, b"\n".join(valid), status)
+
+
+@pytest.mark.parametrize("case", ["crlf", "blank-first-line", "larger-than-a-shard", "smaller-than-the-threshold"])
+def test_no_early_copy_is_made_of_a_file_that_cannot_be_one_clean_shard_or_is_small(
+    stack: LocalStack, runner: LocalRunner, case: str
+) -> None:
+    # Given a file whose first line is not exact (CRLF, a blank line before it), one larger
+    # than a shard's bytes, or one under the early copy's threshold
+    lines = _lines(6, 300, first=9)
+    clean = b"\n".join(lines) + b"\n"
+    body = {"crlf": b"\r\n".join(lines) + b"\r\n", "blank-first-line": b"\n" + clean}.get(case, clean)
+    limits = ShardLimits(max_bytes=len(body) // 2) if case == "larger-than-a-shard" else None
+    threshold = len(body) + 1 if case == "smaller-than-the-threshold" else 1
+
+    # When it is submitted
+    job_id, _ = _submit(stack, runner, f"inbox/copy/no-early-{case}.jsonl", body, limits, early_copy_bytes=threshold)
+
+    # Then S3 made no early copy; the shards are their own objects
+    assert not _exists(stack, whole_copy_key(job_id))
+    assert b"".join(_shards(stack, job_id)) == b"".join(line + b"\n" for line in lines)
+    _finish(stack, runner, job_id, clean)
+
+
+def test_an_early_copy_an_earlier_run_made_is_the_shard(stack: LocalStack, runner: LocalRunner) -> None:
+    # Given a clean file whose early copy a run killed before recording its job already made
+    body = b"\n".join(_lines(5, 300, first=10)) + b"\n"
+    key = "inbox/copy/early-resumed.jsonl"
+    s3 = stack.client("s3")
+    version = str(s3.put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"])
+    runner.lose_event(key, version)
+    job_id = job_id_for(stack.bucket_name, key, version)
+    s3.copy_object(
+        Bucket=stack.bucket_name,
+        Key=whole_copy_key(job_id),
+        CopySource={"Bucket": stack.bucket_name, "Key": key, "VersionId": version},
+    )
+
+    # When the job is submitted again
+    fresh = fresh_adapters(stack)
+    try:
+        submitter = Submitter(fresh.store, fresh.state, fresh.api, wiring.utc_now, early_copy_bytes=1)
+        outcome = submitter.submit(SourceObject(stack.bucket_name, key, version, len(body)))
+    finally:
+        fresh.close()
+
+    # Then its copy was refused (If-None-Match), and the first one is the shard, in one version
+    assert outcome.status == "RUNNING"
+    assert _shard_keys(stack, job_id) == [whole_copy_key(job_id)]
+    versions = s3.list_object_versions(Bucket=stack.bucket_name, Prefix=whole_copy_key(job_id))
+    assert len(versions["Versions"]) == 1
+    _finish(stack, runner, job_id, body)
+
+
+def test_a_failed_early_copy_leaves_the_shard_to_the_copy_at_the_end(stack: LocalStack, runner: LocalRunner) -> None:
+    # Given a clean file of one shard, and an S3 that fails the early copy
+    body = b"\n".join(_lines(5, 300, first=11)) + b"\n"
+
+    def prepare(fresh: FreshAdapters) -> None:
+        copy = fresh.store.copy
+
+        def failing_early_copy(source: SourceRange, key: str, *args: object, **kwargs: object) -> bool:
+            if key.endswith("/source.jsonl"):
+                raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "CopyObject")
+            return copy(source, key, *args, **kwargs)  # type: ignore[arg-type]
+
+        fresh.store.copy = failing_early_copy  # type: ignore[method-assign]
+
+    # When it is submitted
+    job_id, s3 = _submit(stack, runner, "inbox/copy/early-failed.jsonl", body, early_copy_bytes=1, prepare=prepare)
+
+    # Then its shard is copied when the file has been read, as without the early copy
+    assert _shards(stack, job_id) == [body]
+    assert s3["CopyObject"] == 1
+    _finish(stack, runner, job_id, body)
+
+
+def test_the_submit_function_copies_a_large_clean_file_early(stack: LocalStack, runner: LocalRunner) -> None:
+    # Given a clean file of one shard at the early copy's default threshold, uploaded
+    count = EARLY_COPY_BYTES // 2000 + 1
+    body = b"\n".join(_lines(count, 2000, first=12)) + b"\n"
+    assert len(body) >= EARLY_COPY_BYTES
+    job_id = upload_bytes(stack, "inbox/copy/early-large.jsonl", body)
+
+    # When its event reaches the submit function (the event carries the object's size)
+    _finish(stack, runner, job_id, body)
+
+    # Then the job's one shard was the early copy
+    assert _shard_keys(stack, job_id) == [whole_copy_key(job_id)]
+
+
+# --- recorded shards, sent by the create (these jobs are left unfinished: keep them last)
 
 
 def _record_one_shard(stack: LocalStack, fresh: FreshAdapters, job_id: str, key: str, body: bytes, size: int) -> None:

@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from batchdrop.adapters.batches import BatchesApi, create_window
-from batchdrop.adapters.objects import READ_BYTES, MultipartWriter, ObjectStore, SourceRange
+from batchdrop.adapters.objects import PART_BYTES, READ_BYTES, MultipartWriter, ObjectStore, SourceRange
 from batchdrop.adapters.state import ShardPlan, StateTable
 from batchdrop.domain import reconcile
 from batchdrop.domain.jobs import (
@@ -40,6 +41,7 @@ from batchdrop.domain.shards import (
     holds_lines,
     lines_body_bytes,
     shard_key,
+    whole_copy_key,
 )
 from batchdrop.errors import (
     ProviderOutcomeUnknownError,
@@ -49,6 +51,12 @@ from batchdrop.errors import (
 )
 from batchdrop.observability import logger, metrics
 
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+# A file of this size or more, up to one shard's, is copied by S3 while it is read (_EarlyCopy):
+# below it, the copy at the end takes no time worth saving.
+EARLY_COPY_BYTES = PART_BYTES
 # How long the submit function waits for another create to release the workspace's lease
 # before it leaves the shard to the checker's next tick.
 LEASE_WAIT_SECONDS = 30.0
@@ -59,6 +67,7 @@ class SourceObject:
     bucket: str
     key: str
     version_id: str
+    size: int | None = None  # as the event reports it (None: not known); only the early copy reads it
 
     def as_dict(self) -> dict[str, str]:
         return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id}
@@ -162,8 +171,12 @@ class _ShardOut:
             self._store.copy(
                 self._source_range(*self._range), self.key, SHARD_CONTENT_TYPE, whole=whole, if_absent=True
             )
+        return self.plan(self.key)
+
+    def plan(self, key: str) -> ShardPlan:
+        """The shard as recorded, kept at `key` (its own, or a copy of the same bytes)."""
         size = create_body_bytes(self._requests, self._line_bytes)
-        return ShardPlan(self.index, self.key, self._requests, size, self._digest.hex)
+        return ShardPlan(self.index, key, self._requests, size, self._digest.hex)
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -175,6 +188,33 @@ class _ShardOut:
 
 _NEWLINE = ord("\n")
 SHARD_CONTENT_TYPE = "application/x-ndjson"
+
+
+class _EarlyCopy:
+    """S3 copying the whole source version to work/ while the function reads and checks it.
+    A file that is one clean shard (the common large upload) is then ready as its shard when
+    the check ends, instead of being copied after it: the copy overlaps the reading.
+
+    Begun only once the first line is exact, for a file that may be one shard. Whatever the
+    check finds, the copy is the version's own bytes, so a copy an earlier or concurrent run
+    of the job made (the write is if-absent) is as good as this one's. A copy that is not
+    used (the file was not one clean shard) is left to expire with work/: no function may
+    delete an object."""
+
+    def __init__(self, store: ObjectStore, source: SourceObject, key: str, pool: Executor) -> None:
+        self._store = store
+        self.key = key
+        whole = SourceRange(source.bucket, source.key, source.version_id, 0, 0)
+        self._copying = pool.submit(store.copy, whole, key, SHARD_CONTENT_TYPE, whole=True, if_absent=True)
+
+    def ready(self) -> bool:
+        """Wait for the copy: whether the key now holds the whole version."""
+        try:
+            self._copying.result()
+        except Exception:  # the shard is then copied at the end, as without an early copy  # noqa: BLE001
+            logger.warning("the early copy of the file failed: its shard is copied now", exc_info=True)
+            return False
+        return True
 
 
 @dataclass
@@ -194,6 +234,7 @@ class Submitter:
         limits: ShardLimits | None = None,
         max_attempts: int = 3,
         lease_wait_seconds: float = LEASE_WAIT_SECONDS,
+        early_copy_bytes: int = EARLY_COPY_BYTES,
     ) -> None:
         self._store = store
         self._state = state
@@ -202,6 +243,7 @@ class Submitter:
         self._limits = limits or ShardLimits()
         self._max_attempts = max_attempts
         self._lease_wait = lease_wait_seconds
+        self._early_copy_bytes = early_copy_bytes
 
     def submit(self, source: SourceObject) -> SubmitOutcome:
         job_id = job_id_for(source.bucket, source.key, source.version_id)
@@ -254,7 +296,8 @@ class Submitter:
     def _split(self, job_id: str, source: SourceObject) -> _Split:
         """Stream the object once: rejected lines to errors/, valid ones into shards. A shard
         that ends before the object does is finished in the background (S3 copying a range,
-        or the last parts going up) while the next one fills; all are done before this returns."""
+        or the last parts going up) while the next one fills; all are done before this returns.
+        A file that may be one clean shard is copied whole by S3 meanwhile (_EarlyCopy)."""
         from concurrent.futures import Future, ThreadPoolExecutor
 
         split = _Split(shards=[])
@@ -264,7 +307,9 @@ class Submitter:
         copyable = not source.key.endswith(".gz")
         shard: _ShardOut | None = None
         closing: list[Future[ShardPlan]] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-close") as closer:
+        early: _EarlyCopy | None = None
+        may_copy_early = copyable and self._early_copy_bytes <= (source.size or 0) <= self._limits.max_bytes
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-close") as closer:
             try:
                 for index, line in assign_shards(self._valid(check_lines(reader), split, rejects), self._limits):
                     if shard is None or index != shard.index:
@@ -274,7 +319,11 @@ class Submitter:
                         # resumed one) writes the same bytes; the first complete copy stays.
                         shard = _ShardOut(self._store, source, index, shard_key(job_id, index), copyable=copyable)
                     shard.add(line, reader.start, reader.last)
-                last = shard.close(whole=shard.spans(0, reader.end)) if shard is not None else None
+                    if may_copy_early:  # the first valid line only
+                        may_copy_early = False
+                        if shard.spans(0, reader.end):
+                            early = _EarlyCopy(self._store, source, whole_copy_key(job_id), closer)
+                last = self._close_last(shard, reader, early) if shard is not None else None
                 shard = None
                 split.shards = [done.result() for done in closing] + ([last] if last else [])
                 rejects.close()
@@ -284,6 +333,15 @@ class Submitter:
                 rejects.abort()
                 raise
         return split
+
+    @staticmethod
+    def _close_last(shard: _ShardOut, reader: _LineReader, early: _EarlyCopy | None) -> ShardPlan:
+        """The last shard: the early copy, when the file is this one clean shard and S3 made it."""
+        whole = shard.spans(0, reader.end)
+        if early is not None and whole and early.ready():
+            return shard.plan(early.key)
+        # An early copy not used is left to expire with work/ (no function deletes an object).
+        return shard.close(whole=whole)
 
     @staticmethod
     def _valid(lines: Iterator[ValidLine | RejectedLine], split: _Split, rejects: _RejectSink) -> Iterator[ValidLine]:

@@ -56,7 +56,7 @@ class Sweeper:
                 continue
             report.seen += 1
             job_id = job_id_for(self._store.bucket, version.key, version.version_id)
-            candidates[job_id] = SourceObject(self._store.bucket, version.key, version.version_id)
+            candidates[job_id] = SourceObject(self._store.bucket, version.key, version.version_id, version.size)
         known = self._state.existing_jobs(candidates)
         for job_id, source in candidates.items():
             if job_id in known:

@@ -57,6 +57,7 @@ class ObjectVersion:
     key: str
     version_id: str | None
     last_modified: datetime
+    size: int | None = None
 
 
 class _RawStream(io.RawIOBase):
@@ -143,7 +144,8 @@ class ObjectStore:
         pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix)
         for page in pages:
             for version in page.get("Versions", []):
-                yield ObjectVersion(version["Key"], version.get("VersionId"), version["LastModified"])
+                key, version_id, size = version["Key"], version.get("VersionId"), version.get("Size")
+                yield ObjectVersion(key, version_id, version["LastModified"], size)
 
     def copy(self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False) -> bool:
         """Write `key` as a copy of the range, made by S3 itself: the `whole` object version

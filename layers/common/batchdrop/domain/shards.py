@@ -85,6 +85,14 @@ def shard_key(job_id: str, index: int, attempt: int = 1) -> str:
     return f"work/{job_id}/shard-{index:05d}{suffix}.jsonl"
 
 
+def whole_copy_key(job_id: str) -> str:
+    """Where S3 copies a whole uploaded file while the function reads it, when the file may
+    be one clean shard: work/<job_id>/source.jsonl. It is the job's one shard when the file
+    turns out to be exactly that (every line a request, one after another); else it is not
+    used, and expires with work/. Always a byte copy of the job's own object version."""
+    return f"work/{job_id}/source.jsonl"
+
+
 def holds_lines(key: str) -> bool:
     """Whether the shard at `key` is JSON Lines (sent through `create_body`); the `.json`
     shards of earlier versions are whole create bodies."""
