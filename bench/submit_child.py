@@ -4,6 +4,7 @@
     python -m bench.submit_child minimal EVENT.json   # validate line by line, stream the body
     python -m bench.submit_child naive EVENT.json     # the pattern most guides show
     python -m bench.submit_child s3-floor EVENT.json  # upload a copy to work/, read it back
+    python -m bench.submit_child parse-floor EVENT.json  # read the object, json.loads each line
 
 The environment is the function's (bench.submit sets it); ANTHROPIC_BASE_URL is the sink.
 Each path reads the same object version and sends the same requests to the same server."""
@@ -96,6 +97,21 @@ def s3_floor(event: dict[str, Any]) -> dict[str, Any]:
     return {"bytes": size, "read": read}
 
 
+def parse_floor(event: dict[str, Any]) -> dict[str, Any]:
+    """The least any path that checks its input pays on this stack: the object read from S3
+    and each line parsed with the standard library's json, nothing checked, written or sent."""
+    import boto3
+
+    bucket, key, version = _source(event)
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key, VersionId=version)["Body"]
+    requests = 0
+    for raw in body.iter_lines(chunk_size=1024 * 1024):
+        if raw.strip():
+            json.loads(raw)
+            requests += 1
+    return {"requests": requests}
+
+
 def naive(event: dict[str, Any]) -> dict[str, Any]:
     """The pattern most guides show: parse every line into a list, hand the list to the SDK."""
     import boto3
@@ -119,7 +135,8 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "functions" / "submit"))
         import app  # type: ignore[import-not-found]  # noqa: F401
     started = time.perf_counter()
-    figures = {"ours": ours, "minimal": minimal, "naive": naive, "s3-floor": s3_floor}[path](event)
+    paths = {"ours": ours, "minimal": minimal, "naive": naive, "s3-floor": s3_floor, "parse-floor": parse_floor}
+    figures = paths[path](event)
     report({**figures, "seconds": time.perf_counter() - started})
 
 

@@ -309,7 +309,10 @@ class Submitter:
         closing: list[Future[ShardPlan]] = []
         early: _EarlyCopy | None = None
         may_copy_early = copyable and self._early_copy_bytes <= (source.size or 0) <= self._limits.max_bytes
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-close") as closer:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-close") as closer,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-copy") as copier,
+        ):
             try:
                 for index, line in assign_shards(self._valid(check_lines(reader), split, rejects), self._limits):
                     if shard is None or index != shard.index:
@@ -322,7 +325,7 @@ class Submitter:
                     if may_copy_early:  # the first valid line only
                         may_copy_early = False
                         if shard.spans(0, reader.end):
-                            early = _EarlyCopy(self._store, source, whole_copy_key(job_id), closer)
+                            early = _EarlyCopy(self._store, source, whole_copy_key(job_id), copier)
                 last = self._close_last(shard, reader, early) if shard is not None else None
                 shard = None
                 split.shards = [done.result() for done in closing] + ([last] if last else [])
