@@ -202,7 +202,6 @@ class _EarlyCopy:
     delete an object."""
 
     def __init__(self, store: ObjectStore, source: SourceObject, key: str, pool: Executor) -> None:
-        self._store = store
         self.key = key
         whole = SourceRange(source.bucket, source.key, source.version_id, 0, 0)
         self._copying = pool.submit(store.copy, whole, key, SHARD_CONTENT_TYPE, whole=True, if_absent=True)
