@@ -615,6 +615,14 @@ class LocalRunner:
             self._record_failure(function, event, invocation)
         return invocation
 
+    @contextlib.contextmanager
+    def between_invocations(self) -> Iterator[None]:
+        """Hold invocations off while the caller changes `os.environ`: an invocation swaps its
+        function's variables in and puts back what it found when it ends, so a variable set
+        or removed during one would be undone when it ends."""
+        with self._invoke_lock:
+            yield
+
     def _invoke(self, function: FunctionSpec, event: dict[str, Any], attempt: int) -> Invocation:
         with self._invoke_lock, self._function_environment(function):
             context = LocalLambdaContext(

@@ -22,25 +22,37 @@ JOB_ID = re.compile(r"j[0-9a-f]{24}")  # as batchdrop.domain.jobs.job_id_for mak
 
 
 @pytest.fixture(scope="module")
-def running() -> Iterator[LocalStack]:
+def stack_and_runner() -> Iterator[tuple[LocalStack, LocalRunner]]:
     with (
         LocalStack(latency=0.5, parameters={"LogLevel": "WARNING"}) as stack,
-        LocalRunner(stack, tick_seconds=0.5, poll_seconds=0.1),
+        LocalRunner(stack, tick_seconds=0.5, poll_seconds=0.1) as runner,
     ):
-        yield stack
+        yield stack, runner
+
+
+@pytest.fixture(scope="module")
+def running(stack_and_runner: tuple[LocalStack, LocalRunner]) -> LocalStack:
+    return stack_and_runner[0]
 
 
 @pytest.fixture
-def user_env(running: LocalStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> LocalStack:
-    """The shell of a user who sourced .batchdrop/local.env."""
+def user_env(stack_and_runner: tuple[LocalStack, LocalRunner], tmp_path: Path) -> Iterator[LocalStack]:
+    """The shell of a user who sourced .batchdrop/local.env. The runner invokes handlers in
+    this process in the background, so the variables change between its invocations only:
+    one under way would otherwise put back, when it ends, a variable as it found it."""
+    running, runner = stack_and_runner
     env_file = tmp_path / "local.env"
     running.write_env_file(env_file)
-    for line in env_file.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            monkeypatch.setenv(name, shlex.split(value)[0] if value else "")
-    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    return running
+    with pytest.MonkeyPatch.context() as env:
+        with runner.between_invocations():
+            for line in env_file.read_text().splitlines():
+                if line and not line.startswith("#"):
+                    name, _, value = line.partition("=")
+                    env.setenv(name, shlex.split(value)[0] if value else "")
+            env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        yield running
+        with runner.between_invocations():
+            env.undo()
 
 
 def test_submit_wait_status_and_results_as_a_user(
@@ -78,11 +90,19 @@ def test_results_of_an_unfinished_job_says_so(user_env: LocalStack, capsys: pyte
     assert "not finished" in capsys.readouterr().err
 
 
-def test_commands_without_names_explain_where_to_get_them(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("BATCHDROP_BUCKET", raising=False)
-    monkeypatch.delenv("BATCHDROP_TABLE", raising=False)
+@pytest.fixture
+def shell_without_names(stack_and_runner: tuple[LocalStack, LocalRunner]) -> Iterator[None]:
+    """A shell without BATCHDROP_BUCKET and BATCHDROP_TABLE, for the whole test: an invocation
+    of the background runner sets them (they are the functions' too) while it runs."""
+    _, runner = stack_and_runner
+    with runner.between_invocations(), pytest.MonkeyPatch.context() as env:
+        env.delenv("BATCHDROP_BUCKET", raising=False)
+        env.delenv("BATCHDROP_TABLE", raising=False)
+        yield
+
+
+@pytest.mark.usefixtures("shell_without_names")
+def test_commands_without_names_explain_where_to_get_them(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["status"])
     assert exited.value.code == 2
@@ -177,11 +197,8 @@ def test_cancel_of_a_finished_job_says_so_and_writes_nothing(
     assert listing["KeyCount"] == 0
 
 
-def test_cancel_without_names_explains_where_to_get_them(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("BATCHDROP_BUCKET", raising=False)
-    monkeypatch.delenv("BATCHDROP_TABLE", raising=False)
+@pytest.mark.usefixtures("shell_without_names")
+def test_cancel_without_names_explains_where_to_get_them(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["cancel", "j" + "0" * 24])
     assert exited.value.code == 2
