@@ -1,4 +1,4 @@
-"""The checker at 1,000 open batches (issue 5): an idle tick, a tick over 1,000 batches in
+"""The checker at 1,000 open batches: an idle tick, a tick over 1,000 batches in
 progress (beside a bare loop of 1,000 SDK retrieves, measured in the same run), the tick
 that collects 1,000 ended batches against the function's timeout, and a tick cut short
 that leaves the rest to the next ones, with an audit of every request at the end.

@@ -1,4 +1,4 @@
-"""Cold start (issue 5): what each handler's `import app` costs from the built artifact, as
+"""Cold start: what each handler's `import app` costs from the built artifact, as
 Lambda runs it, with the bytecode `make build` ships beside the same artifact without it.
 
 Lambda imports /var/task/app.py, with the layer's python/ on the path, in a fresh interpreter

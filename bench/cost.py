@@ -1,4 +1,4 @@
-"""The cost of running batchdrop (issue 5): the pipeline's own AWS bill per million requests,
+"""The cost of running batchdrop: the pipeline's own AWS bill per million requests,
 computed from what a whole run on the local stack counted, beside the Anthropic batch bill
 for the same work (and the synchronous Messages API bill for the same tokens).
 

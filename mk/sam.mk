@@ -1,6 +1,6 @@
 # AWS SAM CLI targets, included by the main Makefile after PYTHON, BIN, STAMP and PYENV_ROOT.
 # SAM CLI lives in its own venv (.tools/sam), never in .venv: it pins boto3, click, cfn-lint
-# and others to versions that would fight the app's (../shared/LOCAL-TOOLING.md §1).
+# and others to versions that would fight the app's.
 
 SAM_VENV := .tools/sam
 SAM_BIN := $(SAM_VENV)/bin

@@ -130,7 +130,7 @@ def _add_local(commands: Any) -> None:
     local = commands.add_parser(
         "local",
         help="run batchdrop locally: moto, the emulator and both handlers",
-        description="The local stack (docs: DESIGN.md, Local stack): no AWS account, no Anthropic key.",
+        description="The local stack (docs/local.md): no AWS account, no Anthropic key.",
     )
     local_commands = local.add_subparsers(dest="local_command", required=True, metavar="COMMAND")
     up = local_commands.add_parser(

@@ -8,7 +8,7 @@ Events are files too: `load_event("s3-put-inbox")` reads `events/s3-put-inbox.js
 payloads `sam local invoke -e` uses.
 
 **How new versions are found.** moto delivers no notification to Lambda and its notifications
-carry no versionId and no sequencer (LOCAL-TOOLING.md §2), so the runner polls
+carry no versionId and no sequencer, so the runner polls
 `list_object_versions(Prefix=<trigger prefix>)` and treats every (key, version id) it has not
 seen as one `ObjectCreated` event, with the version id, size and eTag S3 reports and a
 sequencer that grows with each event. Versions present when the runner is created predate
@@ -71,7 +71,7 @@ HIDDEN_FROM_HANDLERS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 LOCAL_PRINCIPAL_ID = "AWS:AIDALOCALBATCHDROPUSER"
 LOCAL_OWNER_ID = "A1LOCALBATCHDROPOWNER"
 SOURCE_IP = "127.0.0.1"
-# DESIGN.md's layout: every job, however it ends, gets results/<job_id>/manifest.json.
+# The bucket's layout: every job, however it ends, gets results/<job_id>/manifest.json.
 RESULTS_PREFIX = "results/"
 MANIFEST_SUFFIX = "/manifest.json"
 
@@ -456,7 +456,7 @@ class LocalRunner:
 
     def lose_event(self, key: str, version_id: str) -> None:
         """Drop the notification of one object version, as S3 or Lambda's async queue may
-        (DESIGN.md, Failure model): it is never delivered, so only a sweep can start its job.
+        (S3 and Lambda's async queue may drop one): it is never delivered, so only a sweep can start its job.
         Call it before the version is delivered (synchronously: before `deliver_pending()` or
         `run_once()`); with the background threads running, pass `lose_events` instead. A
         notification already queued is taken off the queue; one already delivered raises
@@ -551,7 +551,7 @@ class LocalRunner:
 
     def drain(self, timeout: float = 60.0, idle: Callable[[], bool] | None = None) -> bool:
         """Deliver and tick until nothing is pending and `idle()` holds; False if `timeout`
-        seconds pass first. By default idle means DESIGN.md's end state: the table's sparse
+        seconds pass first. By default idle means the pipeline's end state: the table's sparse
         index of open batches is empty and every version the submit function accepted has a
         job with a `results/<job_id>/manifest.json` (duplicates of a version are one job)."""
         is_idle = idle or self.all_jobs_finished
@@ -568,7 +568,7 @@ class LocalRunner:
 
     def all_jobs_finished(self) -> bool:
         """No open batch, and each version accepted since this runner began has its own
-        job's manifest (DESIGN.md's layout: results/<job_id>/manifest.json)."""
+        job's manifest (results/<job_id>/manifest.json)."""
         from batchdrop.domain.jobs import job_id_for, manifest_key
 
         with self._records_lock:

@@ -6,7 +6,7 @@ left behind: every request accounted for exactly once, and nothing submitted twi
 `python -m batchdrop_local.soak --jobs 40 --requests 500 --shard-requests 200 --seed 7` (`make
 soak`) prints the figures and exits non-zero when an invariant fails; `run_soak()` returns them.
 
-"Nothing submitted twice" (RELIABILITY.md §10, properties 1 and 2): a request that errored
+"Nothing submitted twice" (docs/guarantees.md): a request that errored
 transiently or expired is legitimately sent again, once per attempt, so for every custom_id
 the emulator's count of times it was sent must equal the attempt its final result came from
 (the `-aN` suffix of its results part), and every batch the emulator accepted must be one a

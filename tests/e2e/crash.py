@@ -1,4 +1,4 @@
-"""Simulated process death for the crash-point tests (RELIABILITY.md §8, "Crash-consistency").
+"""Simulated process death for the crash-point tests: a Lambda killed at any line runs no cleanup.
 
 A `CrashPoint` wraps one method of the layer so that one call, the nth that counts, raises
 `Crash`: a BaseException, so no `except Exception` in the pipeline can swallow it, as

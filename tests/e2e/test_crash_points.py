@@ -1,5 +1,5 @@
 """A crash at any step of submit or of the checker loses nothing and sends nothing twice
-(issue 4; RELIABILITY.md §8 "Crash-consistency", §10 property 5). Each test kills the
+(docs/guarantees.md, crash consistency). Each test kills the
 process once at one step (tests/e2e/crash.py: a BaseException, no cleanup, the cached
 clients dropped), lets Lambda's retry and the next ticks run on the local stack, and
 checks from the emulator's counters and the result files that every request went out
@@ -184,7 +184,7 @@ def _finished(stack: LocalStack, job_id: str) -> bool:
     return keys.get("KeyCount", 0) > 0 and _job_items(stack, job_id)[0]["status"]["S"] == "COMPLETED"
 
 
-# The workspace's single-flight create lease (RELIABILITY.md §9 T6), if the table has one.
+# The workspace's single-flight create lease, if the table has one.
 CREATE_LEASE = {"PK": {"S": "CTRL"}, "SK": {"S": "CREATE_LEASE"}}
 
 

@@ -1,5 +1,5 @@
-"""No request is ever submitted twice, whatever happens to a create (issue 4, RELIABILITY.md
-§9): a lost response, a stall past the client's timeout, a full queue, a 500. Each test
+"""No request is ever submitted twice, whatever happens to a create (docs/guarantees.md):
+a lost response, a stall past the client's timeout, a full queue, a 500. Each test
 injects the fault in the emulator, runs the pipeline on the local stack, and checks from
 the emulator's counters and the result files that every request went out once and came
 back once."""

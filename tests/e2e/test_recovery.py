@@ -1,5 +1,5 @@
 """Transient failures are retried, final ones are not, refused bodies and canceled jobs
-still give every request one outcome (issue 4). Each test runs the pipeline on the local
+still give every request one outcome. Each test runs the pipeline on the local
 stack with the emulator's faults and checks the result files and the emulator's counters."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""No request is lost or sent twice, whatever order things happen in (RELIABILITY.md §10,
-property 2): a Hypothesis state machine interleaves uploads, overwrites, duplicate S3
+"""No request is lost or sent twice, whatever order things happen in (docs/guarantees.md):
+a Hypothesis state machine interleaves uploads, overwrites, duplicate S3
 events, event deliveries, checker ticks, time passing, emulator faults and process crashes
 on one local stack, checks cheap invariants after every step, and at the end drains the
 pipeline and audits everything (batchdrop_local.soak.audit): every input request exactly

@@ -1,4 +1,4 @@
-"""What one checker tick costs, in calls (issue 5): an idle tick is one query, and a busy
+"""What one checker tick costs, in calls: an idle tick is one query, and a busy
 tick grows with open batches, never with requests: one list call shows up to 1,000 of them,
 and a lone batch is retrieved. Exact counts, never times: CallCounter
 counts every AWS call of the tick's own clients, and the emulator counts the API requests

@@ -1,6 +1,6 @@
 """The emulator behaves as the Message Batches API, seen through the official `anthropic` SDK
 over real HTTP: create, poll, results, list pages, cancel, delete, 404s, expiry, archival and
-restarts (README; the spec's §10 checklist)."""
+restarts (docs/local.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settling unknown creates by listing (RELIABILITY.md §9 T4): the pure decisions."""
+"""Settling unknown creates by listing (docs/guarantees.md): the pure decisions."""
 
 from __future__ import annotations
 

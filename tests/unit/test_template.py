@@ -1,5 +1,5 @@
 """template.yaml as a specification: the storage, trigger, failure-handling and IAM properties
-issues 3 and 4 rely on (RELIABILITY.md §10), read from the template itself, never restated."""
+the pipeline's guarantees rely on, read from the template itself, never restated."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cfnlint.decode import decode_str
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
 
-# Lambda runs these triggers asynchronously: a failure must land somewhere (RELIABILITY.md §1.2).
+# Lambda runs these triggers asynchronously: a failure must land somewhere.
 ASYNC_EVENT_TYPES = {"S3", "SNS", "ScheduleV2", "Schedule", "EventBridgeRule", "CloudWatchEvent"}
 # Prefixes whose new objects trigger work (a new job, a cancel request); everything the
 # functions write lies elsewhere.
@@ -38,7 +38,7 @@ OPERATOR_OUTPUTS = {
     "MetricsNamespace",
 }
 FOURTEEN_DAYS = 14 * 24 * 3600
-# What the sweeper's schedule sends SubmitFunction (the lead's handler contract, issue 4).
+# What the sweeper's schedule sends SubmitFunction (the handler's contract).
 SWEEP_PAYLOAD = {
     "source": "batchdrop.sweeper",
     "scheduled_time": "<aws.scheduler.scheduled-time>",
@@ -604,7 +604,7 @@ def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[st
     # Retry bodies go to work/<job_id>/..., result parts and manifests to results/.
     assert s3_object_patterns(checker, "s3:PutObject") == {"work/*", "results/*"}
     for function in (submit, checker):
-        # A Lambda killed mid-upload must be able to abort what it started (RELIABILITY.md §5.1).
+        # A Lambda killed mid-upload must be able to abort what it started.
         assert s3_object_patterns(function, "s3:AbortMultipartUpload") == s3_object_patterns(function, "s3:PutObject")
 
 

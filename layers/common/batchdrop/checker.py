@@ -1,7 +1,7 @@
 """One checker tick: follow every open batch; when one has ended, stream its results into
 S3 and record its counts and usage; when every batch of a job is in, write the job's
 manifest, close it and announce it. For jobs still submitting, it settles creates whose
-outcome is unknown by listing the provider's recent batches (RELIABILITY.md §9: adopt the
+outcome is unknown by listing the provider's recent batches (docs/guarantees.md: adopt the
 match, submit again once none can exist, cancel duplicates) and submits the shards a full
 queue deferred, through the submit function's own create path. A tick's work grows with
 open jobs and batches, never with requests, and it stops early to leave the rest to the
@@ -298,7 +298,7 @@ class Checker:
         return unsettled, in_flight
 
     def _settle_unknown(self, shards: list[dict[str, Any]], report: TickReport) -> bool:
-        """RELIABILITY.md §9 T4: match unknown creates against the provider's recent
+        """Match unknown creates against the provider's recent
         batches; adopt, resubmit or wait, and cancel duplicates. True if any shard moved."""
         now = reconcile.parse_time(self._now())
         unsettled, in_flight = self._unsettled(shards, now)

@@ -447,7 +447,7 @@ def lease_owner(job_id: str, index: int) -> str:
 
 class ShardCreator:
     """One shard's create, the one path the submit function and the checker share: take the
-    workspace's create lease (RELIABILITY.md §9 T6), record the intent (PENDING →
+    workspace's create lease (docs/guarantees.md), record the intent (PENDING →
     SUBMITTING), send the body once, record the outcome.
 
     A full queue (429) releases the shard to PENDING and returns DEFERRED; a final refusal

@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 from batchdrop.domain.requests import RejectedLine
+from batchdrop.domain.states import JobStatus
 
 _JOB_ID_PREFIX = "j"
 _JOB_ID_HEX_CHARS = 24  # 96 bits: collisions are out of reach for any realistic number of uploads
@@ -17,16 +17,6 @@ _JOB_ID_HEX_CHARS = 24  # 96 bits: collisions are out of reach for any realistic
 # such upload of a key shares it, so it cannot tell two uploads apart.
 _UNVERSIONED = "null"
 _FAILED_OUTCOMES = ("errored", "canceled", "expired")
-
-
-class JobStatus(StrEnum):
-    RECEIVED = "RECEIVED"
-    SUBMITTING = "SUBMITTING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"
 
 
 def job_id_for(bucket: str, key: str, version_id: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Settling creates whose outcome is unknown (RELIABILITY.md §9, T4): the API has no
+"""Settling creates whose outcome is unknown (docs/guarantees.md): the API has no
 idempotency key, so a shard whose create timed out, got a 5xx or lost its connection is
 matched against the provider's recent batches by creation time and request count.
 

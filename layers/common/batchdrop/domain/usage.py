@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 # Standard (non-batch) list prices in USD per million tokens, by model family, matched on the model
-# name. The docs' batch table (build-with-claude/batch-processing; anthropic-batches-spec.md §6.3)
+# name. The docs' batch table (https://docs.claude.com/en/docs/build-with-claude/batch-processing#pricing)
 # lists exactly half of these: Opus 4.5-4.8 $2.50 / $12.50, Sonnet 4.x $1.50 / $7.50,
 # Haiku 4.5 $0.50 / $2.50.
 # A model no pattern matches (older or newer than this table) is priced as FALLBACK_FAMILY: the

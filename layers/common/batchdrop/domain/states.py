@@ -1,0 +1,106 @@
+"""The job and shard state machines, written once: each state's allowed next states. The
+state table's conditional writes are checked against these tables, and
+docs/architecture.md draws them (`mermaid()` makes the diagrams; a test keeps them equal)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    RECEIVED = "RECEIVED"  # the object version has a job; its lines are being read
+    SUBMITTING = "SUBMITTING"  # its shards are recorded; some have no batch yet
+    RUNNING = "RUNNING"  # every shard has its batch, or its results
+    COMPLETED = "COMPLETED"  # every request succeeded and no line was rejected
+    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"  # every request has its final outcome, not all succeeded
+    FAILED = "FAILED"  # nothing to send: every line rejected, or an empty file
+    CANCELED = "CANCELED"  # canceled on request: the results so far, the rest `canceled`
+
+
+class ShardState(StrEnum):
+    PENDING = "PENDING"  # its body is in work/; no create is under way
+    SUBMITTING = "SUBMITTING"  # the intent is recorded: a create is being sent
+    UNKNOWN = "UNKNOWN"  # the create may have made a batch: only listing the batches settles it
+    SUBMITTED = "SUBMITTED"  # its batch is known and open
+    COLLECTED = "COLLECTED"  # every request of the shard has its final outcome in results/
+    CANCELING = "CANCELING"  # never sent, its job canceled: its `canceled` results are being written
+    REFUSED = "REFUSED"  # the API refused its body for good: its `errored` results are being written
+
+
+_FINAL_JOB = frozenset({JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELED})
+
+JOB_NEXT: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.RECEIVED: frozenset({JobStatus.SUBMITTING, JobStatus.FAILED}),
+    # Straight to a final status too: a job whose shards were all closed unsent (canceled,
+    # refused) never had every batch open at once.
+    JobStatus.SUBMITTING: frozenset({JobStatus.RUNNING, JobStatus.FAILED, *_FINAL_JOB}),
+    # Back to SUBMITTING when a shard is scheduled for another attempt.
+    JobStatus.RUNNING: frozenset({JobStatus.SUBMITTING, *_FINAL_JOB}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.COMPLETED_WITH_ERRORS: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+SHARD_NEXT: Mapping[ShardState, frozenset[ShardState]] = {
+    ShardState.PENDING: frozenset({ShardState.SUBMITTING, ShardState.CANCELING}),
+    ShardState.SUBMITTING: frozenset(
+        {
+            ShardState.SUBMITTED,  # the create answered with its batch (or listing found it)
+            ShardState.UNKNOWN,  # the create got no answer, or a 5xx
+            ShardState.PENDING,  # refused for now (429, 401...), or listing showed no batch was made
+            ShardState.REFUSED,  # refused for good (400, 413, 422)
+        }
+    ),
+    ShardState.UNKNOWN: frozenset({ShardState.SUBMITTED, ShardState.PENDING}),
+    # PENDING again: some requests ended transiently and go out in the next attempt's batch.
+    ShardState.SUBMITTED: frozenset({ShardState.COLLECTED, ShardState.PENDING}),
+    ShardState.CANCELING: frozenset({ShardState.COLLECTED}),
+    ShardState.REFUSED: frozenset({ShardState.COLLECTED}),
+    ShardState.COLLECTED: frozenset(),
+}
+
+# Jobs the pipeline still works on: they stay in the table's open index.
+OPEN_JOB_STATUSES = frozenset({JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStatus.RUNNING})
+# Shards whose create may have made a batch the table does not know of yet.
+UNSETTLED_SHARD_STATES = frozenset({ShardState.SUBMITTING, ShardState.UNKNOWN})
+# Shards that have their batch, or need none any more.
+SENT_SHARD_STATES = frozenset({ShardState.SUBMITTED, ShardState.COLLECTED})
+
+
+class TransitionError(ValueError):
+    """A move the state machine does not have."""
+
+
+def check_job_move(expected: JobStatus | Iterable[JobStatus], new: JobStatus) -> frozenset[JobStatus]:
+    """The statuses a job may be in for a write that sets `new`; raises TransitionError when
+    one of them may not move there. A status that stays the same is allowed (a repeated write)."""
+    return _check(JOB_NEXT, expected, new)
+
+
+def check_shard_move(expected: ShardState | Iterable[ShardState], new: ShardState) -> frozenset[ShardState]:
+    """As check_job_move, for a shard."""
+    return _check(SHARD_NEXT, expected, new)
+
+
+def _check[S: StrEnum](table: Mapping[S, frozenset[S]], expected: S | Iterable[S], new: S) -> frozenset[S]:
+    states: frozenset[S] = frozenset((expected,)) if isinstance(expected, str) else frozenset(expected)
+    wrong = sorted(state for state in states if state != new and new not in table[state])
+    if not states or wrong:
+        raise TransitionError(f"no move from {wrong or 'nothing'} to {new}")
+    return states
+
+
+def mermaid() -> str:
+    """Both state machines as Mermaid `stateDiagram-v2` blocks, in the tables' order."""
+    blocks = []
+    for start, table in ((JobStatus.RECEIVED, JOB_NEXT), (ShardState.PENDING, SHARD_NEXT)):
+        lines = ["```mermaid", "stateDiagram-v2", f"    [*] --> {start}"]
+        for state, nexts in table.items():
+            lines.extend(f"    {state} --> {new}" for new in sorted(nexts))
+            if not nexts:
+                lines.append(f"    {state} --> [*]")
+        lines.append("```")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
