@@ -1,23 +1,31 @@
 """Submit at the API's limits: one object of 100,000 requests in 268 MB (one full shard)
-from S3 to a recorded batch, by the real SubmitFunction handler, beside two paths measured
-in the same run on the same object and the same server:
+from S3 to a recorded batch, by the real SubmitFunction handler, beside paths measured in
+the same run on the same object and the same server:
 
 - naive: parse every line into a list and call `messages.batches.create(requests=list)`,
   the pattern most guides show;
 - minimal: check each line is a request, spool the create body to local disk and post it
   streamed (the least a correct submit can do, with no state and no S3 copy);
 - parse floor: the object read and each line parsed, nothing else: what any path that
-  checks its input pays at least, which bounds how much faster than naive any can be.
+  checks its input pays at least, which bounds how much faster than naive any can be;
+- a copy uploaded by the function (the body written to work/ and read back), which ours
+  does not pay for a clean file.
+
+Ours is judged against minimal and the parse floor (bench.goals: at most 1.5x minimal's
+time, at most 2x the parse floor's). Naive is shown beside, not judged against: the parse
+floor alone takes most of a quarter of naive's time, before any create is sent.
 
 Then a 1 GB object of several shards, ours alone (no single create can take it). Each path
 runs in a fresh interpreter (bench.submit_child) so its peak RSS is its own, against
 bench.sink, which reads the body and answers: the times are the client's work, not a
-server's parsing. S3 and DynamoDB are the local stack's moto server."""
+server's parsing. S3 and DynamoDB are the local stack's moto server. --quick: 5,000
+requests in 13 MB, then 20,000 in 54 MB (one shard)."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,7 @@ from batchdrop.domain.jobs import job_id_for
 from batchdrop_local.runner import ObjectVersion, build_s3_event
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import write_requests
-from bench import procs
+from bench import goals, procs
 from bench.table import Figure
 
 MB = procs.MB
@@ -75,8 +83,8 @@ def _recorded(stack: LocalStack, event: dict[str, Any]) -> tuple[int, int]:
 
 
 def run(quick: bool) -> list[Figure]:
-    requests, size = (10_000, 26_800_000) if quick else (100_000, 268_000_000)
-    big_requests, big_size = (40_000, 107_000_000) if quick else (400_000, 1_070_000_000)
+    requests, size = (5_000, 13_400_000) if quick else (100_000, 268_000_000)
+    big_requests, big_size = (20_000, 53_500_000) if quick else (400_000, 1_070_000_000)
     label = f"{requests:,} requests, {size / 1e6:.0f} MB"
     big_label = f"{big_requests:,} requests, {big_size / 1e9:.2f} GB"
     figures: list[Figure] = []
@@ -110,51 +118,15 @@ def run(quick: bool) -> list[Figure]:
         if big_shards < (1 if quick else 2) or big_sent != big_shards:
             raise RuntimeError(f"ours did not create every shard's batch: {big_sent} of {big_shards}")
 
+    seconds = {
+        "ours": ours["seconds"],
+        "minimal": minimal["seconds"],
+        "naive": naive["seconds"],
+        "s3-floor": floor["seconds"],
+        "parse-floor": parse_floor["seconds"],
+    }
+    figures += time_figures(label, seconds)
     figures += [
-        Figure(
-            "submit",
-            f"object to recorded batch, {label}: time",
-            ours["seconds"],
-            "s",
-            "minimal stream-and-post",
-            minimal["seconds"],
-            minimal["seconds"] / ours["seconds"],
-            "within 2x of minimal",
-            ours["seconds"] <= 2 * minimal["seconds"],
-        ),
-        Figure(
-            "submit",
-            f"object to recorded batch, {label}: time, beside minimal plus a durable copy uploaded by the "
-            f"function (the body written to work/ and read back, nothing parsed: {floor['seconds']:.2f} s here; "
-            "ours has S3 copy a clean file instead)",
-            ours["seconds"],
-            "s",
-            "minimal + uploaded copy",
-            minimal["seconds"] + floor["seconds"],
-            (minimal["seconds"] + floor["seconds"]) / ours["seconds"],
-        ),
-        Figure(
-            "submit",
-            f"object to recorded batch, {label}: time",
-            ours["seconds"],
-            "s",
-            "naive list + batches.create",
-            naive["seconds"],
-            naive["seconds"] / ours["seconds"],
-            ">= 4x faster than naive",
-            naive["seconds"] >= 4 * ours["seconds"],
-        ),
-        Figure(
-            "submit",
-            f"the least any path that checks each line pays here, {label}: the object read from S3 and "
-            "each line parsed with json.loads, nothing checked, written or sent (a path that checks the "
-            "whole file before it sends pays this, then its create)",
-            parse_floor["seconds"],
-            "s",
-            "naive list + batches.create",
-            naive["seconds"],
-            naive["seconds"] / parse_floor["seconds"],
-        ),
         Figure(
             "submit",
             f"object to recorded batch, {label}: peak RSS",
@@ -197,3 +169,67 @@ def run(quick: bool) -> list[Figure]:
         ),
     ]
     return figures
+
+
+def time_figures(label: str, seconds: Mapping[str, float]) -> list[Figure]:
+    """The time rows of the object of one full shard: ours judged against minimal and the
+    parse floor (bench.goals), naive and the uploaded copy shown beside, not judged against."""
+    ours, minimal, naive = seconds["ours"], seconds["minimal"], seconds["naive"]
+    floor, parse_floor = seconds["s3-floor"], seconds["parse-floor"]
+    beside_minimal = goals.submit_beside_minimal(ours, minimal)
+    beside_parse_floor = goals.submit_beside_parse_floor(ours, parse_floor)
+    return [
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: time",
+            ours,
+            "s",
+            "minimal stream-and-post",
+            minimal,
+            minimal / ours,
+            beside_minimal.text,
+            beside_minimal.met,
+        ),
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: time",
+            ours,
+            "s",
+            "parse floor (object read, each line json.loads)",
+            parse_floor,
+            parse_floor / ours,
+            beside_parse_floor.text,
+            beside_parse_floor.met,
+        ),
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: time, beside minimal plus a durable copy uploaded by the "
+            f"function (the body written to work/ and read back, nothing parsed: {floor:.2f} s here; "
+            "ours has S3 copy a clean file instead)",
+            ours,
+            "s",
+            "minimal + uploaded copy",
+            minimal + floor,
+            (minimal + floor) / ours,
+        ),
+        Figure(
+            "submit",
+            f"object to recorded batch, {label}: time (no goal beside naive: see the parse floor)",
+            ours,
+            "s",
+            "naive list + batches.create",
+            naive,
+            naive / ours,
+        ),
+        Figure(
+            "submit",
+            f"the least any path that checks each line pays here, {label}: the object read from S3 and "
+            "each line parsed with json.loads, nothing checked, written or sent (a path that checks the "
+            "whole file before it sends pays this, then its create)",
+            parse_floor,
+            "s",
+            "naive list + batches.create",
+            naive,
+            naive / parse_floor,
+        ),
+    ]

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+NOT_JUDGED = "not judged (--quick)"
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -21,7 +23,8 @@ class Figure:
     baseline_value: float | None = None
     ratio: float | None = None  # how many times better than the baseline (>1 is better)
     goal: str = ""
-    met: bool | None = None  # None: a figure with no goal of its own
+    met: bool | None = None  # None: a figure with no goal of its own, or one not judged
+    judged: bool = True  # False in a quick run: its goal is shown, not judged
 
     def row(self) -> list[str]:
         return [
@@ -31,7 +34,7 @@ class Figure:
             f"{self.baseline}: {_number(self.baseline_value)} {self.unit}" if self.baseline else "",
             f"{self.ratio:.1f}x" if self.ratio is not None else "",
             self.goal,
-            {True: "yes", False: "**NO**", None: ""}[self.met],
+            NOT_JUDGED if self.goal and not self.judged else {True: "yes", False: "**NO**", None: ""}[self.met],
         ]
 
 
