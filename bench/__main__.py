@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of batchdrop against the local stack, with the baselines
-measured in the same run, printed as one table (and written to bench/latest.md for the
-README). Each goal is judged yes/NO, and the run exits 1 when one was missed, else 0. What
+measured in the same run, printed as one table (and written to bench/latest.md, which
+docs/performance.md links). Each goal is judged yes/NO, and the run exits 1 when one was missed, else 0. What
 is judged against a baseline of the same run (bench.goals):
 
 - submit: ours' time at most 1.5x the minimal stream-and-post path's, and at most 2x the

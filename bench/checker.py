@@ -28,21 +28,33 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from batchdrop import wiring
 from batchdrop.adapters.state import OPEN, OPEN_INDEX, StateTable
-from batchdrop.checker import SAFETY_SECONDS, TICK_BUDGET_SECONDS, Checker, TickReport
 from batchdrop.domain.jobs import IdsDigest, job_id_for
+from batchdrop.domain.records import SourceRef, lease_owner
 from batchdrop.domain.requests import ValidLine, check_lines
-from batchdrop.domain.shards import ShardLimits, assign_shards, create_body, create_body_bytes, shard_key
-from batchdrop.submit import SHARD_CONTENT_TYPE, SourceObject, Submitter, lease_owner
+from batchdrop.domain.shards import (
+    SHARD_CONTENT_TYPE,
+    ShardLimits,
+    assign_shards,
+    create_body,
+    create_body_bytes,
+    shard_key,
+)
+from batchdrop.domain.timings import Timings, stamp
+from batchdrop.services.intake import Intake
+from batchdrop.services.tick import Checker, TickReport
 from batchdrop_local.calls import CallCounter, FreshAdapters, fresh_adapters
 from batchdrop_local.lambda_context import LocalLambdaContext
 from batchdrop_local.soak import Upload, audit, request_file
 from batchdrop_local.stack import LocalStack
 from bench.table import Figure
+
+SAFETY_SECONDS = Timings().tick_safety
+TICK_BUDGET_SECONDS = Timings().tick_budget
 
 AREA = "checker"
 CHECKER = "CheckerFunction"
@@ -80,7 +92,7 @@ class ItemBuilder:
     def __init__(self, state: StateTable, real: Upload) -> None:
         self.real = real
         self.real_job_id = real.job_id
-        job, shards = state.job_items(real.job_id)
+        job, shards = _raw_items(state, real.job_id)
         assert job is not None, "the real job has no item"
         assert shards, "the real job has no shards"
         self.job_template, self.shard_templates = job, shards
@@ -100,7 +112,7 @@ class ItemBuilder:
             "version_id": upload.version_id,
             "created_at": created_at,
             "requested": requests,
-            "shards": shards,
+            "shard_count": shards,
             "GSI1SK": f"JOB#{upload.job_id}",
         }
 
@@ -117,11 +129,11 @@ class ItemBuilder:
             "index": index,
             "key": shard_key(job_id, index),
             "requests": len(lines),
-            "shard_requests": len(lines),
+            "attempt_requests": len(lines),
             "size": size,
             "ids_digest": digest.hex,
             "batch_id": batch_id,
-            "lease_owner": lease_owner(job_id, index) + uuid.uuid4().hex,
+            "lease_owner": lease_owner(job_id, index, uuid.uuid4().hex),
             "GSI1SK": f"SHARD#{job_id}#{index:05d}",
         }
 
@@ -140,8 +152,18 @@ class ItemBuilder:
             built = self.shard(self.real_job_id, index, shard_lines[index], int(real["size"]), real["batch_id"])
             differs = {k for k in built.keys() | real.keys() if built.get(k) != real.get(k)} - varying
             assert not differs, f"seeded shard items differ from the Submitter's in {sorted(differs)}"
-            assert str(real["lease_owner"]).startswith(lease_owner(self.real_job_id, index))
+            assert str(real["lease_owner"]).startswith(lease_owner(self.real_job_id, index, ""))
             assert self.guard(self.real_job_id, index, real["batch_id"]) == guard, (guard, "guard item differs")
+
+
+def _raw_items(state: StateTable, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """A job's items as the table holds them (numbers as ints), the job's and its shards'."""
+    items = state.table.query(
+        KeyConditionExpression="PK = :pk", ExpressionAttributeValues={":pk": f"JOB#{job_id}"}, ConsistentRead=True
+    )["Items"]
+    plain = [json.loads(json.dumps(item, default=int)) for item in items]
+    job = next((item for item in plain if item["SK"] == "JOB"), None)
+    return job, sorted((item for item in plain if item["SK"].startswith("SHARD#")), key=lambda item: item["SK"])
 
 
 def _split(body: bytes, per_batch: int) -> dict[int, list[ValidLine]]:
@@ -165,10 +187,8 @@ def populate(stack: LocalStack, jobs: int, batches: int, tag: str) -> Population
     clients = fresh_adapters(stack, max_pool_connections=16)
     population = Population()
     real, body = _upload(stack, f"inbox/bench-checker/{tag}-000.jsonl", f"{tag}000", REAL_SHARDS * REQUESTS_PER_BATCH)
-    submitter = Submitter(
-        clients.store, clients.state, clients.api, wiring.utc_now, limits=ShardLimits(max_requests=REQUESTS_PER_BATCH)
-    )
-    outcome = submitter.submit(SourceObject(stack.bucket_name, real.key, real.version_id))
+    intake = Intake(clients.wiring(limits=ShardLimits(max_requests=REQUESTS_PER_BATCH)))
+    outcome = intake.submit(SourceRef(stack.bucket_name, real.key, real.version_id))
     assert (outcome.status, outcome.submitted) == ("RUNNING", REAL_SHARDS), outcome
     builder = ItemBuilder(clients.state, real)
     builder.check(_split(body, REQUESTS_PER_BATCH))
@@ -187,7 +207,7 @@ def populate(stack: LocalStack, jobs: int, batches: int, tag: str) -> Population
                 builder.shard(upload.job_id, index, split[index], size, batch_id) for index, size, batch_id in created
             ]
             items += [builder.guard(upload.job_id, index, batch_id) for index, _, batch_id in created]
-            items.append(builder.job(upload, len(upload.custom_ids), shards, wiring.utc_now()))
+            items.append(builder.job(upload, len(upload.custom_ids), shards, stamp(datetime.now(UTC))))
             with clients.state.table.batch_writer() as writer:
                 for item in items:
                     writer.put_item(Item=item)
@@ -205,7 +225,7 @@ def _create(clients: FreshAdapters, job_id: str, split: dict[int, list[ValidLine
         Bucket=clients.store.bucket, Key=shard_key(job_id, index), Body=shard, ContentType=SHARD_CONTENT_TYPE
     )
     size = create_body_bytes(len(lines), sum(len(line.body) for line in lines))
-    batch = clients.api.create(create_body([shard]), size)
+    batch = clients.api.create(create_body([shard]), size, Timings().create_timeout)
     return index, size, str(batch["id"])
 
 
@@ -237,13 +257,8 @@ def measured_tick(stack: LocalStack, timeout_seconds: float, budget_seconds: flo
         clients = fresh_adapters(stack, max_pool_connections=16)
         context = LocalLambdaContext(function_name=stack.function_name(CHECKER), timeout_seconds=timeout_seconds)
         checker = Checker(
-            clients.store,
-            clients.state,
-            clients.api,
-            clients.events,
-            wiring.utc_now,
+            clients.wiring(timings=Timings(tick_budget=budget_seconds)),
             seconds_left=lambda: context.get_remaining_time_in_millis() / 1000,
-            budget_seconds=budget_seconds,
         )
         started = time.perf_counter()
         try:

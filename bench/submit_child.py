@@ -83,7 +83,8 @@ def s3_floor(event: dict[str, Any]) -> dict[str, Any]:
     """What a path that uploads its own copy of the body to S3 pays on this S3, parsing
     nothing: the object's lines written to work/ through our multipart writer, then read back
     whole. (Ours has S3 copy a clean file's shards instead, uploading none of it.)"""
-    from batchdrop.adapters.objects import READ_BYTES, ObjectStore
+    from batchdrop.adapters.objects import ObjectStore
+    from batchdrop.ports import READ_BYTES
 
     bucket, key, version = _source(event)
     store = ObjectStore(bucket)

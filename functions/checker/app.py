@@ -8,24 +8,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from batchdrop import wiring
-from batchdrop.checker import Checker
 from batchdrop.observability import logger, metrics, tracer
+from batchdrop.services.tick import Checker
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:  # noqa: ARG001 - the schedule's payload carries nothing to act on
-    wired = wiring.adapters()
-    checker = Checker(
-        wired.store,
-        wired.state,
-        wired.batches,
-        wired.events,
-        wiring.utc_now,
-        seconds_left=lambda: context.get_remaining_time_in_millis() / 1000,
-        max_attempts=wired.settings.max_attempts,
-    )
+    checker = Checker(wiring.from_env(), seconds_left=lambda: context.get_remaining_time_in_millis() / 1000)
     report = checker.tick()
     metrics.add_metric("OpenBatches", MetricUnit.Count, report.open_batches)
     metrics.add_metric("BatchesCollected", MetricUnit.Count, len(report.collected))

@@ -70,6 +70,12 @@ class FreshAdapters:
     api: Any
     events: Any
 
+    def wiring(self, **settings: Any) -> Any:
+        """The services' wiring on these adapters; `settings`: Wiring's other fields."""
+        from batchdrop.ports import Wiring
+
+        return Wiring(self.store, self.state, self.api, self.events, **settings)
+
     def close(self) -> None:
         self.store.client.close()
         self.state.table.meta.client.close()

@@ -31,7 +31,7 @@ def _add_emulator(commands: Any) -> None:
     p = commands.add_parser(
         "emulator",
         help="run the local Message Batches API emulator",
-        description="A local, stateful emulator of Anthropic's Message Batches API (see the README).",
+        description="A local, stateful emulator of Anthropic's Message Batches API (docs/local.md).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
@@ -48,7 +48,7 @@ def _add_emulator(commands: Any) -> None:
     p.add_argument("--results-url", choices=("absolute", "relative"), default="absolute")
     p.add_argument("--max-output-tokens", type=int, default=64_000, metavar="N")
     p.add_argument("--responder", metavar="MODULE:CALLABLE", help="your own responder")
-    faults = p.add_argument_group("faults (README, Faults)")
+    faults = p.add_argument_group("faults (docs/local.md, Faults)")
     faults.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:STATUS:RATE[:TIMES]")
     faults.add_argument("--stall", action="append", default=[], metavar="ENDPOINT:SECONDS:RATE[:TIMES]")
     faults.add_argument("--retry-after", type=float, default=1.0, metavar="SECONDS")
@@ -149,9 +149,7 @@ def _add_local(commands: Any) -> None:
     )
     up.add_argument("--port-moto", type=int, default=0, metavar="N", help="moto's port; 0 picks a free one")
     up.add_argument("--port-emulator", type=int, default=0, metavar="N", help="the emulator's port; 0 picks one")
-    up.add_argument(
-        "--responder", metavar="MODULE:CALLABLE", help="the emulator's responder (README: The Message Batches emulator)"
-    )
+    up.add_argument("--responder", metavar="MODULE:CALLABLE", help="the emulator's responder (docs/local.md)")
     up.add_argument(
         "--env-file", type=Path, default=Path(".batchdrop/local.env"), metavar="FILE", help="where to write the env"
     )

@@ -8,12 +8,18 @@ commands, so that `batchdrop emulator` and `--help` start without them."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchdrop.adapters.state import StateTable
+    from batchdrop.domain.records import JobRecord, ShardRecord
 
 FINAL = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"}
 
@@ -103,21 +109,21 @@ def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     job = _wait(StateTable(table), job_id, args.timeout)
     _print_job(job)
-    return 0 if job and job.get("status") in ("COMPLETED", "COMPLETED_WITH_ERRORS") else 1
+    return 0 if job and job.status in ("COMPLETED", "COMPLETED_WITH_ERRORS") else 1
 
 
-def _wait(state: Any, job_id: str, timeout: float) -> dict[str, Any] | None:
+def _wait(state: StateTable, job_id: str, timeout: float) -> JobRecord | None:
     deadline = time.monotonic() + timeout
     live = sys.stdout.isatty()
     last = None
     while time.monotonic() < deadline:
-        job, shards = state.job_items(job_id)
-        status = job["status"] if job else "WAITING FOR THE UPLOAD EVENT"
+        job, shards = state.job_and_shards(job_id)
+        status = job.status if job else "WAITING FOR THE UPLOAD EVENT"
         if job and status in FINAL:
             if live:
                 print()
             return job
-        line = f"  {status}: {sum(s['state'] == 'COLLECTED' for s in shards)}/{len(shards)} batches collected"
+        line = f"  {status}: {sum(s.state == 'COLLECTED' for s in shards)}/{len(shards)} batches collected"
         if live:
             print(f"\r{line}", end="", flush=True)
         elif line != last:
@@ -137,7 +143,7 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, table = _names(args, parser)
     state = StateTable(table)
     if args.job_id:
-        job, shards = state.job_items(args.job_id)
+        job, shards = state.job_and_shards(args.job_id)
         if job is None:
             print(f"no job {args.job_id}", file=sys.stderr)
             return 1
@@ -147,8 +153,8 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _print_job(job)
             for shard in shards:
                 print(
-                    f"  shard {shard['index']:>3}  {shard['state']:<10} {shard.get('batch_id', '-'):<36} "
-                    f"{shard['requests']:>7} requests  {_counts_text(shard.get('counts') or {})}"
+                    f"  shard {shard.index:>3}  {shard.state:<10} {shard.batch_id or '-':<36} "
+                    f"{shard.requests:>7} requests  {_counts_text(shard.counts)}"
                 )
         return 0
     jobs = state.list_jobs()
@@ -157,30 +163,30 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     print(f"{'job':<26} {'status':<22} {'requests':>8} {'rejected':>8}  source")
     for job in jobs:
-        print(
-            f"{job['job_id']:<26} {job['status']:<22} {job.get('requested', '-'):>8} "
-            f"{job.get('rejected', '-'):>8}  {job['key']}"
-        )
+        print(f"{job.job_id:<26} {job.status:<22} {job.requested:>8} {job.rejected:>8}  {job.source.key}")
     return 0
 
 
-def _public(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in item.items() if k not in ("PK", "SK", "GSI1PK", "GSI1SK")}
+def _public(record: JobRecord | ShardRecord) -> dict[str, Any]:
+    """A record as JSON: its fields that are set, a job's source flattened beside them."""
+    fields = dataclasses.asdict(record)
+    fields.update(fields.pop("source", {}))
+    return {name: value for name, value in fields.items() if value is not None}
 
 
-def _counts_text(counts: dict[str, int]) -> str:
+def _counts_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
 
 
-def _print_job(job: dict[str, Any] | None) -> None:
+def _print_job(job: JobRecord | None) -> None:
     if job is None:
         return
-    print(f"job {job['job_id']}  {job['status']}  source {job['key']}")
-    print(f"  {job.get('requested', 0)} requests, {job.get('rejected', 0)} rejected")
-    if job.get("reason"):
-        print(f"  reason: {job['reason']}")
-    if job.get("manifest_key"):
-        print(f"  manifest: {job['manifest_key']}  (`batchdrop results {job['job_id']}` downloads it all)")
+    print(f"job {job.job_id}  {job.status}  source {job.source.key}")
+    print(f"  {job.requested} requests, {job.rejected} rejected")
+    if job.reason:
+        print(f"  reason: {job.reason}")
+    if job.manifest_key:
+        print(f"  manifest: {job.manifest_key}  (`batchdrop results {job.job_id}` downloads it all)")
 
 
 # --- results ------------------------------------------------------------------------
@@ -218,7 +224,7 @@ def _results(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _cancel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from batchdrop.adapters.state import StateTable
-    from batchdrop.cancel import CANCEL_PREFIX, job_id_of
+    from batchdrop.services.cancel import CANCEL_PREFIX, job_id_of
 
     # The submit function's own reading of a cancel/ key: what it would refuse is refused here.
     if job_id_of(f"{CANCEL_PREFIX}{args.job_id}") != args.job_id:
@@ -228,12 +234,12 @@ def _cancel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if job is None:
         print(f"no job {args.job_id} in table {table}: nothing to cancel (see `batchdrop status`)", file=sys.stderr)
         return 1
-    if job["status"] in FINAL:
-        print(f"job {args.job_id} already ended {job['status']}: nothing to cancel", file=sys.stderr)
+    if job.status in FINAL:
+        print(f"job {args.job_id} already ended {job.status}: nothing to cancel", file=sys.stderr)
         return 1
     key = f"{CANCEL_PREFIX}{args.job_id}"
     version_id = _s3().put_object(Bucket=bucket, Key=key, Body=b"").get("VersionId")
     written = f"s3://{bucket}/{key}" + (f" (version {version_id})" if version_id else "")
-    print(f"cancel requested for job {args.job_id} ({job['status']}, source {job['key']}): wrote {written}")
+    print(f"cancel requested for job {args.job_id} ({job.status}, source {job.source.key}): wrote {written}")
     print(f"the job will end CANCELED with its results so far; follow it with `batchdrop status {args.job_id}`")
     return 0

@@ -42,7 +42,7 @@ def main() -> int:
     _print_results(rows, reviews)
     _print_manifest(manifest)
     print("\nThe same stack talks to the real API when ANTHROPIC_BASE_URL is unset and the secret holds a real")
-    print("key; `sam deploy --guided` puts the same template and handlers in your AWS account (see README).")
+    print("key; `sam deploy --guided` puts the same template and handlers in your AWS account (see docs/deploy.md).")
     return 0 if manifest["status"] == "COMPLETED" else 1
 
 

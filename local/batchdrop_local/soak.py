@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -30,10 +29,12 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchdrop.domain.timings import Timings
+from batchdrop_local.pipeline_settings import pipeline_settings
 from batchdrop_local.synth import request
 
 # How a job with at least one valid request ends (FAILED is for files with none).
@@ -41,6 +42,7 @@ DONE_STATUSES = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "CANCELED"})
 MAX_ATTEMPTS = 3  # template.yaml's MaxAttempts default
 # Production seconds → soak seconds.
 TIME_SCALE = 150.0
+COMPRESSED_TIMINGS = Timings().compressed(TIME_SCALE)
 _PART = re.compile(r"/results-(\d{5})(?:-a(\d+))?\.jsonl$")
 
 
@@ -82,64 +84,10 @@ def put_requests(stack: Any, key: str, prefix: str, count: int) -> Upload:
 # ---------------------------------------------------------------- time
 
 
-@contextlib.contextmanager
-def compressed_time(scale: float = TIME_SCALE) -> Iterator[None]:
-    """The pipeline's timeouts, leases and grace periods divided by `scale`, in the same
-    ratios as in production; restored on exit. The submit function's wait for the create
-    lease is a default argument (bound when batchdrop.submit was imported), so it is
-    replaced in `Submitter.__init__`'s defaults."""
-    import batchdrop.adapters.batches
-    import batchdrop.checker
-    import batchdrop.domain.reconcile
-    import batchdrop.submit
-
-    seconds = [
-        (batchdrop.adapters.batches, "CREATE_TIMEOUT_SECONDS"),
-        (batchdrop.checker, "LEASE_MARGIN_SECONDS"),
-        (batchdrop.submit, "LEASE_MARGIN_SECONDS"),
-        (batchdrop.submit, "STALE_PENDING_LEASE"),
-        (batchdrop.domain.reconcile, "GRACE_SECONDS"),
-    ]
-    init = batchdrop.submit.Submitter.__init__
-    defaults = _with_default(init, "lease_wait_seconds", batchdrop.submit.LEASE_WAIT_SECONDS / scale)
-    saved = [(owner, name, getattr(owner, name)) for owner, name in seconds]
-    saved_defaults = init.__defaults__
-    try:
-        for owner, name, value in saved:
-            setattr(owner, name, value / scale)
-        init.__defaults__ = defaults
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
-        init.__defaults__ = saved_defaults
-
-
-def _with_default(function: Callable[..., Any], name: str, value: Any) -> tuple[Any, ...]:
-    defaults = list(function.__defaults__ or ())
-    with_defaults = [p.name for p in inspect.signature(function).parameters.values() if p.default is not p.empty]
-    with_defaults = with_defaults[len(with_defaults) - len(defaults) :]
-    defaults[with_defaults.index(name)] = value
-    return tuple(defaults)
-
-
-@contextlib.contextmanager
-def shard_size(max_requests: int | None) -> Iterator[None]:
-    """Shards of at most `max_requests` requests (None: the API's limits), for jobs of
-    several batches."""
-    if max_requests is None:
-        yield
-        return
-    import batchdrop.submit
-    from batchdrop.domain.shards import ShardLimits
-
-    original = batchdrop.submit.ShardLimits
-    limits = ShardLimits(max_requests=max_requests)
-    batchdrop.submit.ShardLimits = lambda: limits  # type: ignore[assignment,misc]
-    try:
-        yield
-    finally:
-        batchdrop.submit.ShardLimits = original  # type: ignore[misc]
+def compressed_time(stack: Any) -> contextlib.AbstractContextManager[None]:
+    """The stack's functions run on the pipeline's clocks divided by TIME_SCALE, in the same
+    ratios as in production (`Timings.compressed`), until the block ends."""
+    return pipeline_settings(stack, timings=COMPRESSED_TIMINGS)
 
 
 # ---------------------------------------------------------------- the audit
@@ -345,10 +293,9 @@ def _audit_job(
 def fault_profile(jobs: int, shard_requests: int) -> dict[str, Any]:
     """Every fault the emulator has, at small rates, with budgets that grow with the run
     (so a long soak meets more of them, and a short one meets each at least sometimes).
-    Built under `compressed_time`, so that its stalled create outlasts the timeout in force."""
-    from batchdrop.adapters.batches import create_timeout
-
+    Its stalled create outlasts the compressed create timeout the soak runs with."""
     some = max(2, jobs // 4)
+    stall = 1.25 * COMPRESSED_TIMINGS.create_timeout
     return {
         "http_errors": [
             {"endpoint": "create", "status": 500, "rate": 0.15, "times": some},
@@ -361,7 +308,7 @@ def fault_profile(jobs: int, shard_requests: int) -> dict[str, Any]:
         ],
         # A create answered only after the client gave up (its compressed timeout): a batch
         # the submit function never hears of.
-        "stalls": [{"endpoint": "create", "seconds": 1.25 * create_timeout(), "rate": 0.05, "times": 1 + jobs // 20}],
+        "stalls": [{"endpoint": "create", "seconds": stall, "rate": 0.05, "times": 1 + jobs // 20}],
         "retry_after": 0.2,
         "errored": {"api_error": 0.04, "overloaded_error": 0.03},
         "expired": 0.03,
@@ -476,7 +423,10 @@ def run_soak(
     control = stack.emulator_control()
     control.reset(faults=True)
     started = time.monotonic()
-    with compressed_time(), shard_size(shard_requests):
+    with (
+        compressed_time(stack),
+        pipeline_settings(stack, shard_max_requests=shard_requests),
+    ):
         runner = LocalRunner(stack, tick_seconds=0.5, poll_seconds=0.1, retry_delay_seconds=0.05)
         control.set_faults(faults if faults is not None else fault_profile(jobs, per_shard))
         run = uuid.uuid4().hex[:6]

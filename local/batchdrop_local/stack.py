@@ -396,6 +396,9 @@ class LocalStack:
         self._latency = latency
         self._responder = responder
         self._parameter_overrides = dict(parameters or {})
+        # Variables every function gets on top of the template's (the pipeline's settings
+        # for a local run: batchdrop_local.pipeline_settings).
+        self.function_variables: dict[str, str] = {}
         self._resources: dict[str, LocalResource] = {}
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
@@ -605,6 +608,7 @@ class LocalStack:
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
             **self._resolved_variables(function.environment),
+            **self.function_variables,
         }
 
     def _aws_env(self) -> dict[str, str]:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from batchdrop.domain.jobs import job_id_for
+from batchdrop.ports import Wiring
+from batchdrop_local.pipeline_settings import variables
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.soak import job_status
 from batchdrop_local.soak import read_object as read
@@ -85,9 +87,16 @@ def open_uploads(stack: LocalStack, prefix: str = "") -> list[str]:
     return [upload["Key"] for upload in answer.get("Uploads", [])]
 
 
-def adapters(stack: LocalStack) -> tuple[Any, Any, Any, Any]:
-    """The layer's adapters bound to the local stack, for tests that must run two
-    invocations truly at once (the runner runs one at a time, as os.environ is global)."""
+def with_settings(stack: LocalStack, monkeypatch: Any, **settings: Any) -> None:
+    """The stack's functions run with these settings (Timings, shard size: see
+    batchdrop_local.pipeline_settings) for the rest of the test."""
+    for name, value in variables(**settings).items():
+        monkeypatch.setitem(stack.function_variables, name, value)
+
+
+def wired(stack: LocalStack, **settings: Any) -> Wiring:
+    """The services' wiring bound to the local stack (`settings`: Wiring's other fields),
+    for tests that run services directly, e.g. two invocations truly at once."""
     import boto3
 
     from batchdrop.adapters.batches import BatchesApi
@@ -102,9 +111,10 @@ def adapters(stack: LocalStack) -> tuple[Any, Any, Any, Any]:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    return (
+    return Wiring(
         ObjectStore(stack.bucket_name, client=stack.client("s3")),
         StateTable(stack.table_name, resource=resource),
         BatchesApi(lambda: stack.api_key, base_url=stack.emulator_url),
         EventPublisher(stack.event_bus_name, client=stack.client("events")),
+        **settings,
     )

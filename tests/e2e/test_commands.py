@@ -143,7 +143,7 @@ def test_cancel_writes_the_cancel_request_for_an_open_job(
     job_id = capsys.readouterr().out.split("job ", 1)[1].split(":", 1)[0]
     assert JOB_ID.fullmatch(job_id)
     state = StateTable(user_env.table_name)
-    _wait_for(lambda: (state.get_job(job_id) or {}).get("status") not in (None, "RECEIVED"))
+    _wait_for(lambda: getattr(state.get_job(job_id), "status", None) not in (None, "RECEIVED"))
 
     # When the user cancels it
     assert main(["cancel", job_id]) == 0

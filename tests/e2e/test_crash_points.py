@@ -17,17 +17,14 @@ from typing import Any, Literal
 import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
-import batchdrop.adapters.batches
 import batchdrop.adapters.objects
-import batchdrop.checker
-import batchdrop.domain.reconcile
-import batchdrop.submit
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import MultipartWriter
 from batchdrop.adapters.state import StateTable
 from batchdrop.domain.jobs import job_id_for
-from batchdrop.domain.shards import ShardLimits
+from batchdrop.domain.timings import Timings
+from batchdrop_local.pipeline_settings import variables
 from batchdrop_local.runner import LocalRunner, load_handler
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import write_requests
@@ -139,15 +136,15 @@ def events_published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return published
 
 
-def _prepare(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+def _prepare(case: Case, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: dict[str, Any] = {}
     if case.reconciled:
         # A create that may have gone through is settled seconds after its intent, not minutes.
-        monkeypatch.setattr(batchdrop.adapters.batches, "CREATE_TIMEOUT_SECONDS", 2.0)
-        monkeypatch.setattr(batchdrop.checker, "LEASE_MARGIN_SECONDS", 0.5)
-        monkeypatch.setattr(batchdrop.domain.reconcile, "GRACE_SECONDS", 2.0)
+        settings["timings"] = Timings(create_timeout=2.0, lease_margin=0.5, grace=2.0)
     if case.shards > 1:
-        limits = ShardLimits(max_requests=-(-case.requests // case.shards))
-        monkeypatch.setattr(batchdrop.submit, "ShardLimits", lambda: limits)
+        settings["shard_max_requests"] = -(-case.requests // case.shards)
+    for name, value in variables(**settings).items():
+        monkeypatch.setitem(stack.function_variables, name, value)
     if case.small_parts:
         import moto.s3.models
 
@@ -214,7 +211,7 @@ def test_a_crash_is_resumed_by_the_next_invocation_with_every_request_sent_and_c
     control.reset(faults=True)  # counters and custom_ids start from zero
     # A workspace with no create in flight, whatever an earlier test's crash left held
     stack.client("dynamodb").delete_item(TableName=stack.table_name, Key=CREATE_LEASE)
-    _prepare(case, monkeypatch)
+    _prepare(case, stack, monkeypatch)
     point = case.crash_point().install(monkeypatch)
     runner = LocalRunner(
         stack,

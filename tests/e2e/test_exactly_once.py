@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
-import batchdrop.adapters.batches
-import batchdrop.domain.reconcile
+from batchdrop.domain.timings import Timings
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
 from tests.e2e import support
@@ -86,7 +85,7 @@ def test_a_create_stalled_past_the_client_timeout_is_adopted(
     stack: LocalStack, runner: LocalRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a create that answers only after the client has given up
-    monkeypatch.setattr(batchdrop.adapters.batches, "CREATE_TIMEOUT_SECONDS", 1.0)
+    support.with_settings(stack, monkeypatch, timings=Timings(create_timeout=1.0))
     stack.emulator_control().set_faults({"stalls": [{"endpoint": "create", "seconds": 3, "rate": 1, "times": 1}]})
     job_id = _upload(stack, tmp_path, "inbox/stalled/requests.jsonl", 23)
 
@@ -125,7 +124,7 @@ def test_a_500_on_create_is_resubmitted_after_the_grace_period_once_no_batch_is_
     stack: LocalStack, runner: LocalRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a create answered 500 (the emulator made no batch) and a short grace period
-    monkeypatch.setattr(batchdrop.domain.reconcile, "GRACE_SECONDS", 2.0)
+    support.with_settings(stack, monkeypatch, timings=Timings(grace=2.0))
     control = stack.emulator_control()
     control.set_faults({"http_errors": [{"endpoint": "create", "status": 500, "rate": 1, "times": 1}]})
     job_id = _upload(stack, tmp_path, "inbox/error/requests.jsonl", 31)

@@ -13,19 +13,16 @@ from typing import Any
 
 import pytest
 
-import batchdrop.adapters.batches
-import batchdrop.checker
-import batchdrop.sweeper
-from batchdrop import wiring
 from batchdrop.adapters.batches import BatchesApi
-from batchdrop.checker import Checker
 from batchdrop.domain.jobs import RETRYABLE_ERRORS, error_type, job_id_for
-from batchdrop.submit import SourceObject, Submitter
+from batchdrop.domain.records import SourceRef
+from batchdrop.domain.timings import Timings
+from batchdrop.services.intake import Intake
+from batchdrop.services.tick import Checker
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import request, write_requests
 from tests.e2e.support import (
-    adapters,
     assert_each_request_once,
     input_ids,
     job_status,
@@ -35,6 +32,8 @@ from tests.e2e.support import (
     run_to_the_end,
     shard_states,
     upload_bytes,
+    wired,
+    with_settings,
 )
 
 SUBMIT = "SubmitFunction"
@@ -233,8 +232,8 @@ def test_two_checkers_collecting_the_same_batch_write_each_output_once(
         yield from stream(self, batch)
 
     monkeypatch.setattr(BatchesApi, "result_lines", in_step)
-    store, state, api, events = adapters(stack)
-    checkers = [Checker(store, state, api, events, wiring.utc_now, seconds_left=lambda: 900.0) for _ in range(2)]
+    services = wired(stack)
+    checkers = [Checker(services, seconds_left=lambda: 900.0) for _ in range(2)]
     reports: list[Any] = []
     _together(*(lambda c=checker: reports.append(c.tick()) for checker in checkers))
     monkeypatch.setattr(BatchesApi, "result_lines", stream)
@@ -263,23 +262,22 @@ def test_the_create_lease_lets_one_create_through_at_a_time(
         key = f"inbox/lease/{n}.jsonl"
         version = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"]
         runner.lose_event(key, version)  # these two are handled below, not by the runner
-        sources.append(SourceObject(stack.bucket_name, key, version))
+        sources.append(SourceRef(stack.bucket_name, key, version))
     in_flight: list[int] = []
     most: list[int] = []
     create = BatchesApi.create
 
-    def counted(self: BatchesApi, body: Any, size: int) -> dict[str, Any]:
+    def counted(self: BatchesApi, body: Any, size: int, timeout: float) -> dict[str, Any]:
         in_flight.append(1)
         most.append(len(in_flight))
         try:
-            return create(self, body, size)
+            return create(self, body, size, timeout)
         finally:
             in_flight.pop()
 
     monkeypatch.setattr(BatchesApi, "create", counted)
-    monkeypatch.setattr(batchdrop.adapters.batches, "CREATE_TIMEOUT_SECONDS", 10.0)
-    store, state, api, _ = adapters(stack)
-    submitters = [Submitter(store, state, api, wiring.utc_now) for _ in sources]
+    services = wired(stack, timings=Timings(create_timeout=10.0))
+    submitters = [Intake(services) for _ in sources]
 
     # When both run at the same moment
     _together(
@@ -299,7 +297,7 @@ def test_an_object_whose_event_was_lost_is_started_by_the_sweeper(
     stack: LocalStack, runner: LocalRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an upload whose S3 event never arrives, and one delivered as usual
-    monkeypatch.setattr(batchdrop.sweeper, "MIN_AGE_SECONDS", 0.0)
+    with_settings(stack, monkeypatch, timings=Timings(sweep_min_age=0.0))
     lost_body, seen_body = _requests(tmp_path, 7), _requests(tmp_path, 5)
     response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key="inbox/lost/a.jsonl", Body=lost_body)
     runner.lose_event("inbox/lost/a.jsonl", response["VersionId"])
@@ -329,7 +327,7 @@ def test_a_batch_open_past_its_expiry_is_flagged_and_canceled(
     body = _requests(tmp_path, 6)
     job_id = upload_bytes(stack, "inbox/overdue/requests.jsonl", body)
     runner.deliver_pending()
-    monkeypatch.setattr(batchdrop.checker, "EXPIRY_MARGIN_SECONDS", -86_400.0)  # "now" is past expires_at
+    with_settings(stack, monkeypatch, timings=Timings(expiry_margin=-86_400.0))  # "now" is past expires_at
 
     # When the checker ticks
     tick = runner.tick()
@@ -337,7 +335,7 @@ def test_a_batch_open_past_its_expiry_is_flagged_and_canceled(
     # Then the batch is flagged (the BatchesPastExpiry metric) and asked to stop
     assert tick.error is None
     assert len(tick.result["past_expiry"]) == 1
-    monkeypatch.setattr(batchdrop.checker, "EXPIRY_MARGIN_SECONDS", 3600.0)
+    with_settings(stack, monkeypatch, timings=Timings())
     manifest = run_to_the_end(stack, runner, job_id)
     assert_each_request_once(stack, manifest, input_ids(body))
 
@@ -350,10 +348,10 @@ def test_the_same_event_twenty_times_from_eight_threads_makes_one_job_and_one_ba
     key = "inbox/storm/requests.jsonl"
     version = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"]
     runner.lose_event(key, version)  # the runner's own delivery is replaced by the storm below
-    source = SourceObject(stack.bucket_name, key, version)
-    store, state, api, _ = adapters(stack)
+    source = SourceRef(stack.bucket_name, key, version)
+    services = wired(stack)
     outcomes: list[Any] = []
-    work = [lambda: outcomes.append(Submitter(store, state, api, wiring.utc_now).submit(source)) for _ in range(20)]
+    work = [lambda: outcomes.append(Intake(services).submit(source)) for _ in range(20)]
 
     # When they run eight at a time
     for start in range(0, len(work), 8):

@@ -11,18 +11,22 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from batchdrop import wiring
-from batchdrop.adapters.objects import PART_BYTES, SourceRange
-from batchdrop.adapters.state import ShardPlan
+from batchdrop.adapters.objects import PART_BYTES
 from batchdrop.domain.jobs import job_id_for
-from batchdrop.domain.requests import ValidLine
-from batchdrop.domain.shards import ShardLimits, body_chunks, lines_body_bytes, shard_key, whole_copy_key
+from batchdrop.domain.records import ShardPlan, ShardRecord, SourceRef
+from batchdrop.domain.shards import ShardLimits, lines_body_bytes, shard_key, whole_copy_key
+from batchdrop.domain.timings import stamp
 from batchdrop.errors import ShardBodyError
-from batchdrop.submit import EARLY_COPY_BYTES, CreateResult, ShardCreator, SourceObject, Submitter
+from batchdrop.ports import EARLY_COPY_BYTES, SourceRange
+from batchdrop.services.create import ShardCreator
+from batchdrop.services.intake import Intake
+from batchdrop.services.split import split_object
 from batchdrop_local.calls import CallCounter, FreshAdapters, fresh_adapters
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.soak import read_object
@@ -77,14 +81,15 @@ def _submit(
     version = str(stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"])
     runner.lose_event(key, version)  # submitted here, with the limits asked for
     size = None if early_copy_bytes is None else len(body)
-    early = {} if early_copy_bytes is None else {"early_copy_bytes": early_copy_bytes}
+    settings: dict[str, Any] = {} if early_copy_bytes is None else {"early_copy_bytes": early_copy_bytes}
+    if limits is not None:
+        settings["limits"] = limits
     with CallCounter() as calls:
         fresh = fresh_adapters(stack)
         if prepare is not None:
             prepare(fresh)
         try:
-            submitter = Submitter(fresh.store, fresh.state, fresh.api, wiring.utc_now, limits=limits, **early)
-            outcome = submitter.submit(SourceObject(stack.bucket_name, key, version, size))
+            outcome = Intake(fresh.wiring(**settings)).submit(SourceRef(stack.bucket_name, key, version), size)
         finally:
             fresh.close()
     assert outcome.status == "RUNNING"
@@ -218,14 +223,14 @@ def test_a_copy_that_finds_the_shard_written_keeps_the_first(stack: LocalStack, 
     key = "inbox/copy/raced.jsonl"
     version = str(stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"])
     runner.lose_event(key, version)
-    source = SourceObject(stack.bucket_name, key, version)
+    source = SourceRef(stack.bucket_name, key, version)
     fresh = fresh_adapters(stack)
     try:
         job_id = job_id_for(stack.bucket_name, key, version)
         stack.client("s3").put_object(Bucket=stack.bucket_name, Key=shard_key(job_id, 0), Body=b"first\n")
 
         # When this invocation splits the file
-        split = Submitter(fresh.store, fresh.state, fresh.api, wiring.utc_now)._split(job_id, source)
+        split = split_object(fresh.wiring(), job_id, source)
     finally:
         fresh.close()
 
@@ -349,8 +354,8 @@ def test_an_early_copy_an_earlier_run_made_is_the_shard(stack: LocalStack, runne
     # When the job is submitted again
     fresh = fresh_adapters(stack)
     try:
-        submitter = Submitter(fresh.store, fresh.state, fresh.api, wiring.utc_now, early_copy_bytes=1)
-        outcome = submitter.submit(SourceObject(stack.bucket_name, key, version, len(body)))
+        intake = Intake(fresh.wiring(early_copy_bytes=1))
+        outcome = intake.submit(SourceRef(stack.bucket_name, key, version), len(body))
     finally:
         fresh.close()
 
@@ -405,8 +410,8 @@ def test_the_submit_function_copies_a_large_clean_file_early(stack: LocalStack, 
 def _record_one_shard(stack: LocalStack, fresh: FreshAdapters, job_id: str, key: str, body: bytes, size: int) -> None:
     """A job of one recorded shard of 3 requests: `body` at `key`, recorded with `size`."""
     stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
-    fresh.state.create_job(job_id, {"bucket": stack.bucket_name, "key": "inbox/x", "version_id": "v"}, wiring.utc_now())
-    fresh.state.record_shards(job_id, [ShardPlan(0, key, 3, size)], requested=3, rejected=0)
+    fresh.state.create_job(job_id, SourceRef(stack.bucket_name, "inbox/x", "v"), stamp(datetime.now(UTC)))
+    fresh.state.record_shards(job_id, [ShardPlan(0, key, 3, size)], requested=3, rejected=0, max_attempts=3)
 
 
 def test_a_shard_whose_object_cannot_make_its_recorded_body_is_never_sent(stack: LocalStack) -> None:
@@ -420,35 +425,15 @@ def test_a_shard_whose_object_cannot_make_its_recorded_body_is_never_sent(stack:
 
         # When its create is attempted / Then it is refused before any intent or byte is sent
         with pytest.raises(ShardBodyError, match="cannot make the recorded"):
-            ShardCreator(fresh.store, fresh.state, fresh.api, wiring.utc_now).create(
-                job_id, fresh.state.get_shard(job_id, 0)
-            )
+            ShardCreator(fresh.wiring()).create(_shard(fresh, job_id))
         assert stack.emulator_control().counters()["creates_accepted"] == before
-        assert fresh.state.get_shard(job_id, 0)["state"] == "PENDING"
+        assert _shard(fresh, job_id).state == "PENDING"
         assert fresh.state.get_create_lease() is None
     finally:
         fresh.close()
 
 
-def test_a_shard_written_by_an_earlier_version_is_sent_as_the_create_body_it_is(stack: LocalStack) -> None:
-    # Given a recorded shard of an earlier version: a whole create body at a .json key
-    job_id = "jearlierjsonshard0000000"
-    lines = [ValidLine(n, json.loads(line)["custom_id"], line) for n, line in enumerate(_lines(3, 100, first=6))]
-    body = b"".join(body_chunks(lines))
-    key = f"work/{job_id}/shard-00000.json"
-    fresh = fresh_adapters(stack)
-    try:
-        _record_one_shard(stack, fresh, job_id, key, body, len(body))
-        before = stack.emulator_control().custom_ids()
-
-        # When it is created
-        created = ShardCreator(fresh.store, fresh.state, fresh.api, wiring.utc_now).create(
-            job_id, fresh.state.get_shard(job_id, 0)
-        )
-    finally:
-        fresh.close()
-
-    # Then its body went as it is: one batch of its three requests
-    assert created is CreateResult.CREATED
-    sent = Counter(stack.emulator_control().custom_ids()) - Counter(before)
-    assert sent == Counter({line.custom_id: 1 for line in lines})
+def _shard(fresh: FreshAdapters, job_id: str) -> ShardRecord:
+    shard = fresh.state.get_shard(job_id, 0)
+    assert shard is not None
+    return shard

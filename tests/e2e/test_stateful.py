@@ -34,13 +34,19 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import batchdrop.adapters.batches
-import batchdrop.submit
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.objects import MultipartWriter
 from batchdrop.adapters.state import StateTable
 from batchdrop_local.runner import LocalRunner, load_handler
-from batchdrop_local.soak import Upload, all_finished, audit, compressed_time, put_requests, read_object
+from batchdrop_local.soak import (
+    COMPRESSED_TIMINGS,
+    Upload,
+    all_finished,
+    audit,
+    compressed_time,
+    put_requests,
+    read_object,
+)
 from batchdrop_local.stack import LocalStack
 from tests.e2e.crash import CrashPoint
 
@@ -289,7 +295,7 @@ class Pipeline(RuleBasedStateMachine):
             assert job is None or job["status"]["S"] != "FAILED", f"{job_id}: a valid file failed"
             shards = [item for item in items if item["SK"]["S"].startswith("SHARD#")]
             assert len(shards) <= 1  # 15 requests at most: one shard
-            attempt = int(shards[0].get("round", {"N": "1"})["N"]) if shards else 0
+            attempt = int(shards[0].get("attempt", {"N": "1"})["N"]) if shards else 0
             assert attempt <= MAX_ATTEMPTS
             rounds += attempt
             over = {i: sent[i] for i in upload.custom_ids if sent.get(i, 0) > attempt}
@@ -336,7 +342,7 @@ def test_any_interleaving_of_uploads_events_ticks_faults_and_crashes_gives_each_
     stack: LocalStack, handlers: dict[str, Any]
 ) -> None:
     covered: Counter[str] = Counter()
-    with compressed_time():
+    with compressed_time(stack):
         run_state_machine_as_test(lambda: Pipeline(stack, handlers, covered), settings=SETTINGS)
     print(dict(covered))  # what the examples did: pytest -s shows it
 
@@ -365,7 +371,7 @@ def test_a_create_left_unsettled_never_takes_the_batch_of_a_later_create_of_the_
     first create's lease must keep the second from being sent before the first is settled."""
     fault, crash = UNSETTLED[how]
     covered: Counter[str] = Counter()
-    with compressed_time():
+    with compressed_time(stack):
         machine = Pipeline(stack, handlers, covered)
         checks = [
             machine.results_hold_only_the_jobs_own_requests_each_at_most_once,
@@ -376,7 +382,7 @@ def test_a_create_left_unsettled_never_takes_the_batch_of_a_later_create_of_the_
                 machine.crash_at(crash)
             machine.first_upload(requests=5, calm=True, first=fault)
             machine.deliver()
-            time.sleep(batchdrop.adapters.batches.create_window() + batchdrop.submit.LEASE_MARGIN_SECONDS + 0.2)
+            time.sleep(COMPRESSED_TIMINGS.stale_intent + 0.2)
             machine.fault("lose the next create response")
             machine.upload(requests=5)
             machine.deliver()

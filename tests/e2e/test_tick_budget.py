@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 
-from batchdrop import wiring
-from batchdrop.adapters.batches import BatchesApi
-from batchdrop.adapters.events import EventPublisher
-from batchdrop.adapters.objects import PART_BYTES, ObjectStore
-from batchdrop.adapters.state import StateTable
-from batchdrop.checker import Checker, TickReport
+from batchdrop.adapters.objects import PART_BYTES
+from batchdrop.domain.records import SourceRef
 from batchdrop.domain.shards import ShardLimits
-from batchdrop.submit import SourceObject, Submitter
+from batchdrop.ports import Wiring
+from batchdrop.services.intake import Intake
+from batchdrop.services.tick import Checker, TickReport
 from batchdrop_local.calls import CallCounter, fresh_adapters
 from batchdrop_local.soak import Upload, put_requests
 from batchdrop_local.stack import LocalStack
@@ -65,16 +63,16 @@ class Cost:
     report: TickReport
 
 
-def _fresh_adapters(stack: LocalStack) -> tuple[ObjectStore, StateTable, BatchesApi, EventPublisher]:
-    """The layer's adapters on clients made now (the stack's own predate CallCounter)."""
+def _fresh_wiring(stack: LocalStack, **settings: Any) -> Wiring:
+    """The services' wiring on clients made now (the stack's own predate CallCounter)."""
     made = fresh_adapters(stack)
     _MADE.append(made)
-    return made.store, made.state, made.api, made.events
+    wired: Wiring = made.wiring(**settings)
+    return wired
 
 
 def _checker(stack: LocalStack) -> Checker:
-    store, state, api, events = _fresh_adapters(stack)
-    return Checker(store, state, api, events, wiring.utc_now, seconds_left=lambda: 900.0)
+    return Checker(_fresh_wiring(stack), seconds_left=lambda: 900.0)
 
 
 def _counted_tick(stack: LocalStack) -> Cost:
@@ -91,9 +89,8 @@ def _submit(stack: LocalStack, requests: int, per_batch: int) -> Upload:
     """A file of `requests` requests through the real Submitter, in batches of `per_batch`."""
     name = uuid.uuid4().hex[:8]
     upload = put_requests(stack, f"inbox/budget/{name}.jsonl", f"b{name}", requests)
-    store, state, api, _ = _fresh_adapters(stack)
-    submitter = Submitter(store, state, api, wiring.utc_now, limits=ShardLimits(max_requests=per_batch))
-    outcome = submitter.submit(SourceObject(stack.bucket_name, upload.key, upload.version_id))
+    intake = Intake(_fresh_wiring(stack, limits=ShardLimits(max_requests=per_batch)))
+    outcome = intake.submit(SourceRef(stack.bucket_name, upload.key, upload.version_id))
     assert (outcome.status, outcome.submitted) == ("RUNNING", -(-requests // per_batch))
     return upload
 

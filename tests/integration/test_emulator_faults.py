@@ -1,6 +1,6 @@
 """Every fault the emulator injects, and what an SDK client sees when it meets it: HTTP errors,
 stalls, errored and expired shares, the queue limit, a lost create response, a cut results
-download; set through the control endpoint or the settings (README, Faults)."""
+download; set through the control endpoint or the settings (docs/local.md, Faults)."""
 
 from __future__ import annotations
 

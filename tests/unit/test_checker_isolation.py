@@ -3,12 +3,18 @@ still reaches Lambda (and so the failure destination and its alarm) at the end."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from batchdrop.checker import Checker
+from batchdrop.domain.records import JobRecord, OpenWork, Outcome, ShardRecord, SourceRef
+from batchdrop.domain.states import JobStatus, ShardState
+from batchdrop.domain.timings import Timings
 from batchdrop.errors import CheckerItemsFailedError
+from batchdrop.ports import Wiring
+from batchdrop.services.finish import Finisher
+from batchdrop.services.tick import Checker
 
 
 class _Writer:
@@ -40,18 +46,18 @@ class _Store:
 
 
 class _State:
-    def __init__(self, shards: list[dict[str, Any]]) -> None:
+    def __init__(self, shards: list[ShardRecord]) -> None:
         self.shards = shards
         self.collected: list[str] = []
 
-    def open_items(self) -> list[dict[str, Any]]:
-        return self.shards
+    def open_work(self) -> OpenWork:
+        return OpenWork(jobs=[], batches=self.shards)
 
-    def get_shard(self, job_id: str, index: int) -> dict[str, Any]:
-        return next(s for s in self.shards if s["job_id"] == job_id and s["index"] == index)
+    def get_shard(self, job_id: str, index: int) -> ShardRecord:
+        return next(s for s in self.shards if s.job_id == job_id and s.index == index)
 
-    def mark_collected(self, job_id: str, index: int, **_figures: Any) -> bool:
-        self.collected.append(job_id)
+    def mark_collected(self, shard: ShardRecord, outcome: Outcome) -> bool:
+        self.collected.append(shard.job_id)
         return True
 
 
@@ -70,21 +76,32 @@ class _Api:
         return [b'{"custom_id":"' + batch["id"].encode() + b'","result":{"type":"canceled"}}']
 
 
-def _shard(job_id: str, batch_id: str) -> dict[str, Any]:
-    return {
-        "SK": f"SHARD#{job_id}#00000",
-        "job_id": job_id,
-        "index": 0,
-        "state": "SUBMITTED",
-        "batch_id": batch_id,
-        "requests": 1,
-    }
+def _shard(job_id: str, batch_id: str, state: ShardState = ShardState.SUBMITTED) -> ShardRecord:
+    return ShardRecord(
+        job_id=job_id,
+        index=0,
+        state=state,
+        key=f"work/{job_id}/shard-00000.jsonl",
+        requests=1,
+        attempt_requests=1,
+        size=100,
+        ids_digest="",
+        attempt=1,
+        creates_sent=1,
+        max_attempts=3,
+        batch_id=batch_id,
+    )
+
+
+def _checker(state: Any, timings: Timings | None = None) -> Checker:
+    wired = Wiring(_Store(), state, _Api(), None, timings=timings or Timings())  # type: ignore[arg-type]
+    return Checker(wired, seconds_left=lambda: 900)
 
 
 def test_a_failing_batch_does_not_stop_the_others_and_the_tick_still_fails() -> None:
     # Given three open batches, the middle one failing in an unexpected way
     state = _State([_shard("j-a", "a"), _shard("j-b", "broken"), _shard("j-c", "c")])
-    checker = Checker(_Store(), state, _Api(), events=None, clock=lambda: "now", seconds_left=lambda: 900)  # type: ignore[arg-type]
+    checker = _checker(state)
 
     # When the checker ticks, Then it raises at the end, naming the failed batch...
     with pytest.raises(CheckerItemsFailedError, match="batch broken"):
@@ -97,21 +114,23 @@ def test_a_failing_batch_does_not_stop_the_others_and_the_tick_still_fails() -> 
 class _JobState:
     """A job that recorded two shards, of which only one item exists, collected."""
 
-    def job_items(self, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        job = {"job_id": job_id, "status": "RUNNING", "shards": 2, "requested": 2, "rejected": 0}
-        return job, [{"index": 0, "state": "COLLECTED", "counts": {"succeeded": 1}}]
+    def job_and_shards(self, job_id: str) -> tuple[JobRecord, list[ShardRecord]]:
+        source = SourceRef("b", "inbox/x.jsonl", "v1")
+        job = JobRecord(job_id, JobStatus.RUNNING, source, "2026-11-23T10:00:00Z", 2, 0, shard_count=2)
+        collected = replace(_shard(job_id, "a", ShardState.COLLECTED), counts={"succeeded": 1})
+        return job, [collected]
 
 
 def test_a_job_missing_a_recorded_shard_is_never_closed() -> None:
-    checker = Checker(_Store(), _JobState(), _Api(), events=None, clock=lambda: "now", seconds_left=lambda: 900)  # type: ignore[arg-type]
-    assert checker._finish_if_done("j-partial") is False
+    wired = Wiring(_Store(), _JobState(), _Api(), None)  # type: ignore[arg-type]
+    assert Finisher(wired).finish_if_done("j-partial") is False
 
 
 def test_results_of_other_requests_are_never_recorded_even_when_the_count_matches() -> None:
     # Given a shard whose one request is "mine", and a batch that returns one result for "theirs"
-    shard = {**_shard("j-a", "a"), "ids_digest": _digest_of("mine")}
+    shard = replace(_shard("j-a", "a"), ids_digest=_digest_of("mine"))
     state = _State([shard])
-    checker = Checker(_Store(), state, _Api(), events=None, clock=lambda: "now", seconds_left=lambda: 900)  # type: ignore[arg-type]
+    checker = _checker(state)
 
     # When the checker ticks / Then the batch fails and nothing is recorded
     with pytest.raises(CheckerItemsFailedError, match="batch a"):
@@ -130,15 +149,7 @@ def _digest_of(custom_id: str) -> str:
 def test_a_tick_stops_starting_work_at_its_budget_and_leaves_the_rest() -> None:
     # Given three ended batches and a tick whose budget is already spent
     state = _State([_shard("j-a", "a"), _shard("j-b", "b"), _shard("j-c", "c")])
-    checker = Checker(
-        _Store(),
-        state,  # type: ignore[arg-type]
-        _Api(),  # type: ignore[arg-type]
-        events=None,  # type: ignore[arg-type]
-        clock=lambda: "now",
-        seconds_left=lambda: 900,
-        budget_seconds=0,
-    )
+    checker = _checker(state, Timings(tick_budget=0))
     # When it ticks
     report = checker.tick()
     # Then it collects nothing and defers all three to the next tick (long before Lambda's timeout)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from batchdrop.domain.reconcile import Listed, Settlement, Unsettled, parse_time, settle
+from batchdrop.domain.reconcile import Listed, Settlement, Unsettled, settle
+from batchdrop.domain.timings import parse_stamp
 
 SENT = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 TIMEOUT = 300.0
@@ -35,6 +36,7 @@ def _settle(
         now=now,
         create_timeout=TIMEOUT,
         grace=120.0,
+        skew=60.0,
         blocked_sizes=blocked_sizes,
     )
 
@@ -87,4 +89,4 @@ def test_listed_batches_count_every_request_state() -> None:
         }
     )
     assert batch.requests == 10
-    assert batch.created_at == parse_time("2026-11-23T10:00:01.500+00:00")
+    assert batch.created_at == parse_stamp("2026-11-23T10:00:01.500+00:00")

@@ -1,5 +1,5 @@
 """The sweeper hands the submit function each version's size, as an S3 event would: a lost
-event's large clean file is copied early too (Submitter's early copy reads the size)."""
+event's large clean file is copied early too (the split's early copy reads the size)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import pytest
 from moto import mock_aws
 
 from batchdrop.adapters.objects import ObjectStore
-from batchdrop.submit import SourceObject
-from batchdrop.sweeper import MIN_AGE_SECONDS, Sweeper
+from batchdrop.domain.records import SourceRef
+from batchdrop.domain.timings import Timings
+from batchdrop.ports import Wiring
+from batchdrop.services.sweeper import Sweeper
 
 
 class _NoJobs:
@@ -23,10 +25,17 @@ class _NoJobs:
 
 class _Recorder:
     def __init__(self) -> None:
-        self.sources: list[SourceObject] = []
+        self.sources: list[tuple[SourceRef, int | None]] = []
 
-    def submit(self, source: SourceObject) -> None:
-        self.sources.append(source)
+    def submit(self, source: SourceRef, size: int | None = None) -> None:
+        self.sources.append((source, size))
+
+
+class _Later:
+    """A clock past both versions' minimum age."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=Timings().sweep_min_age + 60)
 
 
 def test_a_swept_version_is_submitted_with_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,19 +50,17 @@ def test_a_swept_version_is_submitted_with_its_size(monkeypatch: pytest.MonkeyPa
         # Given two versions under inbox/ whose events were lost
         first = client.put_object(Bucket="swept", Key="inbox/a.jsonl", Body=b"x" * 123)["VersionId"]
         second = client.put_object(Bucket="swept", Key="inbox/a.jsonl", Body=b"y" * 45)["VersionId"]
-        submitter = _Recorder()
-        later = datetime.now(UTC) + timedelta(seconds=MIN_AGE_SECONDS + 60)
+        intake = _Recorder()
+        wired = Wiring(ObjectStore("swept", client), _NoJobs(), None, None, clock=_Later())  # type: ignore[arg-type]
 
         # When the sweeper runs past their minimum age
-        Sweeper(
-            ObjectStore("swept", client), _NoJobs(), submitter, now=lambda: later, seconds_left=lambda: 900.0
-        ).sweep()  # type: ignore[arg-type]
+        Sweeper(wired, intake, seconds_left=lambda: 900.0).sweep()  # type: ignore[arg-type]
 
     # Then each is submitted with the size S3 lists for it
-    assert sorted(submitter.sources, key=lambda source: source.version_id) == sorted(
+    assert sorted(intake.sources, key=lambda submitted: submitted[0].version_id) == sorted(
         [
-            SourceObject("swept", "inbox/a.jsonl", first, 123),
-            SourceObject("swept", "inbox/a.jsonl", second, 45),
+            (SourceRef("swept", "inbox/a.jsonl", first), 123),
+            (SourceRef("swept", "inbox/a.jsonl", second), 45),
         ],
-        key=lambda source: source.version_id,
+        key=lambda submitted: submitted[0].version_id,
     )

@@ -4,8 +4,6 @@ the Anthropic key fetched from Secrets Manager, never from an environment variab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 
 from batchdrop.adapters.batches import BatchesApi
@@ -13,27 +11,16 @@ from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.config import Settings
+from batchdrop.domain.shards import ShardLimits
+from batchdrop.ports import Wiring
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Adapters:
-    settings: Settings
-    store: ObjectStore
-    state: StateTable
-    batches: BatchesApi
-    events: EventPublisher
-
-
-def adapters() -> Adapters:
+def from_env() -> Wiring:
     return _build(Settings.from_env())
 
 
 @cache
-def _build(settings: Settings) -> Adapters:
+def _build(settings: Settings) -> Wiring:
     secrets: list[object] = []  # the provider, made on first use: its import is not free
 
     def api_key() -> str:
@@ -44,10 +31,12 @@ def _build(settings: Settings) -> Adapters:
         # Cached by the provider for POWERTOOLS_PARAMETERS_MAX_AGE seconds.
         return str(secrets[0].get(settings.secret_arn))  # type: ignore[attr-defined]
 
-    return Adapters(
-        settings=settings,
+    return Wiring(
         store=ObjectStore(settings.bucket),
         state=StateTable(settings.table),
         batches=BatchesApi(api_key, base_url=settings.base_url),
         events=EventPublisher(settings.event_bus),
+        timings=settings.timings,
+        limits=ShardLimits(max_requests=settings.shard_max_requests),
+        max_attempts=settings.max_attempts,
     )

@@ -1,1 +1,1 @@
-"""A local, stateful emulator of Anthropic's Message Batches API (README: The Message Batches emulator)."""
+"""A local, stateful emulator of Anthropic's Message Batches API (docs/local.md)."""

@@ -1,5 +1,5 @@
 """Fault injection for the emulator: seeded, reproducible HTTP errors, stalls, lost
-responses and per-request errored/expired outcomes (README, "Faults")."""
+responses and per-request errored/expired outcomes (docs/local.md, "Faults")."""
 
 from __future__ import annotations
 

@@ -16,17 +16,17 @@ from batchdrop.domain.shards import (
     ENVELOPE_BYTES,
     ENVELOPE_CLOSE,
     ENVELOPE_OPEN,
-    SEPARATOR_BYTES,
+    SEPARATOR,
     ShardLimits,
     assign_shards,
-    body_chunks,
-    body_requests,
     create_body,
     create_body_bytes,
-    holds_lines,
     lines_body_bytes,
+    request_lines,
     shard_key,
 )
+
+SEPARATOR_BYTES = len(SEPARATOR)
 
 
 def line_of(size: int, number: int = 1) -> ValidLine:
@@ -38,7 +38,13 @@ def shards_of(lines: list[ValidLine], limits: ShardLimits) -> list[list[ValidLin
 
 
 def body_of(lines: list[ValidLine]) -> bytes:
-    return b"".join(body_chunks(lines))
+    """The create body of these lines, as the API takes it (written out, not streamed)."""
+    return ENVELOPE_OPEN + SEPARATOR.join(line.body for line in lines) + ENVELOPE_CLOSE
+
+
+def shard_of(lines: list[ValidLine]) -> bytes:
+    """The JSON Lines shard holding these lines."""
+    return b"".join(line.body + b"\n" for line in lines)
 
 
 def assert_shards_are_full_and_within(shards: list[list[ValidLine]], limits: ShardLimits) -> None:
@@ -54,8 +60,8 @@ def assert_shards_are_full_and_within(shards: list[list[ValidLine]], limits: Sha
 def test_the_create_body_is_the_envelope_around_lines_joined_by_commas() -> None:
     # Given two valid request bodies
     lines = [ValidLine(1, "a", b'{"custom_id":"a"}'), ValidLine(2, "b", b'{"custom_id":"b"}')]
-    # When the body is streamed
-    body = body_of(lines)
+    # When the body of their shard is streamed
+    body = b"".join(create_body(iter([shard_of(lines)])))
     # Then it is the API's create body, one request per line
     assert body == b'{"requests":[\n{"custom_id":"a"},\n{"custom_id":"b"}\n]}'
     assert json.loads(body) == {"requests": [{"custom_id": "a"}, {"custom_id": "b"}]}
@@ -63,20 +69,19 @@ def test_the_create_body_is_the_envelope_around_lines_joined_by_commas() -> None
 
 
 @pytest.mark.parametrize("count", [1, 2, 5])
-def test_a_create_body_reads_back_as_its_request_bodies(count: int) -> None:
-    # Given a create body of `count` requests, split into lines as S3 streams it
+def test_a_shard_reads_back_as_its_request_bodies(count: int) -> None:
+    # Given a shard of `count` requests, split into lines as S3 streams it
     tricky = '"params":{"x":",\\n]}"}'  # separators and envelope bytes inside a string
     lines = [ValidLine(n, f"id-{n}", f'{{"custom_id":"id-{n}",{tricky}}}'.encode()) for n in range(count)]
-    body = body_of(lines)
     # When its requests are read back
-    read = list(body_requests(body.splitlines(keepends=True)))
+    read = list(request_lines(shard_of(lines).splitlines(keepends=True)))
     # Then they are exactly the request bodies, in order
     assert read == [line.body for line in lines]
 
 
 def test_the_create_body_is_streamed_not_joined() -> None:
     # Given a body stream
-    chunks = body_chunks(iter([line_of(5, 1), line_of(5, 2)]))
+    chunks = create_body(iter([shard_of([line_of(5, 1), line_of(5, 2)])]))
     # When it is read / Then it comes in pieces, envelope first
     assert next(chunks) == ENVELOPE_OPEN
     assert list(chunks)[-1] == ENVELOPE_CLOSE
@@ -254,11 +259,4 @@ def test_a_lines_shard_streams_as_the_create_body_of_its_lines(
     with_newline, without = lines_body_bytes(len(shard), len(lines))
     assert len(body) == (with_newline if shard.endswith(b"\n") else without)
     # And its requests read back line by line, as retries read them
-    assert list(body_requests(shard.splitlines(keepends=True))) == [line.body for line in lines]
-
-
-def test_shards_written_before_json_lines_are_sent_as_they_are() -> None:
-    # Given the keys of this version's shards and retries, and of an earlier version's
-    # Then only the JSON Lines ones are wrapped in an envelope when sent
-    assert [holds_lines(key) for key in (shard_key("j", 0), shard_key("j", 0, 2))] == [True, True]
-    assert [holds_lines(key) for key in ("work/j/shard-00000.json", "work/j/shard-00000-a2.json")] == [False, False]
+    assert list(request_lines(shard.splitlines(keepends=True))) == [line.body for line in lines]

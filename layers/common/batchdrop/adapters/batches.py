@@ -5,38 +5,19 @@ The SDK is imported on first use: it is the heaviest import of the functions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
+from batchdrop.ports import RecentBatches
 
-CREATE_TIMEOUT_SECONDS = 300.0
 READ_RETRIES = 3
 # The most batches one reconciliation lists (newest first) before giving up on its window.
 LIST_MAX_BATCHES = 5000
 LIST_PAGE = 100
 # The most batches one list call returns (the API's own maximum).
 LIST_PAGE_MAX = 1000
-
-
-def create_timeout() -> float:
-    """The create call's timeout, read when it is used (tests shrink it)."""
-    return CREATE_TIMEOUT_SECONDS
-
-
-def create_window() -> float:
-    """The longest a create can be in flight. The SDK's timeout bounds each phase (connect,
-    each write, the read), not the whole call, so a 256 MB upload can outlast it; the
-    function's own limit (900 s, Lambda's maximum) is what ends it: 3 times the 300 s timeout."""
-    return 3 * create_timeout()
-
-
-@dataclass(frozen=True)
-class RecentBatches:
-    batches: list[dict[str, Any]]
-    complete: bool  # True when the listing reached back past `not_before` (or the oldest batch)
 
 
 class BatchesApi:
@@ -55,14 +36,15 @@ class BatchesApi:
             )
         return self._client
 
-    def create(self, body: Iterable[bytes], size: int) -> dict[str, Any]:
-        """Send one create body; the new batch. Raises ProviderRejectedError (4xx: no batch
-        was created) or ProviderOutcomeUnknownError (a batch may exist)."""
+    def create(self, body: Iterable[bytes], size: int, timeout: float) -> dict[str, Any]:
+        """Send one create body of `size` bytes; the new batch. Raises ProviderRejectedError
+        (4xx: no batch was created) or ProviderOutcomeUnknownError (a batch may exist).
+        `timeout` bounds each phase of the call (connect, each write, the read)."""
         import anthropic
         from anthropic.types.messages import MessageBatch
 
         try:
-            batch = self.client.with_options(max_retries=0, timeout=create_timeout()).post(
+            batch = self.client.with_options(max_retries=0, timeout=timeout).post(
                 "/v1/messages/batches",
                 cast_to=MessageBatch,
                 content=iter(body),
@@ -144,7 +126,7 @@ class BatchesApi:
         except anthropic.APIStatusError:
             return None
 
-    def result_lines(self, batch: dict[str, Any]) -> Iterator[bytes]:
+    def result_lines(self, batch: Mapping[str, Any]) -> Iterator[bytes]:
         """The raw JSONL lines of an ended batch, as the API sends them."""
         import anthropic
         import httpx2

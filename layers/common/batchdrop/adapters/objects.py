@@ -8,56 +8,36 @@ import io
 import json
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from batchdrop.ports import READ_BYTES, ObjectVersion, SourceRange
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
 PART_BYTES = 8 * 1024 * 1024  # S3's minimum is 5 MiB; 8 MiB parts reach 78 GiB within 10,000 parts
-READ_BYTES = 1024 * 1024
 # Parts sent at once, by as many threads, while the next one fills: uploads overlap the
 # parsing that produces them, and memory stays bounded (the part filling plus these).
 PARTS_IN_FLIGHT = 2
 
 
-@dataclass(frozen=True)
-class SourceRange:
-    """Bytes [start, end) of one object version in `bucket`."""
-
-    bucket: str
-    key: str
-    version_id: str
-    start: int
-    end: int
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-    @property
-    def copy_source(self) -> dict[str, str]:
-        return {"Bucket": self.bucket, "Key": self.key, "VersionId": self.version_id}
-
-    def read(self, client: Any) -> Iterator[bytes]:
-        if not self.size:
-            return
-        body = client.get_object(
-            Bucket=self.bucket, Key=self.key, VersionId=self.version_id, Range=f"bytes={self.start}-{self.end - 1}"
-        )["Body"]
-        try:
-            yield from body.iter_chunks(READ_BYTES)
-        finally:
-            body.close()
+def _copy_source(source: SourceRange) -> dict[str, str]:
+    return {"Bucket": source.bucket, "Key": source.key, "VersionId": source.version_id}
 
 
-@dataclass(frozen=True)
-class ObjectVersion:
-    key: str
-    version_id: str | None
-    last_modified: datetime
-    size: int | None = None
+def _read_range(client: Any, source: SourceRange) -> Iterator[bytes]:
+    if not source.size:
+        return
+    body = client.get_object(
+        Bucket=source.bucket,
+        Key=source.key,
+        VersionId=source.version_id,
+        Range=f"bytes={source.start}-{source.end - 1}",
+    )["Body"]
+    try:
+        yield from body.iter_chunks(READ_BYTES)
+    finally:
+        body.close()
 
 
 class _RawStream(io.RawIOBase):
@@ -162,7 +142,7 @@ class ObjectStore:
             self.client.copy_object(
                 Bucket=self.bucket,
                 Key=key,
-                CopySource=source.copy_source,
+                CopySource=_copy_source(source),
                 ContentType=content_type,
                 MetadataDirective="REPLACE",
                 **({"IfNoneMatch": "*"} if if_absent else {}),
@@ -252,7 +232,7 @@ class MultipartWriter:
         if self.size:
             raise ValueError(f"{self.key}: a copied range must come first")
         if source.size < PART_BYTES:
-            for chunk in source.read(self._client):
+            for chunk in _read_range(self._client, source):
                 self.write(chunk)
             return
         self._send_part(self._copy_part, source)
@@ -264,7 +244,7 @@ class MultipartWriter:
             Key=self.key,
             UploadId=upload_id,
             PartNumber=number,
-            CopySource=source.copy_source,
+            CopySource=_copy_source(source),
             CopySourceRange=f"bytes={source.start}-{source.end - 1}",
         )
         return {"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]}

@@ -1,32 +1,58 @@
 """The state table: one item per job and one per shard (the provider batch that carries
-it), under the job's partition key. Every transition is a conditional write, so a replayed
-event or a second checker can never move an item twice. Shards with an open batch, and
-only those, carry the keys of the sparse `open-batches` index; so do unfinished jobs (sort
-key `JOB#…`, beside `SHARD#…`), so one query per tick finds all the checker has to do."""
+it), under the job's partition key. Every move is a conditional write whose expected
+states come from the state machines (domain/states.py), so a replayed event or a second
+checker can never move an item twice. Shards with an open batch, and only those, carry the
+keys of the sparse `open-batches` index; so do unfinished jobs, so one query per tick finds
+all the checker has to do. Only this module knows the items' shape: the rest of batchdrop
+reads JobRecord and ShardRecord values."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from batchdrop.domain.records import (
+    CreateLease,
+    JobRecord,
+    NextAttempt,
+    OpenWork,
+    Outcome,
+    ShardPlan,
+    ShardRecord,
+    SourceRef,
+)
+from batchdrop.domain.states import (
+    OPEN_JOB_STATUSES,
+    UNSETTLED_SHARD_STATES,
+    JobStatus,
+    ShardState,
+    check_job_move,
+    check_shard_move,
+)
 from batchdrop.observability import logger
 
 OPEN_INDEX = "open-batches"
 OPEN = "OPEN"
+_JOB_SK = "JOB"
+_SHARD_SK = "SHARD#"
+_LEASE_KEY = {"PK": "CTRL", "SK": "CREATE_LEASE"}
+_FINAL_JOB = (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELED)
+_OPEN_KEYS = ("GSI1PK", "GSI1SK")  # the open index's keys: an item without them is not in it
+# One transaction holds 100 actions.
+_TRANSACTION_ITEMS = 100
 
 
-def _job_pk(job_id: str) -> str:
-    return f"JOB#{job_id}"
+def _job_key(job_id: str) -> dict[str, str]:
+    return {"PK": f"JOB#{job_id}", "SK": _JOB_SK}
 
 
-def _shard_sk(index: int) -> str:
-    return f"SHARD#{index:05d}"
+def _shard_key(job_id: str, index: int) -> dict[str, str]:
+    return {"PK": f"JOB#{job_id}", "SK": f"{_SHARD_SK}{index:05d}"}
 
 
-def _guard_pk(batch_id: str) -> str:
-    return f"PBATCH#{batch_id}"
+def _guard_key(batch_id: str) -> dict[str, str]:
+    return {"PK": f"PBATCH#{batch_id}", "SK": "OWNER"}
 
 
 def _plain(value: Any) -> Any:
@@ -48,16 +74,123 @@ def _raise_unless_condition_lost(exc: Exception) -> None:
         raise exc
 
 
-@dataclass(frozen=True)
-class ShardPlan:
-    index: int
-    key: str
-    requests: int
-    size: int
-    ids_digest: str = ""  # IdsDigest of the shard's custom_ids
+# --- items and records ------------------------------------------------------------------
 
 
-class StateTable:
+def _job_record(item: Mapping[str, Any]) -> JobRecord:
+    return JobRecord(
+        job_id=item["job_id"],
+        status=JobStatus(item["status"]),
+        source=SourceRef(item["bucket"], item["key"], item["version_id"]),
+        created_at=item["created_at"],
+        requested=int(item.get("requested", 0)),
+        rejected=int(item.get("rejected", 0)),
+        shard_count=int(item.get("shard_count", 0)),
+        cancel_requested_at=item.get("cancel_requested_at"),
+        manifest_key=item.get("manifest_key"),
+        completed_at=item.get("completed_at"),
+        reason=item.get("reason"),
+    )
+
+
+def _shard_record(item: Mapping[str, Any]) -> ShardRecord:
+    return ShardRecord(
+        job_id=item["job_id"],
+        index=int(item["index"]),
+        state=ShardState(item["state"]),
+        key=item["key"],
+        requests=int(item["requests"]),
+        attempt_requests=int(item["attempt_requests"]),
+        size=int(item["size"]),
+        ids_digest=item.get("ids_digest", ""),
+        attempt=int(item["attempt"]),
+        creates_sent=int(item["creates_sent"]),
+        max_attempts=int(item["max_attempts"]),
+        batch_id=item.get("batch_id"),
+        sent_at=item.get("sent_at"),
+        lease_owner=item.get("lease_owner"),
+        reason=item.get("reason"),
+        overdue_at=item.get("overdue_at"),
+        counts=dict(item.get("counts") or {}),
+        usage=dict(item.get("usage") or {}),
+        result_keys=tuple(item.get("result_keys") or ()),
+        attempts_log=tuple(item.get("attempts_log") or ()),
+        ended_at=item.get("ended_at"),
+    )
+
+
+def _shard_item(job_id: str, shard: ShardPlan, max_attempts: int) -> dict[str, Any]:
+    return {
+        **_shard_key(job_id, shard.index),
+        "job_id": job_id,
+        "index": shard.index,
+        "state": ShardState.PENDING.value,
+        "key": shard.key,
+        "requests": shard.requests,
+        "attempt_requests": shard.requests,
+        "size": shard.size,
+        "ids_digest": shard.ids_digest,
+        "attempt": 1,
+        "creates_sent": 0,
+        "max_attempts": max_attempts,
+    }
+
+
+def _outcome_values(outcome: Outcome) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "counts": dict(outcome.counts),
+        "result_keys": list(outcome.result_keys),
+        "attempts_log": [dict(entry) for entry in outcome.attempts_log],
+    }
+    if outcome.usage is not None:
+        values["usage"] = {model: dict(figures) for model, figures in outcome.usage.items()}
+    if outcome.ended_at is not None:
+        values["ended_at"] = outcome.ended_at
+    return values
+
+
+def _update(
+    table: str,
+    key: Mapping[str, str],
+    attribute: str,
+    expected: Mapping[str, str],
+    new: str,
+    *,
+    fence: Mapping[str, Any],
+    set_values: Mapping[str, Any],
+    remove: Sequence[str],
+    add: str | None = None,
+) -> dict[str, Any]:
+    """UpdateItem arguments: `attribute` from one of the `expected` values (named :stN) to
+    `new`, with the `fence` values still held; sets `set_values`, adds one to `add`, removes
+    `remove`. Usable alone or inside a transaction."""
+    names = {"#s": attribute, **{f"#f{i}": name for i, name in enumerate(fence)}}
+    names.update({f"#v{i}": name for i, name in enumerate(set_values)})
+    condition = " AND ".join([f"#s IN ({', '.join(expected)})", *(f"#f{i} = :f{i}" for i in range(len(fence)))])
+    assign = ["#s = :new", *(f"#v{i} = :v{i}" for i in range(len(set_values)))]
+    values: dict[str, Any] = {
+        ":new": str(new),
+        **expected,
+        **{f":f{i}": value for i, value in enumerate(fence.values())},
+        **{f":v{i}": value for i, value in enumerate(set_values.values())},
+    }
+    if add is not None:
+        names["#add"] = add
+        assign.append("#add = #add + :one")
+        values[":one"] = 1
+    return {
+        "TableName": table,
+        "Key": dict(key),
+        "UpdateExpression": f"SET {', '.join(assign)}" + (f" REMOVE {', '.join(remove)}" if remove else ""),
+        "ConditionExpression": condition,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+class _Table:
+    """The table and the writes every item shares: conditional, transactional, fenced moves."""
+
     def __init__(self, table_name: str, resource: Any = None) -> None:
         self._name = table_name
         self._resource = resource
@@ -76,6 +209,7 @@ class StateTable:
     def _conditional(self, **kwargs: Any) -> bool:
         """An UpdateItem/PutItem that may lose its condition: True when it was applied."""
         client = self.table.meta.client
+        kwargs.pop("TableName", None)  # the table resource names itself
         try:
             if "UpdateExpression" in kwargs:
                 self.table.update_item(**kwargs)
@@ -85,35 +219,17 @@ class StateTable:
             return False
         return True
 
-    # --- jobs -------------------------------------------------------------------------
-
-    def create_job(self, job_id: str, source: Mapping[str, str], created_at: str) -> bool:
-        """Record a new job; False when the job exists already (a duplicate event)."""
-        item = {
-            "PK": _job_pk(job_id),
-            "SK": "JOB",
-            "job_id": job_id,
-            "status": "RECEIVED",
-            "bucket": source["bucket"],
-            "key": source["key"],
-            "version_id": source["version_id"],
-            "created_at": created_at,
-        }
-        return self._conditional(Item=item, ConditionExpression="attribute_not_exists(PK)")
-
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
-        item = self.table.get_item(Key={"PK": _job_pk(job_id), "SK": "JOB"}, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
-
-    def job_items(self, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """The job and its shards, read consistently."""
-        job, shards = None, []
-        for item in self._query(KeyConditionExpression="PK = :pk", ExpressionAttributeValues={":pk": _job_pk(job_id)}):
-            if item["SK"] == "JOB":
-                job = item
-            else:
-                shards.append(item)
-        return job, sorted(shards, key=lambda s: s["index"])
+    def _transact(self, items: Sequence[Mapping[str, Any]], what: str) -> bool:
+        """One transaction; False when one of its conditions did not hold."""
+        client = self.table.meta.client
+        try:
+            client.transact_write_items(TransactItems=list(items))
+        except client.exceptions.TransactionCanceledException as exc:
+            _raise_unless_condition_lost(exc)
+            reasons = exc.response.get("CancellationReasons")
+            logger.info("a transaction's condition did not hold", extra={"write": what, "reasons": reasons})
+            return False
+        return True
 
     def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         consistent = "IndexName" not in kwargs
@@ -124,196 +240,218 @@ class StateTable:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def _job_move(
+        self,
+        job_id: str,
+        expected: JobStatus | Iterable[JobStatus],
+        new: JobStatus,
+        set_values: Mapping[str, Any] | None = None,
+        *,
+        remove: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The UpdateItem arguments that move a job from `expected` to `new` (checked
+        against the state machine), setting `set_values` and removing `remove`."""
+        states = {f":st{i}": str(state) for i, state in enumerate(sorted(check_job_move(expected, new)))}
+        return _update(
+            self._name, _job_key(job_id), "status", states, new, fence={}, set_values=set_values or {}, remove=remove
+        )
+
+    @staticmethod
+    def _attempt_fence(shard: ShardRecord) -> dict[str, Any]:
+        if shard.state is ShardState.SUBMITTED:
+            return {"batch_id": shard.batch_id, "attempt": shard.attempt}
+        return {"attempt": shard.attempt, "key": shard.key}
+
+    def _shard_move(
+        self,
+        job_id: str,
+        index: int,
+        expected: ShardState | Iterable[ShardState],
+        new: ShardState,
+        *,
+        fence: Mapping[str, Any] | None = None,
+        set_values: Mapping[str, Any] | None = None,
+        add: str | None = None,
+        remove: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The UpdateItem arguments of a shard's move from `expected` to `new` (checked
+        against the state machine): the item must still hold the `fence` values; the move
+        sets `set_values`, adds one to the `add` counter and removes `remove`."""
+        states = {f":st{i}": str(state) for i, state in enumerate(sorted(check_shard_move(expected, new)))}
+        return _update(
+            self._name,
+            _shard_key(job_id, index),
+            "state",
+            states,
+            new,
+            fence=fence or {},
+            set_values=set_values or {},
+            remove=remove,
+            add=add,
+        )
+
+
+class _Jobs(_Table):
+    """Job items."""
+
+    def create_job(self, job_id: str, source: SourceRef, created_at: str) -> bool:
+        """Record a new job; False when the job exists already (a duplicate event)."""
+        item = {
+            **_job_key(job_id),
+            "job_id": job_id,
+            "status": JobStatus.RECEIVED.value,
+            **source.as_dict(),
+            "created_at": created_at,
+        }
+        return self._conditional(Item=item, ConditionExpression="attribute_not_exists(PK)")
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        item = self.table.get_item(Key=_job_key(job_id), ConsistentRead=True).get("Item")
+        return _job_record(_plain(item)) if item else None
+
+    def job_and_shards(self, job_id: str) -> tuple[JobRecord | None, list[ShardRecord]]:
+        """The job and its shards in index order, read consistently."""
+        job, shards = None, []
+        for item in self._query(KeyConditionExpression="PK = :pk", ExpressionAttributeValues={":pk": f"JOB#{job_id}"}):
+            if item["SK"] == _JOB_SK:
+                job = _job_record(item)
+            elif item["SK"].startswith(_SHARD_SK):
+                shards.append(_shard_record(item))
+        return job, sorted(shards, key=lambda shard: shard.index)
+
+    def shards(self, job_id: str) -> list[ShardRecord]:
+        return self.job_and_shards(job_id)[1]
+
     def existing_jobs(self, job_ids: Iterable[str]) -> set[str]:
         """Which of these jobs exist: BatchGetItem, 100 keys a request."""
         wanted = list(dict.fromkeys(job_ids))
         found: set[str] = set()
-        resource = self.table.meta.client
+        client = self.table.meta.client
         for start in range(0, len(wanted), 100):
-            keys = [{"PK": _job_pk(job_id), "SK": "JOB"} for job_id in wanted[start : start + 100]]
+            keys = [_job_key(job_id) for job_id in wanted[start : start + 100]]
             request: dict[str, Any] = {self._name: {"Keys": keys, "ProjectionExpression": "job_id"}}
             while request:
-                answer = resource.batch_get_item(RequestItems=request)
+                answer = client.batch_get_item(RequestItems=request)
                 found.update(str(item["job_id"]) for item in answer["Responses"].get(self._name, []))
                 request = answer.get("UnprocessedKeys") or {}
         return found
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"FilterExpression": "SK = :job", "ExpressionAttributeValues": {":job": "JOB"}}
+    def list_jobs(self) -> list[JobRecord]:
+        """Every job, newest first (a scan: for the command line, not for the functions)."""
+        jobs: list[JobRecord] = []
+        kwargs: dict[str, Any] = {"FilterExpression": "SK = :job", "ExpressionAttributeValues": {":job": _JOB_SK}}
         while True:
             page = self.table.scan(**kwargs)
-            items.extend(_plain(item) for item in page["Items"])
+            jobs.extend(_job_record(_plain(item)) for item in page["Items"])
             if "LastEvaluatedKey" not in page:
-                return sorted(items, key=lambda job: job["created_at"], reverse=True)
+                return sorted(jobs, key=lambda job: job.created_at, reverse=True)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def record_shards(
-        self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int, max_attempts: int = 3
+        self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int, max_attempts: int
     ) -> bool:
-        """RECEIVED → SUBMITTING, with the job's shards as PENDING items, all at once.
-        (The resource's client serialises plain values itself, as the table does.)"""
-        client = self.table.meta.client
-        job_update = {
-            "Update": {
-                "TableName": self._name,
-                "Key": {"PK": _job_pk(job_id), "SK": "JOB"},
-                "UpdateExpression": "SET #s = :submitting, requested = :requested, rejected = :rejected, shards = :n,"
-                " GSI1PK = :open, GSI1SK = :order",
-                "ConditionExpression": "#s = :received",
-                "ExpressionAttributeNames": {"#s": "status"},
-                "ExpressionAttributeValues": {
-                    ":submitting": "SUBMITTING",
-                    ":received": "RECEIVED",
-                    ":requested": requested,
-                    ":rejected": rejected,
-                    ":n": len(shards),
-                    ":open": OPEN,
-                    ":order": f"JOB#{job_id}",
-                },
-            }
+        """RECEIVED → SUBMITTING, with the job's shards as PENDING items, all at once (the
+        first transaction holds the job and up to 99 shards: 9.9M requests; more spill into
+        further transactions, which a resumed run completes with add_missing_shard)."""
+        values = {
+            "requested": requested,
+            "rejected": rejected,
+            "shard_count": len(shards),
+            "GSI1PK": OPEN,
+            "GSI1SK": f"JOB#{job_id}",
         }
+        job_update = {"Update": self._job_move(job_id, JobStatus.RECEIVED, JobStatus.SUBMITTING, values)}
         puts = [
             {
                 "Put": {
                     "TableName": self._name,
-                    "Item": self._shard_item(job_id, shard, max_attempts),
+                    "Item": _shard_item(job_id, shard, max_attempts),
                     "ConditionExpression": "attribute_not_exists(PK)",
                 }
             }
             for shard in shards
         ]
-        try:
-            # One transaction holds 100 actions: the job update and up to 99 shards (9.9M requests).
-            client.transact_write_items(TransactItems=[job_update, *puts[:99]])
-            for start in range(99, len(puts), 100):
-                client.transact_write_items(TransactItems=puts[start : start + 100])
-        except client.exceptions.TransactionCanceledException as exc:
-            _raise_unless_condition_lost(exc)
-            logger.info("shards not recorded", extra={"reasons": exc.response.get("CancellationReasons")})
+        first = _TRANSACTION_ITEMS - 1
+        if not self._transact([job_update, *puts[:first]], "shards not recorded"):
             return False
+        for start in range(first, len(puts), _TRANSACTION_ITEMS):
+            if not self._transact(puts[start : start + _TRANSACTION_ITEMS], "shards not recorded"):
+                return False
         return True
-
-    @staticmethod
-    def _shard_item(job_id: str, shard: ShardPlan, max_attempts: int) -> dict[str, Any]:
-        return {
-            "PK": _job_pk(job_id),
-            "SK": _shard_sk(shard.index),
-            "job_id": job_id,
-            "index": shard.index,
-            "state": "PENDING",
-            "key": shard.key,
-            "requests": shard.requests,  # of the current attempt's batch
-            "shard_requests": shard.requests,  # of the whole shard, whatever the attempt
-            "size": shard.size,
-            "ids_digest": shard.ids_digest,
-            "attempt": 0,  # creates sent for the current attempt's batch
-            "round": 1,  # the attempt: 1, then 2.. for the retries of transient failures
-            "max_attempts": max_attempts,  # fixed per shard, so re-running a collection decides alike
-        }
 
     def add_missing_shard(self, job_id: str, shard: ShardPlan, max_attempts: int) -> bool:
         """Record one shard a crash left out of a recording that spanned several
-        transactions (more than 99 shards); False if it is there already."""
-        item = self._shard_item(job_id, shard, max_attempts)
+        transactions; False if it is there already."""
+        item = _shard_item(job_id, shard, max_attempts)
         return self._conditional(Item=item, ConditionExpression="attribute_not_exists(PK)")
 
     def fail_job(self, job_id: str, reason: str, *, requested: int, rejected: int, manifest_key: str) -> bool:
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": "JOB"},
-            UpdateExpression="SET #s = :failed, reason = :reason, requested = :requested, rejected = :rejected,"
-            " manifest_key = :manifest REMOVE GSI1PK, GSI1SK",
-            ConditionExpression="#s IN (:received, :submitting)",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={
-                ":failed": "FAILED",
-                ":reason": reason,
-                ":requested": requested,
-                ":rejected": rejected,
-                ":manifest": manifest_key,
-                ":received": "RECEIVED",
-                ":submitting": "SUBMITTING",
-            },
-        )
+        values = {"reason": reason, "requested": requested, "rejected": rejected, "manifest_key": manifest_key}
+        expected = (JobStatus.RECEIVED, JobStatus.SUBMITTING)
+        return self._conditional(**self._job_move(job_id, expected, JobStatus.FAILED, values, remove=_OPEN_KEYS))
 
     def mark_job_running(self, job_id: str) -> bool:
-        return self._set_job_status(job_id, "SUBMITTING", "RUNNING")
+        return self._conditional(**self._job_move(job_id, JobStatus.SUBMITTING, JobStatus.RUNNING))
 
-    def finish_job(self, job_id: str, status: str, manifest_key: str, completed_at: str) -> bool:
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": "JOB"},
-            UpdateExpression="SET #s = :status, manifest_key = :manifest, completed_at = :at REMOVE GSI1PK, GSI1SK",
-            ConditionExpression="#s IN (:submitting, :running)",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={
-                ":status": status,
-                ":manifest": manifest_key,
-                ":at": completed_at,
-                ":submitting": "SUBMITTING",
-                ":running": "RUNNING",
-            },
-        )
+    def reopen_job(self, job_id: str) -> bool:
+        """RUNNING → SUBMITTING for a job that has a shard without its batch again."""
+        return self._conditional(**self._job_move(job_id, JobStatus.RUNNING, JobStatus.SUBMITTING))
 
-    def request_cancel(self, job_id: str, requested_at: str) -> dict[str, Any] | None:
+    def finish_job(self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str) -> bool:
+        if status not in _FINAL_JOB:
+            raise ValueError(f"a job finishes as one of {[str(s) for s in _FINAL_JOB]}, not {status}")
+        values = {"manifest_key": manifest_key, "completed_at": completed_at}
+        expected = (JobStatus.SUBMITTING, JobStatus.RUNNING)
+        return self._conditional(**self._job_move(job_id, expected, status, values, remove=_OPEN_KEYS))
+
+    def request_cancel(self, job_id: str, requested_at: str) -> JobRecord | None:
         """Mark an unfinished job as to be canceled (once: a repeated request keeps the first
         time); the job as it is now, or None when there is no such job."""
         client = self.table.meta.client
+        unfinished = {f":st{i}": str(status) for i, status in enumerate(sorted(OPEN_JOB_STATUSES))}
         try:
             item = self.table.update_item(
-                Key={"PK": _job_pk(job_id), "SK": "JOB"},
+                Key=_job_key(job_id),
                 UpdateExpression="SET cancel_requested_at = if_not_exists(cancel_requested_at, :at)",
-                ConditionExpression="attribute_exists(PK) AND #s IN (:received, :submitting, :running)",
+                ConditionExpression=f"attribute_exists(PK) AND #s IN ({', '.join(unfinished)})",
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":at": requested_at,
-                    ":received": "RECEIVED",
-                    ":submitting": "SUBMITTING",
-                    ":running": "RUNNING",
-                },
+                ExpressionAttributeValues={":at": requested_at, **unfinished},
                 ReturnValues="ALL_NEW",
             )["Attributes"]
         except client.exceptions.ConditionalCheckFailedException:
             return self.get_job(job_id)
-        return _plain(item)
+        return _job_record(_plain(item))
 
-    def _set_job_status(self, job_id: str, expected: str, status: str) -> bool:
-        return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": "JOB"},
-            UpdateExpression="SET #s = :status",
-            ConditionExpression="#s = :expected",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":status": status, ":expected": expected},
-        )
 
-    # --- shards -----------------------------------------------------------------------
+class StateTable(_Jobs):
+    """The state table: job items, the create lease, shard items."""
+
+    # --- the create lease -------------------------------------------------------------
 
     def acquire_create_lease(self, owner: str, now: str, until: str) -> bool:
         """Take the workspace's one create lease if it is free: at most one create is
         unresolved at a time, so an unknown outcome matches one listed batch without
         ambiguity. A lease never lapses on time alone: it is released by its holder, by the
         checker once it has settled the holder's create, or freed as stale once the holder's
-        shard shows it died (ShardCreator.free_stale_lease). `until` is informative."""
+        shard shows it died. `until` is informative."""
         return self._conditional(
-            Item={"PK": "CTRL", "SK": "CREATE_LEASE", "owner": owner, "until": until, "taken_at": now},
+            Item={**_LEASE_KEY, "owner": owner, "until": until, "taken_at": now},
             ConditionExpression="attribute_not_exists(PK) OR #owner = :owner",
             ExpressionAttributeNames={"#owner": "owner"},
             ExpressionAttributeValues={":owner": owner},
         )
 
-    def get_create_lease(self) -> dict[str, Any] | None:
-        item = self.table.get_item(Key={"PK": "CTRL", "SK": "CREATE_LEASE"}, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
+    def get_create_lease(self) -> CreateLease | None:
+        item = self.table.get_item(Key=_LEASE_KEY, ConsistentRead=True).get("Item")
+        return CreateLease(str(item["owner"]), str(item["taken_at"]), str(item["until"])) if item else None
 
     def release_create_lease(self, owner: str) -> bool:
         """Give the lease back, if this owner still holds it."""
-        return self._release_lease("#owner = :owner", owner)
-
-    def _release_lease(self, condition: str, owner: str) -> bool:
         client = self.table.meta.client
         try:
             self.table.delete_item(
-                Key={"PK": "CTRL", "SK": "CREATE_LEASE"},
-                ConditionExpression=condition,
+                Key=_LEASE_KEY,
+                ConditionExpression="#owner = :owner",
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={":owner": owner},
             )
@@ -321,259 +459,203 @@ class StateTable:
             return False
         return True
 
+    # --- shards -----------------------------------------------------------------------
+
+    def get_shard(self, job_id: str, index: int) -> ShardRecord | None:
+        item = self.table.get_item(Key=_shard_key(job_id, index), ConsistentRead=True).get("Item")
+        return _shard_record(_plain(item)) if item else None
+
+    def open_work(self) -> OpenWork:
+        """Unfinished jobs and shards whose batch is open: one query when idle, then one
+        item per open job or batch, never per request. (The index is eventually
+        consistent: read a shard itself before acting on what it says.)"""
+        work = OpenWork(jobs=[], batches=[])
+        items = self._query(
+            IndexName=OPEN_INDEX,
+            KeyConditionExpression="GSI1PK = :open",
+            ExpressionAttributeValues={":open": OPEN},
+        )
+        for item in items:
+            if item["SK"] == _JOB_SK:
+                work.jobs.append(_job_record(item))
+            elif item["SK"].startswith(_SHARD_SK):
+                work.batches.append(_shard_record(item))
+        return work
+
+    def owned_batches(self, batch_ids: Iterable[str]) -> set[str]:
+        """Which of these provider batches already belong to a shard (have a guard)."""
+        return {
+            batch_id
+            for batch_id in batch_ids
+            if "Item" in self.table.get_item(Key=_guard_key(batch_id), ConsistentRead=True)
+        }
+
     def begin_submit(self, job_id: str, index: int, sent_at: str, lease_owner: str) -> bool:
         """PENDING → SUBMITTING: the intent, recorded before the create is sent, in one
         transaction with two checks: the job has no cancel request, and `lease_owner` still
         holds the create lease. False when any of the three does not hold."""
-        client = self.table.meta.client
-        shard = {
-            "Update": {
-                "TableName": self._name,
-                "Key": {"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-                "UpdateExpression": "SET #s = :new, sent_at = :at, attempt = attempt + :one, lease_owner = :owner",
-                "ConditionExpression": "#s = :pending",
-                "ExpressionAttributeNames": {"#s": "state"},
-                "ExpressionAttributeValues": {
-                    ":new": "SUBMITTING",
-                    ":pending": "PENDING",
-                    ":at": sent_at,
-                    ":one": 1,
-                    ":owner": lease_owner,
-                },
-            }
-        }
+        shard = self._shard_move(
+            job_id,
+            index,
+            ShardState.PENDING,
+            ShardState.SUBMITTING,
+            set_values={"sent_at": sent_at, "lease_owner": lease_owner},
+            add="creates_sent",
+        )
         not_canceled = {
             "ConditionCheck": {
                 "TableName": self._name,
-                "Key": {"PK": _job_pk(job_id), "SK": "JOB"},
+                "Key": _job_key(job_id),
                 "ConditionExpression": "attribute_not_exists(cancel_requested_at)",
             }
         }
         lease_held = {
             "ConditionCheck": {
                 "TableName": self._name,
-                "Key": {"PK": "CTRL", "SK": "CREATE_LEASE"},
+                "Key": _LEASE_KEY,
                 "ConditionExpression": "#owner = :owner",
                 "ExpressionAttributeNames": {"#owner": "owner"},
                 "ExpressionAttributeValues": {":owner": lease_owner},
             }
         }
-        try:
-            client.transact_write_items(TransactItems=[shard, not_canceled, lease_held])
-        except client.exceptions.TransactionCanceledException as exc:
-            _raise_unless_condition_lost(exc)
-            logger.info("intent not recorded", extra={"reasons": exc.response.get("CancellationReasons")})
-            return False
-        return True
+        return self._transact([{"Update": shard}, not_canceled, lease_held], "intent not recorded")
 
-    def mark_submitted(self, job_id: str, index: int, batch_id: str, sent_at: str | None = None) -> bool:
+    def mark_submitted(self, job_id: str, index: int, batch_id: str, sent_at: str) -> bool:
         """SUBMITTING → SUBMITTED with the provider's batch id; the shard joins the open index.
-        One transaction also writes the batch's `PBATCH#<id>` owner guard, so a batch can
-        never belong to two shards. `sent_at` fences the write to the intent that sent it."""
-        return self._attach(job_id, index, batch_id, expected=("SUBMITTING",), sent_at=sent_at)
+        One transaction also writes the batch's owner guard, so a batch can never belong to
+        two shards. `sent_at` fences the write to the intent that sent it."""
+        return self._attach(job_id, index, batch_id, ShardState.SUBMITTING, sent_at)
 
-    def adopt_batch(self, job_id: str, index: int, batch_id: str, sent_at: str) -> bool:
-        """UNKNOWN or SUBMITTING → SUBMITTED with a batch found by reconciliation, for the
-        intent recorded at `sent_at` only; False if the shard moved or the batch is owned."""
-        return self._attach(job_id, index, batch_id, expected=("UNKNOWN", "SUBMITTING"), sent_at=sent_at)
+    def adopt_batch(self, shard: ShardRecord, batch_id: str) -> bool:
+        """UNKNOWN or SUBMITTING → SUBMITTED with a batch found by listing, for the intent
+        `shard` was read with only; False if the shard moved or the batch is owned."""
+        if shard.sent_at is None:
+            raise ValueError(f"shard {shard.index} of {shard.job_id} has no intent to adopt a batch for")
+        return self._attach(shard.job_id, shard.index, batch_id, UNSETTLED_SHARD_STATES, shard.sent_at)
 
-    def _attach(self, job_id: str, index: int, batch_id: str, *, expected: Sequence[str], sent_at: str | None) -> bool:
-        client = self.table.meta.client
-        states = {f":st{i}": state for i, state in enumerate(expected)}
-        condition = f"#s IN ({', '.join(states)})"
-        values: dict[str, Any] = {
-            ":new": "SUBMITTED",
-            ":batch": batch_id,
-            ":open": OPEN,
-            ":order": f"SHARD#{job_id}#{index:05d}",
-            **states,
-        }
-        if sent_at is not None:
-            condition += " AND sent_at = :sent"
-            values[":sent"] = sent_at
-        shard_update = {
-            "Update": {
-                "TableName": self._name,
-                "Key": {"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-                "UpdateExpression": "SET #s = :new, batch_id = :batch, GSI1PK = :open, GSI1SK = :order",
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#s": "state"},
-                "ExpressionAttributeValues": values,
-            }
-        }
+    def _attach(
+        self, job_id: str, index: int, batch_id: str, expected: ShardState | Iterable[ShardState], sent_at: str
+    ) -> bool:
+        shard = self._shard_move(
+            job_id,
+            index,
+            expected,
+            ShardState.SUBMITTED,
+            fence={"sent_at": sent_at},
+            set_values={"batch_id": batch_id, "GSI1PK": OPEN, "GSI1SK": f"SHARD#{job_id}#{index:05d}"},
+        )
         guard = {
             "Put": {
                 "TableName": self._name,
-                "Item": {"PK": _guard_pk(batch_id), "SK": "OWNER", "job_id": job_id, "index": index},
+                "Item": {**_guard_key(batch_id), "job_id": job_id, "index": index},
                 "ConditionExpression": "attribute_not_exists(PK)",
             }
         }
-        try:
-            client.transact_write_items(TransactItems=[shard_update, guard])
-        except client.exceptions.TransactionCanceledException as exc:
-            _raise_unless_condition_lost(exc)
-            logger.info("batch not attached", extra={"reasons": exc.response.get("CancellationReasons")})
-            return False
-        return True
+        return self._transact([{"Update": shard}, guard], "batch not attached")
 
-    def get_shard(self, job_id: str, index: int) -> dict[str, Any] | None:
-        item = self.table.get_item(Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)}, ConsistentRead=True).get("Item")
-        return _plain(item) if item else None
-
-    def owned_batches(self, batch_ids: Iterable[str]) -> set[str]:
-        """Which of these provider batches already belong to a shard (have a guard)."""
-        owned = set()
-        for batch_id in batch_ids:
-            key = {"PK": _guard_pk(batch_id), "SK": "OWNER"}
-            if "Item" in self.table.get_item(Key=key, ConsistentRead=True):
-                owned.add(batch_id)
-        return owned
-
-    def resubmit_unsettled(self, job_id: str, index: int, expected: str, sent_at: str, reason: str) -> bool:
-        """UNKNOWN (or a SUBMITTING whose lease ran out) → PENDING once reconciliation showed
-        its create made no batch; the attempt count is kept. Fenced to that intent."""
+    def resubmit_unsettled(self, shard: ShardRecord, reason: str) -> bool:
+        """UNKNOWN (or a SUBMITTING left behind) → PENDING once listing showed its create made
+        no batch; the creates sent are kept. Fenced to the intent `shard` was read with."""
         return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            UpdateExpression="SET #s = :new, reason = :reason",
-            ConditionExpression="#s = :expected AND sent_at = :sent",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":new": "PENDING", ":expected": expected, ":sent": sent_at, ":reason": reason},
+            **self._shard_move(
+                shard.job_id,
+                shard.index,
+                shard.state,
+                ShardState.PENDING,
+                fence={"sent_at": shard.sent_at},
+                set_values={"reason": reason},
+            )
         )
 
     def mark_unknown(self, job_id: str, index: int, reason: str, sent_at: str) -> bool:
-        """SUBMITTING → UNKNOWN: the create may have created a batch; never resend blindly.
-        Fenced to the intent recorded at `sent_at`."""
-        fence = {"sent_at": sent_at}
-        return self._settle(job_id, index, "SUBMITTING", "UNKNOWN", fence, {"reason": reason}, remove="overdue_at")
+        """SUBMITTING → UNKNOWN: the create may have made a batch; never resend blindly."""
+        return self._end_intent(job_id, index, ShardState.UNKNOWN, reason, sent_at)
 
     def release_submit(self, job_id: str, index: int, reason: str, sent_at: str) -> bool:
         """SUBMITTING → PENDING after a create the provider refused (no batch exists)."""
-        fence = {"sent_at": sent_at}
-        return self._settle(job_id, index, "SUBMITTING", "PENDING", fence, {"reason": reason}, remove="overdue_at")
+        return self._end_intent(job_id, index, ShardState.PENDING, reason, sent_at)
 
-    def claim_unsent(
-        self, job_id: str, index: int, expected: str, new: str, fence: Mapping[str, Any], reason: str
-    ) -> bool:
-        """A shard whose requests will never be sent (a canceled job: PENDING → CANCELING; a
-        body refused for good: SUBMITTING → REFUSED) is claimed before its results are
-        written, so no create can take it any more; `fence` pins the intent or attempt."""
-        return self._settle(job_id, index, expected, new, fence, {"reason": reason}, remove="overdue_at")
+    def refuse(self, job_id: str, index: int, reason: str, sent_at: str) -> bool:
+        """SUBMITTING → REFUSED: the provider refused the body for good. Claimed before its
+        errored results are written, so no create can take the shard any more."""
+        return self._end_intent(job_id, index, ShardState.REFUSED, reason, sent_at)
 
-    def reopen_job(self, job_id: str) -> bool:
-        """RUNNING → SUBMITTING for a job that has a shard without its batch again."""
-        return self._set_job_status(job_id, "RUNNING", "SUBMITTING")
-
-    def open_items(self) -> Iterator[dict[str, Any]]:
-        """Unfinished jobs and shards whose batch is open: one query when idle, then one
-        item per open job or batch, never per request."""
-        return self._query(
-            IndexName=OPEN_INDEX,
-            KeyConditionExpression="GSI1PK = :open",
-            ExpressionAttributeValues={":open": OPEN},
+    def _end_intent(self, job_id: str, index: int, new: ShardState, reason: str, sent_at: str) -> bool:
+        return self._conditional(
+            **self._shard_move(
+                job_id,
+                index,
+                ShardState.SUBMITTING,
+                new,
+                fence={"sent_at": sent_at},
+                set_values={"reason": reason},
+                remove=("overdue_at",),
+            )
         )
 
-    def mark_collected(
-        self,
-        job_id: str,
-        index: int,
-        *,
-        expected: str = "SUBMITTED",
-        fence: Mapping[str, Any],
-        outcome: Mapping[str, Any],
-    ) -> bool:
-        """`expected` → COLLECTED with the shard's final counts, usage, result parts and
-        attempt log (`outcome`); the shard leaves the open index. `fence` holds attribute
-        values the item must still have (the batch id, the attempt), so a second checker, or a
-        stale one, can never record an attempt twice."""
-        return self._settle(job_id, index, expected, "COLLECTED", fence, outcome, remove="GSI1PK, GSI1SK")
+    def cancel_unsent(self, shard: ShardRecord, reason: str) -> bool:
+        """PENDING → CANCELING for a shard of a canceled job, claimed before its canceled
+        results are written; fenced to the attempt `shard` was read at."""
+        return self._conditional(
+            **self._shard_move(
+                shard.job_id,
+                shard.index,
+                ShardState.PENDING,
+                ShardState.CANCELING,
+                fence={"attempt": shard.attempt, "key": shard.key},
+                set_values={"reason": reason},
+                remove=("overdue_at",),
+            )
+        )
 
-    def flag_overdue(self, job_id: str, index: int, batch_id: str, at: str) -> bool:
+    def mark_collected(self, shard: ShardRecord, outcome: Outcome) -> bool:
+        """SUBMITTED, CANCELING or REFUSED → COLLECTED with the shard's final counts, usage,
+        result parts and attempt log; the shard leaves the open index. Fenced to the batch
+        and attempt (or the attempt and body) `shard` was read with, so a second checker, or
+        a stale one, can never record an attempt twice."""
+        return self._conditional(
+            **self._shard_move(
+                shard.job_id,
+                shard.index,
+                shard.state,
+                ShardState.COLLECTED,
+                fence=self._attempt_fence(shard),
+                set_values=_outcome_values(outcome),
+                remove=_OPEN_KEYS,
+            )
+        )
+
+    def schedule_retry(self, shard: ShardRecord, outcome: Outcome, next_attempt: NextAttempt) -> bool:
+        """SUBMITTED → PENDING for the shard's next attempt, with the finals so far; the job
+        goes back to SUBMITTING so the checker creates the retry's batch. One transaction."""
+        values = {
+            **_outcome_values(outcome),
+            "attempt": next_attempt.attempt,
+            "key": next_attempt.key,
+            "attempt_requests": next_attempt.requests,
+            "size": next_attempt.size,
+            "ids_digest": next_attempt.ids_digest,
+            "creates_sent": 0,
+        }
+        update = self._shard_move(
+            shard.job_id,
+            shard.index,
+            ShardState.SUBMITTED,
+            ShardState.PENDING,
+            fence=self._attempt_fence(shard),
+            set_values=values,
+            remove=(*_OPEN_KEYS, "batch_id", "sent_at", "overdue_at"),
+        )
+        job = self._job_move(shard.job_id, (JobStatus.SUBMITTING, JobStatus.RUNNING), JobStatus.SUBMITTING)
+        return self._transact([{"Update": update}, {"Update": job}], "retry not scheduled")
+
+    def flag_overdue(self, shard: ShardRecord, at: str) -> bool:
         """Note on a shard that its batch ran past its expiry and was canceled by us."""
         return self._conditional(
-            Key={"PK": _job_pk(job_id), "SK": _shard_sk(index)},
+            TableName=self._name,
+            Key=_shard_key(shard.job_id, shard.index),
             UpdateExpression="SET overdue_at = if_not_exists(overdue_at, :at)",
             ConditionExpression="#s = :submitted AND batch_id = :batch",
             ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":at": at, ":submitted": "SUBMITTED", ":batch": batch_id},
+            ExpressionAttributeValues={":at": at, ":submitted": str(ShardState.SUBMITTED), ":batch": shard.batch_id},
         )
-
-    def schedule_retry(
-        self,
-        job_id: str,
-        index: int,
-        *,
-        fence: Mapping[str, Any],
-        outcome: Mapping[str, Any],
-        next_round: Mapping[str, Any],
-    ) -> bool:
-        """SUBMITTED → PENDING for the shard's next attempt (`next_round`: its round, body key
-        and request count), with the finals so far (`outcome`); the job goes back to
-        SUBMITTING so the checker creates the retry's batch. One transaction."""
-        client = self.table.meta.client
-        shard = self._settle_update(
-            job_id,
-            index,
-            "SUBMITTED",
-            "PENDING",
-            fence,
-            {**outcome, **next_round, "attempt": 0},
-            remove="GSI1PK, GSI1SK, batch_id, sent_at, overdue_at",
-        )
-        job = {
-            "Update": {
-                "TableName": self._name,
-                "Key": {"PK": _job_pk(job_id), "SK": "JOB"},
-                "UpdateExpression": "SET #s = :submitting",
-                "ConditionExpression": "#s IN (:submitting, :running)",
-                "ExpressionAttributeNames": {"#s": "status"},
-                "ExpressionAttributeValues": {":submitting": "SUBMITTING", ":running": "RUNNING"},
-            }
-        }
-        try:
-            client.transact_write_items(TransactItems=[{"Update": {"TableName": self._name, **shard}}, job])
-        except client.exceptions.TransactionCanceledException as exc:
-            _raise_unless_condition_lost(exc)
-            return False
-        return True
-
-    def _settle(
-        self,
-        job_id: str,
-        index: int,
-        expected: str,
-        new: str,
-        fence: Mapping[str, Any],
-        values: Mapping[str, Any],
-        *,
-        remove: str,
-    ) -> bool:
-        return self._conditional(**self._settle_update(job_id, index, expected, new, fence, values, remove=remove))
-
-    def _settle_update(
-        self,
-        job_id: str,
-        index: int,
-        expected: str,
-        new: str,
-        fence: Mapping[str, Any],
-        values: Mapping[str, Any],
-        *,
-        remove: str,
-    ) -> dict[str, Any]:
-        """The UpdateItem arguments of a fenced shard transition that sets `values`."""
-        names = {"#s": "state", **{f"#f{i}": name for i, name in enumerate(fence)}}
-        names.update({f"#v{i}": name for i, name in enumerate(values)})
-        condition = " AND ".join(["#s = :expected", *(f"#f{i} = :f{i}" for i in range(len(fence)))])
-        assign = ", ".join(["#s = :new", *(f"#v{i} = :v{i}" for i in range(len(values)))])
-        return {
-            "Key": {"PK": _job_pk(job_id), "SK": _shard_sk(index)},
-            "UpdateExpression": f"SET {assign} REMOVE {remove}",
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": {
-                ":new": new,
-                ":expected": expected,
-                **{f":f{i}": value for i, value in enumerate(fence.values())},
-                **{f":v{i}": value for i, value in enumerate(values.values())},
-            },
-        }

@@ -12,15 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-# Clock difference tolerated between our clock and the provider's.
-SKEW_SECONDS = 60.0
-# How long after its intent a shard with no matching batch is taken as never created (the
-# checker reads it on every tick unless given its own grace period; tests shrink it).
-GRACE_SECONDS = 120.0
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+from batchdrop.domain.timings import parse_stamp
 
 
 @dataclass(frozen=True)
@@ -48,7 +40,7 @@ class Listed:
     @classmethod
     def from_api(cls, batch: Mapping[str, Any]) -> Listed:
         counts = batch.get("request_counts") or {}
-        return cls(str(batch["id"]), parse_time(str(batch["created_at"])), sum(int(v) for v in counts.values()))
+        return cls(str(batch["id"]), parse_stamp(str(batch["created_at"])), sum(int(v) for v in counts.values()))
 
 
 @dataclass
@@ -59,12 +51,12 @@ class Settlement:
     wait: list[tuple[str, int]] = field(default_factory=list)  # left to a later tick
 
 
-def window(sent_at: datetime, create_timeout: float, skew: float = SKEW_SECONDS) -> tuple[datetime, datetime]:
+def window(sent_at: datetime, create_timeout: float, skew: float) -> tuple[datetime, datetime]:
     """When a batch made by a create sent at `sent_at` can carry as its created_at."""
     return sent_at - timedelta(seconds=skew), sent_at + timedelta(seconds=create_timeout + skew)
 
 
-def matches(shard: Unsettled, batch: Listed, create_timeout: float, skew: float = SKEW_SECONDS) -> bool:
+def matches(shard: Unsettled, batch: Listed, create_timeout: float, skew: float) -> bool:
     start, end = window(shard.sent_at, create_timeout, skew)
     return start <= batch.created_at <= end and batch.requests == shard.requests
 
@@ -78,7 +70,7 @@ def settle(
     now: datetime,
     create_timeout: float,
     grace: float,
-    skew: float = SKEW_SECONDS,
+    skew: float,
     blocked_sizes: set[int] | None = None,
 ) -> Settlement:
     """Each unsettled shard, oldest intent first, adopts the earliest matching batch that

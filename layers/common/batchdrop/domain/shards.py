@@ -3,8 +3,7 @@ per batch and bytes per create body), and streaming each batch's create body.
 
 A shard is kept in work/ as JSON Lines, one request per line (`shard-00000.jsonl`): when the
 source's lines are already exactly that, the shard is a server-side copy of their bytes.
-Its create body is made while it is sent: `{"requests":[` + the lines joined by `,` + `]}`.
-Shards written before this format (`.json`) are create bodies already, sent as they are."""
+Its create body is made while it is sent: `{"requests":[` + the lines joined by `,` + `]}`."""
 
 from __future__ import annotations
 
@@ -13,14 +12,13 @@ from dataclasses import dataclass
 
 from batchdrop.domain.requests import MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, ValidLine
 
-# One request per line (a request line never holds a raw newline: JSON escapes them in
-# strings), so a shard's requests can be read back line by line to build a retry body.
+SHARD_CONTENT_TYPE = "application/x-ndjson"
+# The create body around a shard's lines. A request line never holds a raw newline (JSON
+# escapes them in strings), so the lines can be read back one by one.
 ENVELOPE_OPEN = b'{"requests":[\n'
 ENVELOPE_CLOSE = b"\n]}"
 SEPARATOR = b",\n"
-_SEPARATOR = SEPARATOR
 ENVELOPE_BYTES = len(ENVELOPE_OPEN) + len(ENVELOPE_CLOSE)
-SEPARATOR_BYTES = len(_SEPARATOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +33,12 @@ class ShardLimits:
             raise ValueError(f"max_bytes must leave room for a request after the envelope, got {self.max_bytes}")
 
 
-DEFAULT_LIMITS = ShardLimits()
+DEFAULT_LIMITS = ShardLimits()  # the API's own
 
 
 def create_body_bytes(requests: int, line_bytes: int) -> int:
     """Size of a create body holding `requests` lines of `line_bytes` bytes in total."""
-    return ENVELOPE_BYTES + line_bytes + max(requests - 1, 0) * len(_SEPARATOR)
+    return ENVELOPE_BYTES + line_bytes + max(requests - 1, 0) * len(SEPARATOR)
 
 
 def assign_shards(lines: Iterable[ValidLine], limits: ShardLimits = DEFAULT_LIMITS) -> Iterator[tuple[int, ValidLine]]:
@@ -56,26 +54,13 @@ def assign_shards(lines: Iterable[ValidLine], limits: ShardLimits = DEFAULT_LIMI
             raise ValueError(
                 f"line {line.line} ({size} bytes) cannot fit in a create body of at most {limits.max_bytes} bytes"
             )
-        if requests and (requests >= limits.max_requests or body_bytes + len(_SEPARATOR) + size > limits.max_bytes):
+        if requests and (requests >= limits.max_requests or body_bytes + len(SEPARATOR) + size > limits.max_bytes):
             index += 1
             requests = 0
             body_bytes = ENVELOPE_BYTES
-        body_bytes += size + (len(_SEPARATOR) if requests else 0)
+        body_bytes += size + (len(SEPARATOR) if requests else 0)
         requests += 1
         yield index, line
-
-
-def body_chunks(lines: Iterable[ValidLine]) -> Iterator[bytes]:
-    """The create body for one shard's lines as a stream of bytes: ENVELOPE_OPEN, lines joined by b",\\n",
-    ENVELOPE_CLOSE. No lines gives an empty `requests` array, which the API refuses: callers send none."""
-    yield ENVELOPE_OPEN
-    first = True
-    for line in lines:
-        if not first:
-            yield _SEPARATOR
-        yield line.body
-        first = False
-    yield ENVELOPE_CLOSE
 
 
 def shard_key(job_id: str, index: int, attempt: int = 1) -> str:
@@ -93,12 +78,6 @@ def whole_copy_key(job_id: str) -> str:
     return f"work/{job_id}/source.jsonl"
 
 
-def holds_lines(key: str) -> bool:
-    """Whether the shard at `key` is JSON Lines (sent through `create_body`); the `.json`
-    shards of earlier versions are whole create bodies."""
-    return key.endswith(".jsonl")
-
-
 def create_body(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The create body of a JSON Lines shard read as `chunks` of any size: ENVELOPE_OPEN, the
     lines joined by SEPARATOR, ENVELOPE_CLOSE; the last line's newline, if any, is dropped.
@@ -109,9 +88,9 @@ def create_body(chunks: Iterable[bytes]) -> Iterator[bytes]:
         if not chunk:
             continue
         if newline_held:  # more bytes follow: the held newline ended a line that is not the last
-            yield _SEPARATOR
+            yield SEPARATOR
         newline_held = chunk.endswith(b"\n")
-        yield (chunk[:-1] if newline_held else chunk).replace(b"\n", _SEPARATOR)
+        yield (chunk[:-1] if newline_held else chunk).replace(b"\n", SEPARATOR)
     yield ENVELOPE_CLOSE
 
 
@@ -122,11 +101,7 @@ def lines_body_bytes(object_bytes: int, requests: int) -> tuple[int, int]:
     return with_newline, with_newline + 1
 
 
-def body_requests(lines: Iterable[bytes]) -> Iterator[bytes]:
-    """The request bodies of a create body written by `body_chunks` (or the submit path), read
-    back line by line: the envelope lines are skipped and each request's separator dropped."""
+def request_lines(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """A shard's requests, read back from its lines: each less its line ending."""
     for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if line in (ENVELOPE_OPEN.rstrip(b"\n"), ENVELOPE_CLOSE.lstrip(b"\n")):
-            continue
-        yield line[:-1] if line.endswith(b",") else line
+        yield raw.rstrip(b"\r\n")

@@ -7,14 +7,12 @@ did finish, and closes the job CANCELED with its results so far."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from batchdrop.adapters.batches import BatchesApi
-from batchdrop.adapters.objects import ObjectStore
-from batchdrop.adapters.state import StateTable
+from batchdrop.domain.states import OPEN_JOB_STATUSES, ShardState
 from batchdrop.errors import ProviderUnavailableError
 from batchdrop.observability import logger
+from batchdrop.ports import Wiring
 
 CANCEL_PREFIX = "cancel/"
 _JOB_ID = re.compile(r"j[0-9a-f]{24}")
@@ -34,11 +32,9 @@ def job_id_of(key: str) -> str | None:
 
 
 class Canceler:
-    def __init__(self, store: ObjectStore, state: StateTable, api: BatchesApi, clock: Callable[[], str]) -> None:
-        self._store = store
-        self._state = state
-        self._api = api
-        self._now = clock
+    def __init__(self, wired: Wiring) -> None:
+        self._wired = wired
+        self._state = wired.state
 
     def cancel_from_key(self, key: str) -> CancelOutcome:
         job_id = job_id_of(key)
@@ -47,22 +43,21 @@ class Canceler:
         return self.cancel(job_id, key)
 
     def cancel(self, job_id: str, key: str | None = None) -> CancelOutcome:
-        job = self._state.request_cancel(job_id, self._now())
+        job = self._state.request_cancel(job_id, self._wired.stamp())
         if job is None:
             return self._refuse(key, job_id, "UNKNOWN_JOB", f"no job {job_id} in this stack")
-        if job["status"] not in ("RECEIVED", "SUBMITTING", "RUNNING"):
+        if job.status not in OPEN_JOB_STATUSES:
             logger.info("cancel of a job that has finished: nothing to do", extra={"job_id": job_id})
             return CancelOutcome(job_id, "FINISHED")
         canceled = 0
-        _, shards = self._state.job_items(job_id)
-        for shard in shards:
-            if shard["state"] != "SUBMITTED":
+        for shard in self._state.shards(job_id):
+            if shard.state is not ShardState.SUBMITTED or shard.batch_id is None:
                 continue
             try:
-                if self._api.cancel(shard["batch_id"]) is not None:
+                if self._wired.batches.cancel(shard.batch_id) is not None:
                     canceled += 1
             except ProviderUnavailableError as exc:  # the checker repeats it
-                logger.warning("cancel left to the checker", extra={"batch_id": shard["batch_id"], "error": str(exc)})
+                logger.warning("cancel left to the checker", extra={"batch_id": shard.batch_id, "error": str(exc)})
         logger.info("job cancel requested", extra={"job_id": job_id, "batches_canceled": canceled})
         return CancelOutcome(job_id, "CANCELING", canceled)
 
@@ -72,5 +67,5 @@ class Canceler:
         logger.error("cancel refused", extra={"key": key, "reason": reason})
         if key is not None:
             name = key.removeprefix(CANCEL_PREFIX).replace("/", "_") or "_"
-            self._store.put_json(f"errors/cancel/{name}.json", {"key": key, "reason": reason})
+            self._wired.store.put_json(f"errors/cancel/{name}.json", {"key": key, "reason": reason})
         return CancelOutcome(job_id, status)

@@ -1,0 +1,94 @@
+"""Finishing a job once every shard is collected: its manifest, its completion event, and
+its final status, in that order, so a crash between any two steps is finished by the next
+tick with the same figures."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from batchdrop.domain.jobs import final_status, manifest_key, rejected_key
+from batchdrop.domain.manifest import build_manifest
+from batchdrop.domain.records import JobRecord, ShardRecord
+from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
+from batchdrop.domain.usage import Usage
+from batchdrop.observability import logger
+from batchdrop.ports import Wiring
+
+
+class Finisher:
+    def __init__(self, wired: Wiring) -> None:
+        self._wired = wired
+
+    def finish_if_done(self, job_id: str) -> bool:
+        """Finish the job if all of it is in; True if this call finished it."""
+        state = self._wired.state
+        job, shards = state.job_and_shards(job_id)
+        if job is None or job.status not in (JobStatus.SUBMITTING, JobStatus.RUNNING) or not shards:
+            return False
+        if job.status is JobStatus.RUNNING and any(s.state not in SENT_SHARD_STATES for s in shards):
+            # A retry was scheduled while another invocation marked the job running.
+            state.reopen_job(job_id)
+            return False
+        if any(shard.state is not ShardState.COLLECTED for shard in shards):
+            return False
+        if len(shards) != job.shard_count:
+            # Fewer shard items than the job recorded (an interrupted recording): never close
+            # a job on part of its requests.
+            logger.error("job has fewer shards than recorded", extra={"job_id": job_id, "found": len(shards)})
+            return False
+        status, completed_at, manifest = self._manifest(job, shards)
+        # The event goes out before the job leaves the open index, so a failed publish is
+        # retried on the next tick: at least once (consumers dedupe on job_id), never lost.
+        self._wired.events.job_completed(
+            {
+                "job_id": job_id,
+                "status": str(status),
+                "source_key": job.source.key,
+                "counts": manifest["counts"],
+                "manifest_key": manifest_key(job_id),
+            }
+        )
+        if not state.finish_job(job_id, status, manifest_key(job_id), completed_at):
+            return False  # another checker finished it first
+        logger.info("job finished", extra={"job_id": job_id, "status": status})
+        return True
+
+    def _manifest(self, job: JobRecord, shards: list[ShardRecord]) -> tuple[JobStatus, str, dict[str, Any]]:
+        """The job's manifest, written if absent: its status, completion time and content as
+        they stand in results/ (a checker that stopped after writing it fixed them)."""
+        counts: Counter[str] = Counter()
+        usage: dict[str, Usage] = {}
+        for shard in shards:
+            counts.update(shard.counts)
+            for model, figures in shard.usage.items():
+                usage.setdefault(model, Usage()).merge(Usage(**figures))
+        status = JobStatus.CANCELED if job.cancel_requested else final_status(counts, job.rejected)
+        completed_at = self._wired.stamp()
+        manifest = build_manifest(
+            job_id=job.job_id,
+            source=job.source.as_dict(),
+            status=status,
+            requested=job.requested,
+            rejected=job.rejected,
+            counts=counts,
+            batches=[
+                {
+                    "shard": shard.index,
+                    "requests": shard.requests,
+                    "counts": dict(shard.counts),
+                    "attempts": list(shard.attempts_log),
+                }
+                for shard in shards
+            ],
+            usage_by_model=usage,
+            result_keys=[key for shard in shards for key in shard.result_keys],
+            rejected_key=rejected_key(job.job_id) if job.rejected else None,
+            created_at=job.created_at,
+            completed_at=completed_at,
+        )
+        store = self._wired.store
+        if not store.put_json(manifest_key(job.job_id), manifest, if_absent=True):
+            manifest = store.get_json(manifest_key(job.job_id))
+            status, completed_at = JobStatus(manifest["status"]), manifest["timings"]["completed_at"]
+        return status, completed_at, manifest

@@ -1,0 +1,128 @@
+"""Taking in one uploaded object version: its job, its split into shards, their recording,
+and a batch for each, recording the intent before each create.
+
+The job id derives from the object version, so a duplicate event finds its job and does
+nothing; a job interrupted part-way resumes where it stopped, and a shard whose create may
+have gone through (UNKNOWN) is never sent again from here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
+from batchdrop.domain.manifest import build_manifest
+from batchdrop.domain.records import ShardPlan, SourceRef
+from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
+from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
+from batchdrop.observability import logger
+from batchdrop.ports import Wiring
+from batchdrop.services.create import CreateResult, ShardCreator
+from batchdrop.services.split import Split, split_object
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    job_id: str
+    status: JobStatus  # the job's status after this invocation
+    duplicate: bool = False
+    submitted: int = 0  # shards created by this invocation
+
+
+class Intake:
+    def __init__(self, wired: Wiring) -> None:
+        self._wired = wired
+        self._state = wired.state
+        self._creator = ShardCreator(wired)
+
+    def submit(self, source: SourceRef, size: int | None = None) -> SubmitOutcome:
+        """Take in one object version (`size`: as its event reports it, if known)."""
+        job_id = job_id_for(source.bucket, source.key, source.version_id)
+        logger.append_keys(job_id=job_id, source_key=source.key)
+        status = JobStatus.RECEIVED
+        if not self._state.create_job(job_id, source, self._wired.stamp()):
+            job = self._state.get_job(job_id)
+            status = job.status if job else JobStatus.RECEIVED
+            if status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING):
+                logger.info("duplicate event for a job already under way", extra={"status": status})
+                return SubmitOutcome(job_id, status, duplicate=True)
+            logger.info("resuming an interrupted job", extra={"status": status})
+        if status is JobStatus.RECEIVED:
+            split = split_object(self._wired, job_id, source, size)
+            if not split.shards:
+                return self._fail(job_id, source, split)
+            recorded = self._state.record_shards(
+                job_id,
+                split.shards,
+                requested=split.requested,
+                rejected=split.rejected,
+                max_attempts=self._wired.max_attempts,
+            )
+            if not recorded:
+                logger.info("another invocation recorded this job's shards first")
+        else:
+            self._complete_recording(job_id)
+            # A run that died holding the create lease would stall every create until it ran out.
+            self._creator.free_stale_lease()
+        return self._submit_pending(job_id)
+
+    def _complete_recording(self, job_id: str) -> None:
+        """A recording of more than 99 shards spans several transactions: a crash between
+        them leaves shards unrecorded. Their bodies are in work/ already; record them."""
+        job, shards = self._state.job_and_shards(job_id)
+        have = {shard.index for shard in shards}
+        for index in sorted(set(range(job.shard_count if job else 0)) - have):
+            key = shard_key(job_id, index)
+            digest, requests, line_bytes = IdsDigest(), 0, 0
+            for request in request_lines(self._wired.store.lines(key)):
+                digest.add(str(json.loads(request)["custom_id"]))
+                requests += 1
+                line_bytes += len(request)
+            plan = ShardPlan(index, key, requests, create_body_bytes(requests, line_bytes), digest.hex)
+            if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
+                logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
+
+    def _fail(self, job_id: str, source: SourceRef, split: Split) -> SubmitOutcome:
+        if split.rejected:
+            reason = f"no valid request: all {split.rejected} lines were rejected (see {rejected_key(job_id)})"
+        else:
+            reason = "the file holds no request (it is empty or blank)"
+        now = self._wired.stamp()
+        manifest = build_manifest(
+            job_id=job_id,
+            source=source.as_dict(),
+            status=JobStatus.FAILED,
+            requested=0,
+            rejected=split.rejected,
+            counts={},
+            batches=[],
+            usage_by_model={},
+            result_keys=[],
+            rejected_key=rejected_key(job_id) if split.rejected else None,
+            created_at=now,
+            completed_at=now,
+            reason=reason,
+        )
+        store = self._wired.store
+        if not split.rejected:
+            store.put_json(f"errors/{job_id}/failure.json", {"job_id": job_id, "reason": reason})
+        store.put_json(manifest_key(job_id), manifest)
+        self._state.fail_job(job_id, reason, requested=0, rejected=split.rejected, manifest_key=manifest_key(job_id))
+        logger.warning("job failed", extra={"reason": reason})
+        return SubmitOutcome(job_id, JobStatus.FAILED)
+
+    def _submit_pending(self, job_id: str) -> SubmitOutcome:
+        submitted = 0
+        for shard in self._state.shards(job_id):
+            if shard.state is not ShardState.PENDING:
+                continue
+            job = self._state.get_job(job_id)
+            if job is not None and job.cancel_requested:
+                logger.info("job canceled: its unsent shards are left to the checker")
+                break
+            created = self._creator.create(shard, lease_wait=self._wired.timings.lease_wait)
+            submitted += created is CreateResult.CREATED
+        if all(shard.state in SENT_SHARD_STATES for shard in self._state.shards(job_id)):
+            self._state.mark_job_running(job_id)
+        job = self._state.get_job(job_id)
+        return SubmitOutcome(job_id, job.status if job else JobStatus.RECEIVED, submitted=submitted)

@@ -1,0 +1,232 @@
+"""The streaming split of one uploaded object version: every line read once; rejected lines
+to errors/<job_id>/rejected.jsonl, valid ones into shards in work/<job_id>/, each within
+the API's limits. A shard whose lines are the file's own bytes, one after another, is
+copied by S3 from the file rather than uploaded; a file that may be one clean shard is
+copied whole while it is read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from batchdrop.domain.jobs import IdsDigest, rejected_key, rejected_record
+from batchdrop.domain.records import ShardPlan, SourceRef
+from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
+from batchdrop.domain.shards import (
+    SHARD_CONTENT_TYPE,
+    assign_shards,
+    create_body_bytes,
+    shard_key,
+    whole_copy_key,
+)
+from batchdrop.observability import logger
+from batchdrop.ports import ObjectStore, SourceRange, Wiring, Writer
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
+_NEWLINE = ord("\n")
+
+
+@dataclass
+class Split:
+    shards: list[ShardPlan] = field(default_factory=list)
+    requested: int = 0  # valid lines
+    rejected: int = 0  # lines written to errors/
+
+
+def split_object(wired: Wiring, job_id: str, source: SourceRef, size: int | None = None) -> Split:
+    """Stream the object once: rejected lines to errors/, valid ones into shards. A shard
+    that ends before the object does is finished in the background (S3 copying a range, or
+    the last parts going up) while the next one fills; all are done before this returns.
+    `size`, the object's size when known, lets a file that may be one clean shard be copied
+    whole by S3 meanwhile (_EarlyCopy)."""
+    from concurrent.futures import ThreadPoolExecutor  # not at import: a cold start does not need it
+
+    split = Split()
+    rejects = _RejectSink(wired.store, rejected_key(job_id), source.key)
+    reader = _LineReader(wired.store.lines(source.key, source.version_id))
+    # A gzip object's line offsets are not its bytes: its shards are always written.
+    copyable = not source.key.endswith(".gz")
+    may_copy_early = copyable and wired.early_copy_bytes <= (size or 0) <= wired.limits.max_bytes
+    shard: _ShardOut | None = None
+    closing: list[Future[ShardPlan]] = []
+    early: _EarlyCopy | None = None
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-close") as closer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-copy") as copier,
+    ):
+        try:
+            for index, line in assign_shards(_valid(check_lines(reader), split, rejects), wired.limits):
+                if shard is None or index != shard.index:
+                    if shard is not None:
+                        closing.append(closer.submit(shard.close, whole=False))
+                    # If absent: a duplicate invocation splitting at the same time (or a
+                    # resumed one) writes the same bytes; the first complete copy stays.
+                    shard = _ShardOut(wired.store, source, index, shard_key(job_id, index), copyable=copyable)
+                shard.add(line, reader.start, reader.last)
+                if may_copy_early:  # the first valid line only
+                    may_copy_early = False
+                    if shard.spans(0, reader.end):
+                        early = _EarlyCopy(wired.store, source, whole_copy_key(job_id), copier)
+            last = _close_last(shard, reader, early) if shard is not None else None
+            shard = None
+            split.shards = [done.result() for done in closing] + ([last] if last else [])
+            rejects.close()
+        except BaseException:
+            if shard is not None:
+                shard.abort()
+            rejects.abort()
+            raise
+    return split
+
+
+def _valid(lines: Iterator[ValidLine | RejectedLine], split: Split, rejects: _RejectSink) -> Iterator[ValidLine]:
+    for line in lines:
+        if isinstance(line, RejectedLine):
+            split.rejected += 1
+            rejects.write(line)
+        else:
+            split.requested += 1
+            yield line
+
+
+def _close_last(shard: _ShardOut, reader: _LineReader, early: _EarlyCopy | None) -> ShardPlan:
+    """The last shard: the early copy, when the file is this one clean shard and S3 made it."""
+    whole = shard.spans(0, reader.end)
+    if early is not None and whole and early.ready():
+        return shard.plan(early.key)
+    # An early copy not used is left to expire with work/ (no function deletes an object).
+    return shard.close(whole=whole)
+
+
+class _RejectSink:
+    """errors/<job_id>/rejected.jsonl, opened only when a first line is rejected."""
+
+    def __init__(self, store: ObjectStore, key: str, source_key: str) -> None:
+        self._store = store
+        self._key = key
+        self._source_key = source_key
+        self._writer: Writer | None = None
+
+    def write(self, rejected: RejectedLine) -> None:
+        if self._writer is None:
+            self._writer = self._store.writer(self._key, "application/x-jsonl")
+        self._writer.write(rejected_record(rejected, self._source_key))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+
+class _LineReader:
+    """The source's lines, passed through, with where the last one read lies in the object."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self.start = 0  # offset of the last line read
+        self.end = 0  # offset after it: the bytes read so far
+        self.last = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        for raw in self._lines:
+            self.start = self.end
+            self.end += len(raw)
+            self.last = raw
+            yield raw
+
+
+class _ShardOut:
+    """One shard as the split makes it, in JSON Lines. While its lines are the source's own
+    bytes, one after another, it is only a range of the source, which S3 copies when the shard
+    ends: the Lambda never uploads it. The first line that is not (a rejected or blank line
+    before it, `\\r\\n`, a BOM, a gzip source) turns it into a written object that begins with
+    the range so far (copied by S3 too when it is a part's size or more)."""
+
+    def __init__(self, store: ObjectStore, source: SourceRef, index: int, key: str, *, copyable: bool) -> None:
+        self._store = store
+        self._source = source
+        self.index = index
+        self.key = key
+        self._copyable = copyable
+        self._range: tuple[int, int] | None = None  # [start, end) of the source, while copying
+        self._writer: Writer | None = None
+        self._requests = 0
+        self._line_bytes = 0
+        self._digest = IdsDigest()
+
+    def add(self, line: ValidLine, start: int, raw: bytes) -> None:
+        """Add a valid line, read from the source's bytes [start, start + len(raw))."""
+        body = line.body
+        self._requests += 1
+        self._line_bytes += len(body)
+        self._digest.add(line.custom_id)
+        if self._writer is None:
+            # The line as the source holds it: its body and one \n, or no \n at the end of the file.
+            exact = len(raw) == len(body) or (len(raw) == len(body) + 1 and raw[-1] == _NEWLINE)
+            if exact and self._copyable and (self._range is None or self._range[1] == start):
+                self._range = (start if self._range is None else self._range[0], start + len(raw))
+                return
+            self._writer = self._store.writer(self.key, SHARD_CONTENT_TYPE, if_absent=True)
+            if self._range is not None:
+                self._writer.copy_from(self._source_range(*self._range))
+                self._range = None
+        self._writer.write(body)
+        self._writer.write(b"\n")
+
+    def spans(self, start: int, end: int) -> bool:
+        """Whether the shard is still exactly the source's bytes [start, end)."""
+        return self._writer is None and self._range == (start, end)
+
+    def close(self, *, whole: bool) -> ShardPlan:
+        """Finish the object (`whole`: the shard is the whole source object); its plan."""
+        if self._writer is not None:
+            self._writer.close()
+        elif self._range is not None:
+            self._store.copy(
+                self._source_range(*self._range), self.key, SHARD_CONTENT_TYPE, whole=whole, if_absent=True
+            )
+        return self.plan(self.key)
+
+    def plan(self, key: str) -> ShardPlan:
+        """The shard as recorded, kept at `key` (its own, or a copy of the same bytes)."""
+        size = create_body_bytes(self._requests, self._line_bytes)
+        return ShardPlan(self.index, key, self._requests, size, self._digest.hex)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+    def _source_range(self, start: int, end: int) -> SourceRange:
+        return SourceRange(self._source.bucket, self._source.key, self._source.version_id, start, end)
+
+
+class _EarlyCopy:
+    """S3 copying the whole source version to work/ while the function reads and checks it.
+    A file that is one clean shard (the common large upload) is then ready as its shard when
+    the check ends, instead of being copied after it: the copy overlaps the reading.
+
+    Begun only once the first line is exact, for a file that may be one shard. Whatever the
+    check finds, the copy is the version's own bytes, so a copy an earlier or concurrent run
+    of the job made (the write is if-absent) is as good as this one's. A copy that is not
+    used (the file was not one clean shard) is left to expire with work/: no function may
+    delete an object."""
+
+    def __init__(self, store: ObjectStore, source: SourceRef, key: str, pool: Executor) -> None:
+        self.key = key
+        whole = SourceRange(source.bucket, source.key, source.version_id, 0, 0)
+        self._copying = pool.submit(store.copy, whole, key, SHARD_CONTENT_TYPE, whole=True, if_absent=True)
+
+    def ready(self) -> bool:
+        """Wait for the copy: whether the key now holds the whole version."""
+        try:
+            self._copying.result()
+        except Exception:  # the shard is then copied at the end, as without an early copy  # noqa: BLE001
+            logger.warning("the early copy of the file failed: its shard is copied now", exc_info=True)
+            return False
+        return True
