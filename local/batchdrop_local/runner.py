@@ -26,15 +26,21 @@ the runner sends `{}`. For a v1 `Schedule` event (an EventBridge rule) it sends 
 without an S3 event is the checker (`tick()`); the S3-triggered one's schedule is the inbox/
 sweep (`sweep()`), run in the background only when `sweep_seconds` is given.
 
-**Environment.** Both handlers run in this process, so the runner swaps each function's
-environment (`LocalStack.function_env`) into `os.environ` for the length of an invocation
-and serializes invocations: a handler never sees the other function's variables, at the
-cost of submit and checker never overlapping locally.
+**Environment.** Both handlers run in this process, and each gets its own environment
+without os.environ changing: the runner calls a handler inside
+`batchdrop.config.invocation_environment(LocalStack.function_env(...))`, a context variable
+of the invoking thread that `Settings.from_env()` reads (and os.environ is what it reads on
+Lambda or under `sam local invoke`). The adapters take endpoint, region and credentials from
+those Settings, and each log line's `service` is its own function's. So submit and checker
+invocations overlap, as on AWS (the checker still one at a time: its reserved concurrency
+is 1), and a test may change os.environ while one is under way. What Powertools reads from
+os.environ once per process (metrics namespace, tracing off, log level; the same for both
+functions) is set by `LocalRunner` as process defaults, before its first invocation.
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import fnmatch
 import importlib.util
 import json
@@ -55,6 +61,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import quote_plus
 
+from batchdrop import config
 from batchdrop_local.lambda_context import LocalLambdaContext
 from batchdrop_local.stack import REPO_ROOT, FunctionSpec, LocalStack
 
@@ -387,7 +394,7 @@ class LocalRunner:
         # (key, version id) of every notification dropped on purpose (lose_event, lose_events).
         self.lost_events: list[tuple[str, str]] = []
         self._records_lock = threading.Lock()
-        self._invoke_lock = threading.RLock()  # one invocation at a time: os.environ is global
+        self._load_lock = threading.Lock()  # imports change sys.path and sys.modules
         self._tick_lock = threading.Lock()  # ReservedConcurrentExecutions: 1 for the checker
         self._pending: deque[_Pending] = deque()
         self._pending_ready = threading.Condition()
@@ -398,6 +405,8 @@ class LocalRunner:
         self._last_sequencer = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        for name, value in stack.handler_process_env().items():
+            os.environ.setdefault(name, value)
         # The notification configuration starts now: what is already there never triggers.
         for trigger, version in self._list_versions():
             self._seen.add(self._identity(trigger, version.key, version.version_id))
@@ -615,32 +624,26 @@ class LocalRunner:
             self._record_failure(function, event, invocation)
         return invocation
 
-    @contextlib.contextmanager
-    def between_invocations(self) -> Iterator[None]:
-        """Hold invocations off while the caller changes `os.environ`: an invocation swaps its
-        function's variables in and puts back what it found when it ends, so a variable set
-        or removed during one would be undone when it ends."""
-        with self._invoke_lock:
-            yield
-
     def _invoke(self, function: FunctionSpec, event: dict[str, Any], attempt: int) -> Invocation:
-        with self._invoke_lock, self._function_environment(function):
-            context = LocalLambdaContext(
-                function_name=self.stack.function_name(function.logical_id),
-                memory_limit_in_mb=function.memory_mb,
-                timeout_seconds=function.timeout_seconds,
-                invoked_function_arn=self.stack.resource(function.logical_id).attributes["Arn"],
-            )
-            invocation = Invocation(function.logical_id, context.aws_request_id, attempt, event)
-            started = time.monotonic()
-            try:
-                invocation.result = self._handler(function)(event, context)
-                if context.timed_out:
-                    invocation.error = f"Task timed out after {function.timeout_seconds}.00 seconds"
-            except Exception as exc:  # noqa: BLE001 - Lambda reports any handler error and retries
-                invocation.error = "".join(traceback.format_exception_only(exc)).strip()
-                invocation.result = _error_payload(exc, context.aws_request_id)
-            invocation.duration_seconds = time.monotonic() - started
+        context = LocalLambdaContext(
+            function_name=self.stack.function_name(function.logical_id),
+            memory_limit_in_mb=function.memory_mb,
+            timeout_seconds=function.timeout_seconds,
+            invoked_function_arn=self.stack.resource(function.logical_id).attributes["Arn"],
+        )
+        invocation = Invocation(function.logical_id, context.aws_request_id, attempt, event)
+        environment = self.function_environment(function.logical_id)
+        started = time.monotonic()
+        try:
+            # A context of its own: what one invocation sets in context variables (its
+            # environment, Powertools' thread-safe log keys) ends with it.
+            invocation.result = contextvars.copy_context().run(self._call, function, environment, event, context)
+            if context.timed_out:
+                invocation.error = f"Task timed out after {function.timeout_seconds}.00 seconds"
+        except Exception as exc:  # noqa: BLE001 - Lambda reports any handler error and retries
+            invocation.error = "".join(traceback.format_exception_only(exc)).strip()
+            invocation.result = _error_payload(exc, context.aws_request_id)
+        invocation.duration_seconds = time.monotonic() - started
         with self._records_lock:
             self.invocations.append(invocation)
         if invocation.error is not None:
@@ -653,22 +656,25 @@ class LocalRunner:
             )
         return invocation
 
-    def _handler(self, function: FunctionSpec) -> Handler:
-        if function.logical_id not in self._handlers:
-            # Lambda imports the module on the cold start, inside the function's environment.
-            self._handlers[function.logical_id] = load_handler(function, self.stack.template_root)
-        return self._handlers[function.logical_id]
+    def function_environment(self, logical_id: str) -> dict[str, str]:
+        """The environment a handler of `logical_id` runs with: what Lambda gives the function
+        (`LocalStack.function_env`), never a variable in HIDDEN_FROM_HANDLERS."""
+        environment = self.stack.function_env(logical_id)
+        for name in HIDDEN_FROM_HANDLERS:
+            environment.pop(name, None)
+        return environment
 
-    @contextlib.contextmanager
-    def _function_environment(self, function: FunctionSpec) -> Iterator[None]:
-        wanted: dict[str, str | None] = dict.fromkeys(HIDDEN_FROM_HANDLERS)
-        wanted.update(self.stack.function_env(function.logical_id))
-        saved = {name: os.environ.get(name) for name in wanted}
-        _apply_environment(wanted)
-        try:
-            yield
-        finally:
-            _apply_environment(saved)
+    def _call(self, function: FunctionSpec, environment: dict[str, str], event: dict[str, Any], context: Any) -> Any:
+        with config.invocation_environment(environment):
+            return self._handler(function)(event, context)
+
+    def _handler(self, function: FunctionSpec) -> Handler:
+        with self._load_lock:
+            if function.logical_id not in self._handlers:
+                # Lambda imports the module on the cold start, inside the function's environment
+                # (here: the one batchdrop.config gives; what Powertools reads is process-wide).
+                self._handlers[function.logical_id] = load_handler(function, self.stack.template_root)
+            return self._handlers[function.logical_id]
 
     def _record_failure(self, function: FunctionSpec, event: dict[str, Any], last: Invocation) -> None:
         failure = FailedEvent(function.logical_id, event, last.attempt, last.error or "")
@@ -822,14 +828,6 @@ def _schedule_of(function: FunctionSpec) -> tuple[str, dict[str, Any]]:
 
 def _is_inside(file: str | None, directory: Path) -> bool:
     return file is not None and Path(file).resolve().is_relative_to(directory)
-
-
-def _apply_environment(values: Mapping[str, str | None]) -> None:
-    for name, value in values.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def _error_payload(exc: BaseException, request_id: str) -> dict[str, Any]:

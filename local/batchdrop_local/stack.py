@@ -5,8 +5,9 @@ AWS resources of template.yaml created from the template itself, so the two cann
 (`SamTemplate`, `IntrinsicResolver`), creates the bucket, table, event bus and queues in moto
 with the template's own properties, stores the emulator's API key in a Secrets Manager secret
 (the template's `AnthropicSecretArn` parameter) and exposes the environment a handler or a
-client needs (`env`, `function_env`, `write_env_file`). Lambda functions, IAM, logs, alarms
-and layers are not created: `batchdrop_local.runner.LocalRunner` plays Lambda's part.
+client needs (`env`, `function_env`, `handler_process_env`, `write_env_file`). Lambda
+functions, IAM, logs, alarms and layers are not created: `batchdrop_local.runner.LocalRunner`
+plays Lambda's part.
 
 moto runs in this process (`ThreadedMotoServer`), so its state is moto's global state: run
 one LocalStack at a time per process, and no `mock_aws()` while it runs; `stop()` resets it.
@@ -66,6 +67,14 @@ SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::Scheduler::Schedule": "the local runner ticks the checker itself",
     "AWS::Events::Rule": "moto never fires a schedule, and a Lambda target breaks put_events",
 }
+
+# What Powertools reads from the process environment once, at import, not per invocation.
+PROCESS_WIDE_VARIABLES = (
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_TRACE_DISABLED",
+    "LOG_LEVEL",
+    "POWERTOOLS_LOG_LEVEL",
+)
 
 # Intrinsics this resolver understands; anything else fails loudly with the path to it.
 _SUB_VARIABLE = re.compile(r"\$\{([^}]+)\}")
@@ -610,6 +619,25 @@ class LocalStack:
             **self._resolved_variables(function.environment),
             **self.function_variables,
         }
+
+    def handler_process_env(self) -> dict[str, str]:
+        """The functions' values of PROCESS_WIDE_VARIABLES: what Powertools reads from
+        os.environ once, when Logger, Metrics and Tracer are made at import, not per
+        invocation. Both handlers share one process, and so one Logger, Metrics and Tracer:
+        the runner sets these as process defaults before its first invocation. Raises
+        TemplateError if two functions disagree, as one process can hold only one value."""
+        values: dict[str, str] = {}
+        for logical_id in self.template.functions():
+            env = self.function_env(logical_id)
+            for name in PROCESS_WIDE_VARIABLES:
+                if name not in env:
+                    continue
+                if values.setdefault(name, env[name]) != env[name]:
+                    raise TemplateError(
+                        f"{name} differs between functions ({values[name]!r}, {env[name]!r}),"
+                        " and the local runner runs them all in one process"
+                    )
+        return values
 
     def _aws_env(self) -> dict[str, str]:
         return {

@@ -37,22 +37,19 @@ def running(stack_and_runner: tuple[LocalStack, LocalRunner]) -> LocalStack:
 
 @pytest.fixture
 def user_env(stack_and_runner: tuple[LocalStack, LocalRunner], tmp_path: Path) -> Iterator[LocalStack]:
-    """The shell of a user who sourced .batchdrop/local.env. The runner invokes handlers in
-    this process in the background, so the variables change between its invocations only:
-    one under way would otherwise put back, when it ends, a variable as it found it."""
-    running, runner = stack_and_runner
+    """The shell of a user who sourced .batchdrop/local.env. The runner's background
+    invocations in this process run with their functions' own environments, so they neither
+    see nor undo these variables."""
+    running, _ = stack_and_runner
     env_file = tmp_path / "local.env"
     running.write_env_file(env_file)
     with pytest.MonkeyPatch.context() as env:
-        with runner.between_invocations():
-            for line in env_file.read_text().splitlines():
-                if line and not line.startswith("#"):
-                    name, _, value = line.partition("=")
-                    env.setenv(name, shlex.split(value)[0] if value else "")
-            env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        for line in env_file.read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.partition("=")
+                env.setenv(name, shlex.split(value)[0] if value else "")
+        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
         yield running
-        with runner.between_invocations():
-            env.undo()
 
 
 def test_submit_wait_status_and_results_as_a_user(
@@ -91,17 +88,16 @@ def test_results_of_an_unfinished_job_says_so(user_env: LocalStack, capsys: pyte
 
 
 @pytest.fixture
-def shell_without_names(stack_and_runner: tuple[LocalStack, LocalRunner]) -> Iterator[None]:
-    """A shell without BATCHDROP_BUCKET and BATCHDROP_TABLE, for the whole test: an invocation
-    of the background runner sets them (they are the functions' too) while it runs."""
-    _, runner = stack_and_runner
-    with runner.between_invocations(), pytest.MonkeyPatch.context() as env:
+def shell_without_names() -> Iterator[None]:
+    """A shell without BATCHDROP_BUCKET and BATCHDROP_TABLE. The functions have them in
+    their own environments: the background runner, left running, does not put them here."""
+    with pytest.MonkeyPatch.context() as env:
         env.delenv("BATCHDROP_BUCKET", raising=False)
         env.delenv("BATCHDROP_TABLE", raising=False)
         yield
 
 
-@pytest.mark.usefixtures("shell_without_names")
+@pytest.mark.usefixtures("stack_and_runner", "shell_without_names")
 def test_commands_without_names_explain_where_to_get_them(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["status"])
@@ -197,7 +193,7 @@ def test_cancel_of_a_finished_job_says_so_and_writes_nothing(
     assert listing["KeyCount"] == 0
 
 
-@pytest.mark.usefixtures("shell_without_names")
+@pytest.mark.usefixtures("stack_and_runner", "shell_without_names")
 def test_cancel_without_names_explains_where_to_get_them(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["cancel", "j" + "0" * 24])

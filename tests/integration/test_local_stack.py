@@ -4,7 +4,9 @@ retries), driven with stand-in handlers so this tier does not depend on the real
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shlex
 import sys
@@ -22,7 +24,9 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3Model
 
-from batchdrop_local.runner import LocalRunner, build_s3_event, load_event, load_handler
+from batchdrop.config import Settings, environment
+from batchdrop.observability import logger
+from batchdrop_local.runner import HIDDEN_FROM_HANDLERS, LocalRunner, build_s3_event, load_event, load_handler
 from batchdrop_local.stack import SKIPPED_TYPES, FunctionSpec, LocalStack, SamTemplate
 
 CLIENT_NAMES = {
@@ -45,8 +49,9 @@ DEADLINE_SECONDS = 10.0
 
 
 class StandInHandler:
-    """Records every call (event, context, the environment it ran in); fails the first
-    `failures` calls, like a handler whose dependency is briefly down."""
+    """Records every call (event, context, the environment it ran in, as
+    `batchdrop.config` gives it to a handler); fails the first `failures` calls, like a
+    handler whose dependency is briefly down."""
 
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
@@ -60,7 +65,7 @@ class StandInHandler:
                     "event": event,
                     "context": context,
                     "remaining_ms": context.get_remaining_time_in_millis(),
-                    "environ": dict(os.environ),
+                    "environ": dict(environment()),
                 }
             )
             number = len(self.calls)
@@ -479,14 +484,18 @@ def test_handlers_run_in_their_functions_environment_with_a_lambda_context(
 ) -> None:
     os.environ["ANTHROPIC_API_KEY"] = "a-real-key-in-the-users-shell"
     try:
+        before = dict(os.environ)
         put(stack, unique_key())
         runner.run_once()
-        assert os.environ["ANTHROPIC_API_KEY"] == "a-real-key-in-the-users-shell"
+        assert dict(os.environ) == before
     finally:
         del os.environ["ANTHROPIC_API_KEY"]
 
     (call,) = submit.calls
     function = template.function("SubmitFunction")
+    assert call["environ"] == {
+        name: value for name, value in stack.function_env("SubmitFunction").items() if name not in HIDDEN_FROM_HANDLERS
+    }
     assert call["environ"]["POWERTOOLS_SERVICE_NAME"] == function.environment["POWERTOOLS_SERVICE_NAME"]
     assert call["environ"]["AWS_ENDPOINT_URL"] == stack.moto_url
     assert "ANTHROPIC_API_KEY" not in call["environ"]
@@ -496,6 +505,94 @@ def test_handlers_run_in_their_functions_environment_with_a_lambda_context(
     assert context.invoked_function_arn.endswith(f":function:{context.function_name}")
     assert 0 < call["remaining_ms"] <= function.timeout_seconds * 1000
     assert uuid.UUID(context.aws_request_id)
+
+
+def test_submit_and_checker_run_at_once_each_with_its_own_environment_and_service(
+    stack: LocalStack, template: SamTemplate
+) -> None:
+    # Given stand-ins decorated as the real handlers are, that wait for each other: each gets
+    # past the first barrier only while the other is under way too
+    barrier = threading.Barrier(2, timeout=DEADLINE_SECONDS)
+    seen: dict[str, dict[str, Any]] = {}
+
+    def meeting(name: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+        @logger.inject_lambda_context(clear_state=True)
+        def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            barrier.wait()
+            logger.warning("both under way", extra={"who": name})
+            seen[name] = {"settings": Settings.from_env(), "environ": dict(environment()), "os": dict(os.environ)}
+            barrier.wait()  # neither ends before both have logged and looked
+            return {}
+
+        return handler
+
+    both = LocalRunner(stack, meeting("SubmitFunction"), meeting("CheckerFunction"), retry_delay_seconds=0)
+    lines = io.StringIO()
+    capture = logging.StreamHandler(lines)
+    capture.setFormatter(logger.registered_formatter)
+    logger.addHandler(capture)
+    process_environ = dict(os.environ)
+    try:
+        put(stack, unique_key())
+        # When the S3 event is delivered in one thread while the checker ticks in another
+        threads = [threading.Thread(target=both.deliver_pending), threading.Thread(target=both.tick)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(4 * DEADLINE_SECONDS)
+    finally:
+        logger.removeHandler(capture)
+
+    # Then both ran at once, neither failed, and os.environ was never changed
+    assert [invocation.error for invocation in both.invocations] == [None, None]
+    assert set(seen) == {"SubmitFunction", "CheckerFunction"}
+    assert dict(os.environ) == process_environ
+    services = {}
+    for name, saw in seen.items():
+        # each saw its own function's variables, through Settings as through its environment
+        declared = template.function(name).environment["POWERTOOLS_SERVICE_NAME"]
+        services[name] = declared
+        assert saw["os"] == process_environ
+        assert saw["environ"]["POWERTOOLS_SERVICE_NAME"] == declared
+        assert saw["environ"]["AWS_LAMBDA_FUNCTION_NAME"] == stack.function_name(name)
+        assert saw["settings"].function_name == stack.function_name(name)
+        assert saw["settings"].aws_endpoint == stack.moto_url
+        assert saw["settings"].bucket == stack.bucket_name
+    assert services["SubmitFunction"] != services["CheckerFunction"]
+    # And each one's log line carries its own service
+    logged = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert {record["who"]: record["service"] for record in logged if "who" in record} == services
+
+
+def test_a_change_to_os_environ_during_an_invocation_is_not_undone_when_it_ends(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, changed = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def slow_checker(event: dict[str, Any], context: Any) -> None:
+        started.set()
+        assert changed.wait(DEADLINE_SECONDS)
+        seen["region"] = Settings.from_env().region
+
+    slow = LocalRunner(stack, StandInHandler(), slow_checker, retry_delay_seconds=0)
+    ticking = threading.Thread(target=slow.tick)
+    ticking.start()
+    assert started.wait(DEADLINE_SECONDS)
+
+    # When the test changes the process environment while the checker is under way
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setenv("BATCHDROP_BUCKET", "the-users-own-bucket")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    changed.set()
+    ticking.join(DEADLINE_SECONDS)
+
+    # Then the change outlives the invocation, which saw its function's values throughout
+    assert [invocation.error for invocation in slow.invocations] == [None]
+    assert os.environ["AWS_DEFAULT_REGION"] == "eu-west-3"
+    assert os.environ["BATCHDROP_BUCKET"] == "the-users-own-bucket"
+    assert "AWS_ENDPOINT_URL" not in os.environ
+    assert seen == {"region": stack.region}
 
 
 def test_the_background_runner_delivers_uploads_without_being_asked(

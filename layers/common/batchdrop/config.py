@@ -1,12 +1,23 @@
-"""The functions' configuration: read once from the environment at cold start, validated,
-failing fast with a message that names what is missing. No other module reads os.environ."""
+"""The functions' configuration: read from the environment of the invocation under way,
+validated, failing fast with a message that names what is missing. No other module reads
+os.environ.
+
+The environment is `os.environ` (Lambda, `sam local invoke`), unless the caller runs the
+handler inside `invocation_environment(env)`: the local runner calls both functions' handlers
+in one process, at the same time, each with its own variables, and never changes os.environ
+to do it. The variable is a ContextVar, so it belongs to the thread (and asyncio task) that
+set it: two invocations in two threads each see their own. A thread the handler starts begins
+with an empty context and sees os.environ: read the Settings before handing work to one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from batchdrop.domain.requests import MAX_BATCH_REQUESTS
 from batchdrop.domain.timings import Timings
@@ -26,6 +37,40 @@ ENV_SECRET_ARN = "ANTHROPIC_SECRET_ARN"  # noqa: S105 - the name of a variable, 
 ENV_BASE_URL = "ANTHROPIC_BASE_URL"  # unset in AWS: the SDK's default, the real API
 ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"  # unset in AWS; the local stack's moto server
 ENV_REGION = "AWS_DEFAULT_REGION"
+ENV_LAMBDA_REGION = "AWS_REGION"  # Lambda sets both; either will do
+ENV_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+ENV_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - the name of a variable, not a secret
+ENV_SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+ENV_CHECKSUM = "AWS_REQUEST_CHECKSUM_CALCULATION"
+ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+ENV_SERVICE_NAME = "POWERTOOLS_SERVICE_NAME"
+ENV_SECRET_MAX_AGE = "POWERTOOLS_PARAMETERS_MAX_AGE"  # noqa: S105 - seconds the secret is cached
+
+_environment: ContextVar[Mapping[str, str] | None] = ContextVar("batchdrop_environment", default=None)
+
+
+def environment() -> Mapping[str, str]:
+    """The environment of the invocation under way in this thread: os.environ unless the
+    caller set one with `invocation_environment`."""
+    current = _environment.get()
+    return os.environ if current is None else current
+
+
+@contextlib.contextmanager
+def invocation_environment(env: Mapping[str, str]) -> Iterator[Mapping[str, str]]:
+    """Run the block (a handler call) with `env` as its whole environment, in this thread
+    only: os.environ is neither read nor changed. The block sees a read-only copy."""
+    frozen = MappingProxyType(dict(env))
+    token = _environment.set(frozen)
+    try:
+        yield frozen
+    finally:
+        _environment.reset(token)
+
+
+def service_name() -> str | None:
+    """POWERTOOLS_SERVICE_NAME of the invocation under way (what its log lines carry)."""
+    return environment().get(ENV_SERVICE_NAME) or None
 
 
 @dataclass(frozen=True)
@@ -38,23 +83,43 @@ class Settings:
     max_attempts: int
     shard_max_requests: int = MAX_BATCH_REQUESTS
     timings: Timings = field(default_factory=Timings)
-    # Where boto3 talks to: part of the settings so that adapters built for one
-    # environment are never reused in another (a new local stack, say).
+    # Where and as whom boto3 talks: part of the settings, and passed to every client, so
+    # that adapters built for one environment are never reused in another (a new local
+    # stack, say) and no client falls back on a process-wide variable another function,
+    # or a test, may have set differently.
     aws_endpoint: str | None = None
     region: str | None = None
+    # None: boto3's own chain (on Lambda the same variables, or the container's provider).
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
+    checksum_calculation: str | None = None
+    # The function these settings are for: each function has adapters (clients, caches) of
+    # its own, as in its own execution environment, even when two share a process.
+    function_name: str | None = None
+    secret_max_age: int | None = None  # None: Powertools' default
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings of `env`, by default the environment of the invocation under way."""
+        env = environment() if env is None else env
         missing = [name for name in (ENV_BUCKET, ENV_TABLE, ENV_EVENT_BUS, ENV_SECRET_ARN) if not env.get(name)]
         if missing:
             raise ConfigurationError(f"missing environment variables: {', '.join(missing)}")
-        try:
-            max_attempts = int(env.get(ENV_MAX_ATTEMPTS, "3"))
-        except ValueError:
-            raise ConfigurationError(f"{ENV_MAX_ATTEMPTS} must be a whole number") from None
+        max_attempts = _whole_number(ENV_MAX_ATTEMPTS, env.get(ENV_MAX_ATTEMPTS, "3"))
         if max_attempts < 1:
             raise ConfigurationError(f"{ENV_MAX_ATTEMPTS} must be at least 1")
-        shard_max_requests = _whole_number(env, ENV_SHARD_MAX_REQUESTS, MAX_BATCH_REQUESTS, 1, MAX_BATCH_REQUESTS)
+        max_age = env.get(ENV_SECRET_MAX_AGE) or None
+        secret_max_age = None if max_age is None else _whole_number(ENV_SECRET_MAX_AGE, max_age)
+        if secret_max_age is not None and secret_max_age < 0:
+            raise ConfigurationError(f"{ENV_SECRET_MAX_AGE} must not be negative")
+        key_id, secret_key = env.get(ENV_ACCESS_KEY_ID) or None, env.get(ENV_SECRET_ACCESS_KEY) or None
+        has_keys = key_id is not None and secret_key is not None
+        shard_max_requests = _whole_number(
+            ENV_SHARD_MAX_REQUESTS, env.get(ENV_SHARD_MAX_REQUESTS, str(MAX_BATCH_REQUESTS))
+        )
+        if not 1 <= shard_max_requests <= MAX_BATCH_REQUESTS:
+            raise ConfigurationError(f"{ENV_SHARD_MAX_REQUESTS} must be from 1 to {MAX_BATCH_REQUESTS}")
         timings = _timings(env.get(ENV_TIMINGS))
         return cls(
             bucket=env[ENV_BUCKET],
@@ -66,18 +131,21 @@ class Settings:
             shard_max_requests=shard_max_requests,
             timings=timings,
             aws_endpoint=env.get(ENV_AWS_ENDPOINT) or None,
-            region=env.get(ENV_REGION) or None,
+            region=env.get(ENV_REGION) or env.get(ENV_LAMBDA_REGION) or None,
+            aws_access_key_id=key_id if has_keys else None,
+            aws_secret_access_key=secret_key if has_keys else None,
+            aws_session_token=(env.get(ENV_SESSION_TOKEN) or None) if has_keys else None,
+            checksum_calculation=env.get(ENV_CHECKSUM) or None,
+            function_name=env.get(ENV_FUNCTION_NAME) or None,
+            secret_max_age=secret_max_age,
         )
 
 
-def _whole_number(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _whole_number(name: str, value: str) -> int:
     try:
-        value = int(env.get(name, str(default)))
+        return int(value)
     except ValueError:
         raise ConfigurationError(f"{name} must be a whole number") from None
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name} must be from {low} to {high}, got {value}")
-    return value
 
 
 def _timings(text: str | None) -> Timings:
