@@ -21,7 +21,7 @@ help:
 	@echo "make test   - lint and run every test tier (builds .venv on first use)"
 	@echo "make soak   - 40 files x 500 requests under every emulator fault; fails if a request is lost or sent twice"
 	@echo "make bench  - every benchmark against the local stack, baselines beside ours, one table (bench/latest.md)"
-	@echo "make lint   - ruff only"
+	@echo "make lint   - ruff, then mypy --strict on the layer and both handlers"
 	@echo "make template-lint - cfn-lint and sam validate --lint on template.yaml"
 	@echo "make build  - sam build, without Docker, then compile the artifact's bytecode"
 	@echo "make build-native - the same artifact for this machine's architecture (bench/cold_start.py imports it)"
@@ -42,9 +42,11 @@ venv: $(STAMP)
 lock:
 	$(BIN)/uv pip compile requirements/dev.in --python-version $(PY_VERSION) --generate-hashes -o requirements/dev.txt
 
+# mypy takes its files and settings from [tool.mypy] in pyproject.toml: --strict over layers/ and functions/.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint template-lint build-check
 	$(BIN)/pytest
@@ -96,4 +98,4 @@ emulator: $(STAMP)
 	$(BIN)/batchdrop emulator --host 127.0.0.1 --port 8765 --latency 2
 
 clean:
-	rm -rf $(VENV) .tools .aws-sam .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools .aws-sam .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -57,13 +57,13 @@ class BatchesApi:
             raise ProviderOutcomeUnknownError(f"create answered {exc.status_code}: {_message(exc)}") from exc
         except anthropic.APIConnectionError as exc:  # includes timeouts
             raise ProviderOutcomeUnknownError(f"create got no answer: {type(exc).__name__}") from exc
-        return batch.model_dump(mode="json")
+        return _as_dict(batch)
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         import anthropic
 
         try:
-            return self.client.messages.batches.retrieve(batch_id).model_dump(mode="json")
+            return _as_dict(self.client.messages.batches.retrieve(batch_id))
         except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
             # Any status (a 404 or 401 too) leaves the batch to the next tick, with the reason logged.
             raise ProviderUnavailableError(f"retrieve {batch_id}: {type(exc).__name__}: {exc}") from exc
@@ -120,7 +120,7 @@ class BatchesApi:
         import anthropic
 
         try:
-            return self.client.messages.batches.cancel(batch_id).model_dump(mode="json")
+            return _as_dict(self.client.messages.batches.cancel(batch_id))
         except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
             raise ProviderUnavailableError(f"cancel {batch_id}: {type(exc).__name__}") from exc
         except anthropic.APIStatusError:
@@ -148,6 +148,13 @@ class BatchesApi:
             raise ProviderUnavailableError(f"results of {batch['id']} cut off: {type(exc).__name__}") from exc
         finally:
             response.close()
+
+
+def _as_dict(model: Any) -> dict[str, Any]:
+    """One of the SDK's models as the JSON-ready dict the services keep. The client is Any
+    (tests hand in their own), so what it returns is too: this says what model_dump gives."""
+    dumped: dict[str, Any] = model.model_dump(mode="json")
+    return dumped
 
 
 def _message(exc: Any) -> str:

@@ -83,7 +83,7 @@ class ObjectStore:
         body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
         stream: io.BufferedIOBase = io.BufferedReader(_RawStream(body), READ_BYTES)
         if key.endswith(".gz"):
-            stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
+            stream = gzip.GzipFile(fileobj=stream)
         with stream:
             yield from stream
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from batchdrop.domain.jobs import JobStatus
+from batchdrop.domain.states import JobStatus
 from batchdrop.domain.usage import Usage, cost_usd, price_family
 
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
@@ -78,7 +78,7 @@ def _batch(batch: Mapping[str, Any]) -> dict[str, Any]:
     """One shard: its requests, their final outcomes, and each attempt's batch (the first
     sends every request; each retry sends again those whose outcome was transient)."""
     attempts = [_attempt(attempt) for attempt in batch.get("attempts") or []]
-    shard = {
+    shard: dict[str, Any] = {
         "shard": _count(batch["shard"], "batches[].shard"),
         "requests": _count(batch["requests"], "batches[].requests"),
         "counts": _outcome_counts(batch.get("counts") or {}, "batches[].counts"),

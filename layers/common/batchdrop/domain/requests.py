@@ -83,6 +83,7 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
     ]
     if problems:
         return RejectedLine(number, readable_id, _joined(problems))
+    assert readable_id is not None  # no problem found: _custom_id_problems rejects a custom_id that isn't a str
 
     if _SURROGATE_ESCAPE.search(line) and not _surrogates_pair_up(parsed):
         # Rare (an escaped emoji, say): only such a line is worth encoding, to find out
@@ -91,7 +92,7 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
         return RejectedLine(number, readable_id, reason)
     if line[:1].isspace() or line[-1:].isspace():
         line = line.strip()
-    return ValidLine(number, custom_id, line)
+    return ValidLine(number, readable_id, line)
 
 
 # --- parsing and encoding -------------------------------------------------------------

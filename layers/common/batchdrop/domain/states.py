@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
+from typing import cast
 
 
 class JobStatus(StrEnum):
@@ -85,7 +86,9 @@ def check_shard_move(expected: ShardState | Iterable[ShardState], new: ShardStat
 
 
 def _check[S: StrEnum](table: Mapping[S, frozenset[S]], expected: S | Iterable[S], new: S) -> frozenset[S]:
-    states: frozenset[S] = frozenset((expected,)) if isinstance(expected, str) else frozenset(expected)
+    # One state is told from an iterable of them by isinstance str, so a plain str stays one state;
+    # mypy narrows `S | Iterable[S]` by str to plain str (a str is an Iterable too), hence the cast.
+    states: frozenset[S] = frozenset((cast(S, expected),)) if isinstance(expected, str) else frozenset(expected)
     wrong = sorted(state for state in states if state != new and new not in table[state])
     if not states or wrong:
         raise TransitionError(f"no move from {wrong or 'nothing'} to {new}")
