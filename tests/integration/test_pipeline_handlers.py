@@ -111,6 +111,25 @@ def test_checker_tick_collects_ended_batches_and_finishes_the_job(stack: LocalSt
 
 
 @pytest.mark.usefixtures("lambda_env")
+def test_a_job_that_fails_at_intake_is_announced_like_any_other(stack: LocalStack) -> None:
+    # Given a file whose every line is rejected
+    completions = _completion_queue(stack)
+    version = _upload(stack, "inbox/all-bad.jsonl", [{"custom_id": "no params"}, {"params": {}}])
+
+    # When the submit function handles its event
+    _invoke(stack, "SubmitFunction", _s3_event(stack, "inbox/all-bad.jsonl", version))
+
+    # Then the job failed, and its completion event is on the bus with its counts and manifest
+    job_id = job_id_for(stack.bucket_name, "inbox/all-bad.jsonl", version)
+    messages = stack.client("sqs").receive_message(QueueUrl=completions, WaitTimeSeconds=1, MaxNumberOfMessages=10)
+    details = [json.loads(m["Body"])["detail"] for m in messages.get("Messages", [])]
+    detail = next(d for d in details if d["job_id"] == job_id)
+    assert detail["status"] == "FAILED"
+    assert detail["counts"]["rejected"] == 2
+    assert detail["manifest_key"] == f"results/{job_id}/manifest.json"
+
+
+@pytest.mark.usefixtures("lambda_env")
 def test_an_event_without_a_version_id_fails_closed(stack: LocalStack) -> None:
     event = _s3_event(stack, "inbox/unversioned.jsonl", "")
     del event["Records"][0]["s3"]["object"]["versionId"]

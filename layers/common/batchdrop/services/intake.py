@@ -107,6 +107,17 @@ class Intake:
         if not split.rejected:
             store.put_json(f"errors/{job_id}/failure.json", {"job_id": job_id, "reason": reason})
         store.put_json(manifest_key(job_id), manifest)
+        # Announced before the job is closed, as a finished job is: a failed publish fails
+        # the invocation, and Lambda's retry finds the job still RECEIVED and fails it again.
+        self._wired.events.job_completed(
+            {
+                "job_id": job_id,
+                "status": str(JobStatus.FAILED),
+                "source_key": source.key,
+                "counts": manifest["counts"],
+                "manifest_key": manifest_key(job_id),
+            }
+        )
         self._state.fail_job(job_id, reason, requested=0, rejected=split.rejected, manifest_key=manifest_key(job_id))
         logger.warning("job failed", extra={"reason": reason})
         return SubmitOutcome(job_id, JobStatus.FAILED)
