@@ -23,6 +23,11 @@ from batchdrop.adapters.objects import MultipartWriter
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
+def writing_results(writer: MultipartWriter, _data: bytes) -> bool:
+    """A `counts` for MultipartWriter.write: the calls that write a results part."""
+    return writer.key.startswith("results/")
+
+
 class Crash(BaseException):
     """The process dies here."""
 

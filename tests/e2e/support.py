@@ -1,5 +1,6 @@
 """What the end-to-end tests share: uploading a file to the local stack, running the
-pipeline until a job is finished, and reading back what it wrote."""
+pipeline until a job is finished, and reading back what it wrote. (The shared fixtures, the
+stack, the runner and the real handlers, are in conftest.py.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from anthropic.types.messages import MessageBatchIndividualResponse
 
 from batchdrop.domain.jobs import job_id_for
 from batchdrop.ports import Wiring
@@ -17,17 +20,32 @@ from batchdrop_local.soak import read_object as read
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import write_requests
 
+# template.yaml's functions: the S3-triggered one and the scheduled checker
+SUBMIT = "SubmitFunction"
+CHECKER = "CheckerFunction"
+MAX_ATTEMPTS = 3  # the template's default MaxAttempts
+
+
+def requests_body(tmp_path: Path, count: int) -> bytes:
+    """A file of `count` generated requests, as bytes (written at tmp_path/requests.jsonl)."""
+    source = tmp_path / "requests.jsonl"
+    write_requests(source, count)
+    return source.read_bytes()
+
 
 def upload(stack: LocalStack, tmp_path: Path, key: str, requests: int) -> str:
     """Put a file of `requests` generated requests at `key`; the job id it will have."""
-    source = tmp_path / "requests.jsonl"
-    write_requests(source, requests)
-    return upload_bytes(stack, key, source.read_bytes())
+    return upload_bytes(stack, key, requests_body(tmp_path, requests))
+
+
+def put_version(stack: LocalStack, key: str, body: bytes) -> str:
+    """Put `body` at `key`; the id of the version it made."""
+    response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
+    return str(response["VersionId"])
 
 
 def upload_bytes(stack: LocalStack, key: str, body: bytes) -> str:
-    response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
-    return job_id_for(stack.bucket_name, key, str(response["VersionId"]))
+    return job_id_for(stack.bucket_name, key, put_version(stack, key, body))
 
 
 def shard_items(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
@@ -52,7 +70,21 @@ def finished(stack: LocalStack, job_id: str) -> bool:
 def run_to_the_end(stack: LocalStack, runner: LocalRunner, job_id: str, timeout: float = 60) -> dict[str, Any]:
     """Deliver events and tick until the job is finished and no batch is open; its manifest."""
     assert runner.drain(timeout=timeout, idle=lambda: finished(stack, job_id) and not stack.open_batch_count())
+    return read_manifest(stack, job_id)
+
+
+def read_manifest(stack: LocalStack, job_id: str) -> dict[str, Any]:
     return dict(json.loads(read(stack, f"results/{job_id}/manifest.json")))
+
+
+def result_ids(stack: LocalStack, manifest: dict[str, Any]) -> Counter[str]:
+    """How many times each custom_id is in the result parts the manifest names (each line
+    parsed as the API's result type)."""
+    ids: Counter[str] = Counter()
+    for key in manifest["results"]:
+        for line in read(stack, key).splitlines():
+            ids[MessageBatchIndividualResponse.model_validate_json(line).custom_id] += 1
+    return ids
 
 
 def result_lines(stack: LocalStack, manifest: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -96,7 +128,10 @@ def with_settings(stack: LocalStack, monkeypatch: Any, **settings: Any) -> None:
 
 def wired(stack: LocalStack, **settings: Any) -> Wiring:
     """The services' wiring bound to the local stack (`settings`: Wiring's other fields),
-    for tests that run services directly, e.g. two invocations truly at once."""
+    for tests that run the services directly rather than through the runner: to have two
+    invocations meet at a point the test chooses (a barrier, a counted create), or to run two
+    checkers at once, which the runner never does (the checker's reserved concurrency is 1).
+    The runner's own submit and checker invocations may overlap as well."""
     import boto3
 
     from batchdrop.adapters.batches import BatchesApi

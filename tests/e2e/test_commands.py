@@ -20,13 +20,15 @@ from batchdrop_local.stack import LocalStack
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "reviews.jsonl"
 JOB_ID = re.compile(r"j[0-9a-f]{24}")  # as batchdrop.domain.jobs.job_id_for makes them
 
+# This module's stack (tests/e2e/conftest.py), and its runner, left running in the background
+# for the whole module as `batchdrop local up` runs it
+STACK = {"latency": 0.5, "parameters": {"LogLevel": "WARNING"}}
+RUNNER = {"tick_seconds": 0.5, "poll_seconds": 0.1}
+
 
 @pytest.fixture(scope="module")
-def stack_and_runner() -> Iterator[tuple[LocalStack, LocalRunner]]:
-    with (
-        LocalStack(latency=0.5, parameters={"LogLevel": "WARNING"}) as stack,
-        LocalRunner(stack, tick_seconds=0.5, poll_seconds=0.1) as runner,
-    ):
+def stack_and_runner(stack: LocalStack) -> Iterator[tuple[LocalStack, LocalRunner]]:
+    with LocalRunner(stack, **RUNNER) as runner:
         yield stack, runner
 
 

@@ -7,38 +7,40 @@ once and came back once."""
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from anthropic.types.messages import MessageBatchIndividualResponse
 
 import batchdrop.adapters.objects
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import MultipartWriter
 from batchdrop.adapters.state import StateTable
-from batchdrop.domain.jobs import job_id_for
 from batchdrop.domain.timings import Timings
-from batchdrop_local.pipeline_settings import variables
-from batchdrop_local.runner import LocalRunner, load_handler
+from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
-from batchdrop_local.synth import write_requests
-from tests.e2e.crash import CrashPoint, RuntimeExited
-
-SUBMIT = "SubmitFunction"
-CHECKER = "CheckerFunction"
+from tests.e2e.crash import CrashPoint, RuntimeExited, writing_results
+from tests.e2e.support import (
+    CHECKER,
+    SUBMIT,
+    input_ids,
+    read_manifest,
+    requests_body,
+    result_ids,
+    upload_bytes,
+    with_settings,
+)
 
 # A crashed invocation flushes no metric, and Powertools warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
-
-def _writing_results(writer: MultipartWriter, _data: bytes) -> bool:
-    return writer.key.startswith("results/")
+# This module's stack (tests/e2e/conftest.py), and the settings of the runner each test
+# builds around handlers that crash
+STACK = {"latency": 0.3}
+RUNNER = {"tick_seconds": 0.5, "retry_delay_seconds": 0.1}
 
 
 @dataclass(frozen=True)
@@ -91,14 +93,14 @@ CASES = {
     "submit-after-recording": Case(StateTable, "mark_submitted", "after"),
     # --- checker: its schedule is not retried; the next tick resumes
     "checker-mid-results-stream": Case(
-        MultipartWriter, "write", "before", nth=10, counts=_writing_results, requests=50, in_checker=True
+        MultipartWriter, "write", "before", nth=10, counts=writing_results, requests=50, in_checker=True
     ),
     "checker-mid-results-stream-multipart": Case(
         MultipartWriter,
         "write",
         "before",
         nth=10,
-        counts=_writing_results,
+        counts=writing_results,
         requests=50,
         in_checker=True,
         small_parts=True,
@@ -108,19 +110,6 @@ CASES = {
     # again and sends the event again (at least once; consumers dedupe on job_id).
     "checker-after-manifest-before-job-closed": Case(StateTable, "finish_job", "before", in_checker=True, events=2),
 }
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(latency=0.3) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def handlers(stack: LocalStack) -> dict[str, Any]:
-    """The real handlers, imported once as Lambda would on a cold start."""
-    functions = stack.template.functions()
-    return {name: load_handler(functions[name], stack.template_root) for name in (SUBMIT, CHECKER)}
 
 
 @pytest.fixture
@@ -143,8 +132,7 @@ def _prepare(case: Case, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> 
         settings["timings"] = Timings(create_timeout=2.0, lease_margin=0.5, grace=2.0)
     if case.shards > 1:
         settings["shard_max_requests"] = -(-case.requests // case.shards)
-    for name, value in variables(**settings).items():
-        monkeypatch.setitem(stack.function_variables, name, value)
+    with_settings(stack, monkeypatch, **settings)
     if case.small_parts:
         import moto.s3.models
 
@@ -153,16 +141,8 @@ def _prepare(case: Case, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _upload(stack: LocalStack, tmp_path: Path, key: str, requests: int) -> tuple[str, set[str]]:
-    source = tmp_path / "requests.jsonl"
-    write_requests(source, requests)
-    body = source.read_bytes()
-    response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
-    custom_ids = {json.loads(line)["custom_id"] for line in body.splitlines()}
-    return job_id_for(stack.bucket_name, key, str(response["VersionId"])), custom_ids
-
-
-def _read(stack: LocalStack, key: str) -> bytes:
-    return stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"].read()
+    body = requests_body(tmp_path, requests)
+    return upload_bytes(stack, key, body), set(input_ids(body))
 
 
 def _job_items(stack: LocalStack, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -217,8 +197,7 @@ def test_a_crash_is_resumed_by_the_next_invocation_with_every_request_sent_and_c
         stack,
         submit_handler=point.survive(handlers[SUBMIT]),
         checker_handler=point.survive(handlers[CHECKER]),
-        tick_seconds=0.5,
-        retry_delay_seconds=0.1,
+        **RUNNER,
     )
 
     # Given a file dropped into inbox/, and a process that dies once at this step
@@ -244,7 +223,7 @@ def test_a_crash_is_resumed_by_the_next_invocation_with_every_request_sent_and_c
     assert all(failure.function_logical_id == CHECKER for failure in runner.failures)
 
     # ... one batch per shard was created, and no request was sent twice
-    manifest = dict(json.loads(_read(stack, f"results/{job_id}/manifest.json")))
+    manifest = read_manifest(stack, job_id)
     assert manifest["status"] == "COMPLETED"
     assert control.counters()["creates_accepted"] == case.shards
     assert control.custom_ids(minimum=2) == {}
@@ -258,10 +237,7 @@ def test_a_crash_is_resumed_by_the_next_invocation_with_every_request_sent_and_c
     listed = s3.list_objects_v2(Bucket=stack.bucket_name, Prefix=f"results/{job_id}/")["Contents"]
     parts = sorted(item["Key"] for item in listed if not item["Key"].endswith("/manifest.json"))
     assert parts == sorted(manifest["results"])
-    returned: Counter[str] = Counter()
-    for key in parts:
-        for line in _read(stack, key).splitlines():
-            returned[MessageBatchIndividualResponse.model_validate_json(line).custom_id] += 1
+    returned = result_ids(stack, manifest)
     assert set(returned) == custom_ids
     assert set(returned.values()) == {1}
 

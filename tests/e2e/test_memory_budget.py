@@ -7,11 +7,8 @@ what is left to grow is whatever holds the data itself (a list of lines, a whole
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from batchdrop_local.emulator.control import EmulatorControl
 from batchdrop_local.stack import LocalStack
@@ -23,11 +20,9 @@ from bench.submit import job_of, shard_items, submit_child, upload
 # are already at their largest on the small input; a copy of the data would add 100 MB.
 GROWTH_LIMIT_MB = 40
 
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(latency=3600, responder="bench.responders:padded_long") as running:
-        yield running
+# This module's stack (tests/e2e/conftest.py): batches end only when a test ends them, with
+# long answers
+STACK = {"latency": 3600, "responder": "bench.responders:padded_long"}
 
 
 def _submit(stack: LocalStack, tmp_path: Path, name: str, requests: int, size: int) -> tuple[str, dict[str, Any]]:

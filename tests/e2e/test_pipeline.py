@@ -4,50 +4,21 @@ emulator, the runner calling the real handlers as Lambda does) and read results/
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from anthropic.types.messages import MessageBatchIndividualResponse
 
 from batchdrop.domain.jobs import job_id_for
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import write_requests
+from tests.e2e.support import put_version, read, read_manifest, result_ids
 
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(latency=0.3) as running:
-        yield running
-
-
-@pytest.fixture
-def runner(stack: LocalStack) -> LocalRunner:
-    return LocalRunner(stack, tick_seconds=0.5, retry_delay_seconds=0.1)
-
-
-def _upload(stack: LocalStack, key: str, body: bytes) -> str:
-    response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)
-    return str(response["VersionId"])
-
-
-def _read(stack: LocalStack, key: str) -> bytes:
-    return stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"].read()
-
-
-def _manifest(stack: LocalStack, job_id: str) -> dict[str, Any]:
-    return json.loads(_read(stack, f"results/{job_id}/manifest.json"))
-
-
-def _result_ids(stack: LocalStack, manifest: dict[str, Any]) -> Counter[str]:
-    ids: Counter[str] = Counter()
-    for key in manifest["results"]:
-        for line in _read(stack, key).splitlines():
-            ids[MessageBatchIndividualResponse.model_validate_json(line).custom_id] += 1
-    return ids
+# This module's stack and runner (tests/e2e/conftest.py)
+STACK = {"latency": 0.3}
+RUNNER = {"tick_seconds": 0.5, "retry_delay_seconds": 0.1}
+FRESH_EMULATOR = False  # the emulator's counters run on across the module's tests
 
 
 def test_a_file_over_the_request_limit_ends_as_one_job_of_two_batches(
@@ -59,16 +30,16 @@ def test_a_file_over_the_request_limit_ends_as_one_job_of_two_batches(
     creates_before = stack.emulator_control().counters()["creates_accepted"]
 
     # When it is dropped into inbox/ and the pipeline runs until it is quiet
-    version = _upload(stack, "inbox/nightly/big.jsonl", source.read_bytes())
+    version = put_version(stack, "inbox/nightly/big.jsonl", source.read_bytes())
     assert runner.drain(timeout=400)
 
     # Then one job made 2 batches, and every request is in the results exactly once
     job_id = job_id_for(stack.bucket_name, "inbox/nightly/big.jsonl", version)
-    manifest = _manifest(stack, job_id)
+    manifest = read_manifest(stack, job_id)
     assert manifest["status"] == "COMPLETED"
     assert [b["requests"] for b in manifest["batches"]] == [100_000, 20_000]
     assert stack.emulator_control().counters()["creates_accepted"] - creates_before == 2
-    ids = _result_ids(stack, manifest)
+    ids = result_ids(stack, manifest)
     assert len(ids) == 120_000
     assert set(ids.values()) == {1}
     counts = manifest["counts"]
@@ -84,25 +55,25 @@ def test_bad_lines_go_to_errors_and_the_rest_is_processed(stack: LocalStack, run
     body = "\n".join([good[0], bad[0], *good[1:3], bad[1], *good[3:], bad[2]]) + "\n"
 
     # When it is dropped into inbox/
-    version = _upload(stack, "inbox/mixed.jsonl", body.encode())
+    version = put_version(stack, "inbox/mixed.jsonl", body.encode())
     assert runner.drain(timeout=60)
 
     # Then the bad lines are in errors/ with their line numbers and reasons, the rest has results
     job_id = job_id_for(stack.bucket_name, "inbox/mixed.jsonl", version)
-    manifest = _manifest(stack, job_id)
+    manifest = read_manifest(stack, job_id)
     assert manifest["status"] == "COMPLETED_WITH_ERRORS"
     assert manifest["counts"]["rejected"] == 3
     assert manifest["counts"]["succeeded"] == 5
-    rejected = [json.loads(line) for line in _read(stack, manifest["errors"]).splitlines()]
+    rejected = [json.loads(line) for line in read(stack, manifest["errors"]).splitlines()]
     assert [r["line"] for r in rejected] == [2, 5, 8]
     assert all(r["reason"] for r in rejected)
-    assert set(_result_ids(stack, manifest)) == {f"ok-{i}" for i in range(5)}
+    assert set(result_ids(stack, manifest)) == {f"ok-{i}" for i in range(5)}
 
 
 def test_the_same_s3_event_delivered_twice_submits_once(stack: LocalStack, runner: LocalRunner) -> None:
     # Given an uploaded file whose event has been handled
     body = "\n".join(json.dumps({"custom_id": f"dup-{i}", "params": _params()}) for i in range(4))
-    version = _upload(stack, "inbox/twice.jsonl", body.encode())
+    version = put_version(stack, "inbox/twice.jsonl", body.encode())
     runner.deliver_pending()
     creates = stack.emulator_control().counters()["creates_accepted"]
 
@@ -114,13 +85,13 @@ def test_the_same_s3_event_delivered_twice_submits_once(stack: LocalStack, runne
     # Then nothing more was submitted, and the job completed once
     assert stack.emulator_control().counters()["creates_accepted"] == creates
     assert stack.emulator_control().custom_ids(minimum=2) == {}
-    assert _manifest(stack, job_id_for(stack.bucket_name, "inbox/twice.jsonl", version))["status"] == "COMPLETED"
+    assert read_manifest(stack, job_id_for(stack.bucket_name, "inbox/twice.jsonl", version))["status"] == "COMPLETED"
 
 
 def test_the_same_key_uploaded_again_is_a_new_job(stack: LocalStack, runner: LocalRunner) -> None:
     # Given a key uploaded twice (the bucket is versioned: two versions)
-    first = _upload(stack, "inbox/eval set.jsonl", json.dumps({"custom_id": "v1", "params": _params()}).encode())
-    second = _upload(stack, "inbox/eval set.jsonl", json.dumps({"custom_id": "v2", "params": _params()}).encode())
+    first = put_version(stack, "inbox/eval set.jsonl", json.dumps({"custom_id": "v1", "params": _params()}).encode())
+    second = put_version(stack, "inbox/eval set.jsonl", json.dumps({"custom_id": "v2", "params": _params()}).encode())
 
     # When the pipeline runs
     assert runner.drain(timeout=60)
@@ -128,23 +99,23 @@ def test_the_same_key_uploaded_again_is_a_new_job(stack: LocalStack, runner: Loc
     # Then each version is its own job, with its own results
     jobs = [job_id_for(stack.bucket_name, "inbox/eval set.jsonl", v) for v in (first, second)]
     assert jobs[0] != jobs[1]
-    assert set(_result_ids(stack, _manifest(stack, jobs[0]))) == {"v1"}
-    assert set(_result_ids(stack, _manifest(stack, jobs[1]))) == {"v2"}
+    assert set(result_ids(stack, read_manifest(stack, jobs[0]))) == {"v1"}
+    assert set(result_ids(stack, read_manifest(stack, jobs[1]))) == {"v2"}
 
 
 def test_an_empty_file_ends_as_a_failed_job_with_its_reason(stack: LocalStack, runner: LocalRunner) -> None:
     # Given an empty file
-    version = _upload(stack, "inbox/empty.jsonl", b"\n\n")
+    version = put_version(stack, "inbox/empty.jsonl", b"\n\n")
 
     # When the pipeline runs
     runner.deliver_pending()
 
     # Then the job failed, once, with the reason in its manifest and in errors/ (no Lambda retry)
     job_id = job_id_for(stack.bucket_name, "inbox/empty.jsonl", version)
-    manifest = _manifest(stack, job_id)
+    manifest = read_manifest(stack, job_id)
     assert manifest["status"] == "FAILED"
     assert "no request" in manifest["reason"]
-    assert "no request" in json.loads(_read(stack, f"errors/{job_id}/failure.json"))["reason"]
+    assert "no request" in json.loads(read(stack, f"errors/{job_id}/failure.json"))["reason"]
     assert not [f for f in runner.failures if "empty.jsonl" in json.dumps(f.event)]
 
 

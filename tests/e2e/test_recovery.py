@@ -21,13 +21,16 @@ from batchdrop.services.intake import Intake
 from batchdrop.services.tick import Checker
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
-from batchdrop_local.synth import request, write_requests
+from batchdrop_local.synth import request
 from tests.e2e.support import (
+    MAX_ATTEMPTS,
+    SUBMIT,
     assert_each_request_once,
     input_ids,
     job_status,
     open_uploads,
     read,
+    requests_body,
     result_lines,
     run_to_the_end,
     shard_states,
@@ -36,29 +39,12 @@ from tests.e2e.support import (
     with_settings,
 )
 
-SUBMIT = "SubmitFunction"
-MAX_ATTEMPTS = 3  # the template's default MaxAttempts
-
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(latency=2.0) as running:  # slow enough for a cancel to land mid-batch
-        yield running
-
-
-@pytest.fixture
-def runner(stack: LocalStack) -> Iterator[LocalRunner]:
-    stack.emulator_control().reset(faults=True)
-    yield LocalRunner(stack, tick_seconds=0.5, retry_delay_seconds=0.1)
-    stack.emulator_control().set_faults({})
-
-
-def _requests(tmp_path: Path, count: int) -> bytes:
-    source = tmp_path / "requests.jsonl"
-    write_requests(source, count)
-    return source.read_bytes()
+# This module's stack and runner (tests/e2e/conftest.py)
+STACK = {"latency": 2.0}  # slow enough for a cancel to land mid-batch
+RUNNER = {"tick_seconds": 0.5, "retry_delay_seconds": 0.1}
+FRESH_EMULATOR = True  # counters and custom_ids start from zero in each test, faults lifted after it
 
 
 def _attempt_of(part_key: str) -> int:
@@ -72,7 +58,7 @@ def test_transient_failures_are_retried_until_they_succeed_or_attempts_run_out(
     # Given a provider where a third of the requests error transiently or expire, on each attempt
     control = stack.emulator_control()
     control.set_faults({"errored": {"api_error": 0.2, "overloaded_error": 0.1}, "expired": 0.1})
-    body = _requests(tmp_path, 90)
+    body = requests_body(tmp_path, 90)
     job_id = upload_bytes(stack, "inbox/retry/requests.jsonl", body)
 
     # When the pipeline runs to the end
@@ -125,7 +111,7 @@ def test_a_body_the_provider_refuses_gives_each_request_an_errored_result_withou
     # Given a provider that answers 400 to the create, every time
     control = stack.emulator_control()
     control.set_faults({"http_errors": [{"endpoint": "create", "status": 400, "rate": 1}]})
-    body = _requests(tmp_path, 12)
+    body = requests_body(tmp_path, 12)
     job_id = upload_bytes(stack, "inbox/refused/requests.jsonl", body)
 
     # When the pipeline runs to the end
@@ -147,7 +133,7 @@ def test_a_canceled_job_ends_canceled_with_its_results_so_far(
     stack: LocalStack, runner: LocalRunner, tmp_path: Path
 ) -> None:
     # Given a job whose batch has just been created (the emulator works through it in order)
-    body = _requests(tmp_path, 40)
+    body = requests_body(tmp_path, 40)
     job_id = upload_bytes(stack, "inbox/cancel/requests.jsonl", body)
 
     # When an upstream system drops cancel/<job_id> right after
@@ -169,7 +155,7 @@ def test_a_job_canceled_before_its_shard_was_sent_sends_nothing(
     # Given a job whose shard waits for room in a full provider queue
     control = stack.emulator_control()
     control.set_faults({"queue_limit": 5})
-    body = _requests(tmp_path, 17)
+    body = requests_body(tmp_path, 17)
     job_id = upload_bytes(stack, "inbox/cancel-early/requests.jsonl", body)
     runner.deliver_pending()
     assert shard_states(stack, job_id) == ["PENDING"]
@@ -218,7 +204,7 @@ def test_two_checkers_collecting_the_same_batch_write_each_output_once(
     stack: LocalStack, runner: LocalRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a job whose batch has ended
-    body = _requests(tmp_path, 25)
+    body = requests_body(tmp_path, 25)
     job_id = upload_bytes(stack, "inbox/race/requests.jsonl", body)
     runner.deliver_pending()
     stack.emulator_control().end()
@@ -256,7 +242,7 @@ def test_the_create_lease_lets_one_create_through_at_a_time(
     # Given two uploads handled by two submit invocations at once, each create taking a while
     control = stack.emulator_control()
     control.set_faults({"stalls": [{"endpoint": "create", "seconds": 1.0, "rate": 1}]})
-    bodies = [_requests(tmp_path, 9), _requests(tmp_path, 9)]
+    bodies = [requests_body(tmp_path, 9), requests_body(tmp_path, 9)]
     sources = []
     for n, body in enumerate(bodies):
         key = f"inbox/lease/{n}.jsonl"
@@ -298,7 +284,7 @@ def test_an_object_whose_event_was_lost_is_started_by_the_sweeper(
 ) -> None:
     # Given an upload whose S3 event never arrives, and one delivered as usual
     with_settings(stack, monkeypatch, timings=Timings(sweep_min_age=0.0))
-    lost_body, seen_body = _requests(tmp_path, 7), _requests(tmp_path, 5)
+    lost_body, seen_body = requests_body(tmp_path, 7), requests_body(tmp_path, 5)
     response = stack.client("s3").put_object(Bucket=stack.bucket_name, Key="inbox/lost/a.jsonl", Body=lost_body)
     runner.lose_event("inbox/lost/a.jsonl", response["VersionId"])
     seen_job = upload_bytes(stack, "inbox/lost/b.jsonl", seen_body)
@@ -324,7 +310,7 @@ def test_a_batch_open_past_its_expiry_is_flagged_and_canceled(
     stack: LocalStack, runner: LocalRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a batch whose expiry (plus the margin) the checker's clock is past
-    body = _requests(tmp_path, 6)
+    body = requests_body(tmp_path, 6)
     job_id = upload_bytes(stack, "inbox/overdue/requests.jsonl", body)
     runner.deliver_pending()
     with_settings(stack, monkeypatch, timings=Timings(expiry_margin=-86_400.0))  # "now" is past expires_at
@@ -344,7 +330,7 @@ def test_the_same_event_twenty_times_from_eight_threads_makes_one_job_and_one_ba
     stack: LocalStack, runner: LocalRunner, tmp_path: Path
 ) -> None:
     # Given one uploaded version, its event handled 20 times by 8 concurrent invocations
-    body = _requests(tmp_path, 14)
+    body = requests_body(tmp_path, 14)
     key = "inbox/storm/requests.jsonl"
     version = stack.client("s3").put_object(Bucket=stack.bucket_name, Key=key, Body=body)["VersionId"]
     runner.lose_event(key, version)  # the runner's own delivery is replaced by the storm below

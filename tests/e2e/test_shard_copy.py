@@ -43,22 +43,15 @@ from tests.e2e.support import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
+# This module's stack and runner (tests/e2e/conftest.py)
+STACK = {"latency": 0.2}
+RUNNER = {"tick_seconds": 0.2, "retry_delay_seconds": 0.1}
+FRESH_EMULATOR = True  # each test's runner starts on a reset emulator (this module sets no faults)
+
 # S3 calls that send a shard's bytes from the function
 UPLOADS = {"PutObject", "UploadPart"}
 # S3 calls that copy within S3
 COPIES = {"CopyObject", "UploadPartCopy"}
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(latency=0.2) as running:
-        yield running
-
-
-@pytest.fixture
-def runner(stack: LocalStack) -> LocalRunner:
-    stack.emulator_control().reset(faults=True)
-    return LocalRunner(stack, tick_seconds=0.2, retry_delay_seconds=0.1)
 
 
 def _lines(count: int, line_bytes: int = 0, first: int = 0) -> list[bytes]:

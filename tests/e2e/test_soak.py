@@ -6,8 +6,6 @@ cannot pass on a quiet provider."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from batchdrop_local.emulator.settings import EmulatorSettings
@@ -19,12 +17,8 @@ SEED = 3
 # A failing invocation (an injected fault) flushes no metric, and Powertools warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    settings = EmulatorSettings(port=0, latency=0.3, seed=SEED, api_key=LOCAL_API_KEY)
-    with LocalStack(emulator_settings=settings) as running:
-        yield running
+# This module's stack (tests/e2e/conftest.py): an emulator of its own settings, seeded
+STACK = {"emulator_settings": EmulatorSettings(port=0, latency=0.3, seed=SEED, api_key=LOCAL_API_KEY)}
 
 
 def test_a_short_soak_under_every_fault_accounts_for_each_request_once_and_submits_nothing_twice(

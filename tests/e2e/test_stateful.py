@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.objects import MultipartWriter
 from batchdrop.adapters.state import StateTable
-from batchdrop_local.runner import LocalRunner, load_handler
+from batchdrop_local.runner import LocalRunner
 from batchdrop_local.soak import (
     COMPRESSED_TIMINGS,
     Upload,
@@ -48,14 +48,16 @@ from batchdrop_local.soak import (
     read_object,
 )
 from batchdrop_local.stack import LocalStack
-from tests.e2e.crash import CrashPoint
-
-SUBMIT = "SubmitFunction"
-CHECKER = "CheckerFunction"
-MAX_ATTEMPTS = 3  # the template's default MaxAttempts
+from tests.e2e.crash import CrashPoint, writing_results
+from tests.e2e.support import CHECKER, MAX_ATTEMPTS, SUBMIT
 
 # A crashed or failing invocation flushes no metric, and Powertools warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+
+# This module's stack (tests/e2e/conftest.py), and the settings of the runner each example
+# builds around handlers that may crash
+STACK = {"latency": 0.3}
+RUNNER = {"tick_seconds": 0.5, "retry_delay_seconds": 0.1}
 
 SETTINGS = settings(
     max_examples=6,
@@ -97,34 +99,17 @@ ONE_SHOT_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
 FAULTS = [*ONE_SHOT_FAULTS, *STANDING_FAULTS, "none"]
 
 
-def _writing_results(writer: MultipartWriter, _data: bytes) -> bool:
-    return writer.key.startswith("results/")
-
-
 CRASHES: dict[str, Callable[[], CrashPoint]] = {
     "after the provider accepted a create, before its id is recorded": lambda: CrashPoint(
         BatchesApi, "create", "after"
     ),
-    "mid results stream": lambda: CrashPoint(MultipartWriter, "write", "before", nth=3, counts=_writing_results),
+    "mid results stream": lambda: CrashPoint(MultipartWriter, "write", "before", nth=3, counts=writing_results),
     "after the intent, before the create": lambda: CrashPoint(StateTable, "begin_submit", "after"),
     "results written, before the retry is scheduled": lambda: CrashPoint(StateTable, "schedule_retry", "before"),
     "results written, before the shard is collected": lambda: CrashPoint(StateTable, "mark_collected", "before"),
     "manifest written, before the job is closed": lambda: CrashPoint(StateTable, "finish_job", "before"),
     "before the shards are recorded": lambda: CrashPoint(StateTable, "record_shards", "before"),
 }
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(latency=0.3) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def handlers(stack: LocalStack) -> dict[str, Any]:
-    """The real handlers, imported once as Lambda would on a cold start."""
-    functions = stack.template.functions()
-    return {name: load_handler(functions[name], stack.template_root) for name in (SUBMIT, CHECKER)}
 
 
 def _empty_table(stack: LocalStack) -> None:
@@ -155,8 +140,7 @@ class Pipeline(RuleBasedStateMachine):
             stack,
             submit_handler=self._surviving(handlers[SUBMIT]),
             checker_handler=self._surviving(handlers[CHECKER]),
-            tick_seconds=0.5,
-            retry_delay_seconds=0.1,
+            **RUNNER,
         )
         self.run = uuid.uuid4().hex[:8]
         self.files = 0

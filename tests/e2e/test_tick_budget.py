@@ -7,7 +7,6 @@ bodies on every tick or a second query when idle changes these numbers and fails
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,18 +23,15 @@ from batchdrop.services.tick import Checker, TickReport
 from batchdrop_local.calls import CallCounter, fresh_adapters
 from batchdrop_local.soak import Upload, put_requests
 from batchdrop_local.stack import LocalStack
-from tests.e2e.support import assert_each_request_once, read
+from tests.e2e.support import assert_each_request_once, read_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
+# This module's stack (tests/e2e/conftest.py). An hour per batch: nothing ends unless a test
+# ends it through the control endpoint.
+STACK = {"latency": 3600}
+
 N = 50  # requests per batch in the small job; the large one has ten times as many
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    # An hour per batch: nothing ends unless a test ends it through the control endpoint.
-    with LocalStack(latency=3600) as running:
-        yield running
 
 
 # Clients made by a test, closed after it (an unclosed socket is an error under pytest).
@@ -186,16 +182,12 @@ def test_a_tick_that_collects_costs_the_same_for_ten_times_the_requests(stack: L
     for cost, upload in ((small, small_upload), (large, large_upload)):
         assert len(cost.report.collected) == 2
         assert cost.report.finished_jobs == [upload.job_id]
-        manifest = _manifest(stack, upload.job_id)
+        manifest = read_manifest(stack, upload.job_id)
         assert_each_request_once(stack, manifest, list(upload.custom_ids))
         part_sizes[upload.job_id] = [_size(stack, key) for key in manifest["results"]]
     # And the large job's parts really carry ten times the results, still under one 8 MiB part
     assert min(part_sizes[large_upload.job_id]) > 9 * max(part_sizes[small_upload.job_id])
     assert max(part_sizes[large_upload.job_id]) < PART_BYTES
-
-
-def _manifest(stack: LocalStack, job_id: str) -> dict[str, Any]:
-    return dict(json.loads(read(stack, f"results/{job_id}/manifest.json")))
 
 
 def _size(stack: LocalStack, key: str) -> int:
@@ -256,4 +248,4 @@ def test_a_failing_list_leaves_each_batch_to_its_own_retrieve(stack: LocalStack)
     assert cost.api["retrieve"] == 2
     assert cost.api["results"] == 2
     assert cost.report.finished_jobs == [upload.job_id]
-    assert_each_request_once(stack, _manifest(stack, upload.job_id), list(upload.custom_ids))
+    assert_each_request_once(stack, read_manifest(stack, upload.job_id), list(upload.custom_ids))
