@@ -4,6 +4,7 @@ checker), against in-memory fakes of S3, the state table and the Message Batches
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -14,7 +15,8 @@ from batchdrop.domain.states import JobStatus, ShardState
 from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError
 from batchdrop.services.cancel import Canceler
 from batchdrop.services.intake import Intake, SubmitOutcome
-from tests.unit.fakes import Fakes, request
+from batchdrop.services.tick import Checker
+from tests.unit.fakes import Fakes, FakeStateStore, errored, request
 
 pytestmark = pytest.mark.unit
 
@@ -312,3 +314,55 @@ def test_a_job_interrupted_while_its_file_was_read_is_read_again_and_recorded_on
     assert outcome.status is JobStatus.RUNNING
     assert [shard.state for shard in world.state.shards(outcome.job_id)] == [ShardState.SUBMITTED]
     assert world.batches.creates == 1
+
+
+class _CheckerBetweenCreates(FakeStateStore):
+    """A state table where, the first time the submit function releases the create lease,
+    `meanwhile` runs: the checker, ticking between two of its creates."""
+
+    def __init__(self, meanwhile: Callable[[], None]) -> None:
+        super().__init__()
+        self._meanwhile: Callable[[], None] | None = meanwhile
+
+    def release_create_lease(self, owner: str) -> bool:
+        released = super().release_create_lease(owner)
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return released
+
+
+def test_a_shard_sent_and_retried_by_the_checker_meanwhile_is_not_sent_again_from_an_old_read(world: Fakes) -> None:
+    # Given a file of two shards whose submit function read both PENDING before its first
+    # create; between its creates the checker sends shard 1, the batch ends with one request
+    # failed transiently, and the checker schedules that one request for attempt 2
+    def checker_meanwhile() -> None:
+        checker = Checker(world.wiring(), seconds_left=lambda: 900.0)
+        checker.tick()
+        shard = world.state.get_shard(job_id, 1)
+        assert shard is not None
+        assert shard.batch_id is not None
+        world.batches.end(shard.batch_id, {"d": errored("api_error")})
+        checker.tick()
+        retry = world.state.get_shard(job_id, 1)
+        assert retry is not None
+        assert (retry.state, retry.attempt, retry.attempt_requests) == (ShardState.PENDING, 2, 1)
+
+    world.state = _CheckerBetweenCreates(checker_meanwhile)
+    source = world.upload("inbox/raced.jsonl", [request(cid) for cid in "abcd"])
+    job_id = job_of(source)
+
+    # When the submit function goes on to shard 1 with what it read at the start
+    submit(world, source, limits=ShardLimits(max_requests=2))
+
+    # Then it does not send shard 1's first attempt again as its second: "c" succeeded
+    # already and is never sent twice, and any batch of attempt 2 carries exactly "d".
+    # (Today it does: begin_submit moves any PENDING shard to SUBMITTING, without a fence on
+    # the attempt and body the caller read, so the old body goes out as attempt 2's batch,
+    # whose results can then never add up to attempt 2's one request.)
+    sent = [cid for batch in world.batches.requests.values() for cid in batch]
+    assert sent.count("c") == 1, f"sent: {sorted(world.batches.requests.values())}"
+    shard = world.state.get_shard(job_id, 1)
+    assert shard is not None
+    assert shard.attempt == 2
+    assert shard.batch_id is None or world.batches.requests[shard.batch_id] == ["d"]
