@@ -4,7 +4,8 @@ checker), against in-memory fakes of S3, the state table and the Message Batches
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -12,11 +13,12 @@ from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_
 from batchdrop.domain.records import SourceRef
 from batchdrop.domain.shards import ShardLimits, create_body_bytes, shard_key
 from batchdrop.domain.states import JobStatus, ShardState
+from batchdrop.domain.timings import Timings
 from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError
 from batchdrop.services.cancel import Canceler
 from batchdrop.services.intake import Intake, SubmitOutcome
 from batchdrop.services.tick import Checker
-from tests.unit.fakes import Fakes, FakeStateStore, errored, request
+from tests.unit.fakes import FakeBatchesApi, FakeClock, Fakes, FakeStateStore, errored, request
 
 pytestmark = pytest.mark.unit
 
@@ -366,3 +368,65 @@ def test_a_shard_sent_and_retried_by_the_checker_meanwhile_is_not_sent_again_fro
     assert shard is not None
     assert shard.attempt == 2
     assert shard.batch_id is None or world.batches.requests[shard.batch_id] == ["d"]
+
+
+class _SlowProvider(FakeBatchesApi):
+    """A provider whose first create is slow to answer: `meanwhile` runs while it is in flight,
+    before its batch is made (`made_first=False`) or after (`made_first=True`)."""
+
+    def __init__(self, clock: FakeClock, meanwhile: Callable[[], None], *, made_first: bool) -> None:
+        super().__init__(clock)
+        self._meanwhile: Callable[[], None] | None = meanwhile
+        self._made_first = made_first
+
+    def make(self, lines: Sequence[bytes]) -> dict[str, Any]:
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None and not self._made_first:
+            meanwhile()
+        batch = super().make(lines)
+        if meanwhile is not None and self._made_first:
+            meanwhile()
+        return batch
+
+
+def _a_checker_past_the_intent(world: Fakes) -> Callable[[], None]:
+    """The checker ticking once the create's intent is older than any create can take."""
+
+    def tick() -> None:
+        world.clock.advance(Timings().stale_intent + 1)
+        Checker(world.wiring(), seconds_left=lambda: 900.0).tick()
+
+    return tick
+
+
+def test_a_batch_the_checker_adopted_while_its_create_was_answering_is_kept(world: Fakes) -> None:
+    # Given a create whose batch is made, and adopted by the checker before the answer arrives
+    world.batches = _SlowProvider(world.clock, _a_checker_past_the_intent(world), made_first=True)
+    source = world.upload("inbox/slow.jsonl", [request("a")])
+
+    # When the answer arrives
+    outcome = submit(world, source)
+
+    # Then the batch stays the shard's: nothing is canceled or sent again
+    [batch_id] = world.batches.batches
+    [shard] = world.state.shards(outcome.job_id)
+    assert (shard.state, shard.batch_id) == (ShardState.SUBMITTED, batch_id)
+    assert world.batches.canceled == []
+    assert world.state.get_create_lease() is None
+
+
+def test_a_batch_made_after_the_checker_sent_its_shard_again_is_canceled(world: Fakes) -> None:
+    # Given a create still in flight, without a batch, when the checker settles it as never
+    # made and sends the shard again
+    world.batches = _SlowProvider(world.clock, _a_checker_past_the_intent(world), made_first=False)
+    source = world.upload("inbox/late.jsonl", [request("a")])
+
+    # When the first create makes its batch after all and answers
+    outcome = submit(world, source)
+
+    # Then that late batch, which no shard can own, is canceled; the shard keeps the checker's
+    [kept, late] = world.batches.batches
+    [shard] = world.state.shards(outcome.job_id)
+    assert (shard.state, shard.batch_id) == (ShardState.SUBMITTED, kept)
+    assert world.batches.canceled == [late]
+    assert outcome.submitted == 0
