@@ -3,64 +3,70 @@ event's large clean file is copied early too (the split's early copy reads the s
 
 from __future__ import annotations
 
-import os
-from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import boto3
 import pytest
-from moto import mock_aws
 
-from batchdrop.adapters.objects import ObjectStore
+from batchdrop.domain.jobs import job_id_for
 from batchdrop.domain.records import SourceRef
+from batchdrop.domain.shards import whole_copy_key
 from batchdrop.domain.timings import Timings
 from batchdrop.ports import Wiring
+from batchdrop.services.intake import Intake, SubmitOutcome
 from batchdrop.services.sweeper import Sweeper
+from tests.unit.fakes import Fakes, request
+
+pytestmark = pytest.mark.unit
 
 
-class _NoJobs:
-    def existing_jobs(self, job_ids: Any) -> set[str]:
-        return set()
+class _Recording(Intake):
+    """The submit function, noting what each call was given."""
 
-
-class _Recorder:
-    def __init__(self) -> None:
+    def __init__(self, wired: Wiring) -> None:
+        super().__init__(wired)
         self.sources: list[tuple[SourceRef, int | None]] = []
 
-    def submit(self, source: SourceRef, size: int | None = None) -> None:
+    def submit(self, source: SourceRef, size: int | None = None) -> SubmitOutcome:
         self.sources.append((source, size))
+        return super().submit(source, size)
 
 
-class _Later:
-    """A clock past both versions' minimum age."""
+def test_a_swept_version_is_submitted_with_its_size() -> None:
+    # Given two versions under inbox/ whose events were lost, each one clean shard
+    world = Fakes()
+    first = world.upload("inbox/a.jsonl", [request("a")])
+    second = world.upload("inbox/a.jsonl", [request("b"), request("c")])
+    sizes = {first.version_id: len(request("a")) + 1, second.version_id: len(request("b") + request("c")) + 2}
+    # A file of any size is copied early here, so that the copy shows the size reached the split.
+    wired = world.wiring(early_copy_bytes=1)
+    intake = _Recording(wired)
 
-    def now(self) -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=Timings().sweep_min_age + 60)
+    # When the sweeper runs past their minimum age
+    world.clock.advance(Timings().sweep_min_age + 60)
+    report = Sweeper(wired, intake, seconds_left=lambda: 900.0).sweep()
+
+    # Then each is submitted with the size S3 lists for it...
+    assert sorted(report.started) == sorted(job_id_for(s.bucket, s.key, s.version_id) for s in (first, second))
+    assert sorted(intake.sources, key=lambda submitted: submitted[0].version_id) == [
+        (first, sizes[first.version_id]),
+        (second, sizes[second.version_id]),
+    ]
+    # ...which let the split take S3's early whole copy as each job's shard
+    for source in (first, second):
+        job_id = job_id_for(source.bucket, source.key, source.version_id)
+        assert [shard.key for shard in world.state.shards(job_id)] == [whole_copy_key(job_id)]
 
 
-def test_a_swept_version_is_submitted_with_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    # moto's in-process mock answers AWS's own endpoints only: an endpoint another test set
-    # in the environment (the local stack's) would send these calls to the network.
-    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL")]:
-        monkeypatch.delenv(name)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="swept")
-        client.put_bucket_versioning(Bucket="swept", VersioningConfiguration={"Status": "Enabled"})
-        # Given two versions under inbox/ whose events were lost
-        first = client.put_object(Bucket="swept", Key="inbox/a.jsonl", Body=b"x" * 123)["VersionId"]
-        second = client.put_object(Bucket="swept", Key="inbox/a.jsonl", Body=b"y" * 45)["VersionId"]
-        intake = _Recorder()
-        wired = Wiring(ObjectStore("swept", client), _NoJobs(), None, None, clock=_Later())  # type: ignore[arg-type]
+def test_versions_younger_than_the_minimum_age_or_with_a_job_are_left_alone() -> None:
+    # Given one version already submitted, and one too young for the sweep
+    world = Fakes()
+    done = world.upload("inbox/done.jsonl", [request("a")])
+    wired = world.wiring()
+    Intake(wired).submit(done)
+    world.clock.advance(Timings().sweep_min_age + 60)
+    world.upload("inbox/young.jsonl", [request("b")])
 
-        # When the sweeper runs past their minimum age
-        Sweeper(wired, intake, seconds_left=lambda: 900.0).sweep()  # type: ignore[arg-type]
+    # When the sweeper runs
+    report = Sweeper(wired, Intake(wired), seconds_left=lambda: 900.0).sweep()
 
-    # Then each is submitted with the size S3 lists for it
-    assert sorted(intake.sources, key=lambda submitted: submitted[0].version_id) == sorted(
-        [
-            (SourceRef("swept", "inbox/a.jsonl", first), 123),
-            (SourceRef("swept", "inbox/a.jsonl", second), 45),
-        ],
-        key=lambda submitted: submitted[0].version_id,
-    )
+    # Then it starts nothing
+    assert (report.seen, report.started) == (1, [])
+    assert world.batches.creates == 1

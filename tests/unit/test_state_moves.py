@@ -1,0 +1,559 @@
+"""The state table's conditional writes, move by move, against moto's in-process DynamoDB
+(the table created as template.yaml declares it) and against the unit tests' FakeStateStore,
+side by side: each write must succeed exactly when the item is in a state its move starts
+from (and that move is in the state machine), and its fences hold; and the fake must answer
+as the adapter does and leave the same item behind, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from boto3.dynamodb.conditions import Key
+from cfnlint.decode import decode_str
+from moto import mock_aws
+
+from batchdrop.adapters.state import StateTable
+from batchdrop.domain.records import JobRecord, NextAttempt, Outcome, ShardPlan, ShardRecord, SourceRef
+from batchdrop.domain.states import JOB_NEXT, SHARD_NEXT, JobStatus, ShardState, TransitionError
+from batchdrop.ports import StateStore
+from tests.unit.fakes import FakeStateStore
+
+pytestmark = pytest.mark.unit
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+REGION = "us-east-1"
+SENT_AT = "2026-11-23T10:00:00.000Z"
+OWNER = "lease-owner"
+BATCH = "msgbatch_seen"
+KEY = "work/j/shard-00000.jsonl"
+OUTCOME = Outcome(
+    counts={"succeeded": 2},
+    result_keys=("results/j/results-00000.jsonl",),
+    attempts_log=({"attempt": 1, "batch_id": BATCH, "requests": 2, "counts": {"succeeded": 2}},),
+    usage={"claude-haiku-4-5": {"input_tokens": 20, "output_tokens": 4}},
+    ended_at="2026-11-23T11:00:00.000Z",
+)
+RETRY = NextAttempt(attempt=2, key="work/j/shard-00000-a2.jsonl", requests=1, size=40, ids_digest="d2")
+
+
+# --- the table, as template.yaml declares it --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dynamodb() -> Iterator[Any]:
+    """moto's in-process DynamoDB, one table for the module (each test uses its own job)."""
+    decoded, errors = decode_str(TEMPLATE.read_text(encoding="utf-8"))
+    assert not errors, errors
+    tables = [r for r in decoded["Resources"].values() if r["Type"] == "AWS::DynamoDB::Table"]
+    assert len(tables) == 1
+    properties = json.loads(json.dumps(tables[0]["Properties"]))  # cfn-lint's nodes, as plain values
+    with pytest.MonkeyPatch.context() as env:
+        # moto's in-process mock answers AWS's own endpoints only: an endpoint another test set
+        # in the environment (the local stack's) would send these calls to the network.
+        for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL")]:
+            env.delenv(name)
+        with mock_aws():
+            boto3.client("dynamodb", region_name=REGION).create_table(
+                TableName="state",
+                BillingMode=properties["BillingMode"],
+                AttributeDefinitions=properties["AttributeDefinitions"],
+                KeySchema=properties["KeySchema"],
+                GlobalSecondaryIndexes=properties["GlobalSecondaryIndexes"],
+            )
+            yield boto3.resource("dynamodb", region_name=REGION)
+
+
+@dataclass
+class Both:
+    """The adapter on moto and the fake, given the same items; `job_id` is this test's."""
+
+    table: StateTable
+    fake: FakeStateStore
+    raw: Any  # the moto table, to put items in a given state
+    job_id: str
+
+    @property
+    def stores(self) -> tuple[StateStore, StateStore]:
+        return self.table, self.fake
+
+    def same(self, write: Callable[[StateStore], Any]) -> Any:
+        """Do `write` on both; its answer, once both gave it and hold the same items after it.
+        (A write refused, or raising, must leave the fake as it was; DynamoDB sees to it for
+        the adapter, so its items are read back only after a write that held.)"""
+        before = self._fake_items()
+        answers = [_answer(write, store) for store in self.stores]
+        assert answers[0] == answers[1], f"adapter: {answers[0]!r}, fake: {answers[1]!r}"
+        if answers[0] is False or isinstance(answers[0], tuple):
+            assert self._fake_items() == before
+        else:
+            assert self.table.job_and_shards(self.job_id) == self.fake.job_and_shards(self.job_id)
+            assert _in_index(self, self.table) == _in_index(self, self.fake)
+        if isinstance(answers[0], tuple):
+            raise answers[0][0](answers[0][1])
+        return answers[0]
+
+    def _fake_items(self) -> tuple[Any, ...]:
+        fake = self.fake
+        return (dict(fake.jobs), dict(fake.shard_items), set(fake.open_index), dict(fake.batch_owners), fake.lease)
+
+    def given(
+        self, status: JobStatus, state: ShardState | None = None, *, cancel: bool = False, **fields: Any
+    ) -> ShardRecord | None:
+        """Put the job's item in `status` and, with `state`, its shard 0's item in that state
+        (in one write); the shard as a reader sees it. The shard holds every fence a move may
+        check, whatever its state: an intent (SENT_AT, OWNER), a batch id, its attempt and key."""
+        job = JobRecord(
+            self.job_id,
+            status,
+            SourceRef("bucket", "inbox/x.jsonl", "v1"),
+            "2026-11-23T09:00:00.000Z",
+            requested=2,
+            shard_count=1,
+            cancel_requested_at=SENT_AT if cancel else None,
+        )
+        items: list[dict[str, Any]] = [
+            {
+                "PK": f"JOB#{self.job_id}",
+                "SK": "JOB",
+                "job_id": self.job_id,
+                "status": str(status),
+                **job.source.as_dict(),
+                "created_at": job.created_at,
+                "requested": job.requested,
+                "rejected": 0,
+                "shard_count": 1,
+                **({"cancel_requested_at": SENT_AT} if cancel else {}),
+            }
+        ]
+        self.fake.put_job(job)
+        if status in (JobStatus.SUBMITTING, JobStatus.RUNNING):  # the jobs in the open index
+            items[0].update(GSI1PK="OPEN", GSI1SK=f"JOB#{self.job_id}")
+        shard = None
+        if state is not None:
+            values: dict[str, Any] = {
+                "batch_id": BATCH,
+                "sent_at": SENT_AT,
+                "lease_owner": OWNER,
+                "creates_sent": 1,
+                "overdue_at": "2026-11-24T11:00:00.000Z",
+                **fields,
+            }
+            shard = ShardRecord(
+                job_id=self.job_id,
+                index=0,
+                state=state,
+                key=KEY,
+                requests=2,
+                attempt_requests=2,
+                size=80,
+                ids_digest="d1",
+                attempt=1,
+                max_attempts=3,
+                **values,
+            )
+            item = {"PK": f"JOB#{self.job_id}", "SK": "SHARD#00000", "job_id": self.job_id, "index": 0}
+            item.update({name: getattr(shard, name) for name in _SHARD_SCALARS if getattr(shard, name) is not None})
+            if state is ShardState.SUBMITTED:  # the shards in the open index
+                item.update(GSI1PK="OPEN", GSI1SK=f"SHARD#{self.job_id}#00000")
+            items.append(item)
+            self.fake.put_shard(shard)
+        with self.raw.batch_writer() as batch:
+            for item in items:
+                batch.put_item(Item=item)
+        return shard
+
+    def hold_lease(self, owner: str | None) -> None:
+        for store in self.stores:
+            lease = store.get_create_lease()
+            if lease is not None:
+                store.release_create_lease(lease.owner)
+            if owner is not None:
+                assert store.acquire_create_lease(owner, SENT_AT, SENT_AT)
+
+
+_SHARD_SCALARS = (
+    "state",
+    "key",
+    "requests",
+    "attempt_requests",
+    "size",
+    "ids_digest",
+    "attempt",
+    "creates_sent",
+    "max_attempts",
+    "batch_id",
+    "sent_at",
+    "lease_owner",
+    "overdue_at",
+)
+
+
+def _answer(write: Callable[[StateStore], Any], store: StateStore) -> Any:
+    """What `write` returned, or the error it raised as (its type, its message)."""
+    try:
+        return write(store)
+    except ValueError as exc:  # TransitionError is one
+        return (type(exc), str(exc))
+
+
+def _in_index(both: Both, store: StateStore) -> set[str]:
+    """The sort keys of the job's items in the open index."""
+    if store is both.fake:
+        return {
+            "JOB" if index is None else f"SHARD#{index:05d}"
+            for job, index in both.fake.open_index
+            if job == both.job_id
+        }
+    items = both.raw.query(KeyConditionExpression=Key("PK").eq(f"JOB#{both.job_id}"), ConsistentRead=True)["Items"]
+    return {item["SK"] for item in items if "GSI1PK" in item}
+
+
+@pytest.fixture
+def both(dynamodb: Any) -> Both:
+    return Both(StateTable("state", dynamodb), FakeStateStore(), dynamodb.Table("state"), f"j{uuid.uuid4().hex[:24]}")
+
+
+# --- shard moves ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Move:
+    """A move method, as a caller that read the shard in `read_as` makes it."""
+
+    name: str
+    starts: frozenset[ShardState]  # the states the write moves the shard from
+    to: ShardState
+    read_as: ShardState
+    write: Callable[[StateStore, ShardRecord], bool]
+
+    def __str__(self) -> str:
+        return f"{self.name}({self.read_as})"
+
+
+def _new_batch(shard: ShardRecord) -> str:
+    """A batch no shard owns yet."""
+    return f"msgbatch_{shard.job_id}"
+
+
+S = ShardState
+MOVES = [
+    Move("begin_submit", frozenset({S.PENDING}), S.SUBMITTING, S.PENDING,
+         lambda st, sh: st.begin_submit(sh.job_id, sh.index, "2026-11-23T10:05:00.000Z", OWNER)),
+    Move("mark_submitted", frozenset({S.SUBMITTING}), S.SUBMITTED, S.SUBMITTING,
+         lambda st, sh: st.mark_submitted(sh.job_id, sh.index, _new_batch(sh), SENT_AT)),
+    Move("adopt_batch", frozenset({S.SUBMITTING, S.UNKNOWN}), S.SUBMITTED, S.UNKNOWN,
+         lambda st, sh: st.adopt_batch(sh, _new_batch(sh))),
+    Move("mark_unknown", frozenset({S.SUBMITTING}), S.UNKNOWN, S.SUBMITTING,
+         lambda st, sh: st.mark_unknown(sh.job_id, sh.index, "500", SENT_AT)),
+    Move("release_submit", frozenset({S.SUBMITTING}), S.PENDING, S.SUBMITTING,
+         lambda st, sh: st.release_submit(sh.job_id, sh.index, "429", SENT_AT)),
+    Move("refuse", frozenset({S.SUBMITTING}), S.REFUSED, S.SUBMITTING,
+         lambda st, sh: st.refuse(sh.job_id, sh.index, "400", SENT_AT)),
+    Move("resubmit_unsettled", frozenset({S.UNKNOWN}), S.PENDING, S.UNKNOWN,
+         lambda st, sh: st.resubmit_unsettled(sh, "no batch")),
+    Move("resubmit_unsettled", frozenset({S.SUBMITTING}), S.PENDING, S.SUBMITTING,
+         lambda st, sh: st.resubmit_unsettled(sh, "no batch")),
+    Move("cancel_unsent", frozenset({S.PENDING}), S.CANCELING, S.PENDING,
+         lambda st, sh: st.cancel_unsent(sh, "canceled")),
+    Move("mark_collected", frozenset({S.SUBMITTED}), S.COLLECTED, S.SUBMITTED,
+         lambda st, sh: st.mark_collected(sh, OUTCOME)),
+    Move("mark_collected", frozenset({S.CANCELING}), S.COLLECTED, S.CANCELING,
+         lambda st, sh: st.mark_collected(sh, OUTCOME)),
+    Move("mark_collected", frozenset({S.REFUSED}), S.COLLECTED, S.REFUSED,
+         lambda st, sh: st.mark_collected(sh, OUTCOME)),
+    Move("schedule_retry", frozenset({S.SUBMITTED}), S.PENDING, S.SUBMITTED,
+         lambda st, sh: st.schedule_retry(sh, OUTCOME, RETRY)),
+]  # fmt: skip
+
+
+def test_every_move_starts_from_states_the_state_machine_allows() -> None:
+    for move in MOVES:
+        assert all(move.to in SHARD_NEXT[start] for start in move.starts), move
+
+
+@pytest.mark.parametrize("move", MOVES, ids=str)
+def test_a_shard_move_succeeds_exactly_from_the_states_it_starts_from(both: Both, move: Move) -> None:
+    both.hold_lease(OWNER)
+    for state in ShardState:
+        # Given the shard's item in `state`, holding the fences the caller read, with the lease
+        # held for the intent and a job that may still submit
+        both.job_id = f"j{uuid.uuid4().hex[:24]}"
+        shard = both.given(JobStatus.RUNNING, state)
+        assert shard is not None
+        read = replace(shard, state=move.read_as)
+
+        def write(store: StateStore, read: ShardRecord = read) -> bool:
+            return move.write(store, read)
+
+        # When the caller makes the move / Then it holds only from the states the move starts from
+        moved = both.same(write)
+        assert moved is (state in move.starts), f"{move} on a {state} shard"
+        after = both.fake.shard_items[(both.job_id, 0)]
+        assert after.state is (move.to if moved else state)
+
+
+@pytest.mark.parametrize("read_as", list(ShardState), ids=str)
+def test_a_move_from_a_state_the_machine_does_not_have_is_never_written(both: Both, read_as: ShardState) -> None:
+    # Given a shard read in `read_as`
+    shard = both.given(JobStatus.RUNNING, read_as)
+    assert shard is not None
+
+    # When a caller asks to move it to COLLECTED, or back to PENDING as an unsettled create
+    for target, write in (
+        (ShardState.COLLECTED, lambda store: store.mark_collected(shard, OUTCOME)),
+        (ShardState.PENDING, lambda store: store.resubmit_unsettled(shard, "no batch")),
+    ):
+        # Then a move the state machine lacks raises before anything is written (a repeated
+        # write, from the state it sets, is a move the machine allows)
+        if read_as is target or target in SHARD_NEXT[read_as]:
+            continue
+        with pytest.raises(TransitionError):
+            both.same(write)
+
+
+# --- fences -----------------------------------------------------------------------------
+
+ANOTHER_INTENT = "2026-11-23T10:09:00.000Z"
+
+
+def _stale(
+    name: str, state: ShardState, stale: dict[str, Any], write: Callable[[StateStore, ShardRecord], bool]
+) -> Any:
+    return pytest.param(state, stale, write, id=name)
+
+
+@pytest.mark.parametrize(
+    ("state", "stale", "write"),
+    [
+        _stale("mark_submitted: another intent", S.SUBMITTING, {},
+               lambda st, sh: st.mark_submitted(sh.job_id, 0, _new_batch(sh), ANOTHER_INTENT)),
+        _stale("mark_unknown: another intent", S.SUBMITTING, {},
+               lambda st, sh: st.mark_unknown(sh.job_id, 0, "500", ANOTHER_INTENT)),
+        _stale("release_submit: another intent", S.SUBMITTING, {},
+               lambda st, sh: st.release_submit(sh.job_id, 0, "429", ANOTHER_INTENT)),
+        _stale("refuse: another intent", S.SUBMITTING, {},
+               lambda st, sh: st.refuse(sh.job_id, 0, "400", ANOTHER_INTENT)),
+        _stale("adopt_batch: another intent", S.UNKNOWN, {"sent_at": ANOTHER_INTENT},
+               lambda st, sh: st.adopt_batch(sh, _new_batch(sh))),
+        _stale("resubmit_unsettled: another intent", S.UNKNOWN, {"sent_at": ANOTHER_INTENT},
+               lambda st, sh: st.resubmit_unsettled(sh, "no batch")),
+        _stale("resubmit_unsettled: no intent", S.UNKNOWN, {"sent_at": None},
+               lambda st, sh: st.resubmit_unsettled(sh, "no batch")),
+        _stale("cancel_unsent: another attempt", S.PENDING, {"attempt": 2},
+               lambda st, sh: st.cancel_unsent(sh, "canceled")),
+        _stale("cancel_unsent: another body", S.PENDING, {"key": "work/j/other.jsonl"},
+               lambda st, sh: st.cancel_unsent(sh, "canceled")),
+        _stale("mark_collected: another batch", S.SUBMITTED, {"batch_id": "msgbatch_other"},
+               lambda st, sh: st.mark_collected(sh, OUTCOME)),
+        _stale("mark_collected: another attempt", S.SUBMITTED, {"attempt": 2},
+               lambda st, sh: st.mark_collected(sh, OUTCOME)),
+        _stale("mark_collected refused: another attempt", S.REFUSED, {"attempt": 2},
+               lambda st, sh: st.mark_collected(sh, OUTCOME)),
+        _stale("mark_collected canceling: another body", S.CANCELING, {"key": "work/j/other.jsonl"},
+               lambda st, sh: st.mark_collected(sh, OUTCOME)),
+        _stale("schedule_retry: another batch", S.SUBMITTED, {"batch_id": "msgbatch_other"},
+               lambda st, sh: st.schedule_retry(sh, OUTCOME, RETRY)),
+        _stale("schedule_retry: another attempt", S.SUBMITTED, {"attempt": 2},
+               lambda st, sh: st.schedule_retry(sh, OUTCOME, RETRY)),
+        _stale("flag_overdue: another batch", S.SUBMITTED, {"batch_id": "msgbatch_other"},
+               lambda st, sh: st.flag_overdue(sh, SENT_AT)),
+    ],
+)  # fmt: skip
+def test_a_stale_writer_is_refused_by_the_fences(
+    both: Both, state: ShardState, stale: dict[str, Any], write: Callable[[StateStore, ShardRecord], bool]
+) -> None:
+    # Given a shard in the state the write moves from, read by a writer that is behind:
+    # another intent, attempt, body or batch
+    shard = both.given(JobStatus.RUNNING, state)
+    assert shard is not None
+
+    # When the stale writer writes, Then the write is refused and the item is left as it was
+    assert both.same(lambda store: write(store, replace(shard, **stale))) is False
+    assert both.fake.get_shard(both.job_id, 0) == shard
+
+
+def test_an_intent_is_recorded_only_while_the_job_has_no_cancel_and_the_owner_holds_the_lease(both: Both) -> None:
+    def begin(owner: str) -> Callable[[StateStore], bool]:
+        return lambda store: store.begin_submit(both.job_id, 0, ANOTHER_INTENT, owner)
+
+    # Given a pending shard of a canceled job, When an intent is recorded, Then it is refused
+    both.given(JobStatus.SUBMITTING, S.PENDING, cancel=True, sent_at=None, lease_owner=None, creates_sent=0)
+    both.hold_lease(OWNER)
+    assert both.same(begin(OWNER)) is False
+
+    # Given the job not canceled, and the lease held by another owner, or by nobody: refused
+    pending = both.given(JobStatus.SUBMITTING, S.PENDING, sent_at=None, lease_owner=None, creates_sent=0)
+    both.hold_lease("someone-else")
+    assert both.same(begin(OWNER)) is False
+    both.hold_lease(None)
+    assert both.same(begin(OWNER)) is False
+
+    # Given the lease held by the owner: the intent is recorded, and the create counted
+    both.hold_lease(OWNER)
+    assert both.same(begin(OWNER)) is True
+    assert pending is not None
+    assert both.fake.get_shard(both.job_id, 0) == replace(
+        pending, state=S.SUBMITTING, sent_at=ANOTHER_INTENT, lease_owner=OWNER, creates_sent=1
+    )
+    # ...once: a second intent for the same shard is refused
+    assert both.same(begin(OWNER)) is False
+
+
+@pytest.mark.parametrize("adopt", [False, True], ids=["mark_submitted", "adopt_batch"])
+def test_a_batch_another_shard_owns_is_never_attached(both: Both, adopt: bool) -> None:
+    # Given a batch that another shard took
+    owner_job = both.job_id
+    shard = both.given(JobStatus.RUNNING, S.SUBMITTING, batch_id=None)
+    assert shard is not None
+    assert both.same(lambda store: store.mark_submitted(owner_job, 0, "msgbatch_taken" + owner_job, SENT_AT))
+
+    # When a second shard, awaiting its batch, is given the same batch
+    both.job_id = f"j{uuid.uuid4().hex[:24]}"
+    second = both.given(JobStatus.RUNNING, S.UNKNOWN if adopt else S.SUBMITTING, batch_id=None)
+    assert second is not None
+
+    def attach(store: StateStore) -> bool:
+        if adopt:
+            return store.adopt_batch(second, "msgbatch_taken" + owner_job)
+        return store.mark_submitted(second.job_id, 0, "msgbatch_taken" + owner_job, SENT_AT)
+
+    # Then it is refused, and the second shard still awaits its own
+    assert both.same(attach) is False
+    assert both.fake.get_shard(both.job_id, 0) == second
+
+
+@pytest.mark.parametrize("status", list(JobStatus), ids=str)
+def test_a_retry_is_scheduled_only_with_its_job_moved_back_to_submitting(both: Both, status: JobStatus) -> None:
+    # Given a shard whose batch ended, of a job in `status`
+    shard = both.given(status, S.SUBMITTED)
+    assert shard is not None
+
+    # When its retry is scheduled
+    scheduled = both.same(lambda store: store.schedule_retry(shard, OUTCOME, RETRY))
+
+    # Then shard and job move together, or neither does
+    assert scheduled is (status in (JobStatus.SUBMITTING, JobStatus.RUNNING))
+    job, shards = both.fake.job_and_shards(both.job_id)
+    assert job is not None
+    assert (job.status, shards[0].state) == ((JobStatus.SUBMITTING, S.PENDING) if scheduled else (status, S.SUBMITTED))
+
+
+def test_an_overdue_flag_keeps_the_first_time(both: Both) -> None:
+    shard = both.given(JobStatus.RUNNING, S.SUBMITTED, overdue_at=None)
+    assert shard is not None
+
+    assert both.same(lambda store: store.flag_overdue(shard, "2026-11-25T10:00:00.000Z")) is True
+    assert both.same(lambda store: store.flag_overdue(shard, "2026-11-25T11:00:00.000Z")) is True
+
+    flagged = both.fake.get_shard(both.job_id, 0)
+    assert flagged is not None
+    assert flagged.overdue_at == "2026-11-25T10:00:00.000Z"
+
+
+# --- job moves --------------------------------------------------------------------------
+
+PLAN = ShardPlan(0, KEY, 2, 80, "d1")
+J = JobStatus
+
+
+@dataclass(frozen=True)
+class JobMove:
+    name: str
+    starts: frozenset[JobStatus]
+    to: JobStatus
+    write: Callable[[StateStore, str], object]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+JOB_MOVES = [
+    JobMove("record_shards", frozenset({J.RECEIVED}), J.SUBMITTING,
+            lambda st, job: st.record_shards(job, [PLAN], requested=2, rejected=1, max_attempts=3)),
+    JobMove("fail_job", frozenset({J.RECEIVED, J.SUBMITTING}), J.FAILED,
+            lambda st, job: st.fail_job(job, "empty", requested=0, rejected=3, manifest_key="results/m.json")),
+    JobMove("mark_job_running", frozenset({J.SUBMITTING}), J.RUNNING, lambda st, job: st.mark_job_running(job)),
+    JobMove("reopen_job", frozenset({J.RUNNING}), J.SUBMITTING, lambda st, job: st.reopen_job(job)),
+    JobMove("finish_job(COMPLETED)", frozenset({J.SUBMITTING, J.RUNNING}), J.COMPLETED,
+            lambda st, job: st.finish_job(job, J.COMPLETED, "results/m.json", SENT_AT)),
+    JobMove("finish_job(CANCELED)", frozenset({J.SUBMITTING, J.RUNNING}), J.CANCELED,
+            lambda st, job: st.finish_job(job, J.CANCELED, "results/m.json", SENT_AT)),
+]  # fmt: skip
+
+
+def test_every_job_move_starts_from_statuses_the_state_machine_allows() -> None:
+    for move in JOB_MOVES:
+        assert all(move.to in JOB_NEXT[start] for start in move.starts), move
+
+
+@pytest.mark.parametrize("move", JOB_MOVES, ids=str)
+def test_a_job_move_succeeds_exactly_from_the_statuses_it_starts_from(both: Both, move: JobMove) -> None:
+    for status in JobStatus:
+        # Given the job's item in `status`
+        both.job_id = f"j{uuid.uuid4().hex[:24]}"
+        both.given(status)
+
+        # When the move is made / Then it holds only from the statuses it starts from
+        moved = both.same(lambda store: move.write(store, both.job_id))
+        assert moved is (status in move.starts), f"{move} on a {status} job"
+        job = both.fake.get_job(both.job_id)
+        assert job is not None
+        assert job.status is (move.to if moved else status)
+
+
+def test_a_job_is_created_once(both: Both) -> None:
+    source = SourceRef("bucket", "inbox/x.jsonl", "v1")
+    assert both.same(lambda store: store.create_job(both.job_id, source, SENT_AT)) is True
+    assert both.same(lambda store: store.create_job(both.job_id, source, ANOTHER_INTENT)) is False
+
+
+def test_shards_are_recorded_only_once(both: Both) -> None:
+    both.given(JobStatus.RECEIVED)
+
+    def record(store: StateStore) -> bool:
+        return store.record_shards(both.job_id, [PLAN], requested=2, rejected=0, max_attempts=3)
+
+    assert both.same(record) is True
+    assert both.same(record) is False
+    assert both.same(lambda store: store.add_missing_shard(both.job_id, PLAN, 3)) is False
+    assert both.same(lambda store: store.add_missing_shard(both.job_id, replace(PLAN, index=1), 3)) is True
+
+
+def test_a_job_finishes_only_as_a_final_status(both: Both) -> None:
+    both.given(JobStatus.RUNNING)
+    with pytest.raises(ValueError, match="finishes as one of"):
+        both.same(lambda store: store.finish_job(both.job_id, JobStatus.RUNNING, "m", SENT_AT))
+
+
+@pytest.mark.parametrize("status", list(JobStatus), ids=str)
+def test_a_cancel_is_requested_once_and_only_of_an_unfinished_job(both: Both, status: JobStatus) -> None:
+    both.given(status)
+
+    first = both.same(lambda store: store.request_cancel(both.job_id, SENT_AT))
+    again = both.same(lambda store: store.request_cancel(both.job_id, ANOTHER_INTENT))
+
+    unfinished = status in (JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStatus.RUNNING)
+    assert first.cancel_requested_at == again.cancel_requested_at == (SENT_AT if unfinished else None)
+
+
+def test_a_cancel_of_no_job_finds_none(both: Both) -> None:
+    assert both.same(lambda store: store.request_cancel(both.job_id, SENT_AT)) is None
+
+
+def test_the_create_lease_is_held_by_one_owner_at_a_time(both: Both) -> None:
+    both.hold_lease(None)
+    assert both.same(lambda store: store.acquire_create_lease("a", SENT_AT, SENT_AT)) is True
+    assert both.same(lambda store: store.acquire_create_lease("b", SENT_AT, SENT_AT)) is False
+    assert both.same(lambda store: store.acquire_create_lease("a", ANOTHER_INTENT, SENT_AT)) is True
+    assert both.same(lambda store: store.release_create_lease("b")) is False
+    assert both.same(lambda store: store.get_create_lease()).taken_at == ANOTHER_INTENT
+    assert both.same(lambda store: store.release_create_lease("a")) is True
+    assert both.same(lambda store: store.get_create_lease()) is None
