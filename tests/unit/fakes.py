@@ -424,19 +424,21 @@ class FakeStateStore:
     def owned_batches(self, batch_ids: Iterable[str]) -> set[str]:
         return {batch_id for batch_id in batch_ids if batch_id in self.batch_owners}
 
-    def begin_submit(self, job_id: str, index: int, sent_at: str, lease_owner: str) -> bool:
-        shard = self._shard_move(
+    def begin_submit(self, shard: ShardRecord, sent_at: str, lease_owner: str) -> bool:
+        job_id = shard.job_id
+        move = self._shard_move(
             job_id,
-            index,
+            shard.index,
             ShardState.PENDING,
             ShardState.SUBMITTING,
+            fence={"attempt": shard.attempt, "key": shard.key},
             changes={"sent_at": sent_at, "lease_owner": lease_owner},
             add="creates_sent",
         )
         job = self.jobs.get(job_id)
         not_canceled = job is None or job.cancel_requested_at is None  # as attribute_not_exists on the job item
         lease_held = self.lease is not None and self.lease.owner == lease_owner
-        return not_canceled and lease_held and self._apply(shard)
+        return not_canceled and lease_held and self._apply(move)
 
     def mark_submitted(self, job_id: str, index: int, batch_id: str, sent_at: str) -> bool:
         return self._attach(job_id, index, batch_id, ShardState.SUBMITTING, sent_at)

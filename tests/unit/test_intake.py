@@ -124,9 +124,9 @@ def test_a_file_with_no_valid_line_fails_with_its_manifest_and_sends_nothing(wor
     job = world.state.get_job(outcome.job_id)
     assert job is not None
     assert (job.status, job.manifest_key) == (JobStatus.FAILED, manifest_key(outcome.job_id))
-    # ...it leaves the checker's open index, and no completion event is sent for it
+    # ...it leaves the checker's open index, and its end is announced like any other's
     assert world.state.open_work().jobs == []
-    assert world.events.published == []
+    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
 
 
 def test_an_empty_file_fails_with_a_reason_beside_it(world: Fakes) -> None:
@@ -358,10 +358,8 @@ def test_a_shard_sent_and_retried_by_the_checker_meanwhile_is_not_sent_again_fro
     submit(world, source, limits=ShardLimits(max_requests=2))
 
     # Then it does not send shard 1's first attempt again as its second: "c" succeeded
-    # already and is never sent twice, and any batch of attempt 2 carries exactly "d".
-    # (Today it does: begin_submit moves any PENDING shard to SUBMITTING, without a fence on
-    # the attempt and body the caller read, so the old body goes out as attempt 2's batch,
-    # whose results can then never add up to attempt 2's one request.)
+    # already and is never sent twice, and any batch of attempt 2 carries exactly "d"
+    # (the intent is fenced to the attempt and body the caller read).
     sent = [cid for batch in world.batches.requests.values() for cid in batch]
     assert sent.count("c") == 1, f"sent: {sorted(world.batches.requests.values())}"
     shard = world.state.get_shard(job_id, 1)

@@ -246,7 +246,7 @@ def _new_batch(shard: ShardRecord) -> str:
 S = ShardState
 MOVES = [
     Move("begin_submit", frozenset({S.PENDING}), S.SUBMITTING, S.PENDING,
-         lambda st, sh: st.begin_submit(sh.job_id, sh.index, "2026-11-23T10:05:00.000Z", OWNER)),
+         lambda st, sh: st.begin_submit(sh, "2026-11-23T10:05:00.000Z", OWNER)),
     Move("mark_submitted", frozenset({S.SUBMITTING}), S.SUBMITTED, S.SUBMITTING,
          lambda st, sh: st.mark_submitted(sh.job_id, sh.index, _new_batch(sh), SENT_AT)),
     Move("adopt_batch", frozenset({S.SUBMITTING, S.UNKNOWN}), S.SUBMITTED, S.UNKNOWN,
@@ -381,30 +381,35 @@ def test_a_stale_writer_is_refused_by_the_fences(
 
 
 def test_an_intent_is_recorded_only_while_the_job_has_no_cancel_and_the_owner_holds_the_lease(both: Both) -> None:
-    def begin(owner: str) -> Callable[[StateStore], bool]:
-        return lambda store: store.begin_submit(both.job_id, 0, ANOTHER_INTENT, owner)
+    def begin(shard: ShardRecord | None, owner: str) -> Callable[[StateStore], bool]:
+        assert shard is not None
+        return lambda store: store.begin_submit(shard, ANOTHER_INTENT, owner)
 
     # Given a pending shard of a canceled job, When an intent is recorded, Then it is refused
-    both.given(JobStatus.SUBMITTING, S.PENDING, cancel=True, sent_at=None, lease_owner=None, creates_sent=0)
+    canceled = both.given(JobStatus.SUBMITTING, S.PENDING, cancel=True, sent_at=None, lease_owner=None, creates_sent=0)
     both.hold_lease(OWNER)
-    assert both.same(begin(OWNER)) is False
+    assert both.same(begin(canceled, OWNER)) is False
 
     # Given the job not canceled, and the lease held by another owner, or by nobody: refused
     pending = both.given(JobStatus.SUBMITTING, S.PENDING, sent_at=None, lease_owner=None, creates_sent=0)
     both.hold_lease("someone-else")
-    assert both.same(begin(OWNER)) is False
+    assert both.same(begin(pending, OWNER)) is False
     both.hold_lease(None)
-    assert both.same(begin(OWNER)) is False
+    assert both.same(begin(pending, OWNER)) is False
 
-    # Given the lease held by the owner: the intent is recorded, and the create counted
+    # Given the lease held by the owner, but a reader of another attempt or body: refused
     both.hold_lease(OWNER)
-    assert both.same(begin(OWNER)) is True
     assert pending is not None
+    assert both.same(begin(replace(pending, attempt=pending.attempt + 1), OWNER)) is False
+    assert both.same(begin(replace(pending, key=pending.key + ".other"), OWNER)) is False
+
+    # Given the reader of this attempt: the intent is recorded, and the create counted
+    assert both.same(begin(pending, OWNER)) is True
     assert both.fake.get_shard(both.job_id, 0) == replace(
         pending, state=S.SUBMITTING, sent_at=ANOTHER_INTENT, lease_owner=OWNER, creates_sent=1
     )
     # ...once: a second intent for the same shard is refused
-    assert both.same(begin(OWNER)) is False
+    assert both.same(begin(pending, OWNER)) is False
 
 
 @pytest.mark.parametrize("adopt", [False, True], ids=["mark_submitted", "adopt_batch"])

@@ -63,11 +63,21 @@ def test_a_collected_shard_and_a_finished_job_never_move() -> None:
 @pytest.mark.parametrize("state", list(ShardState))
 def test_each_shard_move_is_allowed_exactly_when_the_table_has_it(state: ShardState) -> None:
     for new in ShardState:
-        if new in SHARD_NEXT[state] or new == state:
+        if new in SHARD_NEXT[state]:
             assert check_shard_move(state, new) == {state}
         else:
             with pytest.raises(TransitionError, match=f"to {new}"):
                 check_shard_move(state, new)
+
+
+def test_a_job_may_stay_in_its_status_but_a_shard_never_stays_in_its_state() -> None:
+    assert check_job_move({JobStatus.SUBMITTING, JobStatus.RUNNING}, JobStatus.SUBMITTING) == {
+        JobStatus.SUBMITTING,
+        JobStatus.RUNNING,
+    }
+    for state in ShardState:
+        with pytest.raises(TransitionError):
+            check_shard_move(state, state)
 
 
 def test_a_move_from_several_states_needs_each_of_them_allowed() -> None:

@@ -490,15 +490,18 @@ class StateTable(_Jobs):
             if "Item" in self.table.get_item(Key=_guard_key(batch_id), ConsistentRead=True)
         }
 
-    def begin_submit(self, job_id: str, index: int, sent_at: str, lease_owner: str) -> bool:
-        """PENDING → SUBMITTING: the intent, recorded before the create is sent, in one
-        transaction with two checks: the job has no cancel request, and `lease_owner` still
-        holds the create lease. False when any of the three does not hold."""
-        shard = self._shard_move(
+    def begin_submit(self, shard: ShardRecord, sent_at: str, lease_owner: str) -> bool:
+        """PENDING → SUBMITTING: the intent, recorded before the create is sent, for the
+        attempt and body `shard` was read with (the body about to be sent), in one transaction
+        with two checks: the job has no cancel request, and `lease_owner` still holds the
+        create lease. False when any of them does not hold."""
+        job_id = shard.job_id
+        update = self._shard_move(
             job_id,
-            index,
+            shard.index,
             ShardState.PENDING,
             ShardState.SUBMITTING,
+            fence={"attempt": shard.attempt, "key": shard.key},
             set_values={"sent_at": sent_at, "lease_owner": lease_owner},
             add="creates_sent",
         )
@@ -518,7 +521,7 @@ class StateTable(_Jobs):
                 "ExpressionAttributeValues": {":owner": lease_owner},
             }
         }
-        return self._transact([{"Update": shard}, not_canceled, lease_held], "intent not recorded")
+        return self._transact([{"Update": update}, not_canceled, lease_held], "intent not recorded")
 
     def mark_submitted(self, job_id: str, index: int, batch_id: str, sent_at: str) -> bool:
         """SUBMITTING → SUBMITTED with the provider's batch id; the shard joins the open index.

@@ -76,20 +76,25 @@ class TransitionError(ValueError):
 
 def check_job_move(expected: JobStatus | Iterable[JobStatus], new: JobStatus) -> frozenset[JobStatus]:
     """The statuses a job may be in for a write that sets `new`; raises TransitionError when
-    one of them may not move there. A status that stays the same is allowed (a repeated write)."""
-    return _check(JOB_NEXT, expected, new)
+    one of them may not move there. A job may also stay in its status (a shard scheduled for
+    another attempt puts a SUBMITTING job's status to SUBMITTING again)."""
+    return _check(JOB_NEXT, expected, new, may_stay=True)
 
 
 def check_shard_move(expected: ShardState | Iterable[ShardState], new: ShardState) -> frozenset[ShardState]:
-    """As check_job_move, for a shard."""
-    return _check(SHARD_NEXT, expected, new)
+    """As check_job_move, for a shard; a shard never "moves" to the state it is in, so a
+    writer holding a stale read can never rewrite a shard that has moved on (a COLLECTED
+    shard's outcome, say)."""
+    return _check(SHARD_NEXT, expected, new, may_stay=False)
 
 
-def _check[S: StrEnum](table: Mapping[S, frozenset[S]], expected: S | Iterable[S], new: S) -> frozenset[S]:
+def _check[S: StrEnum](
+    table: Mapping[S, frozenset[S]], expected: S | Iterable[S], new: S, *, may_stay: bool
+) -> frozenset[S]:
     # One state is told from an iterable of them by isinstance str, so a plain str stays one state;
     # mypy narrows `S | Iterable[S]` by str to plain str (a str is an Iterable too), hence the cast.
     states: frozenset[S] = frozenset((cast(S, expected),)) if isinstance(expected, str) else frozenset(expected)
-    wrong = sorted(state for state in states if state != new and new not in table[state])
+    wrong = sorted(state for state in states if new not in table[state] and not (may_stay and state == new))
     if not states or wrong:
         raise TransitionError(f"no move from {wrong or 'nothing'} to {new}")
     return states

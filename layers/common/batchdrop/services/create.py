@@ -122,7 +122,8 @@ class ShardCreator:
         try:
             size = create_body_size(shard.key, object_bytes, shard)
             sent_at = self._wired.stamp()
-            if not self._state.begin_submit(shard.job_id, shard.index, sent_at, owner):
+            # Fenced to the attempt and body read: a shard retried meanwhile is not sent from here.
+            if not self._state.begin_submit(shard, sent_at, owner):
                 return CreateResult.SKIPPED  # the shard moved, the job is canceled, or the lease was lost
             return self._send(shard, _chunks(body), size, sent_at)
         finally:
