@@ -3,25 +3,181 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from batchdrop_local.commands import add_user_commands
+from batchdrop_local.commands import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandError,
+    add_user_commands,
+)
+
+EXIT_BUG = 70  # an error batchdrop did not expect (sysexits' EX_SOFTWARE)
+
+EPILOG = """exit codes:
+  0    success; submit --wait: the job ended COMPLETED or COMPLETED_WITH_ERRORS
+  1    submit --wait: the job ended FAILED or CANCELED
+  2    usage or input error: a bad flag or argument, a file that cannot be read, an unknown job id
+  3    the target could not be reached: the local stack not running, an unknown --stack,
+       no AWS credentials, a missing bucket or table
+  4    submit --wait: gave up waiting after --timeout (the job goes on)
+  70   an unexpected error, a bug in batchdrop (--debug shows its traceback)
+  130  stopped by Ctrl-C (a job already submitted goes on)
+
+Errors are one line on standard error; --debug shows the traceback instead, with the same exit code.
+docs/local.md is the manual."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batchdrop", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="batchdrop", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback instead of one line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_emulator(commands)
     _add_local(commands)
     add_user_commands(commands)
     args = parser.parse_args(argv)
-    return int(args.run(args, parser) or 0)
+    # SystemExit (argparse's usage errors, --help, --version) is not caught: it exits as argparse meant.
+    try:
+        code = int(args.run(args, parser) or 0)
+        sys.stdout.flush()  # so that a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (`batchdrop status | head -1`): nothing left to say to it.
+        _stdout_to_devnull()
+        _tell(None, debug=args.debug)
+        return EXIT_OK
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the one place errors become a line and a code
+        message, code = _explain(exc, args)
+        _tell(message, debug=args.debug)
+        return code
+    return code
+
+
+def _tell(message: str | None, *, debug: bool) -> None:
+    """The error's one line on standard error, or with --debug its traceback instead (the exit
+    code is the same either way)."""
+    with contextlib.suppress(OSError):  # standard error closed as well: the exit code still tells
+        if debug:
+            traceback.print_exc()
+        elif message:
+            print(f"batchdrop: {message}", file=sys.stderr, flush=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchdrop")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at /dev/null, so the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (a test's capture): nothing is flushed to a pipe
+        pass
+
+
+# --- errors: one line and an exit code ---------------------------------------------------
+
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+}
+_ACCESS_CODES = {"AccessDenied", "AccessDeniedException"}
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """The one line a person reads for `exc`, and the exit code."""
+    if isinstance(exc, CommandError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    from botocore import exceptions as aws
+
+    if isinstance(exc, aws.EndpointConnectionError | aws.ConnectTimeoutError):
+        return _no_endpoint(str(exc.kwargs.get("endpoint_url", ""))), EXIT_UNREACHABLE
+    if isinstance(exc, aws.NoCredentialsError | aws.PartialCredentialsError):
+        return (
+            "no AWS credentials: for the local stack, load its env file (`set -a; . .batchdrop/local.env; set +a`); "
+            "for AWS, configure them (`aws configure`, AWS_PROFILE)",
+            EXIT_UNREACHABLE,
+        )
+    if isinstance(exc, aws.NoRegionError):
+        return "no AWS region: set AWS_DEFAULT_REGION (the local stack's env file sets it)", EXIT_UNREACHABLE
+    if isinstance(exc, aws.ClientError):
+        return _refused(exc, args), EXIT_UNREACHABLE
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}", EXIT_USAGE
+    return (
+        f"unexpected error: {type(exc).__name__}: {exc} (a bug in batchdrop; --debug shows the traceback)",
+        EXIT_BUG,
+    )
+
+
+def _local_endpoint() -> str | None:
+    """AWS_ENDPOINT_URL when it names this machine: the local stack's moto."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    return endpoint if urlsplit(endpoint).hostname in ("127.0.0.1", "localhost", "::1") else None
+
+
+def _no_endpoint(url: str) -> str:
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(url)) if url else "the AWS endpoint"
+    if _local_endpoint():
+        return (
+            f"nothing listens at {origin} (AWS_ENDPOINT_URL): the local stack is not running, or the env file "
+            "is from an earlier run; start it with `batchdrop local up` and load the env file it writes"
+        )
+    return f"cannot connect to {origin}: check the network and the region (AWS_DEFAULT_REGION)"
+
+
+def _refused(exc: Any, args: argparse.Namespace) -> str:
+    """A ClientError: AWS (or moto) answered, and said no."""
+    error = exc.response.get("Error", {})
+    code, text = error.get("Code", ""), error.get("Message", "")
+    local = _local_endpoint()
+    where = f" at {local}" if local else ""
+    gone = (
+        "; is the env file from an earlier `batchdrop local up`? load the one the running stack wrote"
+        if local
+        else "; was the stack deleted?"
+    )
+    if code == "NoSuchBucket":
+        return f"bucket {error.get('BucketName') or getattr(args, 'bucket', None)} does not exist{where}{gone}"
+    if code == "ResourceNotFoundException":
+        return f"table {getattr(args, 'table', None)} does not exist{where}{gone}"
+    if code == "ValidationError" and exc.operation_name == "DescribeStacks":
+        import boto3
+
+        region = boto3.session.Session().region_name
+        return f"no stack {args.stack} in region {region}{where}: check the name and AWS_DEFAULT_REGION"
+    if code in _CREDENTIAL_CODES:
+        return f"AWS refused the credentials{where} ({code}): {text}"
+    if code in _ACCESS_CODES:
+        return f"access denied{where} ({exc.operation_name}): {text}"
+    return f"{exc.operation_name} failed{where}: {code}: {text}"
 
 
 # --- batchdrop emulator -----------------------------------------------------------------
