@@ -84,9 +84,10 @@ def test_submit_wait_status_and_results_as_a_user(
     assert len(lines) == 12
 
 
-def test_results_of_an_unfinished_job_says_so(user_env: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["results", "jdoesnotexist000000000000"]) == 1
-    assert "not finished" in capsys.readouterr().err
+def test_results_of_an_unknown_job_name_it(user_env: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
+    # (A job that exists but has not ended: tests/e2e/test_cli_errors.py.)
+    assert main(["results", "jdoesnotexist000000000000"]) == 2
+    assert "no job jdoesnotexist000000000000" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -175,7 +176,7 @@ def test_cancel_of_an_unknown_job_names_it_and_writes_nothing(
 ) -> None:
     unknown = "j" + "0" * 24
 
-    assert main(["cancel", unknown]) == 1
+    assert main(["cancel", unknown]) == 2
 
     assert f"no job {unknown}" in capsys.readouterr().err
     listing = user_env.client("s3").list_objects_v2(Bucket=user_env.bucket_name, Prefix=f"cancel/{unknown}")
@@ -188,7 +189,7 @@ def test_cancel_of_a_finished_job_says_so_and_writes_nothing(
     assert main(["submit", str(SAMPLE), "--key", "inbox/finished/reviews.jsonl", "--wait", "--timeout", "120"]) == 0
     job_id = capsys.readouterr().out.split("job ", 1)[1].split(":", 1)[0]
 
-    assert main(["cancel", job_id]) == 1
+    assert main(["cancel", job_id]) == 2
 
     assert f"job {job_id} already ended COMPLETED" in capsys.readouterr().err
     listing = user_env.client("s3").list_objects_v2(Bucket=user_env.bucket_name, Prefix=f"cancel/{job_id}")
