@@ -56,11 +56,11 @@ test: lint template-lint build-check
 build-check: build
 	test -f .aws-sam/build/SubmitFunction/app.py
 	test -f .aws-sam/build/CheckerFunction/app.py
-	test -f .aws-sam/build/CommonLayer/python/batchdrop/submit.py
+	test -f .aws-sam/build/CommonLayer/python/batchdrop/services/intake.py
 	test -d .aws-sam/build/CommonLayer/python/anthropic
 	test -f .aws-sam/build/SubmitFunction/__pycache__/app.cpython-312.pyc
 	test -f .aws-sam/build/CheckerFunction/__pycache__/app.cpython-312.pyc
-	test -f .aws-sam/build/CommonLayer/python/batchdrop/__pycache__/submit.cpython-312.pyc
+	test -f .aws-sam/build/CommonLayer/python/batchdrop/services/__pycache__/intake.cpython-312.pyc
 	test -f .aws-sam/build/CommonLayer/python/anthropic/__pycache__/__init__.cpython-312.pyc
 
 test-unit: $(STAMP)
