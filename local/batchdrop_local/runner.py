@@ -7,14 +7,49 @@ asynchronously, with Lambda's async retries and the template's on-failure destin
 Events are files too: `load_event("s3-put-inbox")` reads `events/s3-put-inbox.json`, the same
 payloads `sam local invoke -e` uses.
 
-**How new versions are found.** moto delivers no notification to Lambda and its notifications
-carry no versionId and no sequencer, so the runner polls
-`list_object_versions(Prefix=<trigger prefix>)` and treats every (key, version id) it has not
-seen as one `ObjectCreated` event, with the version id, size and eTag S3 reports and a
-sequencer that grows with each event. Versions present when the runner is created predate
-its "notification configuration" and are never delivered. A version is delivered once;
-`redeliver()` sends a duplicate on purpose, and `lose_event()` (or the `lose_events` predicate)
-drops one, as S3 or Lambda's async queue may: only a sweep finds that object.
+**How new versions are found.** The bucket notifies the runner, and the runner looks up only
+the key it was told about. On creation the runner makes an SQS queue of its own on the same
+moto server and adds to the bucket's notification configuration one queue configuration per
+S3 trigger of template.yaml (its prefix and suffix filter and its event types, as SAM merges
+them). moto sends those notifications synchronously, inside the PutObject, CopyObject or
+CompleteMultipartUpload call that created the object, so the message is in the queue when
+the upload returns. The watcher thread long-polls the queue; `discover()` (and so
+`deliver_pending()`) drains it without waiting.
+
+moto's notifications carry no versionId and no sequencer, so for each message the runner lists
+the versions of that one key (`list_object_versions(Prefix=key)`, kept to the exact key) and
+turns each version it has not seen into one `ObjectCreated` event, oldest first, with the
+version id, size and eTag S3 reports and a sequencer that grows with each event. The message's
+event name goes to the version whose eTag it names (Put, Copy, CompleteMultipartUpload);
+another new version found on the way gets Put, or CompleteMultipartUpload for a multipart eTag
+(moto notifies a completed multipart upload twice, as Put and then CompleteMultipartUpload: the
+version is delivered once, as CompleteMultipartUpload).
+
+Why not poll: listing every version under inbox/ on a timer re-reads the whole prefix, and
+moto 5.2 deep-copied every version of the bucket on each ListObjectVersions and kept the
+copies (temporary files, for objects over about 5 MB) until the server stopped, so a large
+file left in inbox/ filled the disk at a few hundred MB a second. `LocalStack` now has moto
+share the stored bytes with its listings instead; and a notification costs one small message
+and one listing of one key, so an idle runner does no S3 call at all. Nothing in the runner
+lists a whole prefix on a timer: `drain()`'s default idle check heads the manifests it waits
+for instead of listing results/.
+
+Versions present when the runner is created predate its "notification configuration" and are
+never delivered: it lists the trigger prefixes once, after subscribing, and counts what it
+finds as seen. A version is delivered once; `redeliver()` sends a duplicate on purpose, and
+`lose_event()` (or the `lose_events` predicate) drops one, as S3 or Lambda's async queue may:
+only a sweep finds that object.
+
+**An object the runner cannot handle is skipped, not retried.** A key whose versions cannot be
+listed (moto answers 500 to a ListObjectVersions that would return a key with a control
+character, as XML 1.0 cannot carry it), or whose notification cannot be read, is reported once
+(a warning, and `skipped[key]` gives the reason) and its notifications are dropped; every other
+key still gets its events. The startup listing falls back to one key at a time when a whole
+prefix cannot be listed, so a bad key already in inbox/ does not stop the runner either.
+
+A runner's queue and queue configurations live as long as the runner: a new runner on the same
+stack removes those of runners of this process that no longer exist (tests make one per test).
+Runners alive at once each get every notification, as each polled on its own before.
 
 **The scheduled event.** SAM's `ScheduleV2` creates an EventBridge Scheduler schedule whose
 Lambda target receives the schedule's `Input` verbatim, after Scheduler substitutes its
@@ -46,12 +81,14 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -59,7 +96,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 from batchdrop import config
 from batchdrop_local.lambda_context import LocalLambdaContext
@@ -78,9 +115,16 @@ HIDDEN_FROM_HANDLERS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 LOCAL_PRINCIPAL_ID = "AWS:AIDALOCALBATCHDROPUSER"
 LOCAL_OWNER_ID = "A1LOCALBATCHDROPOWNER"
 SOURCE_IP = "127.0.0.1"
-# The bucket's layout: every job, however it ends, gets results/<job_id>/manifest.json.
-RESULTS_PREFIX = "results/"
-MANIFEST_SUFFIX = "/manifest.json"
+# How long the watcher's ReceiveMessage waits for a notification (SQS long polling); also the
+# longest `stop()` waits for the watcher.
+WATCH_WAIT_SECONDS = 1
+# Characters XML 1.0 cannot carry: moto cannot list a key that has one (it answers 500).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+# Queue ARN → the live runner it belongs to; a runner's queue outlives it only until the next
+# runner on the same stack subscribes (see `_subscribe`).
+_live_queues: weakref.WeakValueDictionary[str, LocalRunner] = weakref.WeakValueDictionary()
+_subscribe_lock = threading.Lock()  # the bucket's notification configuration is read, then written
 
 _log = logging.getLogger(__name__)
 
@@ -338,13 +382,15 @@ class LocalRunner:
 
     Tests drive it synchronously (`run_once()`, `deliver_pending()`, `tick()`, `sweep()`,
     `drain()`); `start()` (or `with`) adds the background threads `batchdrop local up` uses: a
-    watcher polling every `poll_seconds`, a worker invoking the S3-triggered function, a ticker
+    watcher long-polling the runner's notification queue, a worker invoking the S3-triggered
+    function (it waits up to `poll_seconds` for work, as `drain()` between rounds), a ticker
     every `tick_seconds` and, if `sweep_seconds` is given, a sweeper. Failed attempts are
     retried after `retry_delay_seconds`, doubling, as many times as the function's
     EventInvokeConfig allows (2 when it has none).
 
     `lose_events(key, version_id)`, if given, is asked about every new version: when it
-    returns True the version's notification is dropped (`lost_events` lists them)."""
+    returns True the version's notification is dropped (`lost_events` lists them). `skipped`
+    maps each key whose notifications the runner cannot handle to the reason."""
 
     def __init__(
         self,
@@ -393,6 +439,8 @@ class LocalRunner:
         self.accepted_versions: set[tuple[str, str]] = set()
         # (key, version id) of every notification dropped on purpose (lose_event, lose_events).
         self.lost_events: list[tuple[str, str]] = []
+        # Key → why the runner skips its notifications (reported once, when first skipped).
+        self.skipped: dict[str, str] = {}
         self._records_lock = threading.Lock()
         self._load_lock = threading.Lock()  # imports change sys.path and sys.modules
         self._tick_lock = threading.Lock()  # ReservedConcurrentExecutions: 1 for the checker
@@ -403,13 +451,14 @@ class LocalRunner:
         self._seen_lock = threading.Lock()
         self._dispatched: set[tuple[str, str]] = set()  # taken off the queue for delivery
         self._last_sequencer = 0
+        self._manifests_found: set[str] = set()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         for name, value in stack.handler_process_env().items():
             os.environ.setdefault(name, value)
         # The notification configuration starts now: what is already there never triggers.
-        for trigger, version in self._list_versions():
-            self._seen.add(self._identity(trigger, version.key, version.version_id))
+        self._queue_url, self._configurations = self._subscribe()
+        self._remember_existing_versions()
 
     # -- lifecycle
 
@@ -445,22 +494,11 @@ class LocalRunner:
     # -- the S3 side
 
     def discover(self) -> int:
-        """Queue one notification per object version not seen before; returns how many."""
+        """Queue one notification per object version created since the last call (every
+        message in the runner's queue, without waiting); returns how many."""
         found = 0
-        for trigger, version in self._list_versions():
-            event_name = "ObjectCreated:CompleteMultipartUpload" if version.multipart else "ObjectCreated:Put"
-            if not trigger.fires_for(version.key, event_name):
-                continue
-            identity = self._identity(trigger, version.key, version.version_id)
-            with self._seen_lock:
-                if identity in self._seen:
-                    continue
-                self._seen.add(identity)
-            if self.lose_events is not None and self.lose_events(version.key, version.version_id):
-                self._record_lost(version.key, version.version_id)
-                continue
-            self._enqueue(trigger, version, event_name)
-            found += 1
+        while (received := self._receive(wait_seconds=0)) is not None:
+            found += received
         return found
 
     def lose_event(self, key: str, version_id: str) -> None:
@@ -586,14 +624,23 @@ class LocalRunner:
             return False
         bucket = self.stack.bucket_name
         expected = {manifest_key(job_id_for(bucket, key, version)) for key, version in accepted}
-        return expected <= self._manifest_keys()
+        # One HEAD per manifest still awaited, not a listing of results/ on every poll.
+        for key in sorted(expected - self._manifests_found):
+            if not self._exists(key):
+                return False
+            self._manifests_found.add(key)
+        return True
 
-    def _manifest_keys(self) -> set[str]:
-        s3 = self.stack.client("s3")
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.stack.bucket_name, Prefix=RESULTS_PREFIX)
-        return {
-            item["Key"] for page in pages for item in page.get("Contents", []) if item["Key"].endswith(MANIFEST_SUFFIX)
-        }
+    def _exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.stack.client("s3").head_object(Bucket=self.stack.bucket_name, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     def invocations_of(self, logical_id: str) -> list[Invocation]:
         with self._records_lock:
@@ -709,30 +756,175 @@ class LocalRunner:
 
     # -- queue and threads
 
-    def _list_versions(self) -> Iterator[tuple[S3Trigger, ObjectVersion]]:
+    def _subscribe(self) -> tuple[str, dict[str, S3Trigger]]:
+        """Create this runner's queue and point the bucket's notifications of every S3 trigger
+        at it; drop the queue configurations (and queues) of this process's runners that no
+        longer exist. Returns the queue URL and the configuration ids → trigger."""
+        sqs, s3 = self.stack.client("sqs"), self.stack.client("s3")
+        bucket = self.stack.bucket_name
+        token = secrets.token_hex(6)
+        queue_prefix = f"{self.stack.stack_name}-runner-"
+        queue_url = sqs.create_queue(QueueName=f"{queue_prefix}{token}")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        configurations = {f"{trigger.configuration_id}-{token}": trigger for trigger in self.triggers}
+        with _subscribe_lock:
+            current = s3.get_bucket_notification_configuration(Bucket=bucket)
+            current.pop("ResponseMetadata", None)
+            kept, stale = [], []
+            for configuration in current.get("QueueConfigurations", []):
+                arn = configuration["QueueArn"]
+                owned = arn.rpartition(":")[2].startswith(queue_prefix)
+                (stale if owned and arn not in _live_queues else kept).append(configuration)
+            current["QueueConfigurations"] = kept + [
+                {
+                    "Id": configuration_id,
+                    "QueueArn": queue_arn,
+                    "Events": list(trigger.event_patterns),
+                    "Filter": {"Key": {"FilterRules": _filter_rules(trigger)}},
+                }
+                for configuration_id, trigger in configurations.items()
+            ]
+            s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
+            _live_queues[queue_arn] = self
+        for arn in dict.fromkeys(configuration["QueueArn"] for configuration in stale):
+            try:
+                sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=arn.rpartition(":")[2])["QueueUrl"])
+            except Exception:  # noqa: BLE001 - a queue already gone is what was wanted
+                _log.debug("queue %s of a former runner is already gone", arn)
+        return queue_url, configurations
+
+    def _remember_existing_versions(self) -> None:
+        """Count every version under the trigger prefixes as seen: one listing per prefix, at
+        creation only. A prefix that cannot be listed whole is listed key by key."""
+        for prefix in dict.fromkeys(trigger.prefix for trigger in self.triggers):
+            triggers = [trigger for trigger in self.triggers if trigger.prefix == prefix]
+            try:
+                versions = self._versions(prefix)
+            except Exception as exc:  # noqa: BLE001 - fall back to one key at a time
+                _log.warning("cannot list the versions under %s (%s); listing its keys one by one", prefix, exc)
+                versions = list(self._versions_key_by_key(prefix))
+            with self._seen_lock:
+                for version in versions:
+                    self._seen.update(self._identity(trigger, version.key, version.version_id) for trigger in triggers)
+
+    def _versions_key_by_key(self, prefix: str) -> Iterator[ObjectVersion]:
+        pages = (
+            self.stack.client("s3")
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.stack.bucket_name, Prefix=prefix)
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                try:
+                    yield from self._versions_of(item["Key"])
+                except Exception as exc:  # noqa: BLE001 - one bad key never stops the others
+                    self._skip(item["Key"], f"its versions cannot be listed: {_one_line(exc)}")
+
+    def _versions(self, prefix: str) -> list[ObjectVersion]:
+        """Every version under `prefix`, oldest first."""
         s3 = self.stack.client("s3")
         bucket = self.stack.bucket_name
-        for prefix in dict.fromkeys(trigger.prefix for trigger in self.triggers):
-            versions: list[ObjectVersion] = []
-            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-                versions.extend(
-                    ObjectVersion(
-                        bucket=bucket,
-                        key=item["Key"],
-                        version_id=item["VersionId"],
-                        size=int(item["Size"]),
-                        etag=item["ETag"].strip('"'),
-                        last_modified=item["LastModified"],
-                    )
-                    for item in page.get("Versions", [])
+        versions: list[ObjectVersion] = []
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            versions.extend(
+                ObjectVersion(
+                    bucket=bucket,
+                    key=item["Key"],
+                    version_id=item["VersionId"],
+                    size=int(item["Size"]),
+                    etag=item["ETag"].strip('"'),
+                    last_modified=item["LastModified"],
                 )
-            # S3 lists each key's versions newest first; events go out oldest first.
-            versions.reverse()
-            versions.sort(key=lambda version: version.last_modified)
-            for version in versions:
-                for trigger in self.triggers:
-                    if trigger.prefix == prefix:
-                        yield trigger, version
+                for item in page.get("Versions", [])
+            )
+        # S3 lists each key's versions newest first; events go out oldest first.
+        versions.reverse()
+        versions.sort(key=lambda version: version.last_modified)
+        return versions
+
+    def _versions_of(self, key: str) -> list[ObjectVersion]:
+        """The versions of exactly `key` (not of the keys it is a prefix of), oldest first."""
+        if _NOT_XML.search(key):
+            raise ValueError("the key has a control character, and moto cannot list such a key")
+        return [version for version in self._versions(key) if version.key == key]
+
+    def _receive(self, wait_seconds: int) -> int | None:
+        """Take up to 10 notifications off the runner's queue (waiting up to `wait_seconds`
+        for the first) and queue their new versions; the number queued, or None if the queue
+        had nothing."""
+        sqs = self.stack.client("sqs")
+        messages = sqs.receive_message(
+            QueueUrl=self._queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
+        ).get("Messages", [])
+        if not messages:
+            return None
+        found = 0
+        for message in messages:
+            found += self._on_notification(message["Body"])
+        sqs.delete_message_batch(
+            QueueUrl=self._queue_url,
+            Entries=[
+                {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]} for index, message in enumerate(messages)
+            ],
+        )
+        return found
+
+    def _on_notification(self, body: str) -> int:
+        """Queue the new versions of the key one notification names; how many."""
+        try:
+            records = json.loads(body).get("Records")
+        except ValueError:
+            _log.warning("ignoring a notification that is not JSON: %.200r", body)
+            return 0
+        if records is None:  # s3:TestEvent, sent when a notification configuration is set
+            return 0
+        found = 0
+        for record in records:
+            key = ""
+            try:
+                s3_object = record["s3"]["object"]
+                key = unquote_plus(s3_object["key"])
+                trigger = self._configurations.get(record["s3"]["configurationId"])
+                if trigger is None or key in self.skipped:
+                    continue
+                found += self._queue_new_versions(trigger, key, s3_object["eTag"], record["eventName"])
+            except Exception as exc:  # noqa: BLE001 - one bad object never stops the others
+                self._skip(key, f"its notification cannot be handled: {_one_line(exc)}")
+        return found
+
+    def _queue_new_versions(self, trigger: S3Trigger, key: str, etag: str, notified_event: str) -> int:
+        try:
+            versions = self._versions_of(key)
+        except Exception as exc:  # noqa: BLE001 - reported once, then skipped
+            self._skip(key, f"its versions cannot be listed: {_one_line(exc)}")
+            return 0
+        found = 0
+        for version in versions:
+            # moto notifies a completed multipart upload twice, Put then CompleteMultipartUpload.
+            if version.etag == etag and not (version.multipart and notified_event == "ObjectCreated:Put"):
+                event_name = notified_event
+            else:
+                event_name = "ObjectCreated:CompleteMultipartUpload" if version.multipart else "ObjectCreated:Put"
+            if not trigger.fires_for(version.key, event_name):
+                continue
+            identity = self._identity(trigger, version.key, version.version_id)
+            with self._seen_lock:
+                if identity in self._seen:
+                    continue
+                self._seen.add(identity)
+            if self.lose_events is not None and self.lose_events(version.key, version.version_id):
+                self._record_lost(version.key, version.version_id)
+                continue
+            self._enqueue(trigger, version, event_name)
+            found += 1
+        return found
+
+    def _skip(self, key: str, reason: str) -> None:
+        with self._records_lock:
+            if key in self.skipped:
+                return
+            self.skipped[key] = reason
+        _log.warning("skipping %r: %s", key, reason, extra={"key": key})
 
     @staticmethod
     def _identity(trigger: S3Trigger, key: str, version_id: str) -> tuple[str, str, str, str]:
@@ -775,11 +967,12 @@ class LocalRunner:
             return not self._pending and self._in_flight == 0
 
     def _watch(self) -> None:
-        while not self._stopping.wait(self.poll_seconds):
+        while not self._stopping.is_set():
             try:
-                self.discover()
-            except Exception:  # noqa: BLE001 - the next poll retries; a dead watcher would stop all work
-                _log.exception("listing new object versions failed")
+                self._receive(wait_seconds=WATCH_WAIT_SECONDS)
+            except Exception:  # noqa: BLE001 - the next receive retries; a dead watcher would stop all work
+                _log.exception("receiving the bucket's notifications failed")
+                self._stopping.wait(self.poll_seconds)
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -824,6 +1017,15 @@ def _schedule_of(function: FunctionSpec) -> tuple[str, dict[str, Any]]:
     if len(schedules) != 1:
         raise ValueError(f"expected one schedule event on {function.logical_id}, found {sorted(schedules)}")
     return next(iter(schedules.items()))
+
+
+def _filter_rules(trigger: S3Trigger) -> list[dict[str, str]]:
+    rules = [{"Name": "prefix", "Value": trigger.prefix}] if trigger.prefix else []
+    return rules + ([{"Name": "suffix", "Value": trigger.suffix}] if trigger.suffix else [])
+
+
+def _one_line(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip().replace("\n", " ")
 
 
 def _is_inside(file: str | None, directory: Path) -> bool:

@@ -11,6 +11,8 @@ plays Lambda's part.
 
 moto runs in this process (`ThreadedMotoServer`), so its state is moto's global state: run
 one LocalStack at a time per process, and no `mock_aws()` while it runs; `stop()` resets it.
+Before it starts, its ListObjectVersions is made to share the stored bytes instead of keeping
+a copy of the whole bucket per call (`_list_versions_without_copies`).
 """
 
 from __future__ import annotations
@@ -474,6 +476,7 @@ class LocalStack:
         from batchdrop_local import moto_fidelity
 
         moto_fidelity.apply()
+        _list_versions_without_copies()
         # One werkzeug access-log line per AWS call drowns everything else out.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         if self._moto_port:
@@ -785,6 +788,54 @@ class LocalStack:
             raise TemplateError(
                 f"BATCHDROP_BUCKET resolves to {variables['BATCHDROP_BUCKET']!r} but the bucket is {self.bucket_name!r}"
             )
+
+
+def _list_versions_without_copies() -> None:
+    """Stop moto's ListObjectVersions from keeping a copy of the whole bucket per call.
+
+    moto 5.2 deep-copies every version of the bucket (every prefix, not only the one listed)
+    to mark IsLatest on the copies. Each copy is a new model instance, which moto keeps in
+    its instance registry until the server is reset, with its own SpooledTemporaryFile of the
+    object's bytes, on disk above about 5 MB: every listing keeps the size of the bucket in
+    deleted temporary files until the stack stops. The sweeper lists inbox/ versions on every
+    sweep, and so can any client of the local endpoint.
+
+    Here a "deep copy" of a key or a delete marker is a view instead: an object of its own
+    (the listing sets IsLatest on it, not on the stored version) that shares the stored
+    version's bytes, is not registered with moto, and never closes the bytes it shares.
+    Nothing but that listing deep-copies these models. Idempotent."""
+    from moto.s3.models import FakeDeleteMarker, FakeKey
+
+    if getattr(FakeKey.__dict__.get("__deepcopy__"), _LISTING_VIEWS, False):
+        return
+
+    class ListedKey(FakeKey):
+        """A stored version as one listing sees it; the bytes stay the stored version's."""
+
+        def dispose(self, garbage: bool = False) -> None:
+            pass
+
+        def __del__(self) -> None:
+            pass
+
+    def key_view(self: Any, memo: dict[int, Any]) -> Any:
+        view = object.__new__(ListedKey)  # not FakeKey.__new__: moto would keep it
+        view.__dict__.update(self.__dict__)
+        memo[id(self)] = view
+        return view
+
+    def marker_view(self: Any, memo: dict[int, Any]) -> Any:
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        memo[id(self)] = view
+        return view
+
+    setattr(key_view, _LISTING_VIEWS, True)
+    FakeKey.__deepcopy__ = key_view  # type: ignore[attr-defined]
+    FakeDeleteMarker.__deepcopy__ = marker_view  # type: ignore[attr-defined]
+
+
+_LISTING_VIEWS = "_batchdrop_listing_views"
 
 
 def _ensure_port_free(host: str, port: int) -> None:

@@ -4,6 +4,7 @@ retries), driven with stand-in handlers so this tier does not depend on the real
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -245,6 +246,38 @@ def test_env_file_is_written_as_shell_assignments(stack: LocalStack, tmp_path: P
     parsed = dict(line.split("=", 1) for line in path.read_text().splitlines())
 
     assert {name: shlex.split(value)[0] for name, value in parsed.items()} == stack.env
+
+
+def _deleted_file_bytes() -> int:
+    """Bytes of the deleted files this process holds open (moto's temporary files among them)."""
+    total = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").endswith(" (deleted)"):
+                total += os.fstat(int(name)).st_size
+        except OSError:
+            continue
+    return total
+
+
+def test_listing_object_versions_keeps_no_copy_of_the_bucket(stack: LocalStack) -> None:
+    s3 = stack.client("s3")
+    key = unique_key(prefix="work/", name="large.bin")
+    old = put(stack, key, b"o" * (6 * 1024 * 1024))  # over moto's 5 MB in-memory limit
+    new = put(stack, key, b"n" * (6 * 1024 * 1024))
+    s3.delete_object(Bucket=stack.bucket_name, Key=key)
+    before = _deleted_file_bytes()
+
+    listings = [s3.list_object_versions(Bucket=stack.bucket_name, Prefix=prefix) for prefix in ("inbox/", key) * 3]
+
+    assert _deleted_file_bytes() - before < 1024 * 1024
+    versions = listings[-1]["Versions"]
+    assert [(item["VersionId"], item["IsLatest"], item["Size"]) for item in versions] == [
+        (new, False, 6 * 1024 * 1024),
+        (old, False, 6 * 1024 * 1024),
+    ]
+    assert [marker["IsLatest"] for marker in listings[-1]["DeleteMarkers"]] == [True]
+    assert s3.get_object(Bucket=stack.bucket_name, Key=key, VersionId=old)["Body"].read(1) == b"o"
 
 
 # ---------------------------------------------------------------- S3 notifications
@@ -604,6 +637,98 @@ def test_the_background_runner_delivers_uploads_without_being_asked(
     wait_until(lambda: len(submit.events) == 1)
 
     assert s3_object(submit.events[0])["versionId"] == version_id
+
+
+def test_a_running_runner_makes_no_s3_call_until_an_object_is_created(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler
+) -> None:
+    s3 = stack.client("s3")
+    calls: list[str] = []
+
+    def record(**kwargs: Any) -> None:
+        calls.append(kwargs["model"].name)
+
+    s3.meta.events.register("before-call.s3", record, unique_id="count-runner-calls")
+    try:
+        runner.start()
+        time.sleep(0.5)  # 25 of its 0.02 s worker waits; the watcher waits on its queue
+        idle_calls = list(calls)
+        key = unique_key()
+        put(stack, key)
+        wait_until(lambda: len(submit.events) == 1)
+    finally:
+        s3.meta.events.unregister("before-call.s3", unique_id="count-runner-calls")
+
+    assert idle_calls == []
+    # the upload, then one listing of that one key
+    assert calls == ["PutObject", "ListObjectVersions"]
+
+
+def test_a_key_moto_cannot_list_is_reported_once_and_skipped(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batchdrop_local.runner")
+    bad_key, good_key = unique_key(name="bad\x01name.jsonl"), unique_key()
+    bad_versions = [put(stack, bad_key)]
+    try:
+        good_version = put(stack, good_key)
+        bad_versions.append(put(stack, bad_key))
+
+        runner.run_once()
+        runner.run_once()
+
+        assert [s3_object(event)["versionId"] for event in submit.events] == [good_version]
+        assert list(runner.skipped) == [bad_key]
+        assert len([record for record in caplog.records if repr(bad_key) in record.getMessage()]) == 1
+    finally:  # a key moto cannot list would slow down every later runner's first listing
+        for version_id in bad_versions:
+            stack.client("s3").delete_object(Bucket=stack.bucket_name, Key=bad_key, VersionId=version_id)
+
+
+def test_a_listing_that_fails_for_one_key_skips_that_key_only(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="batchdrop_local.runner")
+    failing_key, good_key = unique_key(name="failing.jsonl"), unique_key()
+    s3 = stack.client("s3")
+
+    def fail_for_one_key(**kwargs: Any) -> None:
+        if kwargs["params"].get("Prefix") == failing_key:
+            raise RuntimeError("injected listing failure")
+
+    s3.meta.events.register("before-parameter-build.s3.ListObjectVersions", fail_for_one_key, unique_id="fail-one-key")
+    try:
+        put(stack, failing_key)
+        good_version = put(stack, good_key)
+        put(stack, failing_key)
+        runner.run_once()
+    finally:
+        s3.meta.events.unregister("before-parameter-build.s3.ListObjectVersions", unique_id="fail-one-key")
+
+    assert [s3_object(event)["versionId"] for event in submit.events] == [good_version]
+    assert "injected listing failure" in runner.skipped[failing_key]
+    assert len([record for record in caplog.records if repr(failing_key) in record.getMessage()]) == 1
+
+
+def test_the_next_runner_removes_the_queue_of_a_runner_that_no_longer_exists(
+    stack: LocalStack, submit: StandInHandler, checker: StandInHandler
+) -> None:
+    s3, sqs = stack.client("s3"), stack.client("sqs")
+
+    def notified_queues() -> list[str]:
+        configuration = s3.get_bucket_notification_configuration(Bucket=stack.bucket_name)
+        return [item["QueueArn"] for item in configuration.get("QueueConfigurations", [])]
+
+    before = set(notified_queues())
+    gone = LocalRunner(stack, submit, checker)
+    (gone_queue,) = set(notified_queues()) - before
+    del gone
+    gc.collect()
+
+    LocalRunner(stack, submit, checker)
+
+    assert gone_queue not in notified_queues()
+    assert gone_queue.rpartition(":")[2] not in " ".join(sqs.list_queues().get("QueueUrls", []))
 
 
 # ---------------------------------------------------------------- the schedule
