@@ -753,7 +753,7 @@ def measure(files: int, per_file: int) -> Measured:
         for _ in range(IDLE_TICKS):
             runner.tick()
         recorder.phase = "sweep"
-        with _sweep_every_version():
+        with _sweep_every_version(stack):
             sweeps = [runner.sweep() for _ in range(SWEEPS)]
         recorder.phase = "done"
         if any(sweep.result.get("started") for sweep in sweeps):
@@ -806,17 +806,13 @@ def measure(files: int, per_file: int) -> Measured:
         )
 
 
-@contextlib.contextmanager
-def _sweep_every_version() -> Iterator[None]:
+def _sweep_every_version(stack: Any) -> contextlib.AbstractContextManager[None]:
     """The sweep leaves versions younger than ten minutes to their events: let it see the
     night's files, as the sweeps of the following days do."""
-    sweeper = sys.modules["batchdrop.sweeper"]  # imported by the submit function's handler
-    saved = sweeper.MIN_AGE_SECONDS
-    sweeper.MIN_AGE_SECONDS = 0.0
-    try:
-        yield
-    finally:
-        sweeper.MIN_AGE_SECONDS = saved
+    from batchdrop.domain.timings import Timings
+    from batchdrop_local.pipeline_settings import pipeline_settings
+
+    return pipeline_settings(stack, timings=Timings(sweep_min_age=0.0))
 
 
 # ---------------------------------------------------------------- the model
