@@ -227,11 +227,16 @@ def test_transient_failures_are_final_at_the_last_attempt(world: Fakes) -> None:
 # --- results that cannot be this shard's -------------------------------------------------
 
 
-def test_results_that_do_not_add_up_are_never_recorded(world: Fakes) -> None:
-    # Given a batch of three requests whose results hold two
+@pytest.mark.parametrize(
+    "returned",
+    ["ab", "abx"],
+    ids=["results-that-do-not-add-up", "results-for-other-requests-fail-the-ids-digest"],
+)
+def test_results_that_cannot_be_this_shards_are_never_recorded(world: Fakes, returned: str) -> None:
+    # Given a batch of a, b, c whose results hold two of them, or are for a, b and x
     job_id = submit(world, "abc")
     batch_id = batch_of(world, job_id)
-    world.batches.end(batch_id, lines=[json.dumps({"custom_id": c, "result": succeeded(c)}).encode() for c in "ab"])
+    world.batches.end(batch_id, lines=[json.dumps({"custom_id": c, "result": succeeded(c)}).encode() for c in returned])
 
     # When the checker ticks, Then the batch fails the tick...
     with pytest.raises(CheckerItemsFailedError, match=batch_id):
@@ -244,21 +249,6 @@ def test_results_that_do_not_add_up_are_never_recorded(world: Fakes) -> None:
     assert not world.store.exists(results_part_key(job_id, 0))
     assert status(world, job_id) is JobStatus.RUNNING
     assert world.events.published == []
-
-
-def test_results_for_other_requests_fail_the_ids_digest_and_are_never_recorded(world: Fakes) -> None:
-    # Given a batch of a, b, c whose results are for a, b and x
-    job_id = submit(world, "abc")
-    batch_id = batch_of(world, job_id)
-    world.batches.end(batch_id, lines=[json.dumps({"custom_id": c, "result": succeeded(c)}).encode() for c in "abx"])
-
-    # When the checker ticks / Then the ids digest refuses them, and nothing is recorded
-    with pytest.raises(CheckerItemsFailedError, match=batch_id):
-        tick(world)
-    shard = world.state.get_shard(job_id, 0)
-    assert shard is not None
-    assert (shard.state, shard.counts) == (ShardState.SUBMITTED, {})
-    assert not world.store.exists(results_part_key(job_id, 0))
 
 
 def test_one_failing_batch_does_not_stop_the_others(world: Fakes) -> None:
