@@ -72,8 +72,8 @@ def jobs(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def _job_id_of(args: list[str]) -> str:
-    """Runs `batchdrop submit …` and returns the job id it prints (its output is not captured
-    by a module fixture, so it is read from a pipe of its own)."""
+    """Runs `batchdrop submit …` and returns the job id it prints (capsys is not available to a
+    module fixture, so its output goes to a buffer of its own)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(args) == 0
