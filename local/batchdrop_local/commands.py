@@ -14,12 +14,12 @@ commands, so that `batchdrop emulator` and `--help` start without them."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,9 +87,35 @@ def add_user_commands(commands: Any) -> None:
     submit.add_argument("--timeout", type=float, default=3600, metavar="SECONDS", help="how long --wait waits")
     submit.set_defaults(run=_submit)
 
-    status = commands.add_parser("status", parents=[common], help="jobs and their progress")
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="jobs and their progress",
+        description=(
+            "Without a job id, list the jobs newest first (the newest 20 unless --limit says otherwise); "
+            "with one, show the job and its batches. --json prints the documented schema (docs/local.md)."
+        ),
+    )
     status.add_argument("job_id", nargs="?", help="one job, with its batches")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--json", action="store_true", help=f"print JSON (schema {STATUS_SCHEMA})")
+    status.add_argument(
+        "--limit",
+        type=_limit,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"list at most N jobs ({DEFAULT_LIMIT}; 0: all)",
+    )
+    status.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        metavar="STATUS",
+        help="only jobs in this status (repeatable, or comma-separated)",
+    )
+    status.add_argument("--key", dest="key_prefix", metavar="PREFIX", help="only jobs whose source key starts so")
+    status.add_argument(
+        "--since", metavar="DURATION|ISO", help="only jobs created since then: 30m, 2h, 3d, 1w, or an ISO date or time"
+    )
     status.set_defaults(run=_status)
 
     results = commands.add_parser("results", parents=[common], help="download a job's results and manifest")
@@ -210,14 +236,23 @@ def _wait(state: StateTable, job_id: str, timeout: float) -> JobRecord:
 def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from batchdrop.adapters.state import StateTable
 
-    _, table = _names(args, parser)
+    statuses = _statuses(args.statuses, parser)
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_since(args.since, datetime.now(UTC))
+        except ValueError as exc:
+            parser.error(f"--since {args.since!r}: {exc}")
+    bucket, table = _names(args, parser)
     state = StateTable(table)
     if args.job_id:
         job, shards = state.job_and_shards(args.job_id)
         if job is None:
             raise JobNotFound(args.job_id, table)
         if args.json:
-            print(json.dumps({"job": _public(job), "batches": [_public(s) for s in shards]}, indent=2, default=str))
+            view = job_view(job, shards, _manifest(bucket, job))
+            view["batches"] = [_batch_view(shard) for shard in shards]
+            print(json.dumps(view, indent=2))
         else:
             _print_job(job)
             for shard in shards:
@@ -225,22 +260,169 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     f"  shard {shard.index:>3}  {shard.state:<10} {shard.batch_id or '-':<36} "
                     f"{shard.requests:>7} requests  {_counts_text(shard.counts)}"
                 )
-        return 0
-    jobs = state.list_jobs()
+        return EXIT_OK
+
+    every_job = state.list_jobs()
+    jobs = [
+        job
+        for job in every_job
+        if (statuses is None or job.status in statuses)
+        and (args.key_prefix is None or job.source.key.startswith(args.key_prefix))
+        and (since is None or _parse_time(job.created_at) >= since)
+    ]
+    shown = jobs if args.limit == 0 else jobs[: args.limit]
+    more = len(jobs) - len(shown)
+    # Only the jobs shown are read further: a manifest for a finished one, the shards of an open one.
+    views = [_job_view_read(state, bucket, job) for job in shown]
+    more_line = f"{more} more {'job' if more == 1 else 'jobs'} (add `--limit 0` to list them all)" if more else None
     if args.json:
-        print(json.dumps([_public(job) for job in jobs], indent=2, default=str))
-        return 0
-    print(f"{'job':<26} {'status':<22} {'requests':>8} {'rejected':>8}  source")
-    for job in jobs:
-        print(f"{job.job_id:<26} {job.status:<22} {job.requested:>8} {job.rejected:>8}  {job.source.key}")
-    return 0
+        print(json.dumps(views, indent=2))
+        if more_line:  # stdout stays one JSON document
+            print(f"batchdrop: {more_line}", file=sys.stderr)
+        return EXIT_OK
+    if not views:
+        print("no jobs match these filters" if every_job else "no jobs yet")
+        return EXIT_OK
+    now = datetime.now(UTC)
+    print(f"{'job':<25}  {'created':<20} {'age':>4}  {'status':<21} {'requests':>13} {'cost':>11}  source")
+    for view in views:
+        created = view["timings"]["created_at"]
+        requests = view["requests"]
+        done = f"{requests['done']}/{'?' if requests['total'] is None else requests['total']}"
+        cost = "-" if view["cost"] is None else f"${view['cost']['batch_usd']}"
+        print(
+            f"{view['job_id']:<25}  {_created_text(created):<20} {format_age(now - _parse_time(created)):>4}  "
+            f"{view['status']:<21} {done:>13} {cost:>11}  {view['source']['key']}"
+        )
+    if more_line:
+        print(more_line)
+    return EXIT_OK
 
 
-def _public(record: JobRecord | ShardRecord) -> dict[str, Any]:
-    """A record as JSON: its fields that are set, a job's source flattened beside them."""
-    fields = dataclasses.asdict(record)
-    fields.update(fields.pop("source", {}))
-    return {name: value for name, value in fields.items() if value is not None}
+STATUS_SCHEMA = 1
+DEFAULT_LIMIT = 20
+OUTCOME_NAMES = ("succeeded", "errored", "canceled", "expired")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more, or 0 for all")
+    return limit
+
+
+def _statuses(values: list[str] | None, parser: argparse.ArgumentParser) -> set[str] | None:
+    from batchdrop.domain.states import JobStatus
+
+    if not values:
+        return None
+    known = [status.value for status in JobStatus]
+    wanted = {part.strip().upper() for value in values for part in value.split(",") if part.strip()}
+    unknown = sorted(wanted - set(known))
+    if unknown or not wanted:
+        parser.error(f"--status {', '.join(unknown) or repr(','.join(values))}: a status is one of {', '.join(known)}")
+    return wanted
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """The moment `--since` names: a duration back from `now` (`90s`, `30m`, `2h`, `3d`, `1w`) or
+    an ISO date or time (UTC unless it carries an offset). ValueError on anything else."""
+    text = text.strip()
+    number, unit = text[:-1], text[-1:].lower()
+    if unit in _UNITS and number.isdigit():
+        return now - timedelta(seconds=int(number) * _UNITS[unit])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            "give a duration (30m, 2h, 3d, 1w) or an ISO date or time (2026-12-01, 2026-12-01T09:30Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def format_age(age: timedelta) -> str:
+    """How long ago, in its largest whole unit: `42s`, `3m`, `2h`, `5d` (a clock a little ahead
+    of the table's gives `0s`, not a negative age)."""
+    seconds = max(0, int(age.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _parse_time(stamp: str) -> datetime:
+    moment = datetime.fromisoformat(stamp)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _created_text(stamp: str) -> str:
+    return _parse_time(stamp).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _job_view_read(state: StateTable, bucket: str, job: JobRecord) -> dict[str, Any]:
+    """A listed job's view: a finished job's counts and cost come from its manifest, an open
+    job's counts so far from its shards (read only for the jobs shown)."""
+    manifest = _manifest(bucket, job)
+    shards = state.job_and_shards(job.job_id)[1] if manifest is None else []
+    return job_view(job, shards, manifest)
+
+
+def _manifest(bucket: str, job: JobRecord) -> dict[str, Any] | None:
+    """A finished job's manifest; None for an open job (and for a finished one whose manifest is
+    missing: its counts then come from the shards, and its cost is unknown)."""
+    if job.status not in FINAL or not job.manifest_key:
+        return None
+    s3 = _s3()
+    try:
+        return dict(json.loads(s3.get_object(Bucket=bucket, Key=job.manifest_key)["Body"].read()))
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def job_view(job: JobRecord, shards: list[ShardRecord], manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One job in `status --json`'s schema (docs/local.md): the same keys whether the job is open
+    or finished, null where a value is not known yet."""
+    if manifest is not None:
+        counts = {name: int(manifest["counts"].get(name, 0)) for name in OUTCOME_NAMES}
+        result_keys = list(manifest.get("results") or [])
+        cost = {"batch_usd": manifest["cost"]["batch_usd"], "standard_usd": manifest["cost"]["standard_usd"]}
+    else:
+        counts = {name: sum(int(shard.counts.get(name, 0)) for shard in shards) for name in OUTCOME_NAMES}
+        result_keys = [key for shard in shards for key in shard.result_keys]
+        cost = None
+    read = job.status != "RECEIVED"  # until its lines are read, a job's totals are not known
+    return {
+        "schema": STATUS_SCHEMA,
+        "job_id": job.job_id,
+        "status": str(job.status),
+        "source": job.source.as_dict(),
+        "requests": {
+            "total": job.requested if read else None,
+            "done": sum(counts.values()),
+            "rejected": job.rejected if read else None,
+        },
+        "counts": counts,
+        "timings": {"created_at": job.created_at, "completed_at": job.completed_at},
+        "reason": job.reason,
+        "manifest_key": job.manifest_key,
+        "result_keys": result_keys,
+        "cost": cost,
+    }
+
+
+def _batch_view(shard: ShardRecord) -> dict[str, Any]:
+    return {
+        "shard": shard.index,
+        "state": str(shard.state),
+        "batch_id": shard.batch_id,
+        "attempt": shard.attempt,
+        "requests": shard.requests,
+        "counts": {name: int(shard.counts.get(name, 0)) for name in OUTCOME_NAMES},
+    }
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:

@@ -63,17 +63,19 @@ def test_submit_wait_status_and_results_as_a_user(
     job_id = out.split("job ", 1)[1].split(":", 1)[0]
     assert "COMPLETED" in out
 
-    # Then status lists the job with its source and counts
+    # Then status lists the job with its source, requests done and cost
     assert main(["status"]) == 0
     listing = capsys.readouterr().out
     row = next(line for line in listing.splitlines() if line.startswith(job_id))
-    assert row.split()[1:4] == ["COMPLETED", "12", "0"]
+    columns = row.split()  # job, created, age, status, requests done/total, cost, source
+    assert columns[3:5] == ["COMPLETED", "12/12"]
+    assert columns[5].startswith("$")
     assert row.endswith("inbox/reviews.jsonl")
 
     # And status --json of the job shows its batch, collected
     assert main(["status", job_id, "--json"]) == 0
     detail = json.loads(capsys.readouterr().out)
-    assert detail["job"]["status"] == "COMPLETED"
+    assert detail["status"] == "COMPLETED"
     assert [b["state"] for b in detail["batches"]] == ["COLLECTED"]
 
     # And results downloads the manifest and the result part
