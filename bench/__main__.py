@@ -8,6 +8,8 @@ is judged against a baseline of the same run (bench.goals):
   Naive and the parse floor beside naive are shown, ratios and all, but judge nothing: the
   parse floor alone takes most of a quarter of naive's time;
 - results: ours' throughput at least 0.5x a plain copy's;
+- stack: the local stack's peak disk beyond the bytes its bucket holds at most 2x the file
+  + 256 MB, and flat (under 4 MB of growth) while it stays up idle after a 1 GB file;
 - and, as set in each section, the memory peaks, the checker's ticks and calls, the cold
   start and the cost.
 
@@ -44,6 +46,7 @@ SECTIONS = {
     "checker": "bench.checker",
     "cold-start": "bench.cold_start",
     "cost": "bench.cost",
+    "stack": "bench.stack",
 }
 
 

@@ -6,7 +6,8 @@ Submit is judged against the two paths that parse every line, as ours does: the 
 stream-and-post path and the parse floor (the object read, each line parsed, nothing else).
 Naive is shown beside them but not judged against: the parse floor alone takes most of a
 quarter of naive's time, before any create is sent. Results are judged against a plain copy
-of the same bytes."""
+of the same bytes. The local stack (bench.stack) is judged against the bytes its bucket holds
+and against itself: its disk flat while idle."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ from bench.table import Figure
 SUBMIT_TIMES_MINIMAL = 1.5  # ours' time at most this many times the minimal path's
 SUBMIT_TIMES_PARSE_FLOOR = 2.0  # ours' time at most this many times the parse floor's
 RESULTS_OF_COPY = 0.5  # ours' throughput at least this share of a plain copy's
+# The local stack's disk beyond the bucket's bytes, at its peak: at most this many times the
+# file (a multipart upload's parts and the object they are joined into are both held until
+# the upload completes) plus this much (one shard's create body spooled to disk: the API
+# takes at most 256 MB per create).
+STACK_WORKING_SET_FILES = 2
+STACK_WORKING_SET_EXTRA_MB = 256
+STACK_IDLE_GROWTH_MB = 4  # the most the stack's disk may grow while idle, a large file in inbox/
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,18 @@ def results_beside_copy(ours_mb_per_s: float, copy_mb_per_s: float) -> Goal:
         f"ours >= {RESULTS_OF_COPY:g}x a plain copy's throughput",
         ours_mb_per_s >= RESULTS_OF_COPY * copy_mb_per_s,
     )
+
+
+def stack_disk_beside_bucket(peak_beyond_stored_bytes: float, file_bytes: float) -> Goal:
+    allowed = STACK_WORKING_SET_FILES * file_bytes + STACK_WORKING_SET_EXTRA_MB * MB
+    return Goal(
+        f"<= {STACK_WORKING_SET_FILES:g}x the file + {STACK_WORKING_SET_EXTRA_MB} MB beyond the bucket's bytes",
+        peak_beyond_stored_bytes <= allowed,
+    )
+
+
+def stack_flat_while_idle(growth_bytes: float) -> Goal:
+    return Goal(f"flat: grows < {STACK_IDLE_GROWTH_MB} MB while idle", growth_bytes < STACK_IDLE_GROWTH_MB * MB)
 
 
 def missed(figures: Iterable[Figure]) -> list[Figure]:
