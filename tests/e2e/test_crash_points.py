@@ -172,8 +172,6 @@ def _create_lease(stack: LocalStack) -> dict[str, Any] | None:
 
 def _batch_ids(shard: dict[str, Any]) -> list[str]:
     """The batches the manifest names for one shard (one per attempt that was sent)."""
-    if "batch_id" in shard:  # the manifest before per-request retries
-        return [shard["batch_id"]]
     return [attempt["batch_id"] for attempt in shard["attempts"] if attempt["batch_id"]]
 
 
