@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -659,10 +661,12 @@ class LocalStack:
         return {name: self.resolver.resolve_str(value) for name, value in variables.items()}
 
     def write_env_file(self, path: Path) -> Path:
-        """`NAME=value` lines (shell-quoted where needed) of `env`, for `set -a; . FILE`."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{line}\n" for line in iter_env_lines(self.env)), encoding="utf-8")
-        return path
+        """`NAME=value` lines (shell-quoted where needed) of `env`, for `set -a; . FILE`, with
+        this process named in them so a client can tell a stale file (batchdrop_local.envfile)."""
+        from batchdrop_local import envfile
+
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        return envfile.write(path, self.env, pid=os.getpid(), started_at=started)
 
     # -- state
 
@@ -961,7 +965,6 @@ _BUCKET_SETTINGS: dict[str, Callable[[Any, str, Any], None]] = {
 
 def iter_env_lines(env: Mapping[str, str]) -> Iterator[str]:
     """The `NAME=value` lines of an environment, as `write_env_file` writes them."""
-    import shlex
+    from batchdrop_local import envfile
 
-    for name, value in env.items():
-        yield f"{name}={shlex.quote(value)}"
+    return envfile.lines(env)
