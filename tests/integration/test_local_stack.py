@@ -245,7 +245,12 @@ def test_env_file_is_written_as_shell_assignments(stack: LocalStack, tmp_path: P
 
     parsed = dict(line.split("=", 1) for line in path.read_text().splitlines())
 
-    assert {name: shlex.split(value)[0] for name, value in parsed.items()} == stack.env
+    assert {name: shlex.split(value)[0] for name, value in parsed.items()} == {
+        **stack.env,
+        "BATCHDROP_LOCAL_PID": str(os.getpid()),
+        "BATCHDROP_LOCAL_STARTED_AT": parsed["BATCHDROP_LOCAL_STARTED_AT"],
+        "BATCHDROP_ENV_FILE": str(path),
+    }
 
 
 def _deleted_file_bytes() -> int:
