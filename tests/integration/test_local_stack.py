@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import pytest
 from aws_lambda_powertools.utilities.data_classes import S3Event
@@ -669,25 +669,45 @@ def test_a_running_runner_makes_no_s3_call_until_an_object_is_created(
     assert calls == ["PutObject", "ListObjectVersions"]
 
 
-def test_a_key_moto_cannot_list_is_reported_once_and_skipped(
-    stack: LocalStack, runner: LocalRunner, submit: StandInHandler, caplog: pytest.LogCaptureFixture
+def test_a_key_with_a_control_character_is_listed_and_delivered(
+    stack: LocalStack, runner: LocalRunner, submit: StandInHandler
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="batchdrop_local.runner")
-    bad_key, good_key = unique_key(name="bad\x01name.jsonl"), unique_key()
-    bad_versions = [put(stack, bad_key)]
+    odd_key, good_key = unique_key(name="odd\x01name.jsonl"), unique_key()
+    odd_versions = [put(stack, odd_key)]
     try:
         good_version = put(stack, good_key)
-        bad_versions.append(put(stack, bad_key))
+        odd_versions.append(put(stack, odd_key))
 
         runner.run_once()
         runner.run_once()
 
-        assert [s3_object(event)["versionId"] for event in submit.events] == [good_version]
-        assert list(runner.skipped) == [bad_key]
-        assert len([record for record in caplog.records if repr(bad_key) in record.getMessage()]) == 1
-    finally:  # a key moto cannot list would slow down every later runner's first listing
-        for version_id in bad_versions:
-            stack.client("s3").delete_object(Bucket=stack.bucket_name, Key=bad_key, VersionId=version_id)
+        delivered = sorted((s3_object(event)["key"], s3_object(event)["versionId"]) for event in submit.events)
+        assert delivered == sorted(
+            [(good_key, good_version)] + [(quote_plus(odd_key, safe="/"), v) for v in odd_versions]
+        )
+        assert runner.skipped == {}
+    finally:
+        for version_id in odd_versions:
+            stack.client("s3").delete_object(Bucket=stack.bucket_name, Key=odd_key, VersionId=version_id)
+
+
+def test_moto_lists_object_versions_url_encoded_as_s3_does(stack: LocalStack) -> None:
+    s3 = stack.client("s3")
+    keys = [unique_key(name="a\x01b.jsonl"), unique_key(name="c d+e%f.jsonl")]
+    versions = [(key, put(stack, key)) for key in keys]
+    try:
+        pages = s3.get_paginator("list_object_versions").paginate(
+            Bucket=stack.bucket_name, Prefix="inbox/", PaginationConfig={"PageSize": 1}
+        )
+        listed = [version["Key"] for page in pages for version in page.get("Versions", [])]
+        raw = s3.list_object_versions(Bucket=stack.bucket_name, Prefix=keys[0], EncodingType="url")
+    finally:
+        for key, version_id in versions:
+            s3.delete_object(Bucket=stack.bucket_name, Key=key, VersionId=version_id)
+
+    assert set(keys) <= set(listed)
+    assert raw["Versions"][0]["Key"] == quote(keys[0])  # asked for by the caller: left encoded
+    assert raw["EncodingType"] == "url"
 
 
 def test_a_listing_that_fails_for_one_key_skips_that_key_only(
