@@ -1,6 +1,5 @@
 """Where moto answers differently from S3 on a call batchdrop relies on, the S3 behaviour,
-added to the moto this process runs (server or in-process mock) by `apply()`; the last also
-keeps a multipart upload's completion in bounded memory.
+added to the moto this process runs (server or in-process mock) by `apply()`:
 
 - CopyObject with `If-None-Match: *`: S3 refuses with 412 when the destination key holds an
   object (the split copies shards server-side, if absent, as it writes them); moto 5.2
@@ -8,7 +7,9 @@ keeps a multipart upload's completion in bounded memory.
 - ListObjectVersions with `encoding-type=url` (botocore asks for it on every listing): S3
   URL-encodes the keys, prefixes and markers in its answer, so any key can be listed; moto 5.2
   ignores the parameter, and a key with a character XML cannot carry (U+0001) makes it answer
-  500 to every listing that would show the key."""
+  500 to every listing that would show the key.
+- CompleteMultipartUpload in bounded memory, as S3 is: moto joins the parts in memory several
+  times over (below)."""
 
 from __future__ import annotations
 
