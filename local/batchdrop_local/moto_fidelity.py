@@ -8,8 +8,9 @@ added to the moto this process runs (server or in-process mock) by `apply()`:
   URL-encodes the keys, prefixes and markers in its answer, so any key can be listed; moto 5.2
   ignores the parameter, and a key with a character XML cannot carry (U+0001) makes it answer
   500 to every listing that would show the key.
-- CompleteMultipartUpload in bounded memory, as S3 is: moto joins the parts in memory several
-  times over (below)."""
+- CompleteMultipartUpload, ranged GetObject and UploadPartCopy in bounded memory, as S3 is:
+  moto joins an upload's parts in memory several times over, and reads a whole object to
+  answer for a range of it (below)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def apply() -> None:
     _copy_only_if_absent(S3Response)
     _encode_listed_versions(S3Response)
     _stream_completed_parts()
+    _read_ranges_in_place(S3Response)
 
 
 def _copy_only_if_absent(response_class: Any) -> None:
@@ -241,3 +243,98 @@ def _running_checksum(algorithm: str) -> Any:
     if algorithm == "SHA1":
         return hashed, hashlib.sha1(usedforsecurity=False)
     return hashed, hashlib.sha256(usedforsecurity=False)
+
+
+# --- ranges read from the stored object, not from a copy of all of it ------------------
+#
+# moto answers a ranged GetObject, and copies an UploadPartCopy's range, by reading the whole
+# object into memory and slicing it: each 8 MB range of a 1 GB object cost 1 GB. Here both
+# read only the range from the object's buffer, and the server streams a whole object's
+# answer from it a chunk at a time.
+
+
+class _Window:
+    """A stored object's bytes as a ranged GET's answer sees them: a length, and slices read
+    from the object's buffer on demand (whole, as an iterable of chunks, for an answer that
+    ends up not ranged)."""
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __len__(self) -> int:
+        return int(self.key.contentsize)
+
+    def __getitem__(self, window: slice) -> bytes:
+        start, stop, _step = window.indices(len(self))
+        return _read_range(self.key, start, stop)
+
+    def __iter__(self) -> Any:
+        return _chunks_of(self.key)
+
+
+class _KeyReadInRanges:
+    """A stored object whose `value` is a _Window instead of all its bytes."""
+
+    def __init__(self, key: Any) -> None:
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._key, name)
+
+    @property
+    def value(self) -> _Window:
+        return _Window(self._key)
+
+
+def _served_over_http(request: Any) -> bool:
+    """Whether a real HTTP server (moto's werkzeug server) serves this request; the in-process
+    mock dresses its calls as werkzeug requests too, but no server software handles them."""
+    return "werkzeug.socket" in getattr(request, "environ", {})
+
+
+def _read_range(key: Any, start: int, stop: int) -> bytes:
+    with key.lock:
+        key._value_buffer.seek(start)
+        return bytes(key._value_buffer.read(max(0, stop - start)))
+
+
+def _read_ranges_in_place(response_class: Any) -> None:
+    from moto.s3.models import S3Backend
+
+    original_get_object = response_class.get_object
+
+    def get_object(self: Any) -> Any:
+        # A whole object is streamed only by the server (werkzeug takes an iterable body); the
+        # in-process mock needs bytes, and there a range is still read in place.
+        ranged = bool(self.headers.get("range"))
+        if self._get_int_param("partNumber") or not (ranged or _served_over_http(self.request)):
+            return original_get_object(self)
+        get_key = self._get_key
+
+        def get_key_read_in_ranges(*args: Any, **kwargs: Any) -> Any:
+            key, not_modified = get_key(*args, **kwargs)
+            return _KeyReadInRanges(key), not_modified
+
+        self._get_key = get_key_read_in_ranges  # this response object only: it serves one request
+        return original_get_object(self)
+
+    def upload_part_copy(
+        self: Any,
+        dest_bucket_name: str,
+        multipart_id: str,
+        part_id: int,
+        src_bucket_name: str,
+        src_key_name: str,
+        src_version_id: str | None,
+        start_byte: int | None,
+        end_byte: int | None,
+    ) -> Any:
+        multipart = self.get_bucket(dest_bucket_name).multiparts[multipart_id]
+        source = self.get_object(src_bucket_name, src_key_name, version_id=src_version_id)
+        if start_byte is None:
+            return multipart.set_part(part_id, source.value)
+        stop = min(int(end_byte if end_byte is not None else source.contentsize - 1) + 1, int(source.contentsize))
+        return multipart.set_part(part_id, _read_range(source, start_byte, stop))
+
+    response_class.get_object = get_object
+    S3Backend.upload_part_copy = upload_part_copy

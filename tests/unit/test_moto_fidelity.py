@@ -156,3 +156,62 @@ def test_version_listings_are_url_encoded_when_asked_and_decoded_by_botocore(s3:
     listed = [version["Key"] for page in pages for version in page.get("Versions", [])]
 
     assert sorted(listed) == sorted(keys)
+
+
+@pytest.fixture
+def stored(s3: Any) -> bytes:
+    body = os.urandom(6 * MB + 3)
+    s3.put_object(Bucket=BUCKET, Key="stored", Body=body)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("header", "window"),
+    [
+        ("bytes=0-9", slice(0, 10)),
+        ("bytes=5242880-", slice(5 * MB, None)),
+        ("bytes=-7", slice(-7, None)),
+        ("bytes=100-99999999999", slice(100, None)),
+    ],
+)
+def test_a_ranged_get_answers_the_range(s3: Any, stored: bytes, header: str, window: slice) -> None:
+    got = s3.get_object(Bucket=BUCKET, Key="stored", Range=header)
+    assert got["Body"].read() == stored[window]
+    assert got["ContentRange"].endswith(f"/{len(stored)}")
+
+
+def test_a_range_past_the_end_is_refused(s3: Any, stored: bytes) -> None:
+    with pytest.raises(s3.exceptions.ClientError, match="InvalidRange"):
+        s3.get_object(Bucket=BUCKET, Key="stored", Range=f"bytes={len(stored)}-")
+
+
+def test_a_ranged_get_of_a_large_object_reads_only_the_range(s3: Any) -> None:
+    s3.put_object(Bucket=BUCKET, Key="big", Body=b"x" * (64 * MB))
+    tracemalloc.start()
+    try:
+        body = s3.get_object(Bucket=BUCKET, Key="big", Range="bytes=1000-1999")["Body"].read()
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert body == b"x" * 1000
+    assert peak < 8 * MB, f"{peak / MB:.0f} MB at peak"  # moto's own read all 64 MB
+
+
+def test_upload_part_copy_copies_the_range_or_the_whole_object(s3: Any, stored: bytes) -> None:
+    upload_id = s3.create_multipart_upload(Bucket=BUCKET, Key="copy")["UploadId"]
+    ranges = [(1, f"bytes=0-{5 * MB - 1}"), (2, None)]
+    parts = []
+    for number, window in ranges:
+        extra = {"CopySourceRange": window} if window else {}
+        answer = s3.upload_part_copy(
+            Bucket=BUCKET,
+            Key="copy",
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": BUCKET, "Key": "stored"},
+            **extra,
+        )
+        parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="copy", UploadId=upload_id, MultipartUpload={"Parts": parts})
+
+    assert s3.get_object(Bucket=BUCKET, Key="copy")["Body"].read() == stored[: 5 * MB] + stored
