@@ -42,6 +42,14 @@ def _outcomes(counts: Mapping[str, int]) -> str:
     return ", ".join(parts) or "no outcome"
 
 
+def _why_retried(shard: ShardRecord) -> str:
+    """The ended attempt's outcomes, from the shard's log of attempts (or its reason)."""
+    if shard.attempts_log:
+        last = shard.attempts_log[-1]
+        return f"batch {last.get('batch_id')} ended with {_outcomes(last.get('counts') or {})}"
+    return shard.reason or "its requests ended transiently"
+
+
 @dataclass
 class _ShardSeen:
     attempt: int = 1
@@ -113,7 +121,7 @@ class Narration:
         lines = []
         if shard.attempt > seen.attempt:
             seen.attempt = shard.attempt
-            because = f": {shard.reason}" if shard.reason else ""
+            because = f": {_why_retried(shard)}"
             retried = _plural(shard.attempt_requests, "request")
             attempt = f"attempt {shard.attempt} of {shard.max_attempts}"
             lines.append(self._line(f"{name}: {retried} retried, {attempt}{because}"))

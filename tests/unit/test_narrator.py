@@ -105,11 +105,12 @@ def test_a_job_from_upload_to_manifest_is_told_once_per_event() -> None:
     assert scene.told() == []
 
     # When one errored request goes out again and its new batch is made, both between two reads
+    ended = ({"attempt": 1, "batch_id": "msgbatch_1", "counts": {"succeeded": 2, "errored": 1}},)
     scene.state.put_shard(
-        shard(ShardState.SUBMITTED, attempt=2, attempt_requests=1, batch_id="msgbatch_2", reason="1 errored")
+        shard(ShardState.SUBMITTED, attempt=2, attempt_requests=1, batch_id="msgbatch_2", attempts_log=ended)
     )
     assert scene.told() == [
-        f"{T} job {JOB} shard 0: 1 request retried, attempt 2 of 3: 1 errored",
+        f"{T} job {JOB} shard 0: 1 request retried, attempt 2 of 3: batch msgbatch_1 ended with 2 succeeded, 1 errored",
         f"{T} job {JOB} shard 0: batch msgbatch_2 created (1 request, attempt 2)",
     ]
 
@@ -134,9 +135,7 @@ def test_a_job_from_upload_to_manifest_is_told_once_per_event() -> None:
 def test_a_job_that_failed_within_one_invocation_is_told_with_its_reason() -> None:
     scene = Scene()
     scene.narrator.delivering(s3_event(KEY, VERSION))
-    scene.state.put_job(
-        job(JobStatus.FAILED, rejected=2, reason="every line was rejected", manifest_key=MANIFEST_KEY)
-    )
+    scene.state.put_job(job(JobStatus.FAILED, rejected=2, reason="every line was rejected", manifest_key=MANIFEST_KEY))
     assert scene.told() == [
         f"{T} {KEY} (version {VERSION}) → job {JOB}",
         f"{T} job {JOB} FAILED: every line was rejected; 2 lines rejected ({MANIFEST_KEY})",
