@@ -332,8 +332,8 @@ class Narrator:
 
 
 class ErrorLines(logging.Handler):
-    """The functions' ERROR records as one narrated line each: the function, the message and
-    the job it names, if any."""
+    """The functions' ERROR records as one narrated line each: the function, the message, the
+    job and batch it names (its `job_id` and `batch_id` extras), and the exception, if any."""
 
     def __init__(self, narrator: Narrator) -> None:
         super().__init__(level=logging.ERROR)
@@ -342,8 +342,9 @@ class ErrorLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             service = getattr(record, "service", None) or record.name
-            job = getattr(record, "job_id", None)
-            about = f" (job {job})" if job else ""
+            named = [(what, getattr(record, f"{what}_id", None)) for what in ("job", "batch")]
+            about = ", ".join(f"{what} {value}" for what, value in named if value)
+            about = f" ({about})" if about else ""
             reason = ""
             if record.exc_info and record.exc_info[1] is not None:
                 exc = record.exc_info[1]

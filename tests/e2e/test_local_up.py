@@ -262,3 +262,31 @@ def _dead_pid() -> int:
     """The pid of a process that has ended."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(done.stdout)
+
+
+def test_errors_are_one_line_each(quiet_up: LocalUp, tmp_path: Path) -> None:
+    # Given a provider that refuses the next results download once
+    variables = envfile.read(envfile.default_path({envfile.HOME_VARIABLE: str(quiet_up.home)}))
+    control = EmulatorControl(variables["ANTHROPIC_BASE_URL"])
+    control.set_faults({"http_errors": [{"endpoint": "results", "status": 400, "rate": 1.0, "times": 1}]})
+    try:
+        # When a job's batch ends
+        job = quiet_up.submit(request_file(tmp_path, good=1, bad_line=False))
+        quiet_up.wait_for(f"job {job} COMPLETED:")
+    finally:
+        control.set_faults({})
+
+    # Then the checker's ERROR record, its failed invocation and the event sent to its failure
+    # queue are one line each, and the next tick still finished the job
+    errors = [line for line in quiet_up.narration() if line.startswith("ERROR")]
+    assert len(errors) == 3, errors
+    logged = re.fullmatch(
+        r"ERROR checker: collecting a batch failed \(batch (\S+)\): BadRequestError: Error code: 400 - .+", errors[0]
+    )
+    assert logged, errors[0]
+    failed = f"batchdrop.errors.CheckerItemsFailedError: 1 item(s) failed this tick: batch {logged.group(1)}"
+    assert errors[1] == f"ERROR CheckerFunction invocation 1 failed: {failed}"
+    assert (
+        errors[2]
+        == f"ERROR CheckerFunction event failed all 1 attempts, sent to batchdrop-local-CheckerFailureQueue: {failed}"
+    )
