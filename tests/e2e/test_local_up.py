@@ -213,11 +213,14 @@ def test_anthropic_api_carries_a_job_with_the_key_never_shown(
     stand_in: Emulator, tmp_path: Path, key_from: str
 ) -> None:
     # Given the key in ANTHROPIC_API_KEY, or in a file (and then not in the environment)
+    # (with every log shown: at DEBUG, and at WARNING, which leaves out INFO; the functions
+    # log nothing at DEBUG)
     environ = {"ANTHROPIC_API_KEY": REAL_KEY}
-    flags = ["--anthropic-api", "--anthropic-base-url", stand_in.url]
+    flags = ["--anthropic-api", "--anthropic-base-url", stand_in.url, "--verbose", "--log-level", "DEBUG"]
     if key_from == "file":
         (tmp_path / "key").write_text(REAL_KEY + "\n")
         environ = {"ANTHROPIC_API_KEY": ""}
+        flags[-1] = "WARNING"
         flags += ["--api-key-file", str(tmp_path / "key")]
     up = LocalUp(tmp_path, *flags, env=environ)
 
@@ -237,6 +240,8 @@ def test_anthropic_api_carries_a_job_with_the_key_never_shown(
     assert f"Anthropic's API at {stand_in.url}" in out
     assert "# WARNING: --anthropic-api: every request goes to Anthropic's API and is billed at the batch price;" in out
     assert REAL_KEY not in out + err
+    levels = {json.loads(line).get("level") for line in out.splitlines() if line.startswith("{")}
+    assert ("INFO" in levels) == (key_from == "environment"), levels
     assert REAL_KEY not in json.dumps(env_file)
     assert "ANTHROPIC_API_KEY" not in env_file
     assert env_file["ANTHROPIC_BASE_URL"] == stand_in.url
