@@ -15,6 +15,7 @@ concurrent jobs never interleave."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -89,11 +90,19 @@ class Narration:
     def finished(self, job_id: str) -> bool:
         return job_id in self._finished
 
-    def job(self, job: JobRecord, shards: Sequence[ShardRecord], manifest: Mapping[str, Any] | None) -> list[str]:
-        """The lines for whatever changed in `job` and its `shards` since the last call."""
+    def job(
+        self,
+        job: JobRecord,
+        shards: Sequence[ShardRecord],
+        manifest: Mapping[str, Any] | None,
+        *,
+        found_by: str = "the sweep",
+    ) -> list[str]:
+        """The lines for whatever changed in `job` and its `shards` since the last call. A job
+        not announced yet is announced first, as found by `found_by` ("" for an S3 event)."""
         if job.job_id in self._finished:
             return []
-        lines = self.received(job.source.key, job.source.version_id, job.job_id, by="the sweep")
+        lines = self.received(job.source.key, job.source.version_id, job.job_id, by=found_by)
         seen = self._jobs.setdefault(job.job_id, _JobSeen(shards={}))
         if job.status is JobStatus.FAILED:
             self._finished.add(job.job_id)
@@ -198,6 +207,7 @@ class Narrator:
         self._interval = interval
         self._events: deque[Callable[[], list[str]]] = deque()
         self._tracked: dict[str, None] = {}
+        self._delivered: set[str] = set()  # jobs of the S3 events delivered: not found by the sweep
         self._wake = threading.Condition()
         self._dirty = False
         self._stopping = False
@@ -240,7 +250,9 @@ class Narrator:
             key = unquote_plus(s3.get("object", {}).get("key", ""))
             version = s3.get("object", {}).get("versionId", "null")
             job_id = job_id_for(s3.get("bucket", {}).get("name", self._bucket), key, version)
-            self._push(lambda k=key, v=version, j=job_id: self._track_and_announce(k, v, j))
+            with self._wake:
+                self._delivered.add(job_id)
+            self._push(functools.partial(self._track_and_announce, key, version, job_id))
 
     def invoked(self, function: str, attempt: int, error: str | None) -> None:
         """An invocation ended; `error` is set when it failed (Lambda will retry it)."""
@@ -316,7 +328,9 @@ class Narrator:
         manifest = None
         if job.status not in OPEN_JOB_STATUSES and job.manifest_key:
             manifest = self._read_manifest(job.manifest_key)
-        lines = self.narration.job(job, shards, manifest)
+        with self._wake:
+            found_by = "" if job_id in self._delivered else "the sweep"
+        lines = self.narration.job(job, shards, manifest, found_by=found_by)
         if self.narration.finished(job_id):
             self._tracked.pop(job_id, None)
         return lines

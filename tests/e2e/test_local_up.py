@@ -295,3 +295,17 @@ def test_errors_are_one_line_each(quiet_up: LocalUp, tmp_path: Path) -> None:
         errors[2]
         == f"ERROR CheckerFunction event failed all 1 attempts, sent to batchdrop-local-CheckerFailureQueue: {failed}"
     )
+
+
+def test_anthropic_api_with_an_unreadable_key_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(envfile.HOME_VARIABLE, str(tmp_path))
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.write_text("\n")
+    assert main(["local", "up", "--anthropic-api", "--api-key-file", str(missing)]) == 2
+    assert capsys.readouterr().err == f"batchdrop: --api-key-file {missing}: No such file or directory\n"
+    assert main(["local", "up", "--anthropic-api", "--api-key-file", str(empty)]) == 2
+    assert capsys.readouterr().err == (
+        f"batchdrop: --api-key-file {empty}: the first line is empty, expected an Anthropic API key\n"
+    )

@@ -196,3 +196,23 @@ def test_many_jobs_at_once_each_told_once() -> None:
 
 def vars_of(record: ShardRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in ShardRecord.__dataclass_fields__}
+
+
+def test_a_job_delivered_while_the_table_is_read_is_not_said_to_be_the_sweeps() -> None:
+    # Given a narration round that has taken the queued events, and reads the open jobs just
+    # as the runner delivers an upload and the submit function records its job
+    scene = Scene()
+    read_open_work = scene.state.open_work
+
+    def open_work_as_the_upload_arrives() -> Any:
+        scene.narrator.delivering(s3_event(KEY, VERSION))
+        scene.state.put_job(job(JobStatus.SUBMITTING, requested=3, shard_count=1))
+        return read_open_work()
+
+    scene.state.open_work = open_work_as_the_upload_arrives  # type: ignore[method-assign]
+    told = scene.told()
+    scene.state.open_work = read_open_work  # type: ignore[method-assign]
+
+    # Then the job is announced once, as delivered, not as found by the sweep
+    assert told == [f"{T} {KEY} (version {VERSION}) → job {JOB}", f"{T} job {JOB}: 3 requests in 1 shard"]
+    assert scene.told() == []
