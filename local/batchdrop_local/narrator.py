@@ -293,6 +293,7 @@ class Narrator:
             self._wake.notify_all()
 
     def _run(self) -> None:
+        failure = ""  # the last round's, told once until a round succeeds
         while True:
             with self._wake:
                 if not self._dirty and not self._stopping:
@@ -301,8 +302,11 @@ class Narrator:
                 stopping = self._stopping
             try:
                 self.narrate()
+                failure = ""
             except Exception as exc:  # noqa: BLE001 - a failed read is told, and the next round retries
-                self._write(self.narration.error(f"the narrator cannot read the state table: {exc}")[0])
+                if str(exc) != failure:
+                    self._emit(self.narration.error(f"the narrator cannot read the state table: {exc}"))
+                failure = str(exc)
             if stopping:
                 return
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -216,3 +217,18 @@ def test_a_job_delivered_while_the_table_is_read_is_not_said_to_be_the_sweeps() 
     # Then the job is announced once, as delivered, not as found by the sweep
     assert told == [f"{T} {KEY} (version {VERSION}) → job {JOB}", f"{T} job {JOB}: 3 requests in 1 shard"]
     assert scene.told() == []
+
+
+def test_a_table_it_cannot_read_is_told_once_until_it_can() -> None:
+    scene = Scene()
+
+    def unreadable() -> Any:
+        raise ConnectionError("nothing listens at http://127.0.0.1:1")
+
+    scene.state.open_work = unreadable  # type: ignore[method-assign]
+    scene.narrator.start()
+    for attempt in range(1, 4):
+        scene.narrator.invoked("CheckerFunction", attempt, None)
+        time.sleep(0.05)
+    scene.narrator.stop()
+    assert scene.lines == [f"{T} ERROR the narrator cannot read the state table: nothing listens at http://127.0.0.1:1"]
