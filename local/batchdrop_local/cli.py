@@ -295,7 +295,7 @@ def _add_local(commands: Any) -> None:
         description=(
             "Start moto and the Message Batches emulator on 127.0.0.1, create template.yaml's resources, "
             "deliver inbox/ uploads and cancel/ requests to the submit handler, sweep inbox/ and tick the "
-            "checker; write the client environment to --env-file and print it."
+            "checker; write the client environment to the env file and print one line per event."
         ),
     )
     up.add_argument("--latency", type=float, default=2.0, metavar="SECONDS", help="emulator: time until a batch ends")
@@ -307,52 +307,69 @@ def _add_local(commands: Any) -> None:
     up.add_argument("--port-emulator", type=int, default=0, metavar="N", help="the emulator's port; 0 picks one")
     up.add_argument("--responder", metavar="MODULE:CALLABLE", help="the emulator's responder (docs/local.md)")
     up.add_argument(
-        "--env-file", type=Path, default=Path(".batchdrop/local.env"), metavar="FILE", help="where to write the env"
+        "--env-file", type=Path, metavar="FILE", help="where to write the env (default $BATCHDROP_HOME/local.env)"
     )
+    up.add_argument("--verbose", action="store_true", help="also the handlers' JSON logs, metrics and access logs")
+    up.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO", help="functions' and stack's"
+    )
+    real = up.add_argument_group("the real API (spends money)")
+    real.add_argument("--anthropic-api", action="store_true", help="no emulator: call Anthropic's API")
+    real.add_argument("--api-key-file", type=Path, metavar="FILE", help="the key's file (default $ANTHROPIC_API_KEY)")
+    real.add_argument("--anthropic-base-url", metavar="URL", help="the API's URL (default the SDK's; for tests)")
     up.set_defaults(run=_run_local_up)
 
 
 def _run_local_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import logging
-
-    from batchdrop_local.runner import LocalRunner
-    from batchdrop_local.stack import LocalStack, iter_env_lines
+    from batchdrop_local import local_up
 
     if args.tick <= 0 or args.latency < 0 or args.sweep < 0:
         parser.error("--tick must be > 0, --latency and --sweep >= 0")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)  # "found credentials in environment", per client
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    if not args.anthropic_api and (args.api_key_file or args.anthropic_base_url):
+        parser.error("--api-key-file and --anthropic-base-url go with --anthropic-api")
+    env_path = local_up.env_file_path(args.env_file)
+    note = local_up.check_previous(env_path)
+    args.key = local_up.api_key(args.api_key_file) if args.anthropic_api else None
+    if args.anthropic_api and not args.anthropic_base_url:
+        os.environ.pop("ANTHROPIC_BASE_URL", None)  # the SDK would read it: the real API has none
+    local_up.configure_logging(verbose=args.verbose, level=args.log_level)
+    stop = local_up.wait_for_signal()
     try:
-        stack = LocalStack(
-            moto_port=args.port_moto,
-            emulator_port=args.port_emulator,
-            latency=args.latency,
-            responder=args.responder,
-        ).start()
+        stack = local_up.build_stack(args).start()
     except (ValueError, OSError) as exc:  # a bad template or responder, a port in use
         parser.error(str(exc))
+    local_up.show_access_logs(args.verbose)
+    if note:
+        print(note, flush=True)
     try:
-        with LocalRunner(stack, tick_seconds=args.tick, sweep_seconds=args.sweep or None) as runner:
-            env_file = stack.write_env_file(args.env_file)
-            print(f"# batchdrop local stack: moto {stack.moto_url}, emulator {stack.emulator_url}")
-            print(f"# written to {env_file}; load it with: set -a; . {env_file}; set +a")
-            for line in iter_env_lines(stack.env):
-                print(line)
-            prefixes = " and ".join(f"s3://{stack.bucket_name}/{t.prefix}" for t in runner.triggers)
-            sweeps = f"sweeper every {args.sweep:g} s" if args.sweep else "no sweeper"
-            print(
-                f"# watching {prefixes}; checker every {args.tick:g} s; {sweeps}; Ctrl-C to stop\n"
-                f"# drop request files under inbox/ (`batchdrop submit FILE`); cancel with `batchdrop cancel JOB_ID`",
-                flush=True,
-            )
-            stop.wait()
+        _serve(args, stack, env_path, stop)
     finally:
         stack.stop()
+        local_up.remove_env_file(env_path)
     print("local stack stopped", file=sys.stderr)
     return 0
+
+
+def _serve(args: argparse.Namespace, stack: Any, env_path: Path, stop: threading.Event) -> None:
+    """Run the runner and the narrator until `stop` is set; the env file is written once all runs."""
+    from batchdrop_local import local_up
+    from batchdrop_local.narrator import Narrator
+    from batchdrop_local.runner import LocalRunner
+
+    narrator = Narrator.for_stack(stack, write=lambda line: print(line, flush=True))
+    with (
+        local_up.function_logs(narrator, verbose=args.verbose),
+        LocalRunner(stack, tick_seconds=args.tick, sweep_seconds=args.sweep or None, observer=narrator) as runner,
+    ):
+        env_file = stack.write_env_file(env_path)
+        watching = " and ".join(f"s3://{stack.bucket_name}/{t.prefix}" for t in runner.triggers)
+        print(local_up.banner(args, stack, env_file, watching), flush=True)
+        narrator.start()
+        try:
+            stop.wait()
+        finally:
+            runner.stop()
+            narrator.stop()
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def main() -> int:
         rows = [json.loads(line) for key in manifest["results"] for line in _read(stack, key).splitlines()]
     _print_results(rows, reviews)
     _print_manifest(manifest)
-    print("\nThe same stack talks to the real API when ANTHROPIC_BASE_URL is unset and the secret holds a real")
-    print("key; `sam deploy --guided` puts the same template and handlers in your AWS account (see docs/deploy.md).")
+    print("\nAgainst Claude itself: `batchdrop local up --anthropic-api` runs this stack with your ANTHROPIC_API_KEY")
+    print("(it spends money: every request is billed at the batch price); `sam deploy --guided` puts the same")
+    print("template and handlers in your AWS account (docs/deploy.md).")
     return 0 if manifest["status"] == "COMPLETED" else 1
 
 

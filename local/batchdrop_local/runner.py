@@ -94,7 +94,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote_plus, unquote_plus
 
 from batchdrop import config
@@ -327,6 +327,19 @@ class _Pending:
     event: dict[str, Any]
 
 
+class RunnerObserver(Protocol):
+    """What the runner tells as it works (`batchdrop_local.narrator.Narrator` is one)."""
+
+    def delivering(self, event: Mapping[str, Any]) -> None:
+        """An S3 event is about to be handed to the S3-triggered function."""
+
+    def invoked(self, function: str, attempt: int, error: str | None) -> None:
+        """An invocation ended; `error` is set if it failed."""
+
+    def event_failed(self, function: str, attempts: int, error: str, destination: str | None) -> None:
+        """Every attempt at an event failed; `destination` names the failure queue it went to."""
+
+
 class HandlerLoadError(RuntimeError):
     """The handler file named by template.yaml is missing or does not define the handler."""
 
@@ -388,7 +401,9 @@ class LocalRunner:
 
     `lose_events(key, version_id)`, if given, is asked about every new version: when it
     returns True the version's notification is dropped (`lost_events` lists them). `skipped`
-    maps each key whose notifications the runner cannot handle to the reason."""
+    maps each key whose notifications the runner cannot handle to the reason. An `observer`
+    is told of each S3 event delivered, each invocation and each event that failed for good
+    (it then reports the failures, and the runner logs them at DEBUG only)."""
 
     def __init__(
         self,
@@ -402,8 +417,10 @@ class LocalRunner:
         retry_delay_seconds: float = 1.0,
         sweep_seconds: float | None = None,
         lose_events: Callable[[str, str], bool] | None = None,
+        observer: RunnerObserver | None = None,
     ) -> None:
         self.stack = stack
+        self.observer = observer
         self.tick_seconds = tick_seconds
         self.poll_seconds = poll_seconds
         self.retry_delay_seconds = retry_delay_seconds
@@ -647,6 +664,8 @@ class LocalRunner:
     # -- invoking
 
     def _deliver(self, item: _Pending) -> None:
+        if self.observer is not None:
+            self.observer.delivering(item.event)
         invocation = self._invoke_async(item.trigger.function_logical_id, item.event)
         if invocation.error is None:
             with self._records_lock:
@@ -691,8 +710,11 @@ class LocalRunner:
         invocation.duration_seconds = time.monotonic() - started
         with self._records_lock:
             self.invocations.append(invocation)
+        if self.observer is not None:
+            self.observer.invoked(function.logical_id, attempt, invocation.error)
         if invocation.error is not None:
-            _log.warning(
+            _log.log(
+                logging.DEBUG if self.observer is not None else logging.WARNING,
                 "%s attempt %d failed: %s",
                 function.logical_id,
                 attempt,
@@ -725,16 +747,20 @@ class LocalRunner:
         failure = FailedEvent(function.logical_id, event, last.attempt, last.error or "")
         with self._records_lock:
             self.failures.append(failure)
-        _log.error(
+        destination = function.event_invoke_config.get("DestinationConfig", {}).get("OnFailure", {})
+        queue_url = None
+        if destination.get("Type") == "SQS":
+            queue_url = self.stack.queue_url_for_arn(self.stack.resolver.resolve_str(destination["Destination"]))
+        if self.observer is not None:
+            queue_name = queue_url.rpartition("/")[2] if queue_url else None
+            self.observer.event_failed(function.logical_id, last.attempt, last.error or "", queue_name)
+        _log.log(
+            logging.DEBUG if self.observer is not None else logging.ERROR,
             "%s event failed all %d attempts; recorded as failed",
             function.logical_id,
             last.attempt,
             extra={"function": function.logical_id, "attempts": last.attempt},
         )
-        destination = function.event_invoke_config.get("DestinationConfig", {}).get("OnFailure", {})
-        if destination.get("Type") != "SQS":
-            return
-        queue_url = self.stack.queue_url_for_arn(self.stack.resolver.resolve_str(destination["Destination"]))
         if queue_url is None:
             return
         record = {
@@ -1044,6 +1070,7 @@ __all__ = [
     "Invocation",
     "LocalRunner",
     "ObjectVersion",
+    "RunnerObserver",
     "S3Trigger",
     "build_s3_event",
     "build_scheduler_event",

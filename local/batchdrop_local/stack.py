@@ -395,6 +395,8 @@ class LocalStack:
         parameters: Mapping[str, Any] | None = None,
         stack_name: str = LOCAL_STACK_NAME,
         api_key: str = LOCAL_API_KEY,
+        use_emulator: bool = True,
+        anthropic_base_url: str | None = None,
     ) -> None:
         self.template = SamTemplate.load(template_path)
         # CodeUri and ContentUri are relative to the template's directory.
@@ -408,6 +410,10 @@ class LocalStack:
         self._emulator_port = emulator_port
         self._latency = latency
         self._responder = responder
+        # Without the emulator the functions call the real API (the SDK's default URL), or
+        # `anthropic_base_url` when given (tests put an emulator of their own there).
+        self.use_emulator = use_emulator
+        self._anthropic_base_url = anthropic_base_url
         self._parameter_overrides = dict(parameters or {})
         # Variables every function gets on top of the template's (the pipeline's settings
         # for a local run: batchdrop_local.pipeline_settings).
@@ -433,7 +439,8 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             self._start_moto()
-            self._start_emulator()
+            if self.use_emulator:
+                self._start_emulator()
             self._create_secret()
             self.parameters = self.template.parameter_values(
                 {SECRET_ARN_PARAMETER: self.secret_arn, **self._parameter_overrides}
@@ -446,7 +453,7 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
-        _log.info("local stack ready", extra={"moto": self.moto_url, "emulator": self.emulator_url})
+        _log.info("local stack ready", extra={"moto": self.moto_url, "anthropic": self.anthropic_base_url})
         return self
 
     def stop(self) -> None:
@@ -515,6 +522,18 @@ class LocalStack:
         if self.emulator is None:
             raise RuntimeError("the local stack is not running")
         return self.emulator.url
+
+    @property
+    def anthropic_base_url(self) -> str | None:
+        """Where the functions send API calls: the emulator's URL, or without the emulator the
+        URL given (None: the SDK's default, Anthropic's API)."""
+        return self.emulator_url if self.use_emulator else self._anthropic_base_url
+
+    def _anthropic_env(self, *, with_key: bool) -> dict[str, str]:
+        """ANTHROPIC_BASE_URL when there is one; the key only for the emulator's, never a real one."""
+        url = self.anthropic_base_url
+        env = {"ANTHROPIC_BASE_URL": url} if url else {}
+        return {**env, "ANTHROPIC_API_KEY": self.api_key} if with_key and self.use_emulator else env
 
     def client(self, service: str) -> Any:
         """A boto3 client on moto, created on first use and closed by `stop()`."""
@@ -600,11 +619,11 @@ class LocalStack:
     @property
     def env(self) -> dict[str, str]:
         """Every variable a client or handler needs: endpoints, dummy credentials, the
-        emulator's key, and the functions' Globals environment from template.yaml, resolved."""
+        emulator's key (never a real key: that one is only in the secret), and the functions'
+        Globals environment from template.yaml, resolved."""
         return {
             **self._aws_env(),
-            "ANTHROPIC_BASE_URL": self.emulator_url,
-            "ANTHROPIC_API_KEY": self.api_key,
+            **self._anthropic_env(with_key=True),
             **self._resolved_variables(self.template.function_globals.get("Environment", {}).get("Variables", {})),
         }
 
@@ -616,7 +635,7 @@ class LocalStack:
         name = self.function_name(logical_id)
         return {
             **self._aws_env(),
-            "ANTHROPIC_BASE_URL": self.emulator_url,
+            **self._anthropic_env(with_key=False),
             "AWS_LAMBDA_FUNCTION_NAME": name,
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),

@@ -52,11 +52,13 @@ def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`batchdrop local up` in a process of its own, as a user starts it, so that nothing but the
     command under test writes to this process's output. Yields the env file it wrote."""
     directory = tmp_path_factory.mktemp("local-up")
+    # The env file goes to its one place, $BATCHDROP_HOME/local.env: here, never the real home.
     env_file, log_file = directory / "local.env", directory / "local-up.log"
     command = [str(BATCHDROP), "local", "up", "--latency", "0.5", "--tick", "0.5", "--sweep", "0"]
+    environ = {**os.environ, "BATCHDROP_HOME": str(directory)}
     with (
         log_file.open("w") as log,
-        subprocess.Popen([*command, "--env-file", str(env_file)], stdout=log, stderr=log) as up,
+        subprocess.Popen(command, stdout=log, stderr=log, env=environ) as up,
     ):
         try:
             deadline = time.monotonic() + 120
