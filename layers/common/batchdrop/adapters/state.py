@@ -116,6 +116,8 @@ def _shard_record(item: Mapping[str, Any]) -> ShardRecord:
         result_keys=tuple(item.get("result_keys") or ()),
         attempts_log=tuple(item.get("attempts_log") or ()),
         ended_at=item.get("ended_at"),
+        progress=dict(item.get("progress") or {}),
+        expires_at=item.get("expires_at"),
     )
 
 
@@ -647,7 +649,7 @@ class StateTable(_Jobs):
             ShardState.PENDING,
             fence=self._attempt_fence(shard),
             set_values=values,
-            remove=(*_OPEN_KEYS, "batch_id", "sent_at", "overdue_at"),
+            remove=(*_OPEN_KEYS, "batch_id", "sent_at", "overdue_at", "progress", "expires_at"),
         )
         job = self._job_move(shard.job_id, (JobStatus.SUBMITTING, JobStatus.RUNNING), JobStatus.SUBMITTING)
         return self._transact([{"Update": update}, {"Update": job}], "retry not scheduled")
@@ -661,4 +663,26 @@ class StateTable(_Jobs):
             ConditionExpression="#s = :submitted AND batch_id = :batch",
             ExpressionAttributeNames={"#s": "state"},
             ExpressionAttributeValues={":at": at, ":submitted": str(ShardState.SUBMITTED), ":batch": shard.batch_id},
+        )
+
+    def note_progress(self, shard: ShardRecord, counts: Mapping[str, int], expires_at: str | None) -> bool:
+        """Record an open batch's request counts and expiry on its shard, for clients to show
+        progress: not a move, and only while the shard is still SUBMITTED with `shard`'s batch
+        (False, and nothing written, once it has moved on)."""
+        values: dict[str, Any] = {
+            ":progress": {name: int(n) for name, n in counts.items()},
+            ":submitted": str(ShardState.SUBMITTED),
+            ":batch": shard.batch_id,
+        }
+        assign = "progress = :progress"
+        if expires_at is not None:
+            assign += ", expires_at = :expires"
+            values[":expires"] = expires_at
+        return self._conditional(
+            TableName=self._name,
+            Key=_shard_key(shard.job_id, shard.index),
+            UpdateExpression=f"SET {assign}",
+            ConditionExpression="#s = :submitted AND batch_id = :batch",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues=values,
         )
