@@ -63,6 +63,7 @@ def test_a_finished_jobs_figures_come_from_its_manifest() -> None:
 
     view = job_view(ended, [], manifest)
 
-    assert view.finished and view.succeeded
+    assert view.finished
+    assert view.succeeded
     assert (view.done, view.in_flight, view.cost) == (30, 0, {"batch_usd": "0.000100", "standard_usd": "0.000200"})
     assert "batches" not in view.as_dict()
