@@ -277,7 +277,11 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _status_of_one(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     given = [flag for flag, value in zip(_LIST_ONLY, _list_values(args), strict=True) if value is not None]
     if given:
-        parser.error(f"{', '.join(given)} filter the list of jobs: they do not go with a job id")
+        one = len(given) == 1
+        parser.error(
+            f"{', '.join(given)} {'is' if one else 'are'} for the list of jobs, not one job: "
+            f"drop {'it' if one else 'them'} or the job id"
+        )
     if args.watch and args.json:
         parser.error("--watch shows progress as it goes; --json prints one job once: use one of them")
     if args.timeout is not None and not args.watch:

@@ -393,8 +393,8 @@ def test_what_is_not_a_job_id_is_refused_alike_by_status_results_and_cancel(
 
 @pytest.mark.parametrize(
     ("flags", "named"),
-    [(["--limit", "3"], "--limit"), (["--status", "running"], "--status"), (["--key", "inbox/", "--since", "2h"],
-      "--key, --since")],
+    [(["--limit", "3"], "--limit is"), (["--status", "running"], "--status is"),
+     (["--key", "inbox/", "--since", "2h"], "--key, --since are")],
 )  # fmt: skip
 def test_status_of_one_job_refuses_the_lists_filters(
     user_env: dict[str, str], capsys: pytest.CaptureFixture[str], flags: list[str], named: str
@@ -404,7 +404,8 @@ def test_status_of_one_job_refuses_the_lists_filters(
 
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"batchdrop: error: {named} filter the list of jobs: they do not go with a job id"
+        f"batchdrop: error: {named} for the list of jobs, not one job: drop {'them' if ', ' in named else 'it'} "
+        "or the job id"
     )
 
 
