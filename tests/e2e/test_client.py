@@ -35,9 +35,10 @@ from batchdrop_local.synth import write_requests
 
 pytestmark = pytest.mark.e2e
 
-# This module's stack (tests/e2e/conftest.py): batches take 3 s, so progress shows; its runner
-# is left running in the background for the whole module as `batchdrop local up` runs it
-STACK = {"latency": 3.0, "parameters": {"LogLevel": "WARNING"}}
+# This module's stack (tests/e2e/conftest.py): batches take 4 s, so progress shows (the command polls
+# every second); its runner is left running in the background for the whole module as
+# `batchdrop local up` runs it
+STACK = {"latency": 4.0, "parameters": {"LogLevel": "WARNING"}}
 RUNNER = {"tick_seconds": 0.3, "poll_seconds": 0.1}
 REQUESTS = 40
 BATCHDROP = Path(sys.executable).with_name("batchdrop")
