@@ -409,6 +409,28 @@ def test_status_of_one_job_refuses_the_lists_filters(
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["status", "--watch"], "--watch follows one job: give its id (`batchdrop status JOB_ID --watch`)"),
+        (
+            ["status", UNKNOWN_JOB, "--watch", "--json"],
+            "--watch shows progress as it goes; --json prints one job once: use one of them",
+        ),
+        (["status", UNKNOWN_JOB, "--timeout", "5"], "--timeout is how long --watch waits: add --watch"),
+    ],
+    ids=["watch-without-job", "watch-and-json", "timeout-without-watch"],
+)
+def test_status_watch_is_refused_where_it_cannot_apply(
+    user_env: dict[str, str], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"batchdrop: error: {message}"
+
+
 def test_argparse_errors_stay_exit_2(user_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["status", "--no-such-flag"])
