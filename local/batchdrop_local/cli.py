@@ -15,24 +15,24 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from batchdrop_client import BatchdropError
 from batchdrop_local.commands import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    CommandError,
     add_user_commands,
 )
 
 EXIT_BUG = 70  # an error batchdrop did not expect (sysexits' EX_SOFTWARE)
 
 EPILOG = """exit codes:
-  0    success; submit --wait: the job ended COMPLETED or COMPLETED_WITH_ERRORS
-  1    submit --wait: the job ended FAILED or CANCELED
+  0    success; submit --wait, status --watch: the job ended COMPLETED or COMPLETED_WITH_ERRORS
+  1    submit --wait, status --watch: the job ended FAILED or CANCELED
   2    usage or input error: a bad flag or argument, a file that cannot be read, an unknown job id
   3    the target could not be reached: the local stack not running, an unknown --stack,
-       no AWS credentials, a missing bucket or table
-  4    submit --wait: gave up waiting after --timeout (the job goes on)
+       no AWS credentials, a missing bucket or table, no answer in time
+  4    submit --wait, status --watch: gave up waiting after --timeout (the job goes on)
   70   an unexpected error, a bug in batchdrop (--debug shows its traceback)
   130  stopped by Ctrl-C (a job already submitted goes on)
 
@@ -111,14 +111,16 @@ _ACCESS_CODES = {"AccessDenied", "AccessDeniedException"}
 
 def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
     """The one line a person reads for `exc`, and the exit code."""
-    if isinstance(exc, CommandError):
+    if isinstance(exc, BatchdropError):
         return str(exc), exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
     from botocore import exceptions as aws
 
     if isinstance(exc, aws.EndpointConnectionError | aws.ConnectTimeoutError):
-        return _no_endpoint(str(exc.kwargs.get("endpoint_url", ""))), EXIT_UNREACHABLE
+        return _no_endpoint(str(exc.kwargs.get("endpoint_url", "")), args), EXIT_UNREACHABLE
+    if isinstance(exc, aws.ReadTimeoutError):
+        return _no_answer(str(exc.kwargs.get("endpoint_url", "")), args), EXIT_UNREACHABLE
     if isinstance(exc, aws.NoCredentialsError | aws.PartialCredentialsError):
         return (
             "no AWS credentials: for the local stack, load its env file (`set -a; . .batchdrop/local.env; set +a`); "
@@ -137,15 +139,31 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
     )
 
 
-def _local_endpoint() -> str | None:
-    """AWS_ENDPOINT_URL when it names this machine: the local stack's moto."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+def _local_endpoint(args: argparse.Namespace | None = None) -> str | None:
+    """The endpoint the command used (or AWS_ENDPOINT_URL) when it names this machine: the
+    local stack's moto."""
+    endpoint = getattr(args, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL", "")
     return endpoint if urlsplit(endpoint).hostname in ("127.0.0.1", "localhost", "::1") else None
 
 
-def _no_endpoint(url: str) -> str:
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(url)) if url else "the AWS endpoint"
-    if _local_endpoint():
+def _origin(url: str) -> str:
+    return "{0.scheme}://{0.netloc}".format(urlsplit(url)) if url else "the AWS endpoint"
+
+
+def _no_answer(url: str, args: argparse.Namespace) -> str:
+    """A read timeout: something listens, but did not answer in time."""
+    where = _origin(url)
+    if _local_endpoint(args):
+        return (
+            f"no answer from {where} in time (read timeout): the local stack is busy or stuck; "
+            "try again, or restart it with `batchdrop local up`"
+        )
+    return f"no answer from {where} in time (read timeout): try again, or check the network and AWS's status"
+
+
+def _no_endpoint(url: str, args: argparse.Namespace | None = None) -> str:
+    origin = _origin(url)
+    if _local_endpoint(args):
         return (
             f"nothing listens at {origin} (AWS_ENDPOINT_URL): the local stack is not running, or the env file "
             "is from an earlier run; start it with `batchdrop local up` and load the env file it writes"
@@ -157,7 +175,7 @@ def _refused(exc: Any, args: argparse.Namespace) -> str:
     """A ClientError: AWS (or moto) answered, and said no."""
     error = exc.response.get("Error", {})
     code, text = error.get("Code", ""), error.get("Message", "")
-    local = _local_endpoint()
+    local = _local_endpoint(args)
     where = f" at {local}" if local else ""
     gone = (
         "; is the env file from an earlier `batchdrop local up`? load the one the running stack wrote"

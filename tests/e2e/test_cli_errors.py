@@ -88,6 +88,22 @@ def user_env(local_up: Path) -> Iterator[dict[str, str]]:
         yield variables
 
 
+@pytest.fixture(autouse=True)
+def batchdrop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """batchdrop's own directory for this test (and the commands it runs as processes): the
+    real one is never read."""
+    home = tmp_path / "batchdrop-home"
+    monkeypatch.setenv("BATCHDROP_HOME", str(home))
+    return home
+
+
+def by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell whose variables were set by hand rather than from an env file: nothing names the
+    local stack's process, so a client cannot tell it stale before calling the endpoint."""
+    for name in ("BATCHDROP_LOCAL_PID", "BATCHDROP_LOCAL_STARTED_AT", "BATCHDROP_ENV_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def closed_port() -> int:
     """A port on 127.0.0.1 nothing listens on."""
@@ -149,6 +165,7 @@ def test_a_stack_that_is_not_running_is_one_line_and_exit_3(
     capsys: pytest.CaptureFixture[str],
     argv: list[str],
 ) -> None:
+    by_hand(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
 
     code, out, err = run(capsys, *argv)
@@ -167,10 +184,68 @@ def test_a_stale_env_file_naming_a_stopped_stack_is_exit_3(
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
-    # When the user asks for the jobs, then the line says what to do
+    # When the user asks for the jobs, then the line says the file is stale, before any AWS call
     code, _, err = run(capsys, "status")
     assert code == 3
-    assert one_line(err) == stack_not_running(closed_port)
+    assert one_line(err) == (
+        f"batchdrop: {local_up} is stale: nothing listens at http://127.0.0.1:{closed_port}, the local stack it "
+        f"names (started {variables['BATCHDROP_LOCAL_STARTED_AT']}); start it again with `batchdrop local up`"
+    )
+
+
+def test_an_env_file_found_on_its_own_whose_stack_has_stopped_is_exit_3(
+    local_up: Path, batchdrop_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a shell that loaded nothing, and in the default place an env file whose writer has ended
+    for name in _read_env_file(local_up):
+        monkeypatch.delenv(name, raising=False)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = ended.stdout.strip()
+    stale = batchdrop_home / "local.env"
+    stale.parent.mkdir(parents=True)
+    lines = local_up.read_text().splitlines()
+    stale.write_text(
+        "".join(
+            f"BATCHDROP_LOCAL_PID={pid}\n" if line.startswith("BATCHDROP_LOCAL_PID=") else f"{line}\n"
+            for line in lines
+            if not line.startswith("BATCHDROP_ENV_FILE=")
+        )
+        + f"BATCHDROP_ENV_FILE={stale}\n"
+    )
+    started = _read_env_file(stale)["BATCHDROP_LOCAL_STARTED_AT"]
+
+    # When the user types any command, Then one line says so and how to go on
+    for argv in (["status"], ["results", UNKNOWN_JOB], ["cancel", UNKNOWN_JOB], ["submit", str(SAMPLE)]):
+        code, out, err = run(capsys, *argv)
+        assert (argv, code, out) == (argv, 3, "")
+        assert one_line(err) == (
+            f"batchdrop: {stale} is stale: the local stack that wrote it (pid {pid}, started {started}) has "
+            "stopped; start it again with `batchdrop local up`"
+        )
+
+
+def test_a_read_timeout_is_one_line_and_exit_3(
+    user_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an endpoint that takes connections and never answers, and one try of half a second
+    import botocore.config
+
+    by_hand(monkeypatch)
+    monkeypatch.setitem(botocore.config.Config.OPTION_DEFAULTS, "read_timeout", 0.5)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+
+        code, out, err = run(capsys, "status")
+
+    assert (code, out) == (3, "")
+    assert one_line(err) == (
+        f"batchdrop: no answer from http://127.0.0.1:{port} in time (read timeout): the local stack is busy or "
+        "stuck; try again, or restart it with `batchdrop local up`"
+    )
 
 
 def test_env_names_of_a_stack_that_no_longer_exists_are_exit_3(
@@ -303,6 +378,61 @@ def test_an_unreadable_file_is_exit_2_and_uploads_nothing(user_env: dict[str, st
     assert listing["KeyCount"] == 0
 
 
+@pytest.mark.parametrize("command", ["status", "results", "cancel"])
+@pytest.mark.parametrize("bad_id", ["not-a-job", "j123", "J" + "a" * 24, "../j" + "a" * 24])
+def test_what_is_not_a_job_id_is_refused_alike_by_status_results_and_cancel(
+    user_env: dict[str, str], capsys: pytest.CaptureFixture[str], command: str, bad_id: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, bad_id])
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"batchdrop: error: {bad_id!r} is not a job id: a job id is 'j' and 24 lowercase hex characters"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--limit", "3"], "--limit is"), (["--status", "running"], "--status is"),
+     (["--key", "inbox/", "--since", "2h"], "--key, --since are")],
+)  # fmt: skip
+def test_status_of_one_job_refuses_the_lists_filters(
+    user_env: dict[str, str], capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["status", UNKNOWN_JOB, *flags])
+
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"batchdrop: error: {named} for the list of jobs, not one job: drop {'them' if ', ' in named else 'it'} "
+        "or the job id"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["status", "--watch"], "--watch follows one job: give its id (`batchdrop status JOB_ID --watch`)"),
+        (
+            ["status", UNKNOWN_JOB, "--watch", "--json"],
+            "--watch shows progress as it goes; --json prints one job once: use one of them",
+        ),
+        (["status", UNKNOWN_JOB, "--timeout", "5"], "--timeout is how long --watch waits: add --watch"),
+    ],
+    ids=["watch-without-job", "watch-and-json", "timeout-without-watch"],
+)
+def test_status_watch_is_refused_where_it_cannot_apply(
+    user_env: dict[str, str], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"batchdrop: error: {message}"
+
+
 def test_argparse_errors_stay_exit_2(user_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["status", "--no-such-flag"])
@@ -367,7 +497,7 @@ def test_ctrl_c_while_waiting_stops_waiting_not_the_job(user_env: dict[str, str]
     ) as waiting:
         assert waiting.stdout is not None
         printed = ""
-        while not printed.endswith("batches collected\n"):  # the first progress line: it is waiting
+        while " requests done " not in printed:  # the first progress line: it is waiting
             line = waiting.stdout.readline()
             assert line, f"batchdrop ended before waiting: {printed}"
             printed += line
@@ -448,6 +578,7 @@ def test_debug_shows_the_traceback_with_the_same_exit_code(
     capsys: pytest.CaptureFixture[str],
     argv: list[str],
 ) -> None:
+    by_hand(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
 
     code, _, err = run(capsys, *argv)

@@ -4,6 +4,7 @@ user types them after `batchdrop local up` and loading `.batchdrop/local.env`.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import time
@@ -88,14 +89,26 @@ def test_submit_wait_status_and_results_as_a_user(
 
 def test_results_of_an_unknown_job_name_it(user_env: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:
     # (A job that exists but has not ended: tests/e2e/test_cli_errors.py.)
-    assert main(["results", "jdoesnotexist000000000000"]) == 2
-    assert "no job jdoesnotexist000000000000" in capsys.readouterr().err
+    unknown = "j" + "d" * 24
+    assert main(["results", unknown]) == 2
+    assert f"no job {unknown}" in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def batchdrop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """batchdrop's own directory for this test: a command that looks for the local stack's env
+    file in its default place never reads the real one."""
+    home = tmp_path / "batchdrop-home"
+    monkeypatch.setenv("BATCHDROP_HOME", str(home))
+    monkeypatch.delenv("BATCHDROP_ENV_FILE", raising=False)
+    return home
 
 
 @pytest.fixture
 def shell_without_names() -> Iterator[None]:
-    """A shell without BATCHDROP_BUCKET and BATCHDROP_TABLE. The functions have them in
-    their own environments: the background runner, left running, does not put them here."""
+    """A shell without BATCHDROP_BUCKET and BATCHDROP_TABLE, and no env file in the default
+    place. The functions have them in their own environments: the background runner, left
+    running, does not put them here."""
     with pytest.MonkeyPatch.context() as env:
         env.delenv("BATCHDROP_BUCKET", raising=False)
         env.delenv("BATCHDROP_TABLE", raising=False)
@@ -103,11 +116,33 @@ def shell_without_names() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("stack_and_runner", "shell_without_names")
-def test_commands_without_names_explain_where_to_get_them(capsys: pytest.CaptureFixture[str]) -> None:
+def test_commands_without_names_explain_where_to_get_them(
+    batchdrop_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["status"])
     assert exited.value.code == 2
-    assert ".batchdrop/local.env" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(
+        "batchdrop: error: no bucket or table: pass --stack NAME for a deployed stack, or start the local "
+        f"stack with `batchdrop local up` (its env file, {batchdrop_home / 'local.env'}, is then found on its own)\n"
+    )
+
+
+@pytest.mark.usefixtures("shell_without_names")
+def test_commands_find_the_local_stacks_env_file_on_their_own(
+    stack_and_runner: tuple[LocalStack, LocalRunner], batchdrop_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given `batchdrop local up` wrote its env file in the default place, and this shell loaded nothing
+    running, _ = stack_and_runner
+    running.write_env_file(batchdrop_home / "local.env")
+    before = dict(os.environ)
+
+    # When the user types a command, Then it talks to that stack, without changing the environment
+    assert main(["submit", str(SAMPLE), "--key", "inbox/found/reviews.jsonl", "--wait", "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert f"uploaded s3://{running.bucket_name}/inbox/found/reviews.jsonl" in out
+    assert "  COMPLETED  source inbox/found/reviews.jsonl" in out
+    assert dict(os.environ) == before
 
 
 def test_submit_refuses_a_key_outside_inbox(user_env: LocalStack, capsys: pytest.CaptureFixture[str]) -> None:

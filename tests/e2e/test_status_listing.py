@@ -240,6 +240,8 @@ JOB_SCHEMA: dict[str, Any] = {
     "manifest_key": (str, None),
     "result_keys": list,
     "cost": ({"batch_usd": str, "standard_usd": str}, None),
+    # added in schema 1: what the open batches have processed, how many are open, the nearest expiry
+    "progress": {"in_flight": int, "batches_open": int, "expires_at": (str, None)},
 }
 BATCH_SCHEMA: dict[str, Any] = {
     "shard": int,
@@ -248,6 +250,9 @@ BATCH_SCHEMA: dict[str, Any] = {
     "attempt": int,
     "requests": int,
     "counts": {"succeeded": int, "errored": int, "canceled": int, "expired": int},
+    # added in schema 1: an open batch's request counts as the checker last saw them, and its expiry
+    "progress": ({"processing": int, "succeeded": int, "errored": int, "canceled": int, "expired": int}, None),
+    "expires_at": (str, None),
 }
 
 

@@ -1,6 +1,7 @@
 """What one checker tick costs, in calls: an idle tick is one query, and a busy
 tick grows with open batches, never with requests: one list call shows up to 1,000 of them,
-and a lone batch is retrieved. Exact counts, never times: CallCounter
+a lone batch is retrieved, and a batch whose counts moved has them noted on its shard (one
+write; none when nothing moved). Exact counts, never times: CallCounter
 counts every AWS call of the tick's own clients, and the emulator counts the API requests
 it received per endpoint. A regression such as a write per request, a read of the shard
 bodies on every tick or a second query when idle changes these numbers and fails here."""
@@ -101,12 +102,15 @@ def _close_everything(stack: LocalStack) -> None:
     assert stack.open_batch_count() == 0
 
 
-def _open_tick_cost(stack: LocalStack, requests: int, per_batch: int) -> Cost:
-    """A job's batches submitted and still in progress; what a tick over them costs."""
+def _open_tick_cost(stack: LocalStack, requests: int, per_batch: int) -> tuple[Cost, Cost]:
+    """A job's batches submitted and still in progress; what the first tick over them costs
+    (which notes each batch's progress on its shard), and what the next one costs, when no
+    batch's counts have moved (an hour per batch: none has processed a request yet)."""
     _submit(stack, requests, per_batch)
-    cost = _counted_tick(stack)
+    first = _counted_tick(stack)
+    again = _counted_tick(stack)
     _close_everything(stack)
-    return cost
+    return first, again
 
 
 def _collect_tick_cost(stack: LocalStack, requests: int, per_batch: int) -> tuple[Cost, Upload]:
@@ -135,27 +139,35 @@ def test_an_idle_tick_is_one_query_and_nothing_else(stack: LocalStack) -> None:
 def test_a_tick_over_open_batches_costs_the_same_for_ten_times_the_requests(stack: LocalStack) -> None:
     # Given a job of 2 batches of N requests, then one of 2 batches of 10*N, each still in progress
     # When a tick runs over each
-    small = _open_tick_cost(stack, 2 * N, N)
-    large = _open_tick_cost(stack, 2 * 10 * N, 10 * N)
+    (small, small_again), (large, large_again) = (
+        _open_tick_cost(stack, 2 * N, N),
+        _open_tick_cost(stack, 20 * N, 10 * N),
+    )
 
-    # Then both cost exactly the one query and one list call: no S3, no write, no read per request
-    assert small.aws == large.aws == {("dynamodb", "Query"): 1}
+    # Then both cost exactly the one query, one list call and one write per batch, its progress
+    # noted: no S3, no read or write per request
+    assert small.aws == large.aws == {("dynamodb", "Query"): 1, ("dynamodb", "UpdateItem"): 2}
     assert small.api == large.api == {"list": 1}
     assert small.report.open_batches == large.report.open_batches == 2
     assert not small.report.collected
     assert not large.report.collected
+    # And the next tick, its batches' counts unchanged, writes nothing
+    assert small_again.aws == large_again.aws == {("dynamodb", "Query"): 1}
+    assert small_again.api == large_again.api == {"list": 1}
 
 
 def test_a_tick_over_open_batches_grows_with_the_batches(stack: LocalStack) -> None:
     # Given a job of 1 batch of N requests, then one of 4 batches of N, each still in progress
     # When a tick runs over each
-    one = _open_tick_cost(stack, N, N)
-    four = _open_tick_cost(stack, 4 * N, N)
+    (one, one_again), (four, four_again) = _open_tick_cost(stack, N, N), _open_tick_cost(stack, 4 * N, N)
 
-    # Then the query stays one; the lone batch is retrieved, the four are read from one list call
-    assert one.aws == four.aws == {("dynamodb", "Query"): 1}
-    assert one.api == {"retrieve": 1}
-    assert four.api == {"list": 1}
+    # Then the query stays one, with one progress write per batch the first time it is seen; the
+    # lone batch is retrieved, the four are read from one list call
+    assert one.aws == {("dynamodb", "Query"): 1, ("dynamodb", "UpdateItem"): 1}
+    assert four.aws == {("dynamodb", "Query"): 1, ("dynamodb", "UpdateItem"): 4}
+    assert one_again.aws == four_again.aws == {("dynamodb", "Query"): 1}
+    assert one.api == one_again.api == {"retrieve": 1}
+    assert four.api == four_again.api == {"list": 1}
 
 
 def test_a_tick_that_collects_costs_the_same_for_ten_times_the_requests(stack: LocalStack) -> None:

@@ -63,11 +63,12 @@ def test_create_answers_an_in_progress_batch_with_every_request_processing(clien
     assert client.messages.batches.retrieve(batch.id) == batch
 
 
-def test_counts_stay_processing_until_the_batch_ends_then_all_change_at_once(
+def test_counts_advance_evenly_over_the_latency_then_take_their_final_values_at_the_end(
     start_emulator: StartEmulator, make_client: MakeClient
 ) -> None:
-    # Given an emulator whose batches take half a second, and a batch of 10 requests
-    client = make_client(start_emulator(latency=0.5))
+    # Given an emulator whose batches take a second, and a batch of 10 requests
+    latency = 1.0
+    client = make_client(start_emulator(latency=latency))
     batch = client.messages.batches.create(requests=requests_for(10))
 
     # When the batch is polled until it ends
@@ -79,18 +80,42 @@ def test_counts_stay_processing_until_the_batch_ends_then_all_change_at_once(
 
     wait_for(polled_to_the_end, what="the batch to end")
 
-    # Then every poll before the end saw all 10 requests processing, and no end yet
+    # Then every poll before the end saw the requests processed by then (in order, evenly over
+    # the latency) out of processing, never going back, and no end yet
     *before_end, ended = seen
     assert len(before_end) > 2
+    done_seen = []
     for snapshot in before_end:
         assert snapshot.processing_status == "in_progress"
-        assert counts(snapshot) == NO_COUNTS | {"processing": 10}
+        snapshot_counts = counts(snapshot)
+        assert sum(snapshot_counts.values()) == 10
+        assert snapshot_counts == NO_COUNTS | {
+            "processing": snapshot_counts["processing"],
+            "succeeded": 10 - snapshot_counts["processing"],
+        }
         assert (snapshot.ended_at, snapshot.results_url) == (None, None)
-    # And the end moved all 10 out of processing at once, with ended_at and results_url together
+        done_seen.append(snapshot_counts["succeeded"])
+    assert done_seen == sorted(done_seen)
+    assert done_seen[0] == 0
+    assert any(0 < done < 10 for done in done_seen), done_seen  # progress was visible before the end
+    # And the end set the final counts, with ended_at and results_url together
     assert counts(ended) == NO_COUNTS | {"succeeded": 10}
-    assert sum(counts(ended).values()) == 10
     assert ended.ended_at is not None
     assert ended.results_url is not None
+
+
+def test_a_listed_batch_shows_the_same_counts_so_far(start_emulator: StartEmulator, make_client: MakeClient) -> None:
+    # Given a batch of 100 requests half-way through its 2 s
+    latency = 2.0
+    client = make_client(start_emulator(latency=latency))
+    batch = client.messages.batches.create(requests=requests_for(100))
+    wait_for(lambda: (datetime.now(UTC) - batch.created_at).total_seconds() >= latency / 2, what="half-way")
+
+    # When it is listed, Then about half its requests are out of processing
+    [listed] = [b for b in client.messages.batches.list(limit=5) if b.id == batch.id]
+    assert listed.processing_status == "in_progress"
+    assert 40 <= listed.request_counts.succeeded <= 90
+    assert listed.request_counts.processing == 100 - listed.request_counts.succeeded
 
 
 def test_results_hold_one_succeeded_message_per_request(client: anthropic.Anthropic, control: EmulatorControl) -> None:

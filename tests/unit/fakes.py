@@ -239,6 +239,7 @@ class FakeStateStore:
         self.open_index: set[tuple[str, int | None]] = set()  # (job, None) for a job, (job, index) for a shard
         self.batch_owners: dict[str, tuple[str, int]] = {}  # the PBATCH#<id> guard items
         self.lease: CreateLease | None = None
+        self.progress_writes = 0  # note_progress calls that wrote
 
     # what tests use: items put as they are, in the open index as the adapter keeps it
 
@@ -534,6 +535,8 @@ class FakeStateStore:
             "batch_id": None,
             "sent_at": None,
             "overdue_at": None,
+            "progress": {},
+            "expires_at": None,
         }
         update = self._shard_move(
             shard.job_id,
@@ -554,6 +557,17 @@ class FakeStateStore:
             return False
         if current.overdue_at is None:
             self.shard_items[(shard.job_id, shard.index)] = replace(current, overdue_at=at)
+        return True
+
+    def note_progress(self, shard: ShardRecord, counts: Mapping[str, int], expires_at: str | None) -> bool:
+        current = self.shard_items.get((shard.job_id, shard.index))
+        if current is None or current.state is not ShardState.SUBMITTED or current.batch_id != shard.batch_id:
+            return False
+        self.progress_writes += 1
+        changes: dict[str, Any] = {"progress": {name: int(n) for name, n in counts.items()}}
+        if expires_at is not None:
+            changes["expires_at"] = expires_at
+        self.shard_items[(shard.job_id, shard.index)] = replace(current, **changes)
         return True
 
 

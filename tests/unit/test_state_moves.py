@@ -365,6 +365,8 @@ def _stale(
                lambda st, sh: st.schedule_retry(sh, OUTCOME, RETRY)),
         _stale("flag_overdue: another batch", S.SUBMITTED, {"batch_id": "msgbatch_other"},
                lambda st, sh: st.flag_overdue(sh, SENT_AT)),
+        _stale("note_progress: another batch", S.SUBMITTED, {"batch_id": "msgbatch_other"},
+               lambda st, sh: st.note_progress(sh, PROGRESS, EXPIRES_AT)),
     ],
 )  # fmt: skip
 def test_a_stale_writer_is_refused_by_the_fences(
@@ -461,6 +463,45 @@ def test_an_overdue_flag_keeps_the_first_time(both: Both) -> None:
     flagged = both.fake.get_shard(both.job_id, 0)
     assert flagged is not None
     assert flagged.overdue_at == "2026-11-25T10:00:00.000Z"
+
+
+PROGRESS = {"processing": 1, "succeeded": 2, "errored": 0, "canceled": 0, "expired": 0}
+EXPIRES_AT = "2026-11-24T10:00:00.000Z"
+
+
+@pytest.mark.parametrize("state", list(ShardState), ids=str)
+def test_progress_is_noted_only_on_a_shard_whose_batch_is_open(both: Both, state: ShardState) -> None:
+    # Given a shard in `state`, holding a batch id
+    shard = both.given(JobStatus.RUNNING, state)
+    assert shard is not None
+
+    # When the checker notes its batch's counts and expiry
+    noted = both.same(lambda store: store.note_progress(shard, PROGRESS, EXPIRES_AT))
+
+    # Then they are written, without a move, exactly when the shard is SUBMITTED
+    after = both.fake.get_shard(both.job_id, 0)
+    assert after is not None
+    assert noted is (state is ShardState.SUBMITTED)
+    assert after.state is state
+    if noted:
+        assert (after.progress, after.expires_at) == (PROGRESS, EXPIRES_AT)
+        assert both.table.get_shard(both.job_id, 0) == after
+    else:
+        assert after == shard
+
+
+def test_a_retry_forgets_the_last_batchs_progress(both: Both) -> None:
+    shard = both.given(JobStatus.RUNNING, S.SUBMITTED)
+    assert shard is not None
+    assert both.same(lambda store: store.note_progress(shard, PROGRESS, EXPIRES_AT)) is True
+    noted = both.fake.get_shard(both.job_id, 0)
+    assert noted is not None
+
+    assert both.same(lambda store: store.schedule_retry(noted, OUTCOME, RETRY)) is True
+
+    retried = both.table.get_shard(both.job_id, 0)
+    assert retried is not None
+    assert (retried.progress, retried.expires_at) == ({}, None)
 
 
 # --- job moves --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ it drives), against in-memory fakes of S3, the state table and the Message Batch
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -108,6 +109,47 @@ def test_an_open_batch_is_left_open(world: Fakes) -> None:
     assert report.open_batches == 1
     assert status(world, job_id) is JobStatus.RUNNING
     assert not world.store.exists(results_part_key(job_id, 0))
+
+
+def test_an_open_batchs_progress_is_noted_on_its_shard_only_when_it_changed(world: Fakes) -> None:
+    # Given a job whose batch is open, its requests all processing
+    job_id = submit(world, "abcd")
+    batch_id = batch_of(world, job_id)
+    batch = world.batches.batches[batch_id]
+
+    # When the checker first sees it, Then its counts and expiry are noted on the shard
+    tick(world)
+    shard = world.state.get_shard(job_id, 0)
+    assert shard is not None
+    assert shard.progress == {"processing": 4, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    assert shard.expires_at == batch["expires_at"]
+    assert world.state.progress_writes == 1
+
+    # And a tick that sees the same counts writes nothing
+    tick(world)
+    assert world.state.progress_writes == 1
+
+    # When the provider has processed some, Then the next tick notes the new counts
+    batch["request_counts"] = {"processing": 1, "succeeded": 2, "errored": 1, "canceled": 0, "expired": 0}
+    tick(world)
+    shard = world.state.get_shard(job_id, 0)
+    assert shard is not None
+    assert shard.progress == {"processing": 1, "succeeded": 2, "errored": 1, "canceled": 0, "expired": 0}
+    assert world.state.progress_writes == 2
+    assert shard.state is ShardState.SUBMITTED
+
+
+def test_progress_is_not_noted_on_a_shard_that_has_moved_on(world: Fakes) -> None:
+    # Given the checker read a shard whose batch was open, and the shard then moved to another batch
+    job_id = submit(world, "ab")
+    seen = world.state.get_shard(job_id, 0)
+    assert seen is not None
+    counts = {"processing": 0, "succeeded": 2, "errored": 0, "canceled": 0, "expired": 0}
+
+    # When progress for a batch the shard no longer holds is noted, Then nothing is written
+    assert world.state.note_progress(replace(seen, batch_id="msgbatch_other"), counts, None) is False
+    assert world.state.get_shard(job_id, 0) == seen
+    assert world.state.progress_writes == 0
 
 
 def test_a_job_finishes_with_manifest_event_and_status_only_when_every_shard_is_collected(world: Fakes) -> None:

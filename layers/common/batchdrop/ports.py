@@ -190,6 +190,8 @@ class StateStore(Protocol):
 
     def flag_overdue(self, shard: ShardRecord, at: str) -> bool: ...
 
+    def note_progress(self, shard: ShardRecord, counts: Mapping[str, int], expires_at: str | None) -> bool: ...
+
 
 # --- the Message Batches API and the event bus -----------------------------------------
 

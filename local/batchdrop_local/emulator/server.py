@@ -268,9 +268,9 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "list":
             self._list()
         elif endpoint == "retrieve":
-            self._json(store.get(batch_id).to_api(self._results_base()))
+            self._json(store.get(batch_id).to_api(self._results_base(), store.now()))
         elif endpoint == "cancel":
-            self._json(store.cancel(batch_id).to_api(self._results_base()))
+            self._json(store.cancel(batch_id).to_api(self._results_base(), store.now()))
         elif endpoint == "delete":
             store.delete(batch_id)
             self._json({"id": batch_id, "type": "message_batch_deleted"})
@@ -338,7 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop_connection()
             return
         time.sleep(emu.faults.stall("create"))
-        self._json(batch.to_api(self._results_base()))
+        self._json(batch.to_api(self._results_base(), emu.store.now()))
 
     def _receive_batch(self) -> tuple[Path, list[str]]:
         """Stream the create body to a spool file while validating it; the batch's
@@ -418,7 +418,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "invalid_request_error", "Only one of after_id and before_id may be given")
         rows, has_more = self.emu.store.page(limit, after_id or None, before_id or None)
         base = self._results_base()
-        data = [row.to_api(base) for row in rows]
+        now = self.emu.store.now()
+        data = [row.to_api(base, now) for row in rows]
         self._json(
             {
                 "data": data,

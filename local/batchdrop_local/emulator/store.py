@@ -94,9 +94,26 @@ class Batch:
     counts: str | None
     deleted: int
 
-    def to_api(self, results_base: str) -> dict[str, Any]:
-        """The MessageBatch object, keys in the real API's order."""
-        counts = json.loads(self.counts) if self.counts else dict.fromkeys(_COUNT_KEYS, 0) | {"processing": self.n}
+    def processed_by(self, moment: float) -> int:
+        """How many of its requests (in order) were processed by `moment`: processing runs
+        evenly from create over the latency."""
+        span = self.ready_at - self.created_at
+        share = 1.0 if span <= 0 else min(1.0, max(0.0, (moment - self.created_at) / span))
+        return math.floor(self.n * share)
+
+    def live_counts(self, now: float | None) -> dict[str, int]:
+        """request_counts before the batch ends: the requests processed so far (up to the cancel,
+        once one was asked for) move out of `processing` evenly over the latency, as the real
+        API's do. Their outcomes are drawn only when the batch ends, so until then they count
+        as `succeeded`; the counts at the end are the real ones. Without `now`, all processing."""
+        done = 0
+        if now is not None:
+            done = self.processed_by(min(now, self.cancel_initiated_at or now))
+        return dict.fromkeys(_COUNT_KEYS, 0) | {"processing": self.n - done, "succeeded": done}
+
+    def to_api(self, results_base: str, now: float | None = None) -> dict[str, Any]:
+        """The MessageBatch object, keys in the real API's order, its counts as of `now`."""
+        counts = json.loads(self.counts) if self.counts else self.live_counts(now)
         ended = self.status == "ended"
         return {
             "id": self.id,
@@ -259,6 +276,10 @@ class Store:
         if row is None or (row[-1] and not include_deleted):
             raise ApiError(404, "not_found_error", f"No message batch found with id '{batch_id}'")
         return Batch(*row)
+
+    def now(self) -> float:
+        """The store's clock: what a batch's counts are reckoned against."""
+        return self._clock()
 
     def get(self, batch_id: str) -> Batch:
         return self._get(batch_id)
@@ -438,12 +459,7 @@ class Store:
     def _ending(self, batch: Batch, forced: str | None) -> tuple[float, str, int]:
         """When the batch ends, how ("complete", "canceled" or "expired") and how many of its
         requests (in order) were processed by then: processing runs evenly over the latency."""
-        span = batch.ready_at - batch.created_at
-
-        def processed_by(moment: float) -> int:
-            share = 1.0 if span <= 0 else min(1.0, max(0.0, (moment - batch.created_at) / span))
-            return math.floor(batch.n * share)
-
+        processed_by = batch.processed_by
         now = self._clock()
         if batch.status == "canceling" and forced != "expired":
             assert batch.cancel_initiated_at is not None

@@ -116,6 +116,8 @@ def _shard_record(item: Mapping[str, Any]) -> ShardRecord:
         result_keys=tuple(item.get("result_keys") or ()),
         attempts_log=tuple(item.get("attempts_log") or ()),
         ended_at=item.get("ended_at"),
+        progress=dict(item.get("progress") or {}),
+        expires_at=item.get("expires_at"),
     )
 
 
@@ -423,7 +425,45 @@ class _Jobs(_Table):
         return _job_record(_plain(item))
 
 
-class StateTable(_Jobs):
+class _ShardNotes(_Jobs):
+    """What is written on a shard without moving it: the checker's overdue flag and the
+    progress of its open batch."""
+
+    def flag_overdue(self, shard: ShardRecord, at: str) -> bool:
+        """Note on a shard that its batch ran past its expiry and was canceled by us."""
+        return self._conditional(
+            TableName=self._name,
+            Key=_shard_key(shard.job_id, shard.index),
+            UpdateExpression="SET overdue_at = if_not_exists(overdue_at, :at)",
+            ConditionExpression="#s = :submitted AND batch_id = :batch",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={":at": at, ":submitted": str(ShardState.SUBMITTED), ":batch": shard.batch_id},
+        )
+
+    def note_progress(self, shard: ShardRecord, counts: Mapping[str, int], expires_at: str | None) -> bool:
+        """Record an open batch's request counts and expiry on its shard, for clients to show
+        progress: not a move, and only while the shard is still SUBMITTED with `shard`'s batch
+        (False, and nothing written, once it has moved on)."""
+        values: dict[str, Any] = {
+            ":progress": {name: int(n) for name, n in counts.items()},
+            ":submitted": str(ShardState.SUBMITTED),
+            ":batch": shard.batch_id,
+        }
+        assign = "progress = :progress"
+        if expires_at is not None:
+            assign += ", expires_at = :expires"
+            values[":expires"] = expires_at
+        return self._conditional(
+            TableName=self._name,
+            Key=_shard_key(shard.job_id, shard.index),
+            UpdateExpression=f"SET {assign}",
+            ConditionExpression="#s = :submitted AND batch_id = :batch",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues=values,
+        )
+
+
+class StateTable(_ShardNotes):
     """The state table: job items, the create lease, shard items."""
 
     # --- the create lease -------------------------------------------------------------
@@ -647,18 +687,7 @@ class StateTable(_Jobs):
             ShardState.PENDING,
             fence=self._attempt_fence(shard),
             set_values=values,
-            remove=(*_OPEN_KEYS, "batch_id", "sent_at", "overdue_at"),
+            remove=(*_OPEN_KEYS, "batch_id", "sent_at", "overdue_at", "progress", "expires_at"),
         )
         job = self._job_move(shard.job_id, (JobStatus.SUBMITTING, JobStatus.RUNNING), JobStatus.SUBMITTING)
         return self._transact([{"Update": update}, {"Update": job}], "retry not scheduled")
-
-    def flag_overdue(self, shard: ShardRecord, at: str) -> bool:
-        """Note on a shard that its batch ran past its expiry and was canceled by us."""
-        return self._conditional(
-            TableName=self._name,
-            Key=_shard_key(shard.job_id, shard.index),
-            UpdateExpression="SET overdue_at = if_not_exists(overdue_at, :at)",
-            ConditionExpression="#s = :submitted AND batch_id = :batch",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={":at": at, ":submitted": str(ShardState.SUBMITTED), ":batch": shard.batch_id},
-        )

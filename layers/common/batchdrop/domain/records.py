@@ -83,6 +83,10 @@ class ShardRecord:
     result_keys: tuple[str, ...] = ()
     attempts_log: tuple[Mapping[str, Any], ...] = ()  # one entry per attempt ended
     ended_at: str | None = None
+    # The open batch's request_counts (processing, succeeded, errored, canceled, expired) and
+    # expires_at as the checker last saw them, for clients to show progress; not a state move.
+    progress: Mapping[str, int] = field(default_factory=dict)
+    expires_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,8 @@ from batchdrop.services.unsent import UnsentCloser
 # spending at most one list call per LIST_CALL_PER_BATCHES of them before retrieving the rest.
 LIST_FROM_OPEN_BATCHES = 2
 LIST_CALL_PER_BATCHES = 50
+# The Message Batches API's request_counts, as noted on an open batch's shard.
+PROGRESS_COUNTS = ("processing", "succeeded", "errored", "canceled", "expired")
 
 
 @dataclass
@@ -223,9 +225,11 @@ class Checker:
         self, seen: ShardRecord, batch: Mapping[str, Any], report: TickReport, *, cancel: bool
     ) -> None:
         """An open batch of a canceled job is asked to stop (again, until the provider shows
-        it); one open past its expiry plus a margin is flagged and canceled, so it ends."""
+        it); one open past its expiry plus a margin is flagged and canceled, so it ends. Its
+        request counts and expiry are noted on the shard when they changed since last seen."""
         overdue = False
         expires_at = batch.get("expires_at")
+        self._note_progress(seen, batch)
         now = self._wired.clock.now()
         if expires_at:
             overdue = (now - parse_stamp(str(expires_at))).total_seconds() > self._timings.expiry_margin
@@ -241,6 +245,18 @@ class Checker:
                 logger.warning("cancel not sent yet", extra={"batch_id": batch["id"], "error": str(exc)})
                 return
             report.cancel_sent.append(batch["id"])
+
+    def _note_progress(self, seen: ShardRecord, batch: Mapping[str, Any]) -> None:
+        """Write the batch's request counts and expiry on its shard for clients, only when they
+        differ from what the shard holds: an idle tick writes nothing. A shard that moved on in
+        the meantime is left as it is (the write's condition does not hold)."""
+        raw = batch.get("request_counts") or {}
+        counts = {name: int(raw.get(name, 0)) for name in PROGRESS_COUNTS}
+        expires_at = batch.get("expires_at")
+        expires = str(expires_at) if expires_at else None
+        if counts == dict(seen.progress) and (expires is None or expires == seen.expires_at):
+            return
+        self._wired.state.note_progress(seen, counts, expires)
 
     # --- finished jobs ------------------------------------------------------------------
 

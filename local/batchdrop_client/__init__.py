@@ -1,0 +1,48 @@
+"""batchdrop in Python: submit a file of Message Batches requests, follow its job, read its
+results, against the local stack or a deployed one (docs/local.md).
+
+    from batchdrop_client import Batchdrop
+
+    bd = Batchdrop.from_env()
+    job = bd.submit("reviews.jsonl")
+    final = bd.wait(job, timeout=600)
+    for response in bd.results(job):
+        print(response.custom_id, response.result.type)
+"""
+
+from batchdrop_client.client import Batchdrop, CancelRequest, Job, JobList
+from batchdrop_client.errors import (
+    AlreadyEnded,
+    BatchdropError,
+    InputFileError,
+    InvalidJobId,
+    JobNotFound,
+    ManifestMissing,
+    NotConfigured,
+    NotFinished,
+    StackNotFound,
+    StackNotRunning,
+    WaitTimeout,
+)
+from batchdrop_client.views import BatchView, JobView, Progress
+
+__all__ = [
+    "AlreadyEnded",
+    "BatchView",
+    "Batchdrop",
+    "BatchdropError",
+    "CancelRequest",
+    "InputFileError",
+    "InvalidJobId",
+    "Job",
+    "JobList",
+    "JobNotFound",
+    "JobView",
+    "ManifestMissing",
+    "NotConfigured",
+    "NotFinished",
+    "Progress",
+    "StackNotFound",
+    "StackNotRunning",
+    "WaitTimeout",
+]

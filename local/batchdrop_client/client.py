@@ -1,0 +1,355 @@
+"""`Batchdrop`: submit a file of requests, follow its job, read its results, in Python, against
+the local stack or a deployed one. The `batchdrop` command is built on it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchdrop_client import environment
+from batchdrop_client.errors import (
+    AlreadyEnded,
+    BatchdropError,
+    InputFileError,
+    InvalidJobId,
+    JobNotFound,
+    ManifestMissing,
+    NotConfigured,
+    NotFinished,
+    StackNotFound,
+    StackNotRunning,
+    WaitTimeout,
+)
+from batchdrop_client.views import FINAL, JobView, Progress, job_view, parse_since, parse_time
+
+if TYPE_CHECKING:
+    from anthropic.types.messages import MessageBatchIndividualResponse
+
+    from batchdrop.adapters.state import StateTable
+    from batchdrop.domain.records import JobRecord
+
+INBOX = "inbox/"
+CANCEL_PREFIX = "cancel/"
+JOB_ID = re.compile(r"j[0-9a-f]{24}")
+DEFAULT_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """A submitted file: the object version its job is made from, and the job's id."""
+
+    job_id: str
+    bucket: str
+    key: str
+    version_id: str
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """What `cancel` wrote: the job (as it was), and the cancel object's key and version."""
+
+    job: JobView
+    key: str
+    version_id: str | None
+
+
+class JobList(list[JobView]):
+    """The jobs `jobs` lists, newest first; `more`: how many passed the filters beyond the
+    limit; `seen`: how many jobs the table holds at all."""
+
+    def __init__(self, views: Iterable[JobView], more: int, seen: int) -> None:
+        super().__init__(views)
+        self.more = more
+        self.seen = seen
+
+
+def job_id_of(job: Job | JobView | str) -> str:
+    """The id of a job given as a Job, a JobView or its id; InvalidJobId when it is not one."""
+    job_id = job if isinstance(job, str) else job.job_id
+    if not JOB_ID.fullmatch(job_id):
+        raise InvalidJobId(job_id)
+    return job_id
+
+
+class Batchdrop:
+    """One stack's bucket and table, reached through `session` (a boto3.Session; the default
+    one if None) at `endpoint_url` (AWS's if None)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        table: str,
+        session: Any = None,
+        endpoint_url: str | None = None,
+        *,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        import boto3
+
+        self.bucket, self.table = bucket, table
+        self.endpoint_url = endpoint_url
+        self.poll_seconds = poll_seconds
+        self._session = session or boto3.Session()
+        self._s3_client: Any = None
+        self._state_table: StateTable | None = None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None, table: str | None = None
+    ) -> Batchdrop:
+        """From BATCHDROP_BUCKET, BATCHDROP_TABLE and the AWS_* variables of the environment or,
+        when it names no stack, of the local stack's env file. StackNotRunning when they name a
+        local stack that has stopped; NotConfigured when nothing names a bucket and table."""
+
+        resolved = environment.resolve(environ)
+        env = resolved.env
+        bucket = bucket or env.get(environment.BUCKET_VARIABLE)
+        table = table or env.get(environment.TABLE_VARIABLE)
+        if not bucket or not table:
+            where = environment.env_file_path(environ if environ is not None else _os_environ())
+            raise NotConfigured(
+                "no bucket or table: set BATCHDROP_BUCKET and BATCHDROP_TABLE, name a deployed stack, "
+                f"or start the local stack with `batchdrop local up` (its env file, {where}, is then found)"
+            )
+        reason = environment.stale_reason(resolved)
+        if reason:
+            raise StackNotRunning(f"{reason}; start it again with `batchdrop local up`")
+        return cls(bucket, table, environment.session(resolved), env.get("AWS_ENDPOINT_URL") or None)
+
+    @classmethod
+    def from_stack(
+        cls, name: str, session: Any = None, *, bucket: str | None = None, table: str | None = None
+    ) -> Batchdrop:
+        """From a deployed stack's Outputs (BucketName, TableName); StackNotFound if the region
+        has no such stack."""
+        import boto3
+
+        session = session or boto3.Session()
+        outputs = _stack_outputs(session, name)
+        bucket, table = bucket or outputs.get("BucketName"), table or outputs.get("TableName")
+        if not bucket or not table:
+            raise NotConfigured(f"stack {name} has no BucketName or TableName output: is it a batchdrop stack?")
+        return cls(bucket, table, session)
+
+    # --- clients ------------------------------------------------------------------------
+
+    @property
+    def _s3(self) -> Any:
+        if self._s3_client is None:
+            self._s3_client = self._session.client("s3", endpoint_url=self.endpoint_url)
+        return self._s3_client
+
+    @property
+    def _state(self) -> StateTable:
+        if self._state_table is None:
+            from batchdrop.adapters.state import StateTable
+
+            resource = self._session.resource("dynamodb", endpoint_url=self.endpoint_url)
+            self._state_table = StateTable(self.table, resource=resource)
+        return self._state_table
+
+    # --- submit -------------------------------------------------------------------------
+
+    def submit(self, path: str | Path, key: str | None = None) -> Job:
+        """Upload a .jsonl (or .jsonl.gz) file to `key` (default inbox/<file name>): the upload
+        starts its job."""
+        from batchdrop.domain.jobs import job_id_for
+
+        path = Path(path)
+        key = key or f"{INBOX}{path.name}"
+        if not key.startswith(INBOX):
+            raise InputFileError(f"key {key!r}: only keys under inbox/ start a job")
+        if path.is_dir():
+            raise InputFileError(f"{path} is a directory: give a .jsonl or .jsonl.gz file of requests")
+        if not path.exists():
+            raise InputFileError(f"{path}: no such file")
+        with path.open("rb") as body:  # an unreadable file fails here, before any upload
+            version_id = str(self._s3.put_object(Bucket=self.bucket, Key=key, Body=body)["VersionId"])
+        return Job(job_id_for(self.bucket, key, version_id), self.bucket, key, version_id)
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self, job: Job | JobView | str) -> JobView:
+        """One job and its batches; JobNotFound if the table does not have it."""
+        job_id = job_id_of(job)
+        record, shards = self._state.job_and_shards(job_id)
+        if record is None:
+            raise JobNotFound(job_id, self.table)
+        return job_view(record, shards, self._manifest(record), with_batches=True)
+
+    def jobs(
+        self,
+        status: str | Iterable[str] | None = None,
+        key_prefix: str | None = None,
+        since: datetime | str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> JobList:
+        """The jobs, newest first, that are in one of `status`, have a source key starting with
+        `key_prefix` and were created at `since` or later (a datetime, or `2h`, `3d`, an ISO
+        time); at most `limit` of them (0: all). A table scan: for people, not for pipelines."""
+        wanted = _statuses(status)
+        if isinstance(since, str):
+            try:
+                since = parse_since(since, datetime.now(UTC))
+            except ValueError as exc:
+                raise BatchdropError(f"since {since!r}: {exc}") from None
+        every = self._state.list_jobs()
+        passed = [
+            record
+            for record in every
+            if (wanted is None or str(record.status) in wanted)
+            and (key_prefix is None or record.source.key.startswith(key_prefix))
+            and (since is None or parse_time(record.created_at) >= since)
+        ]
+        shown = passed if limit == 0 else passed[:limit]
+        return JobList((self._listed(record) for record in shown), len(passed) - len(shown), len(every))
+
+    def _listed(self, record: JobRecord) -> JobView:
+        """A listed job: a finished one's figures from its manifest, an open one's from its
+        shards (read only for the jobs shown)."""
+        manifest = self._manifest(record)
+        shards = self._state.shards(record.job_id) if manifest is None else []
+        return job_view(record, shards, manifest)
+
+    def _manifest(self, record: JobRecord) -> dict[str, Any] | None:
+        """A finished job's manifest; None for an open one (and for a finished one whose
+        manifest is missing: its counts then come from the shards, its cost unknown)."""
+        if str(record.status) not in FINAL or not record.manifest_key:
+            return None
+        try:
+            return dict(json.loads(self._s3.get_object(Bucket=self.bucket, Key=record.manifest_key)["Body"].read()))
+        except self._s3.exceptions.NoSuchKey:
+            return None
+
+    # --- wait ---------------------------------------------------------------------------
+
+    def wait(
+        self,
+        job: Job | JobView | str,
+        timeout: float = 3600,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> JobView:
+        """The job's view once it has ended; WaitTimeout after `timeout` seconds. `on_progress`
+        gets a Progress at each poll (status WAITING until the submit function records the job)."""
+        job_id = job_id_of(job)
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            record, shards = self._state.job_and_shards(job_id)
+            elapsed = time.monotonic() - started
+            view = None if record is None else job_view(record, shards, self._manifest(record), with_batches=True)
+            if view is not None and view.finished:
+                if on_progress:
+                    on_progress(view.progress(elapsed))
+                return view
+            if on_progress:
+                on_progress(view.progress(elapsed) if view else Progress("WAITING", 0, None, 0, None, elapsed))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(job_id, timeout)
+            time.sleep(min(self.poll_seconds, left))
+
+    # --- results ------------------------------------------------------------------------
+
+    def manifest(self, job: Job | JobView | str) -> dict[str, Any]:
+        """A finished job's manifest; JobNotFound, NotFinished or ManifestMissing otherwise."""
+        from batchdrop.domain.jobs import manifest_key
+
+        job_id = job_id_of(job)
+        record = self._state.get_job(job_id)
+        if record is None:
+            raise JobNotFound(job_id, self.table)
+        if str(record.status) not in FINAL:
+            raise NotFinished(job_id, str(record.status))
+        key = manifest_key(job_id)
+        try:
+            return dict(json.loads(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
+        except self._s3.exceptions.NoSuchKey:
+            raise ManifestMissing(job_id, str(record.status), f"s3://{self.bucket}/{key}") from None
+
+    def results(self, job: Job | JobView | str) -> Iterator[MessageBatchIndividualResponse]:
+        """Each result line of every results part of a finished job, as the SDK's type, streamed."""
+        from anthropic.types.messages import MessageBatchIndividualResponse
+
+        for key in self.manifest(job).get("results", []):
+            body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                for line in body.iter_lines():
+                    if line.strip():
+                        yield MessageBatchIndividualResponse.model_validate_json(line)
+            finally:
+                body.close()
+
+    def download(self, job: Job | JobView | str, out_dir: str | Path) -> list[Path]:
+        """The manifest, every results part and the rejected lines into out_dir/JOB_ID/; the files."""
+        from batchdrop.domain.jobs import manifest_key
+
+        job_id = job_id_of(job)
+        manifest = self.manifest(job_id)
+        out = Path(out_dir) / job_id
+        out.mkdir(parents=True, exist_ok=True)
+        keys = [*manifest.get("results", []), manifest_key(job_id)]
+        if manifest.get("errors"):
+            keys.append(manifest["errors"])
+        paths = []
+        for key in keys:
+            path = out / Path(key).name
+            self._s3.download_file(self.bucket, key, str(path))
+            paths.append(path)
+        return paths
+
+    # --- cancel -------------------------------------------------------------------------
+
+    def cancel(self, job: Job | JobView | str) -> CancelRequest:
+        """Ask for the job to end CANCELED with its results so far (an empty object at
+        cancel/JOB_ID); JobNotFound, or AlreadyEnded for a job that has ended."""
+        job_id = job_id_of(job)
+        view = self.status(job_id)
+        if view.finished:
+            raise AlreadyEnded(job_id, view.status)
+        key = f"{CANCEL_PREFIX}{job_id}"
+        version_id = self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"").get("VersionId")
+        return CancelRequest(view, key, version_id)
+
+
+def _statuses(status: str | Iterable[str] | None) -> set[str] | None:
+    from batchdrop.domain.states import JobStatus
+
+    if status is None:
+        return None
+    values = [status] if isinstance(status, str) else list(status)
+    wanted = {part.strip().upper() for value in values for part in value.split(",") if part.strip()}
+    known = [s.value for s in JobStatus]
+    unknown = sorted(wanted - set(known))
+    if unknown or not wanted:
+        shown = ", ".join(unknown) or repr(",".join(values))
+        raise BatchdropError(f"status {shown}: a status is one of {', '.join(known)}")
+    return wanted
+
+
+def _stack_outputs(session: Any, name: str) -> dict[str, str]:
+    """A deployed stack's Outputs; StackNotFound if the session's region has no such stack."""
+    cloudformation = session.client("cloudformation")
+    try:
+        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
+    except cloudformation.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ValidationError":
+            raise
+        endpoint = cloudformation.meta.endpoint_url
+        where = f" at {endpoint}" if "amazonaws.com" not in endpoint else ""
+        raise StackNotFound(
+            f"no stack {name} in region {session.region_name}{where}: check the name and AWS_DEFAULT_REGION"
+        ) from None
+    return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+
+def _os_environ() -> Mapping[str, str]:
+    import os
+
+    return os.environ
