@@ -309,6 +309,12 @@ def _add_local(commands: Any) -> None:
     up.add_argument(
         "--env-file", type=Path, default=Path(".batchdrop/local.env"), metavar="FILE", help="where to write the env"
     )
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep moto's and the emulator's state in DIR across a stop and a start (docs/local.md)",
+    )
     up.set_defaults(run=_run_local_up)
 
 
@@ -331,6 +337,7 @@ def _run_local_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             emulator_port=args.port_emulator,
             latency=args.latency,
             responder=args.responder,
+            state_dir=args.state_dir,
         ).start()
     except (ValueError, OSError) as exc:  # a bad template or responder, a port in use
         parser.error(str(exc))

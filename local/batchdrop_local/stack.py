@@ -35,6 +35,7 @@ from cfnlint.decode import decode_str
 if TYPE_CHECKING:
     from batchdrop_local.emulator.server import Emulator
     from batchdrop_local.emulator.settings import EmulatorSettings
+    from batchdrop_local.snapshot import StateDir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -395,6 +396,7 @@ class LocalStack:
         parameters: Mapping[str, Any] | None = None,
         stack_name: str = LOCAL_STACK_NAME,
         api_key: str = LOCAL_API_KEY,
+        state_dir: Path | None = None,
     ) -> None:
         self.template = SamTemplate.load(template_path)
         # CodeUri and ContentUri are relative to the template's directory.
@@ -421,6 +423,11 @@ class LocalStack:
         self.secret_arn = ""
         self.skipped_resources: dict[str, str] = {}
         self._resolver: IntrinsicResolver | None = None
+        # --state-dir (batchdrop_local.snapshot): moto's state is restored from it at start and
+        # saved to it at stop; `restored` says whether there was a snapshot to restore.
+        self.state_dir = state_dir
+        self._state: StateDir | None = None
+        self.restored = False
 
     # -- lifecycle
 
@@ -432,7 +439,10 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         try:
+            self._open_state()
             self._start_moto()
+            if self._state is not None:
+                self.restored = self._state.restore() is not None
             self._start_emulator()
             self._create_secret()
             self.parameters = self.template.parameter_values(
@@ -458,12 +468,36 @@ class LocalStack:
             self.emulator.stop()
             self.emulator = None
         if self._moto is not None:
+            self._save_state()
             # moto's state is process-global (ThreadedMotoServer): the stack's resources must
             # go with it, or the next LocalStack in this process finds them already there.
             with contextlib.suppress(OSError):  # a moto that no longer answers has nothing to reset
                 self._reset_moto()
             self._moto.stop()
             self._moto = None
+        if self._state is not None:
+            self._state.close()
+            self._state = None
+
+    def _open_state(self) -> None:
+        if self.state_dir is not None:
+            from batchdrop_local.snapshot import StateDir
+
+            self._state = StateDir(self.state_dir).open()
+
+    def _save_state(self) -> None:
+        """Snapshot moto to the state directory, once its state is the one restored (a start
+        that failed to restore must not overwrite the snapshot with an empty moto)."""
+        if self._state is None or self._resolver is None:
+            return
+        try:
+            report = self._state.save()
+        except (OSError, ValueError) as exc:
+            _log.error("the local stack's state was not saved to %s: %s", self._state.path, exc)
+            return
+        _log.info(
+            "local stack state saved to %s: %d object versions, %d bytes", report.path, report.objects, report.bytes
+        )
 
     def _reset_moto(self) -> None:
         import urllib.request
@@ -496,6 +530,7 @@ class LocalStack:
             latency=self._latency,
             responder=self._responder,
             api_key=self.api_key,
+            db=self._state.emulator_db if self._state is not None else None,
         )
         if settings.api_key is not None:
             self.api_key = settings.api_key
@@ -682,12 +717,29 @@ class LocalStack:
     # -- creation
 
     def _create_secret(self) -> None:
-        response = self.client("secretsmanager").create_secret(
-            Name=f"{self.stack_name}/anthropic-api-key",
-            Description="The emulator's API key (local stack).",
-            SecretString=self.api_key,
-        )
-        self.secret_arn = response["ARN"]
+        secrets = self.client("secretsmanager")
+        name = f"{self.stack_name}/anthropic-api-key"
+        with self._unless_restored("ResourceExistsException"):
+            response = secrets.create_secret(
+                Name=name, Description="The emulator's API key (local stack).", SecretString=self.api_key
+            )
+            self.secret_arn = response["ARN"]
+            return
+        self.secret_arn = secrets.describe_secret(SecretId=name)["ARN"]
+        if secrets.get_secret_value(SecretId=name)["SecretString"] != self.api_key:
+            secrets.put_secret_value(SecretId=name, SecretString=self.api_key)
+
+    @contextlib.contextmanager
+    def _unless_restored(self, *codes: str) -> Iterator[None]:
+        """Run the block that creates a resource; when the state was restored and the resource
+        is already there (a ClientError with one of `codes`), go on after the block instead."""
+        from botocore.exceptions import ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            if not self.restored or exc.response.get("Error", {}).get("Code") not in codes:
+                raise
 
     def _create_resources(self) -> None:
         creators: dict[str, Callable[[str, dict[str, Any]], LocalResource]] = {
@@ -718,7 +770,11 @@ class LocalStack:
         tags = {tag["Key"]: tag["Value"] for tag in properties.pop("Tags", [])}
         attributes = {key: _attribute_value(value) for key, value in properties.items()}
         sqs = self.client("sqs")
-        url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)["QueueUrl"]
+        with self._unless_restored("QueueAlreadyExists", "QueueNameExists"):
+            url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)["QueueUrl"]
+        if self.restored:  # a queue kept from the last run takes the template's attributes of this one
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         return LocalResource(ref=url, attributes={"Arn": arn, "QueueName": name, "QueueUrl": url})
 
@@ -745,6 +801,9 @@ class LocalStack:
             if passthrough in properties:
                 request[passthrough] = properties[passthrough]
         dynamodb = self.client("dynamodb")
+        if self.restored and name in dynamodb.list_tables()["TableNames"]:
+            table = dynamodb.describe_table(TableName=name)["Table"]
+            return LocalResource(ref=name, attributes=_table_attributes(table))
         table = dynamodb.create_table(**request)["TableDescription"]
         if "TimeToLiveSpecification" in properties:
             dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=properties["TimeToLiveSpecification"])
@@ -752,10 +811,7 @@ class LocalStack:
             dynamodb.update_continuous_backups(
                 TableName=name, PointInTimeRecoverySpecification=properties["PointInTimeRecoverySpecification"]
             )
-        attributes = {"Arn": table["TableArn"]}
-        if "LatestStreamArn" in table:
-            attributes["StreamArn"] = table["LatestStreamArn"]
-        return LocalResource(ref=name, attributes=attributes)
+        return LocalResource(ref=name, attributes=_table_attributes(table))
 
     def _create_event_bus(self, _logical_id: str, properties: dict[str, Any]) -> LocalResource:
         request: dict[str, Any] = {"Name": properties["Name"]}
@@ -763,13 +819,18 @@ class LocalStack:
             request["Description"] = properties["Description"]
         if "Tags" in properties:
             request["Tags"] = properties["Tags"]
-        arn = self.client("events").create_event_bus(**request)["EventBusArn"]
+        events = self.client("events")
+        with self._unless_restored("ResourceAlreadyExistsException"):
+            arn = events.create_event_bus(**request)["EventBusArn"]
+        if self.restored:
+            arn = events.describe_event_bus(Name=properties["Name"])["Arn"]
         return LocalResource(ref=properties["Name"], attributes={"Arn": arn, "Name": properties["Name"]})
 
     def _create_bucket(self, logical_id: str, properties: dict[str, Any]) -> LocalResource:
         name = properties.get("BucketName") or f"{self.stack_name}-{logical_id.lower()}"
         s3 = self.client("s3")
-        s3.create_bucket(Bucket=name)
+        with self._unless_restored("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            s3.create_bucket(Bucket=name)
         for key, value in properties.items():
             if key in ("BucketName", "NotificationConfiguration"):
                 continue  # the name is used above; the local runner delivers the notifications
@@ -853,6 +914,13 @@ def _ensure_port_free(host: str, port: int) -> None:
 
 
 # ---------------------------------------------------------------- CloudFormation → API shapes
+
+
+def _table_attributes(table: Mapping[str, Any]) -> dict[str, str]:
+    attributes = {"Arn": table["TableArn"]}
+    if "LatestStreamArn" in table:
+        attributes["StreamArn"] = table["LatestStreamArn"]
+    return attributes
 
 
 def _attribute_value(value: Any) -> str:
