@@ -355,7 +355,9 @@ def _run_local_up(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 f"# drop request files under inbox/ (`batchdrop submit FILE`); cancel with `batchdrop cancel JOB_ID`",
                 flush=True,
             )
-            stop.wait()
+            # a wait with no timeout never wakes for a signal the kernel hands to another thread
+            while not stop.wait(0.5):
+                pass
     finally:
         stack.stop()
     print("local stack stopped", file=sys.stderr)
