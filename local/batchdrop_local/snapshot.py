@@ -20,7 +20,6 @@ goes. `DIR/lock` keeps a second stack from using the same directory at the same 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import io
 import json
@@ -313,11 +312,75 @@ class _Unpickler(pickle.Unpickler):
         return buffer
 
 
-@contextlib.contextmanager
-def opened(path: Path) -> Iterator[StateDir]:
-    """A StateDir held for the block."""
-    state = StateDir(path).open()
-    try:
-        yield state
-    finally:
-        state.close()
+# ---------------------------------------------------------------- saving as it goes
+
+# Calls that only read, by the name in X-Amz-Target or the query's Action (DynamoDB, Events,
+# Secrets Manager, SQS). A receive only hides a message for its visibility timeout.
+_READS = ("Get", "Describe", "List", "Query", "Scan", "BatchGet", "ReceiveMessage", "Head")
+
+
+class Autosaver:
+    """Saves the state every `seconds` while moto has taken a call that may change it since
+    the last save, so that a stack killed without a stop loses at most that much.
+
+    `watch(app)` wraps moto's WSGI application to count those calls: a request with any
+    method but GET and HEAD whose action, when it names one, is not a read."""
+
+    def __init__(self, state: StateDir, seconds: float) -> None:
+        self.state = state
+        self.seconds = seconds
+        self.changes = 0
+        self.saves = 0
+        self._saved_at_change = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="local-stack-autosave", daemon=True)
+
+    def watch(self, app: Any) -> Any:
+        def counting(environ: dict[str, Any], start_response: Any) -> Any:
+            if _may_change(environ):
+                self.changes += 1  # one writer at a time is not needed: a lost count only delays a save
+            return app(environ, start_response)
+
+        return counting
+
+    def start(self) -> Autosaver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def save_if_changed(self) -> bool:
+        changes = self.changes
+        if changes == self._saved_at_change:
+            return False
+        try:
+            self.state.save()
+        except (OSError, ValueError) as exc:
+            _log.error("the local stack's state was not saved to %s: %s", self.state.path, exc)
+            return False
+        self._saved_at_change = changes
+        self.saves += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self.save_if_changed()
+
+
+def _may_change(environ: dict[str, Any]) -> bool:
+    if environ.get("REQUEST_METHOD", "GET") in ("GET", "HEAD"):
+        return False
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    action = target.rpartition(".")[2] if target else _query_action(environ.get("QUERY_STRING", ""))
+    return not action.startswith(_READS)
+
+
+def _query_action(query: str) -> str:
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if name == "Action":
+            return value
+    return ""

@@ -35,7 +35,7 @@ from cfnlint.decode import decode_str
 if TYPE_CHECKING:
     from batchdrop_local.emulator.server import Emulator
     from batchdrop_local.emulator.settings import EmulatorSettings
-    from batchdrop_local.snapshot import StateDir
+    from batchdrop_local.snapshot import Autosaver, StateDir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -49,6 +49,8 @@ LOCAL_ACCOUNT_ID = "123456789012"
 # `batchdrop-local` both for the bucket and for the functions' BATCHDROP_BUCKET.
 LOCAL_STACK_ID_SUFFIX = "local"
 LOCAL_API_KEY = "batchdrop-local-key"
+# With a state directory, how often moto's state is saved while it changes (besides at stop).
+AUTOSAVE_SECONDS = 30.0
 DUMMY_AWS_KEY = "testing"
 # The template parameter that carries the Anthropic key's secret ARN (the key never enters it).
 SECRET_ARN_PARAMETER = "AnthropicSecretArn"  # noqa: S105 - a parameter name, not a secret
@@ -397,6 +399,7 @@ class LocalStack:
         stack_name: str = LOCAL_STACK_NAME,
         api_key: str = LOCAL_API_KEY,
         state_dir: Path | None = None,
+        autosave_seconds: float | None = AUTOSAVE_SECONDS,
     ) -> None:
         self.template = SamTemplate.load(template_path)
         # CodeUri and ContentUri are relative to the template's directory.
@@ -423,10 +426,13 @@ class LocalStack:
         self.secret_arn = ""
         self.skipped_resources: dict[str, str] = {}
         self._resolver: IntrinsicResolver | None = None
-        # --state-dir (batchdrop_local.snapshot): moto's state is restored from it at start and
-        # saved to it at stop; `restored` says whether there was a snapshot to restore.
+        # --state-dir (batchdrop_local.snapshot): moto's state is restored from it at start,
+        # saved to it every `autosave_seconds` after a change (None: never) and at stop;
+        # `restored` says whether there was a snapshot to restore.
         self.state_dir = state_dir
+        self.autosave_seconds = autosave_seconds
         self._state: StateDir | None = None
+        self.autosaver: Autosaver | None = None
         self.restored = False
 
     # -- lifecycle
@@ -453,6 +459,7 @@ class LocalStack:
             )
             self._create_resources()
             self._check_names()
+            self._start_autosave()
         except BaseException:
             self.stop()
             raise
@@ -467,6 +474,9 @@ class LocalStack:
         if self.emulator is not None:
             self.emulator.stop()
             self.emulator = None
+        if self.autosaver is not None:
+            self.autosaver.stop()
+            self.autosaver = None
         if self._moto is not None:
             self._save_state()
             # moto's state is process-global (ThreadedMotoServer): the stack's resources must
@@ -484,6 +494,16 @@ class LocalStack:
             from batchdrop_local.snapshot import StateDir
 
             self._state = StateDir(self.state_dir).open()
+
+    def _start_autosave(self) -> None:
+        if self._state is None or self.autosave_seconds is None:
+            return
+        from batchdrop_local.snapshot import Autosaver
+
+        self.autosaver = Autosaver(self._state, self.autosave_seconds)
+        server = self._moto._server  # ThreadedMotoServer's werkzeug server reads .app per request
+        server.app = self.autosaver.watch(server.app)
+        self.autosaver.start()
 
     def _save_state(self) -> None:
         """Snapshot moto to the state directory, once its state is the one restored (a start
