@@ -36,6 +36,7 @@ from tests.e2e.support import SUBMIT, assert_each_request_once, finished, input_
 pytestmark = pytest.mark.e2e
 
 BATCHDROP = Path(sys.executable).with_name("batchdrop")  # the console script the venv installs
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "reviews.jsonl"
 REQUESTS = 300
 LATENCY = 4.0  # long enough to stop the stack while the batch runs, short enough for the test
 FINAL = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED")
@@ -166,21 +167,22 @@ def test_a_job_running_at_ctrl_c_ends_after_local_up_with_the_same_state_dir(
     assert (counters["batches"], counters["requests_received"], counters["duplicate_custom_ids"]) == (1, REQUESTS, 0)
     assert second.ctrl_c() == 0
 
-    # And a start without --state-dir is empty
-    third = start(started, tmp_path, "third", "--latency", str(LATENCY))
-    assert batchdrop(third, capsys, monkeypatch, "status") == (0, "no jobs yet\n", "")
-    assert third.ctrl_c() == 0
 
-
-def test_a_second_local_up_on_a_state_dir_in_use_is_refused_in_one_line(tmp_path: Path, started: list[LocalUp]) -> None:
+def test_a_state_dir_serves_one_stack_at_a_time_and_a_start_without_it_is_empty(
+    tmp_path: Path, started: list[LocalUp], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = tmp_path / "state"
     first = start(started, tmp_path, "first", "--state-dir", str(state))
+    code, _, err = batchdrop(first, capsys, monkeypatch, "submit", str(SAMPLE))
+    assert code == 0, err
+    # A second `local up` on the same directory while the first runs is refused in one line
     second = subprocess.run(
         [str(BATCHDROP), "local", "up", "--state-dir", str(state), "--env-file", str(tmp_path / "second.env")],
         capture_output=True,
         text=True,
         timeout=60,
         env={**user_shell(), "BATCHDROP_HOME": str(tmp_path / "home")},
+        check=False,
     )
     assert second.returncode == 2
     assert second.stderr.splitlines()[-1] == (
@@ -188,6 +190,10 @@ def test_a_second_local_up_on_a_state_dir_in_use_is_refused_in_one_line(tmp_path
         f"(pid {first.process.pid}); stop it first"
     )
     assert first.ctrl_c() == 0
+    # A start without --state-dir has none of what the first one held
+    third = start(started, tmp_path, "third")
+    assert batchdrop(third, capsys, monkeypatch, "status") == (0, "no jobs yet\n", "")
+    assert third.ctrl_c() == 0
 
 
 # --------------------------------------------------------------------------- in this process
