@@ -21,7 +21,6 @@ goes. `DIR/lock` keeps a second stack from using the same directory at the same 
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import logging
 import os
@@ -235,7 +234,7 @@ class _Pickler(pickle.Pickler):
         return None
 
 
-def _new_model(cls: type) -> Any:
+def _new_model(cls: Any) -> Any:
     # for a FakeKey, moto's BaseModel.__new__ registers it, so that a reset disposes of it
     return cls.__new__(cls)
 
@@ -260,7 +259,7 @@ def restore(path: Path) -> SaveReport:
         with zipfile.ZipFile(path) as archive:
             _check_header(path, archive)
             with archive.open(_BACKENDS) as entry:
-                unpickler = _Unpickler(io.BufferedReader(entry), archive)  # type: ignore[arg-type]
+                unpickler = _Unpickler(entry, archive)
                 saved: dict[str, Any] = unpickler.load()
     except SnapshotError:
         raise
