@@ -180,12 +180,16 @@ def _backend_dict(service: str) -> Any:
 
 
 def _copy_value(key: Any, out: IO[bytes]) -> int:
-    """Copy one FakeKey's bytes to `out` a piece at a time; 0 for a key already disposed."""
+    """Copy one FakeKey's bytes to `out` a piece at a time. A key that moto disposed of
+    (deleted) after it was pickled fails the save, to be taken again: its pickled state would
+    otherwise come back with no bytes."""
+    if key is None:  # disposed before it was pickled: moto has no bytes for it either
+        return 0
     copied = 0
     with key.lock:
         buffer = key._value_buffer
         if buffer.closed:
-            return 0
+            raise RuntimeError(f"{key.name} was deleted while it was saved")
         buffer.seek(0)
         while chunk := buffer.read(_CHUNK):
             out.write(chunk)
@@ -216,7 +220,7 @@ class _Pickler(pickle.Pickler):
         if isinstance(obj, FakeKey):
             state = {name: value for name, value in obj.__dict__.items() if name not in ("lock", "_value_buffer")}
             state["_value_buffer"] = _Blob(len(self.keys), obj._max_buffer_size)
-            self.keys.append(obj)
+            self.keys.append(None if obj._value_buffer.closed else obj)
             return (_new_model, (type(obj),), state, None, None, _set_key_state)
         if isinstance(obj, _VersionedKeyStore):
             # a dict of key → every version; pickle's own way of saving a dict goes through

@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -431,6 +431,10 @@ class LocalStack:
         # `restored` says whether there was a snapshot to restore.
         self.state_dir = state_dir
         self.autosave_seconds = autosave_seconds
+        if state_dir is not None and emulator_settings is not None and emulator_settings.db is None:
+            from batchdrop_local.snapshot import EMULATOR_DB_NAME
+
+            self._emulator_settings = replace(emulator_settings, db=state_dir.expanduser() / EMULATOR_DB_NAME)
         self._state: StateDir | None = None
         self.autosaver: Autosaver | None = None
         self.restored = False

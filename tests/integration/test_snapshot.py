@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from batchdrop_local.emulator.settings import EmulatorSettings
 from batchdrop_local.snapshot import SNAPSHOT_NAME, SnapshotError
 from batchdrop_local.stack import LocalStack
 
@@ -203,3 +204,11 @@ def test_the_state_is_saved_as_it_changes_and_not_while_it_is_only_read(tmp_path
         stack.client("dynamodb").scan(TableName=stack.table_name)
         time.sleep(0.6)
         assert stack.autosaver.saves == saves
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["built-in settings", "settings given"])
+def test_the_emulator_keeps_its_database_in_the_state_dir(tmp_path: Path, explicit: bool) -> None:
+    settings = EmulatorSettings(host="127.0.0.1", port=0, latency=1.0) if explicit else None
+    with LocalStack(state_dir=tmp_path, autosave_seconds=None, emulator_settings=settings) as stack:
+        assert stack.emulator is not None
+        assert stack.emulator.store.db_path == tmp_path / "emulator.sqlite3"
