@@ -69,6 +69,7 @@ class StateDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path.expanduser().resolve()
+        self.autosaver: Autosaver | None = None
         self._lock_file: IO[str] | None = None
 
     @property
@@ -101,7 +102,34 @@ class StateDir:
         self._lock_file = lock_file
         return self
 
+    def autosave(self, moto_server: Any, seconds: float) -> Autosaver:
+        """Save every `seconds` while the calls `moto_server` (a running ThreadedMotoServer)
+        takes may change its state, until `close()` or `save_at_stop()`."""
+        self.autosaver = Autosaver(self, seconds)
+        server = moto_server._server  # its werkzeug server, which reads .app on each request
+        server.app = self.autosaver.watch(server.app)
+        return self.autosaver.start()
+
+    def save_at_stop(self) -> SaveReport | None:
+        """The last save, with the outcome logged (a stop goes on if it fails)."""
+        self._stop_autosave()
+        try:
+            report = self.save()
+        except (OSError, ValueError) as exc:
+            _log.error("the local stack's state was not saved to %s: %s", self.path, exc)
+            return None
+        _log.info(
+            "local stack state saved to %s: %d object versions, %d bytes", report.path, report.objects, report.bytes
+        )
+        return report
+
+    def _stop_autosave(self) -> None:
+        if self.autosaver is not None:
+            self.autosaver.stop()
+            self.autosaver = None
+
     def close(self) -> None:
+        self._stop_autosave()
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()

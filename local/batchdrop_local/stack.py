@@ -35,7 +35,7 @@ from cfnlint.decode import decode_str
 if TYPE_CHECKING:
     from batchdrop_local.emulator.server import Emulator
     from batchdrop_local.emulator.settings import EmulatorSettings
-    from batchdrop_local.snapshot import Autosaver, StateDir
+    from batchdrop_local.snapshot import StateDir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -431,13 +431,12 @@ class LocalStack:
         # `restored` says whether there was a snapshot to restore.
         self.state_dir = state_dir
         self.autosave_seconds = autosave_seconds
+        self.state: StateDir | None = None
+        self.restored = False
         if state_dir is not None and emulator_settings is not None and emulator_settings.db is None:
             from batchdrop_local.snapshot import EMULATOR_DB_NAME
 
             self._emulator_settings = replace(emulator_settings, db=state_dir.expanduser() / EMULATOR_DB_NAME)
-        self._state: StateDir | None = None
-        self.autosaver: Autosaver | None = None
-        self.restored = False
 
     # -- lifecycle
 
@@ -449,10 +448,13 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         try:
-            self._open_state()
+            if self.state_dir is not None:
+                from batchdrop_local.snapshot import StateDir
+
+                self.state = StateDir(self.state_dir).open()
             self._start_moto()
-            if self._state is not None:
-                self.restored = self._state.restore() is not None
+            if self.state is not None:
+                self.restored = self.state.restore() is not None
             self._start_emulator()
             self._create_secret()
             self.parameters = self.template.parameter_values(
@@ -463,7 +465,8 @@ class LocalStack:
             )
             self._create_resources()
             self._check_names()
-            self._start_autosave()
+            if self.state is not None and self.autosave_seconds is not None:
+                self.state.autosave(self._moto, self.autosave_seconds)
         except BaseException:
             self.stop()
             raise
@@ -478,50 +481,19 @@ class LocalStack:
         if self.emulator is not None:
             self.emulator.stop()
             self.emulator = None
-        if self.autosaver is not None:
-            self.autosaver.stop()
-            self.autosaver = None
         if self._moto is not None:
-            self._save_state()
+            # a start that failed before its state was restored must not overwrite the snapshot
+            if self.state is not None and self._resolver is not None:
+                self.state.save_at_stop()
             # moto's state is process-global (ThreadedMotoServer): the stack's resources must
             # go with it, or the next LocalStack in this process finds them already there.
             with contextlib.suppress(OSError):  # a moto that no longer answers has nothing to reset
                 self._reset_moto()
             self._moto.stop()
             self._moto = None
-        if self._state is not None:
-            self._state.close()
-            self._state = None
-
-    def _open_state(self) -> None:
-        if self.state_dir is not None:
-            from batchdrop_local.snapshot import StateDir
-
-            self._state = StateDir(self.state_dir).open()
-
-    def _start_autosave(self) -> None:
-        if self._state is None or self.autosave_seconds is None:
-            return
-        from batchdrop_local.snapshot import Autosaver
-
-        self.autosaver = Autosaver(self._state, self.autosave_seconds)
-        server = self._moto._server  # ThreadedMotoServer's werkzeug server reads .app per request
-        server.app = self.autosaver.watch(server.app)
-        self.autosaver.start()
-
-    def _save_state(self) -> None:
-        """Snapshot moto to the state directory, once its state is the one restored (a start
-        that failed to restore must not overwrite the snapshot with an empty moto)."""
-        if self._state is None or self._resolver is None:
-            return
-        try:
-            report = self._state.save()
-        except (OSError, ValueError) as exc:
-            _log.error("the local stack's state was not saved to %s: %s", self._state.path, exc)
-            return
-        _log.info(
-            "local stack state saved to %s: %d object versions, %d bytes", report.path, report.objects, report.bytes
-        )
+        if self.state is not None:
+            self.state.close()
+            self.state = None
 
     def _reset_moto(self) -> None:
         import urllib.request
@@ -554,7 +526,7 @@ class LocalStack:
             latency=self._latency,
             responder=self._responder,
             api_key=self.api_key,
-            db=self._state.emulator_db if self._state is not None else None,
+            db=self.state.emulator_db if self.state is not None else None,
         )
         if settings.api_key is not None:
             self.api_key = settings.api_key
@@ -743,7 +715,7 @@ class LocalStack:
     def _create_secret(self) -> None:
         secrets = self.client("secretsmanager")
         name = f"{self.stack_name}/anthropic-api-key"
-        with self._unless_restored("ResourceExistsException"):
+        with _unless_restored(self.restored, "ResourceExistsException"):
             response = secrets.create_secret(
                 Name=name, Description="The emulator's API key (local stack).", SecretString=self.api_key
             )
@@ -752,18 +724,6 @@ class LocalStack:
         self.secret_arn = secrets.describe_secret(SecretId=name)["ARN"]
         if secrets.get_secret_value(SecretId=name)["SecretString"] != self.api_key:
             secrets.put_secret_value(SecretId=name, SecretString=self.api_key)
-
-    @contextlib.contextmanager
-    def _unless_restored(self, *codes: str) -> Iterator[None]:
-        """Run the block that creates a resource; when the state was restored and the resource
-        is already there (a ClientError with one of `codes`), go on after the block instead."""
-        from botocore.exceptions import ClientError
-
-        try:
-            yield
-        except ClientError as exc:
-            if not self.restored or exc.response.get("Error", {}).get("Code") not in codes:
-                raise
 
     def _create_resources(self) -> None:
         creators: dict[str, Callable[[str, dict[str, Any]], LocalResource]] = {
@@ -794,7 +754,7 @@ class LocalStack:
         tags = {tag["Key"]: tag["Value"] for tag in properties.pop("Tags", [])}
         attributes = {key: _attribute_value(value) for key, value in properties.items()}
         sqs = self.client("sqs")
-        with self._unless_restored("QueueAlreadyExists", "QueueNameExists"):
+        with _unless_restored(self.restored, "QueueAlreadyExists", "QueueNameExists"):
             url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)["QueueUrl"]
         if self.restored:  # a queue kept from the last run takes the template's attributes of this one
             url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
@@ -844,7 +804,7 @@ class LocalStack:
         if "Tags" in properties:
             request["Tags"] = properties["Tags"]
         events = self.client("events")
-        with self._unless_restored("ResourceAlreadyExistsException"):
+        with _unless_restored(self.restored, "ResourceAlreadyExistsException"):
             arn = events.create_event_bus(**request)["EventBusArn"]
         if self.restored:
             arn = events.describe_event_bus(Name=properties["Name"])["Arn"]
@@ -853,7 +813,7 @@ class LocalStack:
     def _create_bucket(self, logical_id: str, properties: dict[str, Any]) -> LocalResource:
         name = properties.get("BucketName") or f"{self.stack_name}-{logical_id.lower()}"
         s3 = self.client("s3")
-        with self._unless_restored("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        with _unless_restored(self.restored, "BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             s3.create_bucket(Bucket=name)
         for key, value in properties.items():
             if key in ("BucketName", "NotificationConfiguration"):
@@ -877,6 +837,19 @@ class LocalStack:
             raise TemplateError(
                 f"BATCHDROP_BUCKET resolves to {variables['BATCHDROP_BUCKET']!r} but the bucket is {self.bucket_name!r}"
             )
+
+
+@contextlib.contextmanager
+def _unless_restored(restored: bool, *codes: str) -> Iterator[None]:
+    """Run the block that creates a resource; when the state was restored and the resource is
+    already there (a ClientError with one of `codes`), go on after the block instead."""
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if not restored or exc.response.get("Error", {}).get("Code") not in codes:
+            raise
 
 
 def _list_versions_without_copies() -> None:

@@ -187,23 +187,25 @@ def test_local_up_on_a_snapshot_of_another_moto_says_so_in_one_line(tmp_path: Pa
 
 def test_the_state_is_saved_as_it_changes_and_not_while_it_is_only_read(tmp_path: Path) -> None:
     with LocalStack(state_dir=tmp_path, autosave_seconds=0.2) as stack:
-        assert stack.autosaver is not None
+        assert stack.state is not None
+        autosaver = stack.state.autosaver
+        assert autosaver is not None
         time.sleep(0.5)
-        assert stack.autosaver.saves == 0  # nothing changed since the resources were made
+        assert autosaver.saves == 0  # nothing changed since the resources were made
         s3 = stack.client("s3")
         s3.put_object(Bucket=stack.bucket_name, Key="inbox/x.jsonl", Body=b"x\n")
         deadline = time.monotonic() + 10
-        while stack.autosaver.saves < 1:
+        while autosaver.saves < 1:
             assert time.monotonic() < deadline, "no save 10 s after a put"
             time.sleep(0.05)
         with zipfile.ZipFile(tmp_path / SNAPSHOT_NAME) as archive:
             assert archive.read("blobs/0") == b"x\n"
-        saves = stack.autosaver.saves
+        saves = autosaver.saves
         s3.list_object_versions(Bucket=stack.bucket_name)
         s3.get_object(Bucket=stack.bucket_name, Key="inbox/x.jsonl")["Body"].read()
         stack.client("dynamodb").scan(TableName=stack.table_name)
         time.sleep(0.6)
-        assert stack.autosaver.saves == saves
+        assert autosaver.saves == saves
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["built-in settings", "settings given"])
