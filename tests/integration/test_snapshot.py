@@ -214,3 +214,26 @@ def test_the_emulator_keeps_its_database_in_the_state_dir(tmp_path: Path, explic
     with LocalStack(state_dir=tmp_path, autosave_seconds=None, emulator_settings=settings) as stack:
         assert stack.emulator is not None
         assert stack.emulator.store.db_path == tmp_path / "emulator.sqlite3"
+
+
+def test_what_the_autosave_wrote_is_restored_after_a_stop_that_never_saved(tmp_path: Path) -> None:
+    state, kept = tmp_path / "state", tmp_path / "autosaved.snapshot"
+    # Given a stack that autosaved after a first upload, and was then killed after a second
+    with LocalStack(state_dir=state, autosave_seconds=0.2) as stack:
+        assert stack.state is not None
+        autosaver = stack.state.autosaver
+        assert autosaver is not None
+        s3 = stack.client("s3")
+        first = s3.put_object(Bucket=stack.bucket_name, Key="inbox/first.jsonl", Body=b"1\n")["VersionId"]
+        deadline = time.monotonic() + 10
+        while autosaver.saves < 1:
+            assert time.monotonic() < deadline, "no save 10 s after a put"
+            time.sleep(0.05)
+        (state / SNAPSHOT_NAME).replace(kept)  # what a kill -9 would leave: the autosaved snapshot
+        autosaver.stop()
+        s3.put_object(Bucket=stack.bucket_name, Key="inbox/second.jsonl", Body=b"2\n")
+    kept.replace(state / SNAPSHOT_NAME)  # the save at the stop never happened
+    # When the stack starts again, then it has what was autosaved, under the same version id
+    with LocalStack(state_dir=state, autosave_seconds=None) as stack:
+        versions = stack.client("s3").list_object_versions(Bucket=stack.bucket_name)["Versions"]
+        assert [(version["Key"], version["VersionId"]) for version in versions] == [("inbox/first.jsonl", first)]
