@@ -292,7 +292,8 @@ def _run_emulator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         signal.signal(sig, lambda *_: stop.set())
     with emulator:
         print(f"emulator listening on {emulator.url}", flush=True)
-        stop.wait()
+        while not stop.wait(0.5):  # a wait with no timeout misses a signal handed to another thread
+            pass
     print("emulator stopped", file=sys.stderr)
     return 0
 
@@ -335,6 +336,12 @@ def _add_local(commands: Any) -> None:
     real.add_argument("--anthropic-api", action="store_true", help="no emulator: call Anthropic's API")
     real.add_argument("--api-key-file", type=Path, metavar="FILE", help="the key's file (default $ANTHROPIC_API_KEY)")
     real.add_argument("--anthropic-base-url", metavar="URL", help="the API's URL (default the SDK's; for tests)")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep moto's and the emulator's state in DIR across a stop and a start (docs/local.md)",
+    )
     up.set_defaults(run=_run_local_up)
 
 
@@ -384,7 +391,9 @@ def _serve(args: argparse.Namespace, stack: Any, env_path: Path, stop: threading
         print(local_up.banner(args, stack, env_file, watching), flush=True)
         narrator.start()
         try:
-            stop.wait()
+            # a wait with no timeout never wakes for a signal the kernel hands to another thread
+            while not stop.wait(0.5):
+                pass
         finally:
             runner.stop()
             narrator.stop()

@@ -138,6 +138,7 @@ def build_stack(args: argparse.Namespace) -> LocalStack:
         latency=args.latency,
         responder=args.responder,
         parameters={"LogLevel": args.log_level},
+        state_dir=args.state_dir,
         **options,
     )
 

@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from cfnlint.decode import decode_str
 if TYPE_CHECKING:
     from batchdrop_local.emulator.server import Emulator
     from batchdrop_local.emulator.settings import EmulatorSettings
+    from batchdrop_local.snapshot import StateDir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -48,6 +49,8 @@ LOCAL_ACCOUNT_ID = "123456789012"
 # `batchdrop-local` both for the bucket and for the functions' BATCHDROP_BUCKET.
 LOCAL_STACK_ID_SUFFIX = "local"
 LOCAL_API_KEY = "batchdrop-local-key"
+# With a state directory, how often moto's state is saved while it changes (besides at stop).
+AUTOSAVE_SECONDS = 30.0
 DUMMY_AWS_KEY = "testing"
 # The template parameter that carries the Anthropic key's secret ARN (the key never enters it).
 SECRET_ARN_PARAMETER = "AnthropicSecretArn"  # noqa: S105 - a parameter name, not a secret
@@ -397,6 +400,8 @@ class LocalStack:
         api_key: str = LOCAL_API_KEY,
         use_emulator: bool = True,
         anthropic_base_url: str | None = None,
+        state_dir: Path | None = None,
+        autosave_seconds: float | None = AUTOSAVE_SECONDS,
     ) -> None:
         self.template = SamTemplate.load(template_path)
         # CodeUri and ContentUri are relative to the template's directory.
@@ -427,6 +432,17 @@ class LocalStack:
         self.secret_arn = ""
         self.skipped_resources: dict[str, str] = {}
         self._resolver: IntrinsicResolver | None = None
+        # --state-dir (batchdrop_local.snapshot): moto's state is restored from it at start,
+        # saved to it every `autosave_seconds` after a change (None: never) and at stop;
+        # `restored` says whether there was a snapshot to restore.
+        self.state_dir = state_dir
+        self.autosave_seconds = autosave_seconds
+        self.state: StateDir | None = None
+        self.restored = False
+        if state_dir is not None and emulator_settings is not None and emulator_settings.db is None:
+            from batchdrop_local.snapshot import EMULATOR_DB_NAME
+
+            self._emulator_settings = replace(emulator_settings, db=state_dir.expanduser() / EMULATOR_DB_NAME)
 
     # -- lifecycle
 
@@ -438,7 +454,13 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         try:
+            if self.state_dir is not None:
+                from batchdrop_local.snapshot import StateDir
+
+                self.state = StateDir(self.state_dir).open()
             self._start_moto()
+            if self.state is not None:
+                self.restored = self.state.restore() is not None
             if self.use_emulator:
                 self._start_emulator()
             self._create_secret()
@@ -450,6 +472,8 @@ class LocalStack:
             )
             self._create_resources()
             self._check_names()
+            if self.state is not None and self.autosave_seconds is not None:
+                self.state.autosave(self._moto, self.autosave_seconds)
         except BaseException:
             self.stop()
             raise
@@ -465,12 +489,18 @@ class LocalStack:
             self.emulator.stop()
             self.emulator = None
         if self._moto is not None:
+            # a start that failed before its state was restored must not overwrite the snapshot
+            if self.state is not None and self._resolver is not None:
+                self.state.save_at_stop()
             # moto's state is process-global (ThreadedMotoServer): the stack's resources must
             # go with it, or the next LocalStack in this process finds them already there.
             with contextlib.suppress(OSError):  # a moto that no longer answers has nothing to reset
                 self._reset_moto()
             self._moto.stop()
             self._moto = None
+        if self.state is not None:
+            self.state.close()
+            self.state = None
 
     def _reset_moto(self) -> None:
         import urllib.request
@@ -503,6 +533,7 @@ class LocalStack:
             latency=self._latency,
             responder=self._responder,
             api_key=self.api_key,
+            db=self.state.emulator_db if self.state is not None else None,
         )
         if settings.api_key is not None:
             self.api_key = settings.api_key
@@ -701,12 +732,17 @@ class LocalStack:
     # -- creation
 
     def _create_secret(self) -> None:
-        response = self.client("secretsmanager").create_secret(
-            Name=f"{self.stack_name}/anthropic-api-key",
-            Description="The emulator's API key (local stack).",
-            SecretString=self.api_key,
-        )
-        self.secret_arn = response["ARN"]
+        secrets = self.client("secretsmanager")
+        name = f"{self.stack_name}/anthropic-api-key"
+        with _unless_restored(self.restored, "ResourceExistsException"):
+            response = secrets.create_secret(
+                Name=name, Description="The emulator's API key (local stack).", SecretString=self.api_key
+            )
+            self.secret_arn = response["ARN"]
+            return
+        self.secret_arn = secrets.describe_secret(SecretId=name)["ARN"]
+        if secrets.get_secret_value(SecretId=name)["SecretString"] != self.api_key:
+            secrets.put_secret_value(SecretId=name, SecretString=self.api_key)
 
     def _create_resources(self) -> None:
         creators: dict[str, Callable[[str, dict[str, Any]], LocalResource]] = {
@@ -737,7 +773,11 @@ class LocalStack:
         tags = {tag["Key"]: tag["Value"] for tag in properties.pop("Tags", [])}
         attributes = {key: _attribute_value(value) for key, value in properties.items()}
         sqs = self.client("sqs")
-        url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)["QueueUrl"]
+        with _unless_restored(self.restored, "QueueAlreadyExists", "QueueNameExists"):
+            url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)["QueueUrl"]
+        if self.restored:  # a queue kept from the last run takes the template's attributes of this one
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         return LocalResource(ref=url, attributes={"Arn": arn, "QueueName": name, "QueueUrl": url})
 
@@ -764,6 +804,9 @@ class LocalStack:
             if passthrough in properties:
                 request[passthrough] = properties[passthrough]
         dynamodb = self.client("dynamodb")
+        if self.restored and name in dynamodb.list_tables()["TableNames"]:
+            table = dynamodb.describe_table(TableName=name)["Table"]
+            return LocalResource(ref=name, attributes=_table_attributes(table))
         table = dynamodb.create_table(**request)["TableDescription"]
         if "TimeToLiveSpecification" in properties:
             dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=properties["TimeToLiveSpecification"])
@@ -771,10 +814,7 @@ class LocalStack:
             dynamodb.update_continuous_backups(
                 TableName=name, PointInTimeRecoverySpecification=properties["PointInTimeRecoverySpecification"]
             )
-        attributes = {"Arn": table["TableArn"]}
-        if "LatestStreamArn" in table:
-            attributes["StreamArn"] = table["LatestStreamArn"]
-        return LocalResource(ref=name, attributes=attributes)
+        return LocalResource(ref=name, attributes=_table_attributes(table))
 
     def _create_event_bus(self, _logical_id: str, properties: dict[str, Any]) -> LocalResource:
         request: dict[str, Any] = {"Name": properties["Name"]}
@@ -782,13 +822,18 @@ class LocalStack:
             request["Description"] = properties["Description"]
         if "Tags" in properties:
             request["Tags"] = properties["Tags"]
-        arn = self.client("events").create_event_bus(**request)["EventBusArn"]
+        events = self.client("events")
+        with _unless_restored(self.restored, "ResourceAlreadyExistsException"):
+            arn = events.create_event_bus(**request)["EventBusArn"]
+        if self.restored:
+            arn = events.describe_event_bus(Name=properties["Name"])["Arn"]
         return LocalResource(ref=properties["Name"], attributes={"Arn": arn, "Name": properties["Name"]})
 
     def _create_bucket(self, logical_id: str, properties: dict[str, Any]) -> LocalResource:
         name = properties.get("BucketName") or f"{self.stack_name}-{logical_id.lower()}"
         s3 = self.client("s3")
-        s3.create_bucket(Bucket=name)
+        with _unless_restored(self.restored, "BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            s3.create_bucket(Bucket=name)
         for key, value in properties.items():
             if key in ("BucketName", "NotificationConfiguration"):
                 continue  # the name is used above; the local runner delivers the notifications
@@ -811,6 +856,19 @@ class LocalStack:
             raise TemplateError(
                 f"BATCHDROP_BUCKET resolves to {variables['BATCHDROP_BUCKET']!r} but the bucket is {self.bucket_name!r}"
             )
+
+
+@contextlib.contextmanager
+def _unless_restored(restored: bool, *codes: str) -> Iterator[None]:
+    """Run the block that creates a resource; when the state was restored and the resource is
+    already there (a ClientError with one of `codes`), go on after the block instead."""
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if not restored or exc.response.get("Error", {}).get("Code") not in codes:
+            raise
 
 
 def _list_versions_without_copies() -> None:
@@ -872,6 +930,13 @@ def _ensure_port_free(host: str, port: int) -> None:
 
 
 # ---------------------------------------------------------------- CloudFormation → API shapes
+
+
+def _table_attributes(table: Mapping[str, Any]) -> dict[str, str]:
+    attributes = {"Arn": table["TableArn"]}
+    if "LatestStreamArn" in table:
+        attributes["StreamArn"] = table["LatestStreamArn"]
+    return attributes
 
 
 def _attribute_value(value: Any) -> str:
