@@ -150,17 +150,16 @@ class Narration:
         return lines
 
     def _progress(self, name: str, shard: ShardRecord, seen: _ShardSeen) -> list[str]:
-        """Done/total of an open batch, from the request counts the checker last saw (a
-        `progress` field where the record has one)."""
-        progress = getattr(shard, "progress", None)
-        if not isinstance(progress, Mapping) or not progress:
+        """Done/total of an open batch, from the request counts the checker last saw."""
+        progress = shard.progress
+        if not progress:
             return []
         done = sum(int(progress.get(outcome, 0)) for outcome in OUTCOMES)
         total = shard.attempt_requests
         if seen.progress == (done, total):
             return []
         seen.progress = (done, total)
-        expires = getattr(shard, "expires_at", None)
+        expires = shard.expires_at
         until = f", expires {expires}" if expires else ""
         return [self._line(f"{name}: batch {shard.batch_id} {done}/{total} done{until}")]
 

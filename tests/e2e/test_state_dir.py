@@ -60,6 +60,7 @@ class LocalUp:
             assert self.process.poll() is None, f"batchdrop local up ended: {self.log_file.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "batchdrop local up did not start in 60 s"
             time.sleep(0.1)
+        self._variables = self._read_variables()  # the file goes when the stack stops
 
     def ctrl_c(self) -> int:
         """SIGINT, as Ctrl-C sends it; the exit code."""
@@ -72,6 +73,9 @@ class LocalUp:
             raise AssertionError(f"batchdrop local up did not stop in 60 s: {self.log()[-2000:]}") from None
 
     def variables(self) -> dict[str, str]:
+        return dict(self._variables)
+
+    def _read_variables(self) -> dict[str, str]:
         variables = {}
         for line in self.env_file.read_text().splitlines():
             if line and not line.startswith("#"):

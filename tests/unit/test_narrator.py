@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -23,14 +22,6 @@ VERSION = "v1"
 JOB = job_id_for(BUCKET, KEY, VERSION)
 MANIFEST_KEY = f"results/{JOB}/manifest.json"
 T = "10:00:00"
-
-
-@dataclass(frozen=True)
-class ShardWithProgress(ShardRecord):
-    """A shard record as the checker that notes an open batch's request counts writes it."""
-
-    progress: Mapping[str, int] = field(default_factory=dict)
-    expires_at: str | None = None
 
 
 def s3_event(key: str, version: str) -> dict[str, Any]:
@@ -99,9 +90,7 @@ def test_a_job_from_upload_to_manifest_is_told_once_per_event() -> None:
     assert scene.told() == [f"{T} job {JOB} shard 0: batch msgbatch_1 created (3 requests)"]
     assert scene.told() == []
     progress = {"processing": 1, "succeeded": 1, "errored": 1}
-    scene.state.put_shard(
-        ShardWithProgress(**vars_of(shard(ShardState.SUBMITTED, batch_id="msgbatch_1")), progress=progress)
-    )
+    scene.state.put_shard(replace(shard(ShardState.SUBMITTED, batch_id="msgbatch_1"), progress=progress))
     assert scene.told() == [f"{T} job {JOB} shard 0: batch msgbatch_1 2/3 done"]
     assert scene.told() == []
 
@@ -193,10 +182,6 @@ def test_many_jobs_at_once_each_told_once() -> None:
     assert sorted(scene.lines) == sorted(
         f"{T} {key} (version {VERSION}) → job {job_id_for(BUCKET, key, VERSION)}" for key in keys
     )
-
-
-def vars_of(record: ShardRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in ShardRecord.__dataclass_fields__}
 
 
 def test_a_job_delivered_while_the_table_is_read_is_not_said_to_be_the_sweeps() -> None:
