@@ -16,11 +16,12 @@ idle: the bytes held in deleted-but-open files (moto keeps every object over 5 M
 unlinked temporary file; the handlers spool to them too), the bytes the bucket holds (every
 object version), and the open descriptors. Rows:
 
-- peak RSS (VmHWM of the child), beside the file's size;
+- peak RSS (VmHWM of the child), beside the file's size; judged against bench.goals' bound:
+  the file's size plus 512 MB (the stack never holds the file in memory at once);
 - peak disk held beyond what S3 itself stores (the most, over the samples, of deleted-file
   bytes minus the bucket's bytes at that moment), beside the file's size; judged against
-  bench.goals' working set: 2x the file (a multipart upload's parts and the joined object,
-  both held until the upload completes) plus 256 MB (one shard's create body, spooled);
+  bench.goals' working set: the file (a multipart upload's parts, held until the upload
+  completes) plus 256 MB (one shard's create body, spooled);
 - disk held while idle: the most held over the idle period beside what was held right after
   the job; judged flat (growth under a few MB);
 - open files when the runner started and at the end of the idle period (shown, not judged:
@@ -222,6 +223,7 @@ def figures(found: dict[str, Any]) -> list[Figure]:
     state = "job finished" if found["finished"] else f"job {found['status']} (not finished in time)"
     rss = found["peak_rss_mb"]
     most_rss = max(samples, key=lambda sample: sample.rss_mb)
+    memory_goal = goals.stack_memory_beside_file(rss, file_mb)
     marks = {name: found[name]["seconds"] for name in ("uploaded", "at_submitted") if name in found}
     when = ", ".join(f"{name.removeprefix('at_')} at {seconds:.0f} s" for name, seconds in marks.items())
     return [
@@ -234,6 +236,8 @@ def figures(found: dict[str, Any]) -> list[Figure]:
             "the file's size",
             file_mb,
             file_mb / rss,
+            memory_goal.text,
+            memory_goal.met,
         ),
         Figure(
             "stack",

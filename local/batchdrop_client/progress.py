@@ -4,7 +4,7 @@ both use. Pure functions of a Progress value and the time."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from batchdrop_client.views import Progress
 
@@ -33,6 +33,14 @@ def _expiry(progress: Progress, now: datetime) -> str | None:
     return f"expires in {format_duration(left)}" if left > 0 else f"past its expiry by {format_duration(-left)}"
 
 
+def _expiry_stamp(progress: Progress) -> str | None:
+    """The nearest expiry as a moment (UTC, to the second): a log line stays the same until
+    the job moves, where a countdown would change every time it is printed."""
+    if progress.expires_at is None:
+        return None
+    return f"expires {progress.expires_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
 def _batches(count: int) -> str:
     return "no batch open" if count == 0 else f"{count} batch{'' if count == 1 else 'es'} open"
 
@@ -57,15 +65,17 @@ def bar(progress: Progress, width: int = BAR_WIDTH) -> str:
 def progress_line(progress: Progress, now: datetime, *, tty: bool) -> str:
     """The line to show. On a terminal (`tty`), with a bar and the time elapsed, redrawn in
     place: `RUNNING  [############............]  6/12  50%  0m 07s  1 batch open  expires in 23h 59m`.
-    Otherwise a plain line without the elapsed time, so that it changes only when the job moves:
-    `RUNNING: 6/12 requests done (50%), 1 batch open, expires in 23h 59m`."""
+    Otherwise a plain line without the elapsed time and with the expiry as a moment, so that
+    it changes only when the job moves:
+    `RUNNING: 6/12 requests done (50%), 1 batch open, expires 2026-12-07T09:30:00Z`."""
     done, percent = _done(progress)
-    expiry = _expiry(progress, now)
     if tty:
+        expiry = _expiry(progress, now)
         parts = [progress.status, bar(progress), done, f"{percent:>4}", format_duration(progress.elapsed)]
         parts.append(_batches(progress.batches_open))
         if expiry:
             parts.append(expiry)
         return "  ".join(parts)
     line = f"{progress.status}: {done} requests done ({percent}), {_batches(progress.batches_open)}"
-    return f"{line}, {expiry}" if expiry else line
+    stamp = _expiry_stamp(progress)
+    return f"{line}, {stamp}" if stamp else line

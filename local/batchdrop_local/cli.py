@@ -122,9 +122,11 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
     if isinstance(exc, aws.ReadTimeoutError):
         return _no_answer(str(exc.kwargs.get("endpoint_url", "")), args), EXIT_UNREACHABLE
     if isinstance(exc, aws.NoCredentialsError | aws.PartialCredentialsError):
+        from batchdrop_local import envfile
+
         return (
-            "no AWS credentials: for the local stack, load its env file (`set -a; . .batchdrop/local.env; set +a`); "
-            "for AWS, configure them (`aws configure`, AWS_PROFILE)",
+            f"no AWS credentials: for the local stack, load its env file (`set -a; . {envfile.default_path()}; "
+            "set +a`); for AWS, configure them (`aws configure`, AWS_PROFILE)",
             EXIT_UNREACHABLE,
         )
     if isinstance(exc, aws.NoRegionError):

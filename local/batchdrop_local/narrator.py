@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -159,8 +159,7 @@ class Narration:
         if seen.progress == (done, total):
             return []
         seen.progress = (done, total)
-        expires = shard.expires_at
-        until = f", expires {expires}" if expires else ""
+        until = f", expires {_to_the_second(shard.expires_at)}" if shard.expires_at else ""
         return [self._line(f"{name}: batch {shard.batch_id} {done}/{total} done{until}")]
 
     def _summary(self, job: JobRecord, manifest: Mapping[str, Any]) -> str:
@@ -369,3 +368,14 @@ class ErrorLines(logging.Handler):
             self._narrator.logged_error(f"{service}: {record.getMessage()}{about}{reason}")
         except Exception:  # noqa: BLE001 - logging must never raise into a handler
             self.handleError(record)
+
+
+def _to_the_second(stamp: str) -> str:
+    """An API time stamp (`2026-12-06T20:09:38.518282Z`) in UTC to the second, as people read it."""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -23,6 +23,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from batchdrop_local import envfile
 from batchdrop_local.cli import main
 from batchdrop_local.emulator.control import EmulatorControl
 
@@ -310,7 +311,7 @@ def test_no_credentials_is_exit_3(
     assert (code, out) == (3, "")
     assert one_line(err) == (
         "batchdrop: no AWS credentials: for the local stack, load its env file "
-        "(`set -a; . .batchdrop/local.env; set +a`); for AWS, configure them (`aws configure`, AWS_PROFILE)"
+        f"(`set -a; . {envfile.default_path()}; set +a`); for AWS, configure them (`aws configure`, AWS_PROFILE)"
     )
 
 

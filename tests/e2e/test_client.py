@@ -45,7 +45,7 @@ BATCHDROP = Path(sys.executable).with_name("batchdrop")
 UNKNOWN_JOB = "j" + "0" * 24
 PLAIN_LINE = re.compile(
     r"(?P<status>[A-Z_]+): (?P<done>\d+)/(?P<total>\d+|\?) requests done \((?P<percent>\d+%|--%)\), "
-    r"(?P<batches>no batch open|1 batch open)(?P<expiry>, expires in (\d+m \d\ds|\d+s))?"
+    r"(?P<batches>no batch open|1 batch open)(?P<expiry>, expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)?"
 )
 NAMES = ("BATCHDROP_BUCKET", "BATCHDROP_TABLE", "BATCHDROP_ENV_FILE", "BATCHDROP_LOCAL_PID", "AWS_ENDPOINT_URL")
 

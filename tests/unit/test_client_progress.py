@@ -52,8 +52,9 @@ def test_the_plain_line_has_no_bar_and_no_elapsed_time_so_it_changes_only_when_t
 
     line = progress_line(progress, NOW, tty=False)
 
-    assert line == "RUNNING: 9/12 requests done (75%), 2 batches open, expires in 5m 00s"
+    assert line == "RUNNING: 9/12 requests done (75%), 2 batches open, expires 2026-12-06T18:05:00Z"
     assert progress_line(later, NOW, tty=False) == line
+    assert progress_line(later, NOW + timedelta(seconds=61), tty=False) == line  # no countdown
 
 
 def test_an_unknown_total_shows_a_question_mark_and_an_empty_bar() -> None:
@@ -71,11 +72,12 @@ def test_no_open_batch_has_no_expiry() -> None:
     assert progress_line(submitting, NOW, tty=False) == "SUBMITTING: 0/12 requests done (0%), no batch open"
 
 
-def test_a_batch_past_its_expiry_says_by_how_much() -> None:
+def test_a_batch_past_its_expiry_says_by_how_much_on_a_terminal() -> None:
     late = running(3, 12, expires_in=timedelta(minutes=-2))
 
+    assert progress_line(late, NOW, tty=True).endswith("1 batch open  past its expiry by 2m 00s")
     assert progress_line(late, NOW, tty=False) == (
-        "RUNNING: 3/12 requests done (25%), 1 batch open, past its expiry by 2m 00s"
+        "RUNNING: 3/12 requests done (25%), 1 batch open, expires 2026-12-06T17:58:00Z"
     )
 
 

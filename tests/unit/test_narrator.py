@@ -90,8 +90,11 @@ def test_a_job_from_upload_to_manifest_is_told_once_per_event() -> None:
     assert scene.told() == [f"{T} job {JOB} shard 0: batch msgbatch_1 created (3 requests)"]
     assert scene.told() == []
     progress = {"processing": 1, "succeeded": 1, "errored": 1}
-    scene.state.put_shard(replace(shard(ShardState.SUBMITTED, batch_id="msgbatch_1"), progress=progress))
-    assert scene.told() == [f"{T} job {JOB} shard 0: batch msgbatch_1 2/3 done"]
+    expires = "2026-12-07T10:00:01.518282Z"
+    scene.state.put_shard(
+        replace(shard(ShardState.SUBMITTED, batch_id="msgbatch_1"), progress=progress, expires_at=expires)
+    )
+    assert scene.told() == [f"{T} job {JOB} shard 0: batch msgbatch_1 2/3 done, expires 2026-12-07T10:00:01Z"]
     assert scene.told() == []
 
     # When one errored request goes out again and its new batch is made, both between two reads
