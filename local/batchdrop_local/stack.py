@@ -735,8 +735,9 @@ class LocalStack:
         secrets = self.client("secretsmanager")
         name = f"{self.stack_name}/anthropic-api-key"
         with _unless_restored(self.restored, "ResourceExistsException"):
+            whose = "The emulator's" if self.use_emulator else "Anthropic's"
             response = secrets.create_secret(
-                Name=name, Description="The emulator's API key (local stack).", SecretString=self.api_key
+                Name=name, Description=f"{whose} API key (local stack).", SecretString=self.api_key
             )
             self.secret_arn = response["ARN"]
             return
