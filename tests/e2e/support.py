@@ -4,8 +4,10 @@ stack, the runner and the real handlers, are in conftest.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,17 @@ from batchdrop_local.synth import write_requests
 SUBMIT = "SubmitFunction"
 CHECKER = "CheckerFunction"
 MAX_ATTEMPTS = 3  # the template's default MaxAttempts
+
+
+@contextlib.contextmanager
+def provider_queue_full(stack: LocalStack) -> Iterator[None]:
+    """The provider's queue is full meanwhile: every create is refused, so a job stays open."""
+    control = stack.emulator_control()
+    control.set_faults({"queue_limit": 0})
+    try:
+        yield
+    finally:
+        control.set_faults({})
 
 
 def requests_body(tmp_path: Path, count: int) -> bytes:

@@ -32,6 +32,7 @@ from batchdrop_local.cli import main
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import write_requests
+from tests.e2e.support import provider_queue_full
 
 pytestmark = pytest.mark.e2e
 
@@ -86,10 +87,8 @@ def requests_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def full_queue(running: LocalStack) -> Iterator[None]:
     """The provider's queue is full: every create is refused, so a job stays open."""
-    control = running.emulator_control()
-    control.set_faults({"queue_limit": 0})
-    yield
-    control.set_faults({})
+    with provider_queue_full(running):
+        yield
 
 
 # ---------------------------------------------------------------- the library

@@ -17,6 +17,7 @@ from batchdrop.adapters.state import StateTable
 from batchdrop_local.cli import main
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
+from tests.e2e.support import provider_queue_full
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "reviews.jsonl"
 JOB_ID = re.compile(r"j[0-9a-f]{24}")  # as batchdrop.domain.jobs.job_id_for makes them
@@ -164,10 +165,8 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
 @pytest.fixture
 def full_queue(running: LocalStack) -> Iterator[None]:
     """The provider's queue is full: every create is refused, so a job stays open."""
-    control = running.emulator_control()
-    control.set_faults({"queue_limit": 0})
-    yield
-    control.set_faults({})
+    with provider_queue_full(running):
+        yield
 
 
 @pytest.mark.usefixtures("full_queue")
