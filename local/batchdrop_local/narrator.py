@@ -252,12 +252,16 @@ class Narrator:
                 self._delivered.add(job_id)
             self._push(functools.partial(self._track_and_announce, key, version, job_id))
 
-    def invoked(self, function: str, attempt: int, error: str | None) -> None:
-        """An invocation ended; `error` is set when it failed (Lambda will retry it)."""
+    def invoked(self, function: str, attempt: int, error: str | None, result: Any = None) -> None:
+        """An invocation ended; `error` is set when it failed (Lambda will retry it). The jobs a
+        sweep started are followed from here: one whose file fails as it is read is finished
+        within that invocation, and never shows in the table's index of open jobs."""
         if error is not None:
             self._push(lambda: self.narration.error(f"{function} invocation {attempt} failed: {error}"))
-        else:
-            self._push(list)
+            return
+        started = result.get("started") if isinstance(result, Mapping) else None
+        jobs = [job_id for job_id in started or () if isinstance(job_id, str)]
+        self._push(functools.partial(self._track, jobs))
 
     def event_failed(self, function: str, attempts: int, error: str, destination: str | None) -> None:
         """Every attempt at an event failed: it went to the function's failure queue."""
@@ -336,6 +340,12 @@ class Narrator:
         if self.narration.finished(job_id):
             self._tracked.pop(job_id, None)
         return lines
+
+    def _track(self, job_ids: list[str]) -> list[str]:
+        for job_id in job_ids:
+            if not self.narration.finished(job_id):
+                self._tracked.setdefault(job_id)
+        return []
 
     def _track_and_announce(self, key: str, version_id: str, job_id: str) -> list[str]:
         if not self.narration.finished(job_id):

@@ -333,8 +333,8 @@ class RunnerObserver(Protocol):
     def delivering(self, event: Mapping[str, Any]) -> None:
         """An S3 event is about to be handed to the S3-triggered function."""
 
-    def invoked(self, function: str, attempt: int, error: str | None) -> None:
-        """An invocation ended; `error` is set if it failed."""
+    def invoked(self, function: str, attempt: int, error: str | None, result: Any = None) -> None:
+        """An invocation ended; `error` is set if it failed, `result` is what the handler returned."""
 
     def event_failed(self, function: str, attempts: int, error: str, destination: str | None) -> None:
         """Every attempt at an event failed; `destination` names the failure queue it went to."""
@@ -711,7 +711,7 @@ class LocalRunner:
         with self._records_lock:
             self.invocations.append(invocation)
         if self.observer is not None:
-            self.observer.invoked(function.logical_id, attempt, invocation.error)
+            self.observer.invoked(function.logical_id, attempt, invocation.error, invocation.result)
         if invocation.error is not None:
             _log.log(
                 logging.DEBUG if self.observer is not None else logging.WARNING,

@@ -145,6 +145,24 @@ def test_a_job_the_sweep_started_is_found_in_the_open_index() -> None:
     ]
 
 
+def test_a_job_the_sweep_started_and_that_failed_at_once_is_told_from_the_sweep_s_report() -> None:
+    # Given a file the sweep found, whose job failed as it was read: never in the open index
+    scene = Scene()
+    failed = job(JobStatus.FAILED, reason="line 1: not JSON", rejected=1, manifest_key=MANIFEST_KEY)
+    scene.state.put_job(failed)
+    assert scene.told() == []
+
+    # When the sweep's invocation ends, reporting the job it started
+    scene.narrator.invoked("SubmitFunction", 1, None, {"seen": 1, "started": [JOB], "left": 0})
+
+    # Then the job is told, once
+    assert scene.told() == [
+        f"{T} {KEY} (version {VERSION}) → job {JOB} (found by the sweep)",
+        f"{T} job {JOB} FAILED: line 1: not JSON; 1 line rejected ({MANIFEST_KEY})",
+    ]
+    assert scene.told() == []
+
+
 def test_failures_are_one_line_each() -> None:
     scene = Scene()
     scene.narrator.invoked("SubmitFunction", 1, "ValueError: boom\nsecond line")
