@@ -15,6 +15,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help venv lock lint test build-check test-unit test-integration test-e2e demo soak bench emulator clean
 
 include mk/sam.mk
+include mk/iac.mk
 
 help:
 	@echo "make demo   - run a batch through the local emulator and print the results"
@@ -25,7 +26,8 @@ help:
 	@echo "make template-lint - cfn-lint and sam validate --lint on template.yaml"
 	@echo "make build  - sam build, without Docker, then compile the artifact's bytecode"
 	@echo "make build-native - the same artifact for this machine's architecture (bench/cold_start.py imports it)"
-	@echo "make lock   - recompile requirements/dev.txt from requirements/dev.in"
+	@echo "make lock   - recompile requirements/dev.txt, then the layer's hashed lock from the same versions"
+	@echo "make template-scan - checkov and cfn-lint's serverless rules on template.yaml (own venv, .tools/iac)"
 	@echo "make clean  - remove the venv and caches"
 
 $(STAMP): requirements/dev.txt pyproject.toml
@@ -41,6 +43,16 @@ venv: $(STAMP)
 
 lock:
 	$(BIN)/uv pip compile requirements/dev.in --python-version $(PY_VERSION) --generate-hashes -o requirements/dev.txt
+	$(MAKE) layer-lock
+
+# The layer's lock, for Lambda's platform (arm64, Python 3.12), hashed, and constrained to the
+# versions of the tested dev lock: what `sam build` installs is what the tests ran
+# (tests/unit/test_template.py compares the two, build-check compares the built layer).
+.PHONY: layer-lock
+layer-lock: $(STAMP)
+	$(BIN)/uv pip compile layers/common/requirements.in --python-version $(PY_VERSION) \
+		--python-platform aarch64-manylinux2014 --generate-hashes --constraint requirements/dev.txt \
+		-o layers/common/requirements.txt
 
 # mypy takes its files and settings from [tool.mypy] in pyproject.toml: --strict over layers/ and functions/.
 lint: $(STAMP)
@@ -48,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint template-lint build-check
+test: lint template-lint template-scan build-check
 	$(BIN)/pytest
 
 # `sam build` works here without Docker; its artifact holds both handlers and the layer.
@@ -62,6 +74,7 @@ build-check: build
 	test -f .aws-sam/build/CheckerFunction/__pycache__/app.cpython-312.pyc
 	test -f .aws-sam/build/CommonLayer/python/batchdrop/services/__pycache__/intake.cpython-312.pyc
 	test -f .aws-sam/build/CommonLayer/python/anthropic/__pycache__/__init__.cpython-312.pyc
+	$(PYTHON) mk/check_layer_versions.py .aws-sam/build/CommonLayer/python layers/common/requirements.txt
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -m unit

@@ -67,6 +67,7 @@ SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::IAM::Role": "moto does not enforce IAM",
     "AWS::IAM::Policy": "moto does not enforce IAM",
     "AWS::IAM::ManagedPolicy": "moto does not enforce IAM",
+    "AWS::Events::EventBusPolicy": "moto does not enforce an event bus's resource policy",
     "AWS::Logs::LogGroup": "handlers log to the local process",
     "AWS::CloudWatch::Alarm": "nothing evaluates alarms locally",
     # The policy denies plain HTTP (aws:SecureTransport false), and the local endpoint is HTTP.

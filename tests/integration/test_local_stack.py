@@ -175,7 +175,7 @@ def test_bucket_is_versioned_encrypted_private_and_has_the_templates_lifecycle(
     stack: LocalStack, template: SamTemplate
 ) -> None:
     (bucket_id,) = template.resources_of_type("AWS::S3::Bucket")
-    declared = template.properties(bucket_id)
+    declared = stack.resolver.resolve(template.properties(bucket_id))  # with its parameters' defaults
     s3 = stack.client("s3")
 
     assert s3.get_bucket_versioning(Bucket=stack.bucket_name)["Status"] == "Enabled"

@@ -73,10 +73,18 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def statements(function: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def policy_documents(function: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The function's inline policy documents, both branches of a conditional one included."""
     for policy in as_list(function["Properties"].get("Policies", [])):
-        if isinstance(policy, dict) and "Statement" in policy:
-            yield from as_list(policy["Statement"])
+        if isinstance(policy, dict) and "Fn::If" in policy:
+            yield from (branch for branch in policy["Fn::If"][1:] if isinstance(branch, dict) and "Statement" in branch)
+        elif isinstance(policy, dict) and "Statement" in policy:
+            yield policy
+
+
+def statements(function: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for policy in policy_documents(function):
+        yield from as_list(policy["Statement"])
 
 
 def actions(statement: dict[str, Any]) -> list[str]:
@@ -200,7 +208,13 @@ def test_bucket_blocks_every_kind_of_public_access(template: dict[str, Any]) -> 
 def test_bucket_encrypts_at_rest(template: dict[str, Any]) -> None:
     rules = props(template, "Bucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"]
 
-    algorithms = {rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for rule in rules}
+    # SSE-S3, or SSE-KMS when KmsKeyArn is set: both branches of the condition.
+    algorithms = {
+        algorithm
+        for rule in rules
+        for choice in [rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"]]
+        for algorithm in (choice["Fn::If"][1:] if isinstance(choice, dict) else [choice])
+    }
     assert algorithms <= {"AES256", "aws:kms", "aws:kms:dsse"}
     assert algorithms
 
@@ -574,7 +588,9 @@ def test_secret_access_is_scoped_to_the_parameter(template: dict[str, Any]) -> N
         for statement in grants:
             assert actions(statement) == ["secretsmanager:GetSecretValue"]
             assert as_list(statement["Resource"]) == [SECRET_PARAMETER]
-        policy_templates = [p for p in as_list(function["Properties"]["Policies"]) if "Statement" not in p]
+        policy_templates = [
+            p for p in as_list(function["Properties"]["Policies"]) if "Statement" not in p and "Fn::If" not in p
+        ]
         assert not policy_templates, f"{name}: use scoped statements, not SAM policy templates"
 
 
@@ -699,7 +715,7 @@ def test_layer_pins_the_versions_the_tests_run(template: dict[str, Any]) -> None
                 found[re.sub(r"\[.*\]", "", name).lower()] = version
         return found
 
-    layer = pins(ROOT / template["Resources"]["CommonLayer"]["Properties"]["ContentUri"] / "requirements.txt")
+    layer = pins(ROOT / template["Resources"]["CommonLayer"]["Properties"]["ContentUri"] / "requirements.in")
     dev = pins(ROOT / "requirements" / "dev.in")
 
     assert {"anthropic", "aws-lambda-powertools"} <= set(layer)
@@ -743,3 +759,169 @@ def test_functions_that_write_if_absent_may_list_the_uploads_a_killed_run_left(t
         }
         assert len(granted) == 1, name
         assert next(iter(granted)).endswith(":s3:::batchdrop-${StackUuid}"), (name, granted)
+
+
+# ---------------------------------------------------------------- hardening: the template
+
+
+def locked_versions(path: Path) -> dict[str, str]:
+    """name -> version of every `name==version` line of a uv lock (names normalized)."""
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", path.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
+
+
+def test_the_layer_lock_is_hashed_and_holds_the_tested_versions(template: dict[str, Any]) -> None:
+    lock_path = ROOT / template["Resources"]["CommonLayer"]["Properties"]["ContentUri"] / "requirements.txt"
+    lock, tested = locked_versions(lock_path), locked_versions(ROOT / "requirements" / "dev.txt")
+    entries = re.split(r"\n(?=[A-Za-z0-9])", lock_path.read_text(encoding="utf-8"))
+
+    assert {"anthropic", "aws-lambda-powertools", "boto3", "botocore", "pydantic-core"} <= set(lock)
+    assert {name: tested.get(name) for name in lock} == lock
+    assert all("--hash=sha256:" in entry for entry in entries if "==" in entry.split("\n")[0])
+    assert "--python-platform aarch64-manylinux2014" in lock_path.read_text(encoding="utf-8")
+    assert template["Resources"]["CommonLayer"]["Metadata"]["BuildArchitecture"] == "arm64"
+
+
+def test_submit_concurrency_is_reserved_by_a_parameter(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["SubmitConcurrency"]
+
+    assert props(template, "SubmitFunction")["ReservedConcurrentExecutions"] == {"Ref": "SubmitConcurrency"}
+    assert parameter["MinValue"] >= 1  # 0 would stop every upload
+    assert "create lease" in parameter["Description"]
+
+
+def test_state_and_logs_outlive_the_stack(template: dict[str, Any]) -> None:
+    assert props(template, "Table")["DeletionProtectionEnabled"] is True
+    for name in ("Bucket", "Table", *resources_of_type(template, "AWS::Logs::LogGroup")):
+        resource = template["Resources"][name]
+        assert (resource["DeletionPolicy"], resource["UpdateReplacePolicy"]) == ("Retain", "Retain"), name
+
+
+def test_schedules_run_as_our_own_roles_trusted_only_from_this_account(template: dict[str, Any]) -> None:
+    for function, event, queue in (
+        ("CheckerFunction", "Tick", "CheckerScheduleDeadLetterQueue"),
+        ("SubmitFunction", "Sweep", "SweeperScheduleDeadLetterQueue"),
+    ):
+        schedule = props(template, function)["Events"][event]["Properties"]
+        (role_name,) = references(schedule["RoleArn"])
+        role = template["Resources"][role_name]
+        (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        granted = [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+        assert role["Type"] == "AWS::IAM::Role"
+        assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+        assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+        assert {(tuple(actions(s)), json.dumps(s["Resource"])) for s in granted} == {
+            (("lambda:InvokeFunction",), json.dumps({"Fn::GetAtt": [function, "Arn"]})),
+            (("sqs:SendMessage",), json.dumps({"Fn::GetAtt": [queue, "Arn"]})),
+        }
+
+
+def test_only_our_function_roles_may_put_events_on_the_bus(template: dict[str, Any]) -> None:
+    (policy,) = resources_of_type(template, "AWS::Events::EventBusPolicy").values()
+    statement = policy["Properties"]["Statement"]
+
+    assert policy["Properties"]["EventBusName"] == {"Ref": "EventBus"}
+    assert (statement["Effect"], statement["Principal"], statement["Action"]) == ("Deny", "*", "events:PutEvents")
+    assert statement["Condition"] == {
+        "ArnNotEquals": {
+            "aws:PrincipalArn": [
+                {"Fn::GetAtt": ["SubmitFunctionRole", "Arn"]},
+                {"Fn::GetAtt": ["CheckerFunctionRole", "Arn"]},
+            ]
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("parameter", "prefixes"), [("InboxRetentionDays", {"inbox/"}), ("ResultsRetentionDays", {"results/", "errors/"})]
+)
+def test_prompt_and_output_retention_is_a_parameter_off_by_default(
+    template: dict[str, Any], parameter: str, prefixes: set[str]
+) -> None:
+    rules = props(template, "Bucket")["LifecycleConfiguration"]["Rules"]
+    expiring = [rule for rule in rules if isinstance(rule.get("ExpirationInDays"), dict)]
+    ruled = [rule for rule in expiring if {"Ref": parameter} in rule["ExpirationInDays"].get("Fn::If", [])]
+    (condition,) = {rule["Status"]["Fn::If"][0] for rule in ruled}
+
+    assert template["Parameters"][parameter]["Default"] == 0
+    assert template["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, "0"]}]}
+    assert {rule["Prefix"] for rule in ruled} == prefixes
+    assert all(rule["Status"]["Fn::If"][1:] == ["Enabled", "Disabled"] for rule in ruled)
+
+
+def test_job_items_expire_through_the_attribute_the_table_ttl_reads(template: dict[str, Any]) -> None:
+    from batchdrop.adapters.state import TTL_ATTRIBUTE
+    from batchdrop.config import ENV_JOB_RETENTION_DAYS, MIN_JOB_RETENTION_DAYS
+
+    ttl = props(template, "Table")["TimeToLiveSpecification"]
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    parameter = template["Parameters"]["JobRetentionDays"]
+
+    assert ttl == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert variables[ENV_JOB_RETENTION_DAYS] == {"Ref": "JobRetentionDays"}
+    assert parameter["Default"] == "0"
+    pattern = re.compile(parameter["AllowedPattern"])
+    allowed = [days for days in range(10_001) if pattern.fullmatch(str(days))]
+    assert allowed == [0, *range(MIN_JOB_RETENTION_DAYS, 10_000)]
+
+
+def test_a_kms_key_is_optional_and_used_through_s3_only(template: dict[str, Any]) -> None:
+    default = props(template, "Bucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert default["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == {"Fn::If": ["HasKmsKey", "aws:kms", "AES256"]}
+    for name in functions(template):
+        grants = [s for s in statements(template["Resources"][name]) if any(a.startswith("kms:") for a in actions(s))]
+        (grant,) = grants
+        conditional = [p for p in props(template, name)["Policies"] if "Fn::If" in p]
+
+        assert [p["Fn::If"][0] for p in conditional] == ["HasKmsKey"]
+        assert sorted(actions(grant)) == ["kms:Decrypt", "kms:GenerateDataKey"]
+        assert grant["Resource"] == {"Ref": "KmsKeyArn"}
+        assert grant["Condition"] == {
+            "StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}
+        }
+
+
+def test_every_linter_suppression_gives_its_reason(template: dict[str, Any]) -> None:
+    for name, resource in template["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert len(skip.get("comment", "").strip()) >= 30, (name, skip)
+    # cfn-lint's ignore_checks has no reason field: each entry carries an inline comment.
+    lines = TEMPLATE_PATH.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() == "ignore_checks:":
+            entries = [e for e in lines[number + 1 :] if e.strip().startswith("- ")][:1]
+            assert entries, f"template.yaml:{number + 1}: ignore_checks without an entry"
+            assert re.search(r"- \S+ +# .{20,}", entries[0]), f"template.yaml:{number + 2}: no reason"
+
+
+def iam_statements(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every Allow statement of the functions' and roles' identity policies."""
+    for name, function in functions(template).items():
+        yield from ((name, s) for s in statements(function))
+    for name, role in resources_of_type(template, "AWS::IAM::Role").items():
+        for policy in role["Properties"].get("Policies", []):
+            yield from ((name, s) for s in as_list(policy["PolicyDocument"]["Statement"]))
+
+
+def test_every_grant_names_its_actions_and_scoped_resources(template: dict[str, Any]) -> None:
+    for name, statement in iam_statements(template):
+        assert statement["Effect"] == "Allow", name
+        assert "NotAction" not in statement, name
+        assert "NotResource" not in statement, name
+        assert all("*" not in action for action in actions(statement)), (name, statement)
+        for resource in as_list(statement["Resource"]):
+            text = resource_text(resource)
+            assert text != "*", name
+            assert not text.endswith(":*"), (name, text)
+            assert not re.search(r":::[^/]*\*", text), f"{name}: a bucket name pattern, {text}"
+
+
+def test_every_alarm_notifies_the_topic(template: dict[str, Any]) -> None:
+    alarms = resources_of_type(template, "AWS::CloudWatch::Alarm")
+
+    assert alarms
+    for name, alarm in alarms.items():
+        assert alarm["Properties"]["AlarmActions"] == ALARM_TOPIC_ACTIONS, name
+        assert alarm["Properties"]["OKActions"] == ALARM_TOPIC_ACTIONS, name
+        assert alarm["Properties"]["TreatMissingData"] == "notBreaching", name

@@ -45,6 +45,11 @@ ENV_CHECKSUM = "AWS_REQUEST_CHECKSUM_CALCULATION"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 ENV_SERVICE_NAME = "POWERTOOLS_SERVICE_NAME"
 ENV_SECRET_MAX_AGE = "POWERTOOLS_PARAMETERS_MAX_AGE"  # noqa: S105 - seconds the secret is cached
+# Optional. Days a finished or failed job's item is kept before the table's TTL deletes it; 0
+# or unset keeps it. At least MIN_JOB_RETENTION_DAYS: a job item must outlive the sweeper's
+# 7-day look-back and Lambda's 6 h of event retries, or a late event would start the upload again.
+ENV_JOB_RETENTION_DAYS = "BATCHDROP_JOB_RETENTION_DAYS"
+MIN_JOB_RETENTION_DAYS = 10
 
 _environment: ContextVar[Mapping[str, str] | None] = ContextVar("batchdrop_environment", default=None)
 
@@ -98,6 +103,7 @@ class Settings:
     # its own, as in its own execution environment, even when two share a process.
     function_name: str | None = None
     secret_max_age: int | None = None  # None: Powertools' default
+    job_retention_days: int = 0  # 0: job items are kept
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -138,6 +144,7 @@ class Settings:
             checksum_calculation=env.get(ENV_CHECKSUM) or None,
             function_name=env.get(ENV_FUNCTION_NAME) or None,
             secret_max_age=secret_max_age,
+            job_retention_days=_job_retention_days(env.get(ENV_JOB_RETENTION_DAYS) or "0"),
         )
 
 
@@ -146,6 +153,13 @@ def _whole_number(name: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise ConfigurationError(f"{name} must be a whole number") from None
+
+
+def _job_retention_days(value: str) -> int:
+    days = _whole_number(ENV_JOB_RETENTION_DAYS, value)
+    if days != 0 and days < MIN_JOB_RETENTION_DAYS:
+        raise ConfigurationError(f"{ENV_JOB_RETENTION_DAYS} must be 0 (keep) or at least {MIN_JOB_RETENTION_DAYS} days")
+    return days
 
 
 def _timings(text: str | None) -> Timings:

@@ -48,7 +48,9 @@ def _build(settings: Settings) -> Wiring:
 
     return Wiring(
         store=ObjectStore(settings.bucket, client=aws.client("s3", **S3_CLIENT_CONFIG)),
-        state=StateTable(settings.table, resource=aws.resource("dynamodb")),
+        state=StateTable(
+            settings.table, resource=aws.resource("dynamodb"), job_retention_days=settings.job_retention_days
+        ),
         batches=BatchesApi(api_key, base_url=settings.base_url),
         events=EventPublisher(settings.event_bus, client=aws.client("events")),
         timings=settings.timings,

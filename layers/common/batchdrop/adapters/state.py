@@ -8,7 +8,8 @@ reads JobRecord and ShardRecord values."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +40,9 @@ _SHARD_SK = "SHARD#"
 _LEASE_KEY = {"PK": "CTRL", "SK": "CREATE_LEASE"}
 _FINAL_JOB = (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELED)
 _OPEN_KEYS = ("GSI1PK", "GSI1SK")  # the open index's keys: an item without them is not in it
+# The attribute the table's TimeToLiveSpecification names (template.yaml): epoch seconds.
+TTL_ATTRIBUTE = "ttl"
+_DAY = 86_400
 # One transaction holds 100 actions.
 _TRANSACTION_ITEMS = 100
 
@@ -193,10 +197,20 @@ def _update(
 class _Table:
     """The table and the writes every item shares: conditional, transactional, fenced moves."""
 
-    def __init__(self, table_name: str, resource: Any = None) -> None:
+    def __init__(
+        self,
+        table_name: str,
+        resource: Any = None,
+        *,
+        job_retention_days: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._name = table_name
         self._resource = resource
         self._table: Any = None
+        # A finished or failed job's item gets a TTL this many days on (0: kept).
+        self._job_retention_days = job_retention_days
+        self._clock = clock
 
     @property
     def table(self) -> Any:
@@ -387,8 +401,16 @@ class _Jobs(_Table):
         item = _shard_item(job_id, shard, max_attempts)
         return self._conditional(Item=item, ConditionExpression="attribute_not_exists(PK)")
 
+    def _expiry(self) -> dict[str, int]:
+        """The `ttl` a job item gets as it ends: none unless a retention is set. Only the job
+        item: its shards hold no open-index keys once it ends and cost nothing to keep."""
+        if not self._job_retention_days:
+            return {}
+        return {TTL_ATTRIBUTE: int(self._clock()) + self._job_retention_days * _DAY}
+
     def fail_job(self, job_id: str, reason: str, *, requested: int, rejected: int, manifest_key: str) -> bool:
         values = {"reason": reason, "requested": requested, "rejected": rejected, "manifest_key": manifest_key}
+        values |= self._expiry()
         expected = (JobStatus.RECEIVED, JobStatus.SUBMITTING)
         return self._conditional(**self._job_move(job_id, expected, JobStatus.FAILED, values, remove=_OPEN_KEYS))
 
@@ -402,7 +424,7 @@ class _Jobs(_Table):
     def finish_job(self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str) -> bool:
         if status not in _FINAL_JOB:
             raise ValueError(f"a job finishes as one of {[str(s) for s in _FINAL_JOB]}, not {status}")
-        values = {"manifest_key": manifest_key, "completed_at": completed_at}
+        values: dict[str, Any] = {"manifest_key": manifest_key, "completed_at": completed_at, **self._expiry()}
         expected = (JobStatus.SUBMITTING, JobStatus.RUNNING)
         return self._conditional(**self._job_move(job_id, expected, status, values, remove=_OPEN_KEYS))
 
