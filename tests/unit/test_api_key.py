@@ -6,6 +6,7 @@ the API's own host. No socket: fake secrets client, fake SDK, in-memory fakes of
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from aws_lambda_powertools.utilities.parameters import base as powertools_parame
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.domain.states import JobStatus, ShardState
 from batchdrop.errors import ApiKeyRefusedError, CheckerItemsFailedError, ProviderUnavailableError
-from batchdrop.observability import KEY_REFUSED_METRIC, metrics
+from batchdrop.observability import KEY_REFUSED_METRIC, metrics, quiet_libraries
 from batchdrop.services.intake import Intake
 from batchdrop.services.tick import Checker
 from batchdrop.wiring import SecretKey
@@ -363,3 +364,24 @@ def test_a_tick_with_a_refused_key_stops_calling_the_api_and_fails(monkeypatch: 
     monkeypatch.undo()  # a new key: the next tick does it all
     report = Checker(world.wiring(), seconds_left=lambda: 900.0).tick()
     assert sorted(report.finished_jobs) == sorted(jobs)
+
+
+# ---------------------------------------------------------------- the libraries' loggers
+
+
+def test_library_loggers_stay_at_warning_whatever_the_root_level(caplog: pytest.LogCaptureFixture) -> None:
+    botocore, anthropic_logger = logging.getLogger("botocore"), logging.getLogger("anthropic")
+    levels = botocore.level, anthropic_logger.level
+    try:
+        botocore.setLevel(logging.DEBUG)  # as boto3.set_stream_logger would
+        anthropic_logger.setLevel(logging.ERROR)  # a stricter level is kept
+        quiet_libraries()
+        with caplog.at_level(logging.DEBUG):  # the root logger at DEBUG
+            logging.getLogger("botocore.parsers").debug("Response body: %s", b'{"SecretString": "sk-ant"}')
+            logging.getLogger("urllib3.connectionpool").info("https://secretsmanager")
+            logging.getLogger("botocore.credentials").warning("a warning still shows")
+        assert [record.getMessage() for record in caplog.records] == ["a warning still shows"]
+        assert anthropic_logger.level == logging.ERROR
+    finally:
+        botocore.setLevel(levels[0])
+        anthropic_logger.setLevel(levels[1])

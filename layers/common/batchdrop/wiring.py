@@ -24,6 +24,7 @@ from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.config import Settings
 from batchdrop.domain.shards import ShardLimits
+from batchdrop.observability import quiet_libraries
 from batchdrop.ports import Wiring
 
 # ObjectStore's own client settings (see its `client`): bodies are not SHA-256 signed.
@@ -69,6 +70,7 @@ class SecretKey:
         return self._read(force=True)
 
     def _read(self, *, force: bool) -> str:
+        quiet_libraries()  # even if something set botocore to DEBUG since: it would log the key
         with self._lock:
             if self._provider is None:
                 from aws_lambda_powertools.utilities.parameters import SecretsProvider
