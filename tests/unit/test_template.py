@@ -493,7 +493,8 @@ def test_the_secret_the_stack_makes_is_readable_by_the_two_functions_only(templa
     assert operator == "StringNotEquals"
     (key, allowed) = next(iter(statement["Condition"][operator].items()))
     assert key == "aws:PrincipalArn"
-    assert sorted(allowed, key=json.dumps) == [{"Fn::GetAtt": [f"{name}Role", "Arn"]} for name in sorted(functions(template))]
+    roles = [{"Fn::GetAtt": [f"{name}Role", "Arn"]} for name in sorted(functions(template))]
+    assert sorted(allowed, key=json.dumps) == roles
     # The implicit roles SAM makes for the functions are those the functions run as.
     assert all("Role" not in function["Properties"] for function in functions(template).values())
     output = template["Outputs"]["AnthropicSecretArn"]["Value"]
