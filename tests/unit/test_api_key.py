@@ -6,9 +6,11 @@ the API's own host. No socket: fake secrets client, fake SDK, in-memory fakes of
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -16,13 +18,17 @@ import httpx2
 import pytest
 from aws_lambda_powertools.utilities.parameters import base as powertools_parameters
 
+from batchdrop import wiring
 from batchdrop.adapters.batches import BatchesApi
 from batchdrop.domain.states import JobStatus, ShardState
 from batchdrop.errors import ApiKeyRefusedError, CheckerItemsFailedError, ProviderUnavailableError
-from batchdrop.observability import KEY_REFUSED_METRIC, metrics, quiet_libraries
+from batchdrop.observability import KEY_REFUSED_METRIC, count_key_refused, metrics, quiet_libraries
 from batchdrop.services.intake import Intake
 from batchdrop.services.tick import Checker
 from batchdrop.wiring import SecretKey
+from batchdrop_local.lambda_context import LocalLambdaContext
+from batchdrop_local.runner import load_handler
+from batchdrop_local.stack import SamTemplate
 from tests.unit.fakes import Fakes, request
 
 pytestmark = pytest.mark.unit
@@ -385,3 +391,35 @@ def test_library_loggers_stay_at_warning_whatever_the_root_level(caplog: pytest.
     finally:
         botocore.setLevel(levels[0])
         anthropic_logger.setLevel(levels[1])
+
+
+def test_a_checker_invocation_with_a_refused_key_raises_and_still_emits_the_metric(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lambda counts the raised error (CheckerErrorsAlarm), and the ApiKeyRefused count is
+    flushed with the invocation's other metrics all the same (ApiKeyRefusedAlarm)."""
+    world = Fakes()
+    job_id = Intake(world.wiring()).submit(world.upload("inbox/a.jsonl", [request("a")])).job_id
+    shard = world.state.get_shard(job_id, 0)
+    assert shard is not None
+    assert shard.batch_id is not None
+    world.batches.end(shard.batch_id)
+
+    def refuse(batch_id: str) -> dict[str, Any]:
+        count_key_refused()  # as the adapter does when the fresh key is refused too
+        raise ApiKeyRefusedError(401, "retrieve: the API refused the key: invalid x-api-key")
+
+    monkeypatch.setattr(world.batches, "retrieve", refuse)
+    monkeypatch.setattr(wiring, "from_env", world.wiring)
+    monkeypatch.setattr(metrics, "namespace", "batchdrop/test")
+    root = Path(__file__).resolve().parents[2]
+    handler = load_handler(SamTemplate.load(root / "template.yaml").function("CheckerFunction"), root)
+    metrics.clear_metrics()
+    capsys.readouterr()
+
+    with pytest.raises(CheckerItemsFailedError, match=r"^the API refused the key"):
+        handler({}, LocalLambdaContext(function_name="checker", timeout_seconds=900))
+
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    names = [m["Name"] for e in emitted for d in e["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]]
+    assert KEY_REFUSED_METRIC in names
