@@ -128,7 +128,8 @@ class BatchesApi:
         try:
             return _as_dict(self._call("retrieve", lambda client: client.messages.batches.retrieve(batch_id)))
         except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
-            # Any status (a 404 or 401 too) leaves the batch to the next tick, with the reason logged.
+            # Any other status (a 404, say) leaves the batch to the next tick, with the reason logged;
+            # a key refused again raises ApiKeyRefusedError, which is not an SDK error.
             raise ProviderUnavailableError(f"retrieve {batch_id}: {type(exc).__name__}: {exc}") from exc
 
     def list_recent(self, not_before: datetime) -> RecentBatches:
