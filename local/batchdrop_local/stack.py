@@ -74,6 +74,9 @@ SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::S3::BucketPolicy": "it denies non-TLS access and the local endpoint is plain HTTP",
     "AWS::Scheduler::Schedule": "the local runner ticks the checker itself",
     "AWS::Events::Rule": "moto never fires a schedule, and a Lambda target breaks put_events",
+    # Only when AnthropicSecretArn is empty, and the local stack always passes its own secret.
+    "AWS::SecretsManager::Secret": "the local stack makes its own secret and passes its ARN",
+    "AWS::SecretsManager::ResourcePolicy": "moto does not enforce resource policies",
 }
 
 # What Powertools reads from the process environment once, at import, not per invocation.

@@ -22,7 +22,8 @@ ASYNC_EVENT_TYPES = {"S3", "SNS", "ScheduleV2", "Schedule", "EventBridgeRule", "
 # functions write lies elsewhere.
 TRIGGER_PREFIXES = {"inbox/", "cancel/"}
 WRITTEN_PREFIXES = ("work/", "errors/", "results/")
-SECRET_PARAMETER = {"Ref": "AnthropicSecretArn"}
+# The secret the functions read: the one given, or the one the stack makes when none is.
+SECRET_PARAMETER = {"Fn::If": ["CreateSecret", {"Ref": "AnthropicSecret"}, {"Ref": "AnthropicSecretArn"}]}
 OPERATOR_OUTPUTS = {
     "BucketName",
     "TableName",
@@ -467,6 +468,53 @@ def test_duplicate_batch_alarm_sums_both_functions_duplicates_over_five_minutes(
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
+def test_a_refused_key_alarms_within_two_minutes_from_either_function(template: dict[str, Any]) -> None:
+    alarm = alarms(template)["ApiKeyRefusedAlarm"]
+
+    stats = {query["Id"]: query["MetricStat"] for query in alarm["Metrics"] if "MetricStat" in query}
+    (expression,) = (query for query in alarm["Metrics"] if "Expression" in query)
+    assert {stat["Metric"]["MetricName"] for stat in stats.values()} == {"ApiKeyRefused"}
+    services = sorted(stat["Metric"]["Dimensions"][0]["Value"] for stat in stats.values())
+    assert services == sorted([service_name(template, "SubmitFunction"), service_name(template, "CheckerFunction")])
+    assert all(stat["Stat"] == "Sum" for stat in stats.values())
+    # One refusal in one period of a minute: the alarm is raised within about two minutes.
+    assert all(stat["Period"] == 60 for stat in stats.values())
+    assert [q["Id"] for q in alarm["Metrics"] if q.get("ReturnData", True)] == [expression["Id"]]
+    assert expression["Expression"] == "FILL(submit, 0) + FILL(checker, 0)"
+    assert set(stats) == {"submit", "checker"}
+    assert alarm["EvaluationPeriods"] == 1
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+def test_the_secret_the_stack_makes_is_readable_by_the_two_functions_only(template: dict[str, Any]) -> None:
+    secret = template["Resources"]["AnthropicSecret"]
+    guard = template["Resources"]["AnthropicSecretPolicy"]
+    assert template["Conditions"]["CreateSecret"] == {"Fn::Equals": [{"Ref": "AnthropicSecretArn"}, ""]}
+    assert secret["Condition"] == guard["Condition"] == "CreateSecret"
+    assert "SecretString" not in secret["Properties"]  # the key never enters the template
+    assert "GenerateSecretString" not in secret["Properties"]
+
+    policy = guard["Properties"]
+    assert policy["SecretId"] == {"Ref": "AnthropicSecret"}
+    assert policy["BlockPublicPolicy"] is True
+    (statement,) = policy["ResourcePolicy"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == "*"
+    assert statement["Action"] == "secretsmanager:GetSecretValue"
+    assert statement["Resource"] == "*"
+    (operator,) = statement["Condition"]
+    assert operator == "StringNotEquals"
+    (key, allowed) = next(iter(statement["Condition"][operator].items()))
+    assert key == "aws:PrincipalArn"
+    roles = [{"Fn::GetAtt": [f"{name}Role", "Arn"]} for name in sorted(functions(template))]
+    assert sorted(allowed, key=json.dumps) == roles
+    # The implicit roles SAM makes for the functions are those the functions run as.
+    assert all("Role" not in function["Properties"] for function in functions(template).values())
+    output = template["Outputs"]["AnthropicSecretArn"]["Value"]
+    assert output == SECRET_PARAMETER
+
+
 def test_batch_past_expiry_alarm_fires_on_one_batch_reported_by_the_checker(template: dict[str, Any]) -> None:
     alarm = alarms(template)["BatchPastExpiryAlarm"]
     namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
@@ -488,7 +536,7 @@ def test_own_metric_alarms_read_the_namespace_and_service_the_functions_emit(tem
     own = [metric for alarm in alarms(template).values() for metric in metric_stats(alarm)]
     own = [metric for metric in own if not str(metric["Namespace"]).startswith("AWS/")]
 
-    assert {metric["MetricName"] for metric in own} == {"DuplicateBatches", "BatchesPastExpiry"}
+    assert {metric["MetricName"] for metric in own} == {"DuplicateBatches", "BatchesPastExpiry", "ApiKeyRefused"}
     for metric in own:
         assert metric["Namespace"] == namespace
         # Powertools adds exactly one dimension, `service`; an alarm must name the same set.
@@ -573,6 +621,7 @@ def test_secret_parameter_accepts_only_a_secret_arn(template: dict[str, Any]) ->
 
     assert "Default" not in parameter
     assert re.fullmatch(pattern, "arn:aws:secretsmanager:us-east-1:123456789012:secret:batchdrop/anthropic-AbCdEf")
+    assert re.fullmatch(pattern, "")  # the stack makes the secret
     assert not re.fullmatch(pattern, "sk-ant-api03-not-a-secret-arn")
 
 

@@ -22,6 +22,11 @@ class ProviderRejectedError(BatchdropError):
         self.queue_full = queue_full
 
 
+class ApiKeyRefusedError(ProviderRejectedError):
+    """The API refused the key (401 or 403) again after it was fetched anew from Secrets
+    Manager: the call was not made (a create made no batch). A key problem, not a body one."""
+
+
 class ProviderOutcomeUnknownError(BatchdropError):
     """A create that may or may not have created a batch (5xx, timeout, dropped connection)."""
 

@@ -1,7 +1,9 @@
 """Production wiring shared by the handlers: the adapters with their real clients, built
 once per function environment (so once per Lambda container; locally, once per function of
 a local stack) and the Anthropic key fetched from Secrets Manager, never from an environment
-variable.
+variable. The key is read through Powertools' SecretsProvider on every API call, so it is
+cached for the secret's max age (POWERTOOLS_PARAMETERS_MAX_AGE) and no longer: a rotated
+key is in use within that time, and at once after the API refuses the old one.
 
 Every client is made from the Settings alone: the endpoint, region, credentials and checksum
 mode are passed to boto3, not left for it to find in the process environment. On Lambda the
@@ -22,6 +24,7 @@ from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.config import Settings
 from batchdrop.domain.shards import ShardLimits
+from batchdrop.observability import quiet_libraries
 from batchdrop.ports import Wiring
 
 # ObjectStore's own client settings (see its `client`): bodies are not SHA-256 signed.
@@ -35,28 +38,47 @@ def from_env() -> Wiring:
 @cache
 def _build(settings: Settings) -> Wiring:
     aws = AwsClients(settings)
-    secrets: list[Any] = []  # the provider, made on first use: its import is not free
-
-    def api_key() -> str:
-        from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
-        with aws.lock:
-            if not secrets:
-                secrets.append(SecretsProvider(boto3_client=aws.make_client("secretsmanager")))
-        # Cached by the provider for POWERTOOLS_PARAMETERS_MAX_AGE seconds.
-        return str(secrets[0].get(settings.secret_arn, max_age=settings.secret_max_age))
-
+    key = SecretKey(settings.secret_arn, settings.secret_max_age, lambda: aws.make_client("secretsmanager"))
     return Wiring(
         store=ObjectStore(settings.bucket, client=aws.client("s3", **S3_CLIENT_CONFIG)),
         state=StateTable(
             settings.table, resource=aws.resource("dynamodb"), job_retention_days=settings.job_retention_days
         ),
-        batches=BatchesApi(api_key, base_url=settings.base_url),
+        batches=BatchesApi(key.get, base_url=settings.base_url, refetch_key=key.refetch),
         events=EventPublisher(settings.event_bus, client=aws.client("events")),
         timings=settings.timings,
         limits=ShardLimits(max_requests=settings.shard_max_requests),
         max_attempts=settings.max_attempts,
     )
+
+
+class SecretKey:
+    """The API key, the SecretString of one secret, through Powertools' SecretsProvider: `get`
+    answers from its cache while younger than `max_age` seconds (None: Powertools' default),
+    `refetch` reads the secret again (force_fetch) and refreshes the cache. The provider and
+    its client are made on first use: their import is not free."""
+
+    def __init__(self, secret_arn: str, max_age: int | None, make_client: Callable[[], Any]) -> None:
+        self._secret_arn = secret_arn
+        self._max_age = max_age
+        self._make_client = make_client
+        self._lock = threading.Lock()
+        self._provider: Any = None
+
+    def get(self) -> str:
+        return self._read(force=False)
+
+    def refetch(self) -> str:
+        return self._read(force=True)
+
+    def _read(self, *, force: bool) -> str:
+        quiet_libraries()  # even if something set botocore to DEBUG since: it would log the key
+        with self._lock:
+            if self._provider is None:
+                from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+                self._provider = SecretsProvider(boto3_client=self._make_client())
+            return str(self._provider.get(self._secret_arn, max_age=self._max_age, force_fetch=force))
 
 
 class AwsClients:

@@ -1,15 +1,29 @@
 """The Message Batches API through the official SDK. Create streams a shard's body as it
 is in S3 (never parsed into a list) with the SDK's retries off, because the API has no
 idempotency key: a retried create can make a second batch. Results stream as raw lines.
-The SDK is imported on first use: it is the heaviest import of the functions."""
+The SDK is imported on first use: it is the heaviest import of the functions.
+
+The key is asked for on every call (its source caches it for the secret's max age), and the
+client is made again whenever the key differs from the one it holds: a warm function picks up
+a rotated key without a restart. A call the API answers 401 or 403 fetches the key anew and
+is made once more (a create's caller does that: its body is read only once here); refused
+again, it raises ApiKeyRefusedError and counts one ApiKeyRefused metric."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
+from batchdrop.errors import (
+    ApiKeyRefusedError,
+    ProviderOutcomeUnknownError,
+    ProviderRejectedError,
+    ProviderUnavailableError,
+)
+from batchdrop.observability import count_key_refused, logger, quiet_libraries
 from batchdrop.ports import RecentBatches
 
 READ_RETRIES = 3
@@ -18,23 +32,68 @@ LIST_MAX_BATCHES = 5000
 LIST_PAGE = 100
 # The most batches one list call returns (the API's own maximum).
 LIST_PAGE_MAX = 1000
+# The SDK's own default, made explicit: results are fetched only from this host (or the one configured).
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+# authentication_error and permission_error: the key is wrong, revoked or not allowed.
+KEY_REFUSED_STATUSES = frozenset({401, 403})
+
+T = TypeVar("T")
 
 
 class BatchesApi:
-    def __init__(self, api_key: Callable[[], str], base_url: str | None = None, client: Any = None) -> None:
+    """`api_key` gives the key (cached by its source); `refetch_key` fetches it anew, past any
+    cache (default: `api_key`). A `client` handed in is used as it is, whatever the key
+    (tests and local tools); otherwise `make_client(key, base_url)` makes one (default: the SDK's)."""
+
+    def __init__(
+        self,
+        api_key: Callable[[], str],
+        base_url: str | None = None,
+        client: Any = None,
+        *,
+        refetch_key: Callable[[], str] | None = None,
+        make_client: Callable[[str, str], Any] | None = None,
+    ) -> None:
         self._api_key = api_key
-        self._base_url = base_url
-        self._client = client
+        self._refetch_key = refetch_key or api_key
+        self._base_url = base_url or DEFAULT_BASE_URL
+        self._fixed_client = client
+        self._make_client = make_client or _sdk_client
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._client_key: str | None = None
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import anthropic
+        """The client for the key in force now (made again when the key changed)."""
+        return self._client_for(self._api_key)
 
-            self._client = anthropic.Anthropic(
-                api_key=self._api_key(), base_url=self._base_url, max_retries=READ_RETRIES
-            )
-        return self._client
+    def _client_for(self, key_source: Callable[[], str]) -> Any:
+        if self._fixed_client is not None:
+            return self._fixed_client
+        key = key_source()
+        with self._lock:
+            if self._client is None or key != self._client_key:
+                self._client = self._make_client(key, self._base_url)
+                self._client_key = key
+            return self._client
+
+    def _call(self, what: str, call: Callable[[Any], T]) -> T:
+        """`call(client)`; on a refused key, once more with the key fetched anew."""
+        import anthropic
+
+        try:
+            return call(self.client)
+        except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as exc:
+            logger.warning("API key refused: fetching it again", extra={"call": what, "status": exc.status_code})
+        try:
+            return call(self.refreshed_client())
+        except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as exc:
+            raise key_refused(what, exc.status_code, _message(exc)) from exc
+
+    def refreshed_client(self) -> Any:
+        """The client for the key fetched anew from its source, past any cache."""
+        return self._client_for(self._refetch_key)
 
     def create(self, body: Iterable[bytes], size: int, timeout: float) -> dict[str, Any]:
         """Send one create body of `size` bytes; the new batch. Raises ProviderRejectedError
@@ -51,6 +110,10 @@ class BatchesApi:
                 options={"headers": {"Content-Length": str(size), "Content-Type": "application/json"}},
             )
         except anthropic.APIStatusError as exc:
+            if exc.status_code in KEY_REFUSED_STATUSES:
+                # No batch was made. The key is fetched anew for the caller's one more try.
+                self.refreshed_client()
+                raise ApiKeyRefusedError(exc.status_code, f"create: the API refused the key: {_message(exc)}") from exc
             if exc.status_code < 500:
                 queue_full = exc.status_code == 429
                 raise ProviderRejectedError(exc.status_code, _message(exc), queue_full=queue_full) from exc
@@ -63,9 +126,10 @@ class BatchesApi:
         import anthropic
 
         try:
-            return _as_dict(self.client.messages.batches.retrieve(batch_id))
+            return _as_dict(self._call("retrieve", lambda client: client.messages.batches.retrieve(batch_id)))
         except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
-            # Any status (a 404 or 401 too) leaves the batch to the next tick, with the reason logged.
+            # Any other status (a 404, say) leaves the batch to the next tick, with the reason logged;
+            # a key refused again raises ApiKeyRefusedError, which is not an SDK error.
             raise ProviderUnavailableError(f"retrieve {batch_id}: {type(exc).__name__}: {exc}") from exc
 
     def list_recent(self, not_before: datetime) -> RecentBatches:
@@ -75,7 +139,7 @@ class BatchesApi:
 
         batches: list[dict[str, Any]] = []
         try:
-            for batch in self.client.messages.batches.list(limit=LIST_PAGE):
+            for batch in self._call("list", lambda client: client.messages.batches.list(limit=LIST_PAGE)):
                 if batch.created_at < not_before:
                     return RecentBatches(batches, complete=True)
                 if len(batches) >= LIST_MAX_BATCHES:
@@ -98,7 +162,7 @@ class BatchesApi:
         page_size = min(LIST_PAGE_MAX, max(LIST_PAGE, 2 * len(wanted)))
         calls = 0
         try:
-            page = self.client.messages.batches.list(limit=page_size)
+            page = self._call("list", lambda client: client.messages.batches.list(limit=page_size))
             while True:
                 calls += 1
                 oldest = None
@@ -120,7 +184,7 @@ class BatchesApi:
         import anthropic
 
         try:
-            return _as_dict(self.client.messages.batches.cancel(batch_id))
+            return _as_dict(self._call("cancel", lambda client: client.messages.batches.cancel(batch_id)))
         except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
             raise ProviderUnavailableError(f"cancel {batch_id}: {type(exc).__name__}") from exc
         except anthropic.APIStatusError:
@@ -134,9 +198,13 @@ class BatchesApi:
         url = batch.get("results_url")
         if not url:
             raise ProviderUnavailableError(f"batch {batch['id']} has no results_url yet")
+        self._check_results_host(str(batch["id"]), str(url))
         try:
-            response = self.client.get(
-                url, cast_to=httpx2.Response, stream=True, options={"headers": {"Accept": "application/binary"}}
+            response = self._call(
+                "results",
+                lambda client: client.get(
+                    url, cast_to=httpx2.Response, stream=True, options={"headers": {"Accept": "application/binary"}}
+                ),
             )
         except (anthropic.APIConnectionError, anthropic.InternalServerError, anthropic.RateLimitError) as exc:
             raise ProviderUnavailableError(f"results of {batch['id']}: {type(exc).__name__}") from exc
@@ -148,6 +216,43 @@ class BatchesApi:
             raise ProviderUnavailableError(f"results of {batch['id']} cut off: {type(exc).__name__}") from exc
         finally:
             response.close()
+
+    def _check_results_host(self, batch_id: str, url: str) -> None:
+        """A results_url elsewhere than the API's own host (scheme, host and port) is not
+        fetched: the request would carry the key there. A relative URL goes to the API."""
+        found, expected = urlsplit(url), urlsplit(self._base_url)
+        if not found.netloc and not found.scheme:
+            return
+        try:
+            same = (found.scheme.lower(), found.hostname, _port(found.scheme, found.port)) == (
+                expected.scheme.lower(),
+                expected.hostname,
+                _port(expected.scheme, expected.port),
+            )
+        except ValueError:  # a port that is not a number
+            same = False
+        if not same:
+            logger.error("results_url refused: not the API's host", extra={"batch_id": batch_id, "url": url})
+            host, api = found.netloc, expected.netloc
+            raise ProviderUnavailableError(f"results of {batch_id}: results_url host {host!r} is not the API's {api!r}")
+
+
+def key_refused(what: str, status: int, message: str) -> ApiKeyRefusedError:
+    """The error for a key refused again after a fresh fetch, counted in the ApiKeyRefused metric."""
+    logger.error("API key refused after fetching it again", extra={"call": what, "status": status})
+    count_key_refused()
+    return ApiKeyRefusedError(status, f"{what}: the API refused the key: {message}")
+
+
+def _sdk_client(key: str, base_url: str) -> Any:
+    import anthropic
+
+    quiet_libraries()  # the SDK sets its loggers' levels from ANTHROPIC_LOG at import
+    return anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=READ_RETRIES)
+
+
+def _port(scheme: str, port: int | None) -> int | None:
+    return port if port is not None else {"https": 443, "http": 80}.get(scheme.lower())
 
 
 def _as_dict(model: Any) -> dict[str, Any]:

@@ -16,12 +16,13 @@ from batchdrop.domain.shards import create_body, lines_body_bytes
 from batchdrop.domain.states import UNSETTLED_SHARD_STATES, ShardState
 from batchdrop.domain.timings import parse_stamp, stamp
 from batchdrop.errors import (
+    ApiKeyRefusedError,
     ProviderOutcomeUnknownError,
     ProviderRejectedError,
     ProviderUnavailableError,
     ShardBodyError,
 )
-from batchdrop.observability import logger, metrics
+from batchdrop.observability import count_key_refused, logger, metrics
 from batchdrop.ports import READ_BYTES, Body, Wiring
 
 
@@ -55,7 +56,11 @@ class ShardCreator:
     any other 4xx releases it and re-raises ProviderRejectedError. A 5xx, timeout or dropped
     connection marks it UNKNOWN, keeps the lease and re-raises ProviderOutcomeUnknownError:
     only the checker's listing settles it. A batch whose recording loses (its shard moved,
-    or it is owned already) is canceled, since nothing would ever collect it."""
+    or it is owned already) is canceled, since nothing would ever collect it.
+
+    A refused key (401/403: no batch was made, the shard is PENDING again) is sent once more,
+    the body read again, with the key the adapter has just fetched anew; refused again, it
+    raises ApiKeyRefusedError and counts one ApiKeyRefused metric."""
 
     def __init__(self, wired: Wiring) -> None:
         self._wired = wired
@@ -68,7 +73,7 @@ class ShardCreator:
             logger.info("another create holds the lease: shard left pending", extra={"shard": shard.index})
             return CreateResult.BUSY
         try:
-            result = self._create_holding_lease(shard, owner)
+            result = self._create_refetching_key(shard, owner)
         except ProviderOutcomeUnknownError:
             # The lease stays: no other create may run until the checker has settled this
             # one (it releases the lease then), as a create in its window could be taken for it.
@@ -114,6 +119,18 @@ class ShardCreator:
             return False
         logger.warning("freed a create lease its holder left behind", extra={"owner": lease.owner, "state": state})
         return self._state.release_create_lease(lease.owner)
+
+    def _create_refetching_key(self, shard: ShardRecord, owner: str) -> CreateResult:
+        try:
+            return self._create_holding_lease(shard, owner)
+        except ApiKeyRefusedError as exc:
+            logger.warning("API key refused: create sent again with the key fetched anew", extra={"reason": str(exc)})
+        try:
+            return self._create_holding_lease(shard, owner)
+        except ApiKeyRefusedError:
+            logger.error("API key refused after fetching it again: shard left pending", extra={"shard": shard.index})
+            count_key_refused()
+            raise
 
     def _create_holding_lease(self, shard: ShardRecord, owner: str) -> CreateResult:
         """The create itself, under the lease."""

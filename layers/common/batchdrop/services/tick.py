@@ -1,7 +1,11 @@
 """One checker tick: move the jobs still submitting on (settle unknown creates, close unsent
 shards, create the batches a full queue deferred), follow every open batch and collect the
 ended ones, and finish each job whose batches are all in. A tick's work grows with open
-jobs and batches, never with requests, and it stops early to leave the rest to the next."""
+jobs and batches, never with requests, and it stops early to leave the rest to the next.
+
+Once the API refuses the key (after the adapter fetched it anew and tried again), the tick
+calls the API no more: what is left waits for the next tick, the rest (finishing jobs whose
+results are in) goes on, and the tick then fails so the function's error alarm sees it."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from batchdrop.domain.records import JobRecord, ShardRecord
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
 from batchdrop.domain.timings import parse_stamp
 from batchdrop.errors import (
+    ApiKeyRefusedError,
     CheckerItemsFailedError,
     ProviderOutcomeUnknownError,
     ProviderRejectedError,
@@ -50,6 +55,7 @@ class TickReport:
     past_expiry: list[str] = field(default_factory=list)  # batches open past expires_at + margin
     cancel_sent: list[str] = field(default_factory=list)  # batches of canceled jobs asked to stop
     failed: list[str] = field(default_factory=list)  # items whose step raised: re-raised at the end
+    key_refused: str | None = None  # why the API refused the key: no more API calls this tick, raised at the end
 
 
 class Checker:
@@ -84,6 +90,10 @@ class Checker:
         for job in work.jobs:
             if job.job_id not in still_open:
                 self._finish(job.job_id, report)
+        if report.key_refused:
+            failed = f"; {len(report.failed)} item(s) failed: {', '.join(report.failed)}" if report.failed else ""
+            left = f"{report.deferred} item(s) left to the next tick"
+            raise CheckerItemsFailedError(f"the API refused the key ({report.key_refused}); {left}{failed}")
         if report.failed:
             raise CheckerItemsFailedError(f"{len(report.failed)} item(s) failed this tick: {', '.join(report.failed)}")
         return report
@@ -114,6 +124,9 @@ class Checker:
             return False
         try:
             settled = self._settler.settle(shards)
+        except ApiKeyRefusedError as exc:
+            self._key_refused(exc, report)
+            return False
         except ProviderUnavailableError as exc:
             logger.warning("unknown creates left to the next tick", extra={"error": str(exc)})
             return False
@@ -140,13 +153,16 @@ class Checker:
         for shard in shards:
             if shard.state is not ShardState.PENDING:
                 continue
-            if self._out_of_time(needed=self._timings.create_timeout):
+            if report.key_refused or self._out_of_time(needed=self._timings.create_timeout):
                 report.deferred += 1
                 continue
             try:
                 result = self._creator.create(shard)
             except ProviderOutcomeUnknownError:
                 moved = True  # UNKNOWN now: the next tick settles it
+                continue
+            except ApiKeyRefusedError as exc:  # no batch was made: the shard is PENDING
+                self._key_refused(exc, report)
                 continue
             except ProviderRejectedError as exc:
                 logger.error("create refused: shard left pending", extra={"job_id": shard.job_id, "error": str(exc)})
@@ -168,10 +184,10 @@ class Checker:
     def _follow_batches(self, batches: list[ShardRecord], jobs: list[JobRecord], report: TickReport) -> set[str]:
         """Collect each ended batch, chase the open ones; the jobs a batch was collected for."""
         canceling = {job.job_id for job in jobs if job.cancel_requested}
-        listed = self._listed(batches)
+        listed = {} if report.key_refused else self._listed(batches, report)
         touched: set[str] = set()
         for seen in batches:
-            if self._out_of_time():
+            if report.key_refused or self._out_of_time():
                 report.deferred += 1
                 continue
             try:
@@ -181,6 +197,8 @@ class Checker:
                 elif self._collect(seen, batch, report):
                     report.collected.append(batch["id"])
                     touched.add(seen.job_id)
+            except ApiKeyRefusedError as exc:
+                self._key_refused(exc, report)
             except ProviderUnavailableError as exc:
                 logger.warning("batch left to the next tick", extra={"batch_id": seen.batch_id, "error": str(exc)})
                 report.deferred += 1
@@ -202,7 +220,7 @@ class Checker:
         report.retried += retried
         return True
 
-    def _listed(self, batches: list[ShardRecord]) -> dict[str, dict[str, Any]]:
+    def _listed(self, batches: list[ShardRecord], report: TickReport) -> dict[str, dict[str, Any]]:
         """The open batches as the workspace's list shows them: one call for up to 1,000
         batches instead of a retrieve each (every call counts against the Batches API's
         requests-per-minute limit, creates included). Listing stops once it has cost one call
@@ -217,6 +235,9 @@ class Checker:
         try:
             ids = [shard.batch_id for shard in batches if shard.batch_id]
             return self._wired.batches.find_recent(ids, not_before, max_calls)
+        except ApiKeyRefusedError as exc:
+            self._key_refused(exc, report)
+            return {}
         except ProviderUnavailableError as exc:
             logger.warning("listing batches failed: each is retrieved on its own", extra={"error": str(exc)})
             return {}
@@ -257,6 +278,12 @@ class Checker:
         if counts == dict(seen.progress) and (expires is None or expires == seen.expires_at):
             return
         self._wired.state.note_progress(seen, counts, expires)
+
+    def _key_refused(self, exc: ApiKeyRefusedError, report: TickReport) -> None:
+        """The API refused the key: the tick makes no more API calls."""
+        logger.error("the API refused the key: API calls left to the next tick", extra={"error": str(exc)})
+        report.key_refused = str(exc)
+        report.deferred += 1
 
     # --- finished jobs ------------------------------------------------------------------
 
