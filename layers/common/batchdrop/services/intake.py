@@ -73,12 +73,14 @@ class Intake:
         have = {shard.index for shard in shards}
         for index in sorted(set(range(job.shard_count if job else 0)) - have):
             key = shard_key(job_id, index)
+            version = self._wired.store.version_of(key)  # the version counted is the one recorded
             digest, requests, line_bytes = IdsDigest(), 0, 0
-            for request in request_lines(self._wired.store.lines(key)):
+            for request in request_lines(self._wired.store.lines(key, version)):
                 digest.add(str(json.loads(request)["custom_id"]))
                 requests += 1
                 line_bytes += len(request)
-            plan = ShardPlan(index, key, requests, create_body_bytes(requests, line_bytes), digest.hex)
+            size = create_body_bytes(requests, line_bytes)
+            plan = ShardPlan(index, key, requests, size, digest.hex, version)
             if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
