@@ -1,15 +1,22 @@
 """On the local stack: what a writer other than our functions puts in the bucket is never
 sent. A shard body replaced in work/ after the split wrote it leaves the batch as the
-split made it: the create reads the version recorded with the shard."""
+split made it: the create reads the version recorded with the shard. And an event that
+is not S3 telling of an upload to our inbox/ or cancel/ runs no job."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from batchdrop import config
+from batchdrop.domain.jobs import job_id_for
+from batchdrop_local.lambda_context import LocalLambdaContext
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import request_lines
 from tests.e2e.support import (
+    SUBMIT,
     assert_each_request_once,
     input_ids,
     put_version,
@@ -58,3 +65,54 @@ def test_a_shard_replaced_in_work_before_its_create_is_sent_as_the_split_wrote_i
     assert manifest["status"] == "COMPLETED"
     assert_each_request_once(stack, manifest, input_ids(body))
     assert not [custom_id for custom_id in control.custom_ids() if custom_id.startswith("bad-")]
+
+
+def _record(bucket: str, key: str, version_id: str, source: str = "aws:s3") -> dict[str, Any]:
+    """One record of an S3 event (keys here need no URL encoding)."""
+    obj = {"key": key, "size": 1, "versionId": version_id}
+    return {"eventSource": source, "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": obj}}
+
+
+def _job_ids(stack: LocalStack) -> set[str]:
+    items = stack.client("dynamodb").scan(TableName=stack.table_name)["Items"]
+    return {item["job_id"]["S"] for item in items if item["SK"]["S"] == "JOB"}
+
+
+def test_forged_s3_records_run_no_job_and_leave_the_real_upload_to_run(
+    stack: LocalStack, runner: LocalRunner, handlers: dict[str, Any]
+) -> None:
+    # Given a real upload to inbox/, a file another bucket holds and an object put in work/
+    s3 = stack.client("s3")
+    lines = b"".join(line + b"\n" for line in request_lines(3, 100))
+    real = put_version(stack, "inbox/writers/real.jsonl", lines)
+    s3.create_bucket(Bucket="another-bucket")
+    s3.put_bucket_versioning(Bucket="another-bucket", VersioningConfiguration={"Status": "Enabled"})
+    other = str(s3.put_object(Bucket="another-bucket", Key="inbox/theirs.jsonl", Body=lines)["VersionId"])
+    planted = put_version(stack, "work/writers/planted.jsonl", lines)
+    jobs_before = _job_ids(stack)
+    creates_before = stack.emulator_control().counters()["creates_accepted"]
+
+    # When SubmitFunction is invoked with records naming them, and one not from S3 at all
+    event = {
+        "Records": [
+            _record("another-bucket", "inbox/theirs.jsonl", other),
+            _record(stack.bucket_name, "work/writers/planted.jsonl", planted),
+            _record(stack.bucket_name, "inbox/writers/real.jsonl", real, source="aws:sqs"),
+            _record(stack.bucket_name, "inbox/writers/real.jsonl", real),
+        ]
+    }
+    with config.invocation_environment(runner.function_environment(SUBMIT)):
+        answer = handlers[SUBMIT](event, LocalLambdaContext(stack.function_name(SUBMIT)))
+
+    # Then each forged record is refused with its reason, and only the real upload is a job
+    assert [outcome.get("refused") for outcome in answer["jobs"]] == [
+        f"bucket 'another-bucket' is not this stack's {stack.bucket_name!r}",
+        "the key is under neither inbox/ nor cancel/",
+        "eventSource is 'aws:sqs', not 'aws:s3'",
+        None,
+    ]
+    real_job = job_id_for(stack.bucket_name, "inbox/writers/real.jsonl", real)
+    assert _job_ids(stack) - jobs_before == {real_job}
+    assert stack.emulator_control().counters()["creates_accepted"] == creates_before + 1
+    manifest = run_to_the_end(stack, runner, real_job)
+    assert_each_request_once(stack, manifest, input_ids(lines))

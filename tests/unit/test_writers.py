@@ -4,17 +4,26 @@ shard), and what the submit function is handed that is not an upload of ours is 
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
 import pytest
 
+from batchdrop import wiring
 from batchdrop.domain.shards import shard_key
 from batchdrop.domain.states import ShardState
 from batchdrop.errors import ProviderRejectedError
-from batchdrop.services.intake import Intake
+from batchdrop.services.intake import Intake, RefusedRecord, S3Upload, check_record
 from batchdrop.services.tick import Checker, TickReport
+from batchdrop_local.lambda_context import LocalLambdaContext
 from tests.unit.fakes import Fakes, errored, request
 
 pytestmark = pytest.mark.unit
 
+SUBMIT_APP = Path(__file__).resolve().parents[2] / "functions" / "submit" / "app.py"
 
 QUEUE_FULL = ProviderRejectedError(429, "the queue is full", queue_full=True)
 
@@ -87,3 +96,95 @@ def test_a_retry_body_is_made_from_the_version_of_the_attempt_before_it(world: F
     # Then the retry is "b" as the split wrote it
     second = next(batch for batch in world.batches.batches if batch != first)
     assert world.batches.bodies[second] == [request("b")]
+
+
+# --- the records SubmitFunction is handed --------------------------------------------------
+
+
+def s3_record(key: str, bucket: str = "bucket", source: str = "aws:s3", version_id: str = "v1") -> dict[str, Any]:
+    """One record as S3 sends it (the key URL-encoded)."""
+    obj = {"key": quote_plus(key, safe="/"), "size": 10, "versionId": version_id}
+    return {"eventSource": source, "s3": {"bucket": {"name": bucket}, "object": obj}}
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (s3_record("inbox/a.jsonl", source="aws:sqs"), "eventSource is 'aws:sqs', not 'aws:s3'"),
+        ({**s3_record("inbox/a.jsonl"), "eventSource": None}, "eventSource is None, not 'aws:s3'"),
+        (s3_record("inbox/a.jsonl", bucket="elsewhere"), "bucket 'elsewhere' is not this stack's 'bucket'"),
+        (s3_record("work/j/shard-00000.jsonl"), "the key is under neither inbox/ nor cancel/"),
+        (s3_record("results/j/manifest.json"), "the key is under neither inbox/ nor cancel/"),
+        (s3_record("inboxes/a.jsonl"), "the key is under neither inbox/ nor cancel/"),
+        ({"eventSource": "aws:s3"}, "the record names no S3 object"),
+        (
+            {"eventSource": "aws:s3", "s3": {"bucket": {"name": "bucket"}, "object": {}}},
+            "the record names no S3 object",
+        ),
+        ("not a record", "the record names no S3 object"),
+    ],
+    ids=["not-s3", "no-source", "other-bucket", "work", "results", "inboxes", "no-s3", "no-key", "not-a-dict"],
+)
+def test_a_record_that_is_not_an_upload_of_ours_is_refused_with_its_reason(record: Any, reason: str) -> None:
+    checked = check_record(record, "bucket")
+    assert isinstance(checked, RefusedRecord)
+    assert checked.reason == reason
+
+
+def test_an_upload_to_inbox_or_cancel_is_taken_with_its_key_decoded() -> None:
+    assert check_record(s3_record("inbox/a b+c.jsonl"), "bucket") == S3Upload("inbox/a b+c.jsonl", "v1", 10)
+    upload = check_record(s3_record("cancel/j0123456789abcdef01234567"), "bucket")
+    assert isinstance(upload, S3Upload)
+    assert upload.is_cancel
+
+
+@pytest.fixture
+def submit_handler(world: Fakes, monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """SubmitFunction's handler, imported as Lambda does, wired to the fakes."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "batchdrop-test")
+    monkeypatch.setattr(wiring, "from_env", world.wiring)
+    spec = importlib.util.spec_from_file_location("_submit_app_under_test", SUBMIT_APP)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module.lambda_handler
+    return lambda event: dict(handler(event, LocalLambdaContext("SubmitFunction")))
+
+
+def test_submit_refuses_forged_records_and_takes_the_others(
+    world: Fakes, submit_handler: Callable[[dict[str, Any]], dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an upload of ours, and records naming another bucket, another source and work/
+    source = world.upload("inbox/real.jsonl", [request("a")])
+    world.store.put("work/forged.jsonl", forged("x"))
+    event = {
+        "Records": [
+            s3_record("inbox/real.jsonl", bucket="elsewhere", version_id=source.version_id),
+            s3_record("inbox/real.jsonl", source="aws:sqs", version_id=source.version_id),
+            s3_record("work/forged.jsonl"),
+            s3_record("inbox/real.jsonl", version_id=source.version_id),
+        ]
+    }
+
+    # When the submit function is invoked with them all
+    answer = submit_handler(event)
+
+    # Then only the upload of ours became a job and a batch; each other record is refused,
+    # said with its key and reason in a warning, and none failed the invocation
+    assert [sorted(outcome) for outcome in answer["jobs"]] == [["key", "refused"]] * 3 + [
+        ["duplicate", "job_id", "status"]
+    ]
+    assert list(world.state.jobs) == [answer["jobs"][3]["job_id"]]
+    [batch_id] = world.batches.batches
+    assert world.batches.bodies[batch_id] == [request("a")]
+    refusals = [
+        (record.levelname, getattr(record, "key", None), getattr(record, "reason", None))
+        for record in caplog.records
+        if record.getMessage() == "S3 record refused"
+    ]
+    assert refusals == [
+        ("WARNING", "inbox/real.jsonl", "bucket 'elsewhere' is not this stack's 'bucket'"),
+        ("WARNING", "inbox/real.jsonl", "eventSource is 'aws:sqs', not 'aws:s3'"),
+        ("WARNING", "work/forged.jsonl", "the key is under neither inbox/ nor cancel/"),
+    ]
