@@ -168,6 +168,8 @@ class FakeObjectStore:
 
     def store_version(self, key: str, data: bytes, content_type: str, *, if_absent: bool) -> str | None:
         """Write `key` as `store` does; the version written, None when `if_absent` lost."""
+        if len(key.encode()) > 1024:  # as S3 answers a longer key
+            raise ValueError(f"KeyTooLongError: {len(key.encode())} bytes in {key[:40]!r}...")
         with self._lock:
             if if_absent and key in self._objects:
                 return None

@@ -4,6 +4,7 @@ shard), and what the submit function is handed that is not an upload of ours is 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from batchdrop import wiring
 from batchdrop.domain.shards import shard_key
 from batchdrop.domain.states import ShardState
 from batchdrop.errors import ProviderRejectedError
+from batchdrop.services.cancel import CANCEL_PREFIX, Canceler, refusal_key
 from batchdrop.services.intake import Intake, RefusedRecord, S3Upload, check_record
 from batchdrop.services.tick import Checker, TickReport
 from batchdrop_local.lambda_context import LocalLambdaContext
@@ -188,3 +190,39 @@ def test_submit_refuses_forged_records_and_takes_the_others(
         ("WARNING", "inbox/real.jsonl", "eventSource is 'aws:sqs', not 'aws:s3'"),
         ("WARNING", "work/forged.jsonl", "the key is under neither inbox/ nor cancel/"),
     ]
+
+
+# --- a cancel object's refusal -------------------------------------------------------------
+
+
+def _longest_fitting_name(char: str) -> str:
+    """A cancel/ name made of `char` whose errors/cancel/<name>.json is exactly 1,024 bytes."""
+    room = 1024 - len(b"errors/cancel/") - len(b".json")
+    return char * (room // len(char.encode()))
+
+
+@pytest.mark.parametrize("char", ["x", "é", "猫"], ids=["ascii", "two-byte", "three-byte"])
+def test_a_cancel_name_too_long_for_its_error_key_gets_its_refusal_under_a_hashed_name(world: Fakes, char: str) -> None:
+    # Given cancel objects whose names are as long as an S3 key allows (1,024 bytes of UTF-8)
+    key = CANCEL_PREFIX + char * ((1024 - len(CANCEL_PREFIX)) // len(char.encode()))
+    assert len(key.encode()) <= 1024 < len(f"errors/cancel/{key.removeprefix(CANCEL_PREFIX)}.json".encode())
+
+    # When it is handled
+    outcome = Canceler(world.wiring()).cancel_from_key(key)
+
+    # Then it is refused, and its reason is written under the SHA-256 of its key, naming the key
+    assert outcome.status == "BAD_KEY"
+    hashed = f"errors/cancel/{hashlib.sha256(key.encode()).hexdigest()}.json"
+    assert world.store.keys("errors/") == [hashed]
+    written = world.store.get_json(hashed)
+    assert written["key"] == key
+    assert "is not cancel/<job_id>" in written["reason"]
+
+
+@pytest.mark.parametrize("char", ["x", "é"], ids=["ascii", "two-byte"])
+def test_a_cancel_name_whose_error_key_fits_keeps_its_readable_name(world: Fakes, char: str) -> None:
+    name = _longest_fitting_name(char)
+    Canceler(world.wiring()).cancel_from_key(CANCEL_PREFIX + name)
+    assert world.store.keys("errors/") == [f"errors/cancel/{name}.json"]
+    assert len(f"errors/cancel/{name}.json".encode()) <= 1024
+    assert refusal_key(CANCEL_PREFIX + name + "x") != refusal_key(CANCEL_PREFIX + name + "y")
