@@ -143,7 +143,6 @@ def test_an_upload_to_inbox_or_cancel_is_taken_with_its_key_decoded() -> None:
 @pytest.fixture
 def submit_handler(world: Fakes, monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """SubmitFunction's handler, imported as Lambda does, wired to the fakes."""
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "batchdrop-test")
     monkeypatch.setattr(wiring, "from_env", world.wiring)
     spec = importlib.util.spec_from_file_location("_submit_app_under_test", SUBMIT_APP)
     assert spec is not None
