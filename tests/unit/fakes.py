@@ -106,6 +106,7 @@ class FakeWriter:
         self.key = key
         self.size = 0
         self.created = False
+        self.version_id: str | None = None
 
     def write(self, data: bytes) -> None:
         self._buffer += data
@@ -117,7 +118,9 @@ class FakeWriter:
         self.write(self._store.read_range(source))
 
     def close(self) -> bool:
-        self.created = self._store.store(self.key, bytes(self._buffer), self._content_type, if_absent=self._if_absent)
+        data = bytes(self._buffer)
+        self.version_id = self._store.store_version(self.key, data, self._content_type, if_absent=self._if_absent)
+        self.created = self.version_id is not None
         return self.created
 
     def abort(self) -> None:
@@ -161,12 +164,18 @@ class FakeObjectStore:
 
     def store(self, key: str, data: bytes, content_type: str, *, if_absent: bool) -> bool:
         """Write `key`; with `if_absent`, only if it holds no object yet (False: it stays)."""
+        return self.store_version(key, data, content_type, if_absent=if_absent) is not None
+
+    def store_version(self, key: str, data: bytes, content_type: str, *, if_absent: bool) -> str | None:
+        """Write `key` as `store` does; the version written, None when `if_absent` lost."""
+        if len(key.encode()) > 1024:  # as S3 answers a longer key
+            raise ValueError(f"KeyTooLongError: {len(key.encode())} bytes in {key[:40]!r}...")
         with self._lock:
             if if_absent and key in self._objects:
-                return False
+                return None
             version = StoredVersion(f"v{next(self._versions)}", data, self._clock.now(), content_type)
             self._objects.setdefault(key, []).append(version)
-            return True
+            return version.version_id
 
     def read_range(self, source: SourceRange) -> bytes:
         if source.bucket != self.bucket:
@@ -198,9 +207,12 @@ class FakeObjectStore:
             yield data[start:end]
             start = end
 
-    def open(self, key: str) -> tuple[int, FakeBody]:
-        data = self._current(key).data
+    def open(self, key: str, version_id: str | None = None) -> tuple[int, FakeBody]:
+        data = self._version(key, version_id).data
         return len(data), FakeBody(data)
+
+    def version_of(self, key: str) -> str:
+        return self._current(key).version_id
 
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool:
         body = json.dumps(document, indent=2, ensure_ascii=False).encode()
@@ -214,9 +226,11 @@ class FakeObjectStore:
             for version in self._objects[key]:
                 yield ObjectVersion(key, version.version_id, version.last_modified, len(version.data))
 
-    def copy(self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False) -> bool:
+    def copy(
+        self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False
+    ) -> str | None:
         data = self._version(source.key, source.version_id).data if whole else self.read_range(source)
-        return self.store(key, data, content_type, if_absent=if_absent)
+        return self.store_version(key, data, content_type, if_absent=if_absent)
 
     def writer(self, key: str, content_type: str, *, if_absent: bool = False) -> FakeWriter:
         return FakeWriter(self, key, content_type, if_absent=if_absent)
@@ -333,6 +347,7 @@ class FakeStateStore:
             attempt=1,
             creates_sent=0,
             max_attempts=max_attempts,
+            version_id=shard.version_id,
         )
         return lambda: self.shard_items.__setitem__((job_id, shard.index), record)
 
@@ -531,6 +546,7 @@ class FakeStateStore:
             "attempt_requests": next_attempt.requests,
             "size": next_attempt.size,
             "ids_digest": next_attempt.ids_digest,
+            "version_id": next_attempt.version_id,
             "creates_sent": 0,
             "batch_id": None,
             "sent_at": None,

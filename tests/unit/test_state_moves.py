@@ -193,6 +193,7 @@ _SHARD_SCALARS = (
     "sent_at",
     "lease_owner",
     "overdue_at",
+    "version_id",
 )
 
 
@@ -571,6 +572,30 @@ def test_shards_are_recorded_only_once(both: Both) -> None:
     assert both.same(record) is False
     assert both.same(lambda store: store.add_missing_shard(both.job_id, PLAN, 3)) is False
     assert both.same(lambda store: store.add_missing_shard(both.job_id, replace(PLAN, index=1), 3)) is True
+
+
+def test_a_shard_keeps_the_version_of_its_body_that_was_written(both: Both) -> None:
+    """The version the split wrote is recorded with the shard; a retry's body brings its
+    own, and a retry whose version is not known leaves none of the attempt before it."""
+    both.given(JobStatus.RECEIVED)
+    plans = [replace(PLAN, version_id="v-shard-0"), replace(PLAN, index=1, version_id="v-shard-1")]
+    assert both.same(lambda st: st.record_shards(both.job_id, plans[:1], requested=2, rejected=0, max_attempts=3))
+    assert both.same(lambda store: store.add_missing_shard(both.job_id, plans[1], 3)) is True
+    assert [shard.version_id for shard in both.table.shards(both.job_id)] == ["v-shard-0", "v-shard-1"]
+
+    sent = both.given(JobStatus.RUNNING, ShardState.SUBMITTED, version_id="v-shard-0")
+    assert sent is not None
+    assert both.same(lambda store: store.schedule_retry(sent, OUTCOME, replace(RETRY, version_id="v-retry"))) is True
+    retried = both.table.get_shard(both.job_id, 0)
+    assert retried is not None
+    assert (retried.key, retried.version_id) == (RETRY.key, "v-retry")
+
+    sent = both.given(JobStatus.RUNNING, ShardState.SUBMITTED, version_id="v-shard-0")
+    assert sent is not None
+    assert both.same(lambda store: store.schedule_retry(sent, OUTCOME, RETRY)) is True
+    retried = both.table.get_shard(both.job_id, 0)
+    assert retried is not None
+    assert retried.version_id is None
 
 
 def test_a_job_finishes_only_as_a_final_status(both: Both) -> None:

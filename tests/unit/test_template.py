@@ -226,7 +226,7 @@ def test_bucket_policy_denies_requests_without_tls_1_2(template: dict[str, Any])
         for p in resources_of_type(template, "AWS::S3::BucketPolicy").values()
         if p["Properties"]["Bucket"] == {"Ref": "Bucket"}
     )
-    denies = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    denies = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Effect") == "Deny"]
 
     def denied_when(operator: str, key: str) -> list[dict[str, Any]]:
         return [s for s in denies if key in s.get("Condition", {}).get(operator, {})]
@@ -244,6 +244,85 @@ def test_bucket_policy_denies_requests_without_tls_1_2(template: dict[str, Any])
         }
     assert str(insecure[0]["Condition"]["Bool"]["aws:SecureTransport"]).lower() == "false"
     assert str(old_tls[0]["Condition"]["NumericLessThan"]["s3:TlsVersion"]) == "1.2"
+
+
+# --- the bucket's writers ------------------------------------------------------------------
+
+PIPELINE_PREFIXES = ("work/", "results/", "errors/", "pipelines/")
+
+
+def bucket_policy_statements(template: dict[str, Any]) -> list[Any]:
+    (policy,) = resources_of_type(template, "AWS::S3::BucketPolicy").values()
+    assert policy["Properties"]["Bucket"] == {"Ref": "Bucket"}
+    return list(policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+def statement_by_sid(template: dict[str, Any], sid: str) -> tuple[str | None, dict[str, Any]]:
+    """A bucket policy statement and the condition it is included under (None: always)."""
+    found = []
+    for statement in bucket_policy_statements(template):
+        if "Fn::If" in statement:
+            condition, included, excluded = statement["Fn::If"]
+            assert excluded == {"Ref": "AWS::NoValue"}
+            found.append((condition, included))
+        else:
+            found.append((None, statement))
+    (match,) = [(condition, statement) for condition, statement in found if statement.get("Sid") == sid]
+    return match
+
+
+def test_bucket_policy_lets_only_our_functions_and_the_admin_role_write_the_pipeline_prefixes(
+    template: dict[str, Any],
+) -> None:
+    condition, deny = statement_by_sid(template, "DenyPipelineWritesButOurFunctions")
+
+    # Denied, always: writing and deleting (any version) under every prefix the pipeline keeps
+    assert condition is None
+    assert (deny["Effect"], deny["Principal"]) == ("Deny", "*")
+    assert set(actions(deny)) == {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"}
+    assert {resource_text(r) for r in deny["Resource"]} == {f"${{Bucket.Arn}}/{p}*" for p in PIPELINE_PREFIXES}
+    # ...to every principal but the functions' roles, and the admin role when one is given
+    assert list(deny["Condition"]) == ["ArnNotEquals"]
+    assert list(deny["Condition"]["ArnNotEquals"]) == ["aws:PrincipalArn"]
+    if_admin, with_admin, without_admin = deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]["Fn::If"]
+    roles = [{"Fn::GetAtt": [f"{name}Role", "Arn"]} for name in functions(template)]
+    assert sorted(map(json.dumps, without_admin)) == sorted(map(json.dumps, roles))
+    assert sorted(map(json.dumps, with_admin)) == sorted(map(json.dumps, [*roles, {"Ref": "AdminRoleArn"}]))
+    assert template["Conditions"][if_admin] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AdminRoleArn"}, ""]}]}
+    admin = template["Parameters"]["AdminRoleArn"]
+    assert admin["Default"] == ""
+    assert re.fullmatch(admin["AllowedPattern"], "arn:aws:iam::123456789012:role/ops/batchdrop-admin")
+    assert not re.fullmatch(admin["AllowedPattern"], "arn:aws:iam::123456789012:user/someone")
+    assert not re.fullmatch(admin["AllowedPattern"], "*")
+    # Every object prefix a function writes, outside the triggers, is one the deny covers
+    for function in functions(template).values():
+        for pattern in s3_object_patterns(function, "s3:PutObject"):
+            assert pattern.startswith(PIPELINE_PREFIXES), pattern
+
+
+def test_upstream_writers_may_put_inbox_and_cancel_and_get_results_and_errors_only(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["UpstreamWriterPrincipals"]
+    assert (parameter["Type"], parameter["Default"]) == ("CommaDelimitedList", "")
+    empty = {"Fn::Equals": [{"Fn::Join": [",", {"Ref": "UpstreamWriterPrincipals"}]}, ""]}
+    assert template["Conditions"]["HasUpstreamWriters"] == {"Fn::Not": [empty]}
+
+    put_condition, put = statement_by_sid(template, "UpstreamWritersPutInboxAndCancel")
+    get_condition, get = statement_by_sid(template, "UpstreamWritersGetResultsAndErrors")
+
+    # Both only when principals are given, both naming exactly them
+    assert put_condition == get_condition == "HasUpstreamWriters"
+    for statement in (put, get):
+        assert statement["Effect"] == "Allow"
+        assert statement["Principal"] == {"AWS": {"Ref": "UpstreamWriterPrincipals"}}
+        assert "Condition" not in statement
+    assert actions(put) == ["s3:PutObject"]
+    assert {resource_text(r) for r in put["Resource"]} == {"${Bucket.Arn}/inbox/*", "${Bucket.Arn}/cancel/*"}
+    assert actions(get) == ["s3:GetObject"]
+    assert {resource_text(r) for r in get["Resource"]} == {"${Bucket.Arn}/results/*", "${Bucket.Arn}/errors/*"}
+    # ...and no other statement of the bucket policy names them or allows anything
+    others = [s for s in bucket_policy_statements(template) if "Fn::If" not in s]
+    assert "UpstreamWriterPrincipals" not in json.dumps(others)
+    assert {s["Effect"] for s in others} == {"Deny"}
 
 
 def test_lifecycle_cleans_up_uploads_versions_and_shards(template: dict[str, Any]) -> None:

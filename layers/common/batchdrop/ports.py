@@ -87,11 +87,13 @@ class Body(Protocol):
 
 class Writer(Protocol):
     """One object written as a stream; `close` completes it (False: written if absent, and
-    another writer got there first), `abort` drops it."""
+    another writer got there first), `abort` drops it. `version_id` is the version it wrote
+    (S3's "null" in a bucket without versioning), None until then."""
 
     key: str
     size: int
     created: bool
+    version_id: str | None
 
     def write(self, data: bytes) -> None: ...
 
@@ -111,7 +113,9 @@ class ObjectStore(Protocol):
 
     def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]: ...
 
-    def open(self, key: str) -> tuple[int, Body]: ...
+    def open(self, key: str, version_id: str | None = None) -> tuple[int, Body]: ...
+
+    def version_of(self, key: str) -> str: ...
 
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool: ...
 
@@ -121,7 +125,7 @@ class ObjectStore(Protocol):
 
     def copy(
         self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False
-    ) -> bool: ...
+    ) -> str | None: ...
 
     def writer(self, key: str, content_type: str, *, if_absent: bool = False) -> Writer: ...
 

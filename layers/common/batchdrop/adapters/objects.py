@@ -87,10 +87,16 @@ class ObjectStore:
         with stream:
             yield from stream
 
-    def open(self, key: str) -> tuple[int, Any]:
-        """The size of an object and its open body (read it with `iter_chunks`; close it)."""
-        response = self.client.get_object(Bucket=self.bucket, Key=key)
+    def open(self, key: str, version_id: str | None = None) -> tuple[int, Any]:
+        """The size of an object version (the current one without `version_id`) and its open
+        body (read it with `iter_chunks`; close it)."""
+        extra = {"VersionId": version_id} if version_id else {}
+        response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
         return int(response["ContentLength"]), response["Body"]
+
+    def version_of(self, key: str) -> str:
+        """The id of the object's current version."""
+        return _version_id(self.client.head_object(Bucket=self.bucket, Key=key))
 
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool:
         """Write a JSON document; with `if_absent`, only if the key holds no object yet (S3's
@@ -116,19 +122,21 @@ class ObjectStore:
                 key, version_id, size = version["Key"], version.get("VersionId"), version.get("Size")
                 yield ObjectVersion(key, version_id, version["LastModified"], size)
 
-    def copy(self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False) -> bool:
+    def copy(
+        self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False
+    ) -> str | None:
         """Write `key` as a copy of the range, made by S3 itself: the `whole` object version
-        is one CopyObject, a part of one a multipart upload of that range. With `if_absent`,
-        False when the key held an object already (it stays)."""
+        is one CopyObject, a part of one a multipart upload of that range; the version
+        written. With `if_absent`, None when the key held an object already (it stays)."""
         writer = self.writer(key, content_type, if_absent=if_absent)
         if not whole:
             with writer:  # aborted if the range cannot be copied
                 writer.copy_from(source)
-            return writer.created
+            return writer.version_id
         if if_absent:
             writer.abort_unfinished()
         try:
-            self.client.copy_object(
+            copied = self.client.copy_object(
                 Bucket=self.bucket,
                 Key=key,
                 CopySource=_copy_source(source),
@@ -138,12 +146,18 @@ class ObjectStore:
             )
         except Exception as exc:
             if if_absent and _precondition_failed(exc):
-                return False
+                return None
             raise
-        return True
+        return _version_id(copied)
 
     def writer(self, key: str, content_type: str, *, if_absent: bool = False) -> MultipartWriter:
         return MultipartWriter(self.client, self.bucket, key, content_type, if_absent=if_absent)
+
+
+def _version_id(response: Any) -> str:
+    """The version a write or HEAD names: S3 leaves VersionId out where versioning is off,
+    and calls that one version "null"."""
+    return str(response.get("VersionId") or "null")
 
 
 def _precondition_failed(exc: Exception) -> bool:
@@ -171,6 +185,7 @@ class MultipartWriter:
         self._content_type = content_type
         self._condition = {"IfNoneMatch": "*"} if if_absent else {}
         self.created = False
+        self.version_id: str | None = None
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
@@ -258,7 +273,7 @@ class MultipartWriter:
         """Complete the object; False when a conditional write found one there already."""
         try:
             if self._upload_id is None:
-                self._client.put_object(
+                written = self._client.put_object(
                     Bucket=self._bucket,
                     Key=self.key,
                     Body=bytes(self._buffer),
@@ -269,7 +284,7 @@ class MultipartWriter:
                 if self._buffer:
                     self._flush_part()
                 self._sent()
-                self._client.complete_multipart_upload(
+                written = self._client.complete_multipart_upload(
                     Bucket=self._bucket,
                     Key=self.key,
                     UploadId=self._upload_id,
@@ -282,6 +297,7 @@ class MultipartWriter:
             self.abort()
             return False
         self.created = True
+        self.version_id = _version_id(written)
         return True
 
     def abort_unfinished(self) -> None:

@@ -122,6 +122,7 @@ def _shard_record(item: Mapping[str, Any]) -> ShardRecord:
         ended_at=item.get("ended_at"),
         progress=dict(item.get("progress") or {}),
         expires_at=item.get("expires_at"),
+        version_id=item.get("version_id"),
     )
 
 
@@ -139,6 +140,7 @@ def _shard_item(job_id: str, shard: ShardPlan, max_attempts: int) -> dict[str, A
         "attempt": 1,
         "creates_sent": 0,
         "max_attempts": max_attempts,
+        **({"version_id": shard.version_id} if shard.version_id is not None else {}),
     }
 
 
@@ -702,6 +704,11 @@ class StateTable(_ShardNotes):
             "ids_digest": next_attempt.ids_digest,
             "creates_sent": 0,
         }
+        # The retry body's own version; none known: the previous attempt's must not stay.
+        stale: tuple[str, ...] = ("version_id",)
+        if next_attempt.version_id is not None:
+            values["version_id"] = next_attempt.version_id
+            stale = ()
         update = self._shard_move(
             shard.job_id,
             shard.index,
@@ -709,7 +716,7 @@ class StateTable(_ShardNotes):
             ShardState.PENDING,
             fence=self._attempt_fence(shard),
             set_values=values,
-            remove=(*_OPEN_KEYS, "batch_id", "sent_at", "overdue_at", "progress", "expires_at"),
+            remove=(*_OPEN_KEYS, "batch_id", "sent_at", "overdue_at", "progress", "expires_at", *stale),
         )
         job = self._job_move(shard.job_id, (JobStatus.SUBMITTING, JobStatus.RUNNING), JobStatus.SUBMITTING)
         return self._transact([{"Update": update}, {"Update": job}], "retry not scheduled")

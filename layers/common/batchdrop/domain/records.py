@@ -50,6 +50,7 @@ class ShardPlan:
     requests: int
     size: int  # bytes of its create body
     ids_digest: str = ""  # IdsDigest of its custom_ids
+    version_id: str | None = None  # the version of `key` the split wrote: the one sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,10 @@ class ShardRecord:
     # expires_at as the checker last saw them, for clients to show progress; not a state move.
     progress: Mapping[str, int] = field(default_factory=dict)
     expires_at: str | None = None
+    # The version of `key` written for the current attempt: every create reads that version,
+    # so a body replaced in work/ afterwards is never sent. None on items recorded before
+    # versions were kept: the current version is read.
+    version_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,7 @@ class NextAttempt:
     requests: int
     size: int
     ids_digest: str
+    version_id: str | None = None  # the version of `key` written for it
 
 
 @dataclass(frozen=True, slots=True)

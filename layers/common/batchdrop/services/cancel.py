@@ -6,6 +6,7 @@ did finish, and closes the job CANCELED with its results so far."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from batchdrop.ports import Wiring
 
 CANCEL_PREFIX = "cancel/"
 _JOB_ID = re.compile(r"j[0-9a-f]{24}")
+_ERRORS_PREFIX = "errors/cancel/"
+MAX_KEY_BYTES = 1024  # S3's longest object key, in UTF-8 bytes
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,17 @@ class CancelOutcome:
     job_id: str | None
     status: str  # CANCELING, or why nothing was done: UNKNOWN_JOB, FINISHED, BAD_KEY
     batches_canceled: int = 0
+
+
+def refusal_key(key: str) -> str:
+    """Where the refusal of the cancel object `key` is written: errors/cancel/<its name>.json,
+    or, when that would be longer than S3 allows (a name near the limit itself), under the
+    SHA-256 of the key; the document inside names the key either way."""
+    name = key.removeprefix(CANCEL_PREFIX).replace("/", "_") or "_"
+    readable = f"{_ERRORS_PREFIX}{name}.json"
+    if len(readable.encode()) <= MAX_KEY_BYTES:
+        return readable
+    return f"{_ERRORS_PREFIX}{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def job_id_of(key: str) -> str | None:
@@ -66,6 +80,5 @@ class Canceler:
         object, beside it under errors/ so the upstream system can read why."""
         logger.error("cancel refused", extra={"key": key, "reason": reason})
         if key is not None:
-            name = key.removeprefix(CANCEL_PREFIX).replace("/", "_") or "_"
-            self._wired.store.put_json(f"errors/cancel/{name}.json", {"key": key, "reason": reason})
+            self._wired.store.put_json(refusal_key(key), {"key": key, "reason": reason})
         return CancelOutcome(job_id, status)

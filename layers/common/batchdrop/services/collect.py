@@ -110,11 +110,11 @@ class Collector:
     def _schedule_retry(self, shard: ShardRecord, outcome: Outcome, tally: _Tally) -> bool:
         attempt = shard.attempt + 1
         retry_key = shard_key(shard.job_id, shard.index, attempt)
-        size = self._write_retry_body(shard.key, retry_key, tally.retry_ids)
+        size, version = self._write_retry_body(shard, retry_key, tally.retry_ids)
         digest = IdsDigest()
         for custom_id in tally.retry_ids:
             digest.add(custom_id)
-        next_attempt = NextAttempt(attempt, retry_key, len(tally.retry_ids), size, digest.hex)
+        next_attempt = NextAttempt(attempt, retry_key, len(tally.retry_ids), size, digest.hex, version)
         if not self._wired.state.schedule_retry(shard, outcome, next_attempt):
             return False
         logger.warning(
@@ -123,14 +123,16 @@ class Collector:
         )
         return True
 
-    def _write_retry_body(self, source_key: str, retry_key: str, wanted: set[str]) -> int:
-        """The requests of `source_key` whose custom_id is in `wanted`, in their order, one
-        per line at `retry_key`, streamed; the size of their create body. Every wanted
-        request must be found."""
+    def _write_retry_body(self, shard: ShardRecord, retry_key: str, wanted: set[str]) -> tuple[int, str]:
+        """The requests of the shard's body (the version recorded) whose custom_id is in
+        `wanted`, in their order, one per line at `retry_key`, streamed; the size of their
+        create body and the version written (a run before this one's, if it wrote it first).
+        Every wanted request must be found."""
         found = line_bytes = 0
         store = self._wired.store
+        source_key = shard.key
         with store.writer(retry_key, SHARD_CONTENT_TYPE, if_absent=True) as body:
-            for request in request_lines(store.lines(source_key)):
+            for request in request_lines(store.lines(source_key, shard.version_id)):
                 if json.loads(request)["custom_id"] in wanted:
                     body.write(request)
                     body.write(b"\n")
@@ -138,7 +140,7 @@ class Collector:
                     line_bytes += len(request)
             if found != len(wanted):
                 raise ResultsMismatchError(f"{source_key} holds {found} of the {len(wanted)} requests to retry")
-        return create_body_bytes(found, line_bytes)
+        return create_body_bytes(found, line_bytes), body.version_id or store.version_of(retry_key)
 
 
 def _check(shard: ShardRecord, batch_id: str, tally: _Tally) -> None:

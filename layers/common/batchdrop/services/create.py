@@ -135,7 +135,8 @@ class ShardCreator:
     def _create_holding_lease(self, shard: ShardRecord, owner: str) -> CreateResult:
         """The create itself, under the lease."""
         # Opened before the intent: a shard that cannot be read never becomes "maybe sent".
-        object_bytes, body = self._wired.store.open(shard.key)
+        # The version recorded when the body was written: one replaced since is never sent.
+        object_bytes, body = self._wired.store.open(shard.key, shard.version_id)
         try:
             size = create_body_size(shard.key, object_bytes, shard)
             sent_at = self._wired.stamp()

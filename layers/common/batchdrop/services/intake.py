@@ -8,7 +8,10 @@ have gone through (UNKNOWN) is never sent again from here."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
 
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.manifest import build_manifest
@@ -17,8 +20,13 @@ from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
+from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
 from batchdrop.services.split import Split, split_object
+
+# Where uploads become jobs; with cancel/, the prefixes template.yaml's S3 events notify.
+INBOX_PREFIX = "inbox/"
+S3_EVENT_SOURCE = "aws:s3"
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,50 @@ class SubmitOutcome:
     status: JobStatus  # the job's status after this invocation
     duplicate: bool = False
     submitted: int = 0  # shards created by this invocation
+
+
+@dataclass(frozen=True)
+class S3Upload:
+    """An S3 event record that names an object of ours the submit function takes."""
+
+    key: str  # decoded
+    version_id: str | None
+    size: int | None
+
+    @property
+    def is_cancel(self) -> bool:
+        return self.key.startswith(CANCEL_PREFIX)
+
+
+@dataclass(frozen=True)
+class RefusedRecord:
+    """An event record that is not an upload to our inbox/ or cancel/: never run as a job."""
+
+    key: str | None  # decoded, when the record names one
+    reason: str
+
+
+def check_record(record: Any, bucket: str) -> S3Upload | RefusedRecord:
+    """Read one record of an S3 event: an upload of ours only if S3 sent it (eventSource
+    aws:s3) about our `bucket` and a key under inbox/ or cancel/. An event made up by
+    anyone who can invoke the function, or a notification from another bucket, is refused
+    with its reason. Keys arrive URL-encoded ("a b+c" as "a+b%2Bc")."""
+    s3 = record.get("s3") if isinstance(record, Mapping) else None
+    obj = (s3.get("get_object") or s3.get("object")) if isinstance(s3, Mapping) else None
+    if not isinstance(s3, Mapping) or not isinstance(obj, Mapping) or not isinstance(obj.get("key"), str):
+        return RefusedRecord(None, "the record names no S3 object")
+    key = unquote_plus(obj["key"])
+    source = record.get("eventSource")
+    named = s3.get("bucket")
+    named_bucket = named.get("name") if isinstance(named, Mapping) else None
+    if source != S3_EVENT_SOURCE:
+        return RefusedRecord(key, f"eventSource is {source!r}, not {S3_EVENT_SOURCE!r}")
+    if named_bucket != bucket:
+        return RefusedRecord(key, f"bucket {named_bucket!r} is not this stack's {bucket!r}")
+    if not key.startswith((INBOX_PREFIX, CANCEL_PREFIX)):
+        return RefusedRecord(key, f"the key is under neither {INBOX_PREFIX} nor {CANCEL_PREFIX}")
+    size = obj.get("size")
+    return S3Upload(key, obj.get("versionId"), size if isinstance(size, int) else None)
 
 
 class Intake:
@@ -73,12 +125,14 @@ class Intake:
         have = {shard.index for shard in shards}
         for index in sorted(set(range(job.shard_count if job else 0)) - have):
             key = shard_key(job_id, index)
+            version = self._wired.store.version_of(key)  # the version counted is the one recorded
             digest, requests, line_bytes = IdsDigest(), 0, 0
-            for request in request_lines(self._wired.store.lines(key)):
+            for request in request_lines(self._wired.store.lines(key, version)):
                 digest.add(str(json.loads(request)["custom_id"]))
                 requests += 1
                 line_bytes += len(request)
-            plan = ShardPlan(index, key, requests, create_body_bytes(requests, line_bytes), digest.hex)
+            size = create_body_bytes(requests, line_bytes)
+            plan = ShardPlan(index, key, requests, size, digest.hex, version)
             if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 

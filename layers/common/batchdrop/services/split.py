@@ -95,8 +95,10 @@ def _valid(lines: Iterator[ValidLine | RejectedLine], split: Split, rejects: _Re
 def _close_last(shard: _ShardOut, reader: _LineReader, early: _EarlyCopy | None) -> ShardPlan:
     """The last shard: the early copy, when the file is this one clean shard and S3 made it."""
     whole = shard.spans(0, reader.end)
-    if early is not None and whole and early.ready():
-        return shard.plan(early.key)
+    if early is not None and whole:
+        copied = early.version()
+        if copied is not None:
+            return shard.plan(early.key, copied)
     # An early copy not used is left to expire with work/ (no function deletes an object).
     return shard.close(whole=whole)
 
@@ -184,19 +186,24 @@ class _ShardOut:
         return self._writer is None and self._range == (start, end)
 
     def close(self, *, whole: bool) -> ShardPlan:
-        """Finish the object (`whole`: the shard is the whole source object); its plan."""
+        """Finish the object (`whole`: the shard is the whole source object); its plan, with
+        the version written. When an earlier or concurrent run of the job wrote it first
+        (the same bytes: the write is if-absent), that run's version is the one recorded."""
+        version: str | None = None
         if self._writer is not None:
             self._writer.close()
+            version = self._writer.version_id
         elif self._range is not None:
-            self._store.copy(
+            version = self._store.copy(
                 self._source_range(*self._range), self.key, SHARD_CONTENT_TYPE, whole=whole, if_absent=True
             )
-        return self.plan(self.key)
+        return self.plan(self.key, version or self._store.version_of(self.key))
 
-    def plan(self, key: str) -> ShardPlan:
-        """The shard as recorded, kept at `key` (its own, or a copy of the same bytes)."""
+    def plan(self, key: str, version_id: str) -> ShardPlan:
+        """The shard as recorded, kept at `key` (its own, or a copy of the same bytes) in
+        the version `version_id`: the one every create of it reads."""
         size = create_body_bytes(self._requests, self._line_bytes)
-        return ShardPlan(self.index, key, self._requests, size, self._digest.hex)
+        return ShardPlan(self.index, key, self._requests, size, self._digest.hex, version_id)
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -219,14 +226,15 @@ class _EarlyCopy:
 
     def __init__(self, store: ObjectStore, source: SourceRef, key: str, pool: Executor) -> None:
         self.key = key
+        self._store = store
         whole = SourceRange(source.bucket, source.key, source.version_id, 0, 0)
         self._copying = pool.submit(store.copy, whole, key, SHARD_CONTENT_TYPE, whole=True, if_absent=True)
 
-    def ready(self) -> bool:
-        """Wait for the copy: whether the key now holds the whole version."""
+    def version(self) -> str | None:
+        """Wait for the copy: the version of the key that holds the whole source version
+        (this copy's, or an earlier run's that got there first), None if it failed."""
         try:
-            self._copying.result()
+            return self._copying.result() or self._store.version_of(self.key)
         except Exception:  # the shard is then copied at the end, as without an early copy  # noqa: BLE001
             logger.warning("the early copy of the file failed: its shard is copied now", exc_info=True)
-            return False
-        return True
+            return None

@@ -14,9 +14,7 @@ from batchdrop.domain.jobs import job_id_for
 from batchdrop.domain.records import SourceRef
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
-from batchdrop.services.intake import Intake
-
-INBOX_PREFIX = "inbox/"
+from batchdrop.services.intake import INBOX_PREFIX, Intake
 
 
 @dataclass

@@ -49,7 +49,7 @@ class UnsentCloser:
         store = self._wired.store
         with store.writer(part_key, "application/x-jsonl", if_absent=True) as part:
             requests = 0
-            for request in request_lines(store.lines(shard.key)):
+            for request in request_lines(store.lines(shard.key, shard.version_id)):
                 part.write(line_for(str(json.loads(request)["custom_id"]), reason) + b"\n")
                 requests += 1
             if requests != shard.attempt_requests:
