@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, Self
 
+from batchdrop.domain.lines import SourceLines
 from batchdrop.domain.records import (
     CreateLease,
     JobRecord,
@@ -109,7 +110,7 @@ class Writer(Protocol):
 class ObjectStore(Protocol):
     bucket: str
 
-    def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]: ...
+    def lines(self, key: str, version_id: str | None = None) -> SourceLines: ...
 
     def open(self, key: str) -> tuple[int, Body]: ...
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batchdrop.domain.lines import MAX_LINE_BYTES, OverlongLine
+
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on a create body
 CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
@@ -20,6 +22,11 @@ CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _CUSTOM_ID = re.compile(CUSTOM_ID_PATTERN)
 _CUSTOM_ID_MAX_CHARS = 64
 _UTF8_BOM = b"\xef\xbb\xbf"
+_BOM_INSIDE = "a byte order mark (BOM) begins this line: one may begin only the file's first line"
+# What the API reads its integers into: a larger one is refused for the whole batch.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# 19 digits or more in a row: the only lines that may hold an integer beyond 64 bits.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
 _ROLES = ("user", "assistant")
 # A line with many problems names the first few: enough to fix it, short enough to read.
@@ -41,9 +48,7 @@ class RejectedLine:
     reason: str  # human-readable, names the field
 
 
-def check_lines(
-    lines: Iterable[bytes], *, max_line_bytes: int = MAX_BATCH_BYTES - 16
-) -> Iterator[ValidLine | RejectedLine]:
+def check_lines(lines: Iterable[bytes], *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[ValidLine | RejectedLine]:
     """Each non-blank input line -> ValidLine or RejectedLine, in order, streaming (never a list).
 
     Blank/whitespace-only lines are skipped (not rejected). Lines may end in \\n or \\r\\n; a UTF-8 BOM on the
@@ -53,8 +58,14 @@ def check_lines(
     """
     first_seen: dict[str, int] = {}
     for number, raw in enumerate(lines, start=1):
+        if isinstance(raw, OverlongLine):  # not held by the reader: only its length is known
+            yield RejectedLine(number, None, _too_large(raw.size, max_line_bytes))
+            continue
         line = raw.rstrip(b"\r\n")
-        if number == 1 and line.startswith(_UTF8_BOM):
+        if line.startswith(_UTF8_BOM):
+            if number > 1:
+                yield RejectedLine(number, None, _BOM_INSIDE)
+                continue
             line = line[len(_UTF8_BOM) :]
         if not line or line.isspace():
             continue
@@ -76,6 +87,8 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
 
     custom_id = parsed.get("custom_id")
     readable_id = custom_id if isinstance(custom_id, str) else None
+    if _LONG_DIGITS.search(line) and (huge := _out_of_range(parsed)) is not None:
+        return RejectedLine(number, None, f"a number is too large to be sent ({_shown(huge)} is {_INT64_RANGE})")
     problems = [
         *_unknown_key_problems(parsed),
         *_custom_id_problems(parsed, number, first_seen),
@@ -162,9 +175,27 @@ def _parse(line: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise _UnreadableError(f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
     except ValueError as exc:  # an integer of more digits than Python converts (4,300)
-        raise _UnreadableError(f"not valid JSON for a request: {exc}") from exc
+        raise _UnreadableError(f"a number is too large to be sent (an integer {_INT64_RANGE})") from exc
     except RecursionError as exc:
         raise _UnreadableError("not valid JSON for a request: nested too deeply") from exc
+
+
+_INT64_RANGE = "beyond the 64-bit integer range the API reads"
+
+
+def _out_of_range(value: Any) -> int | None:
+    """The first integer of a parsed line beyond 64 bits, if any (a walk, iterative: the
+    parse already bounded the depth)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif _is_int(item) and not _INT64_MIN <= item <= _INT64_MAX:
+            return int(item)
+    return None
 
 
 def _surrogates_pair_up(request: Any) -> bool:
@@ -261,7 +292,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return f"line is {size} bytes; a request may be at most {limit} bytes (the API's 256 MB limit on a batch)"
+    return f"line is {size} bytes; a request may be at most {limit} bytes (the Messages API's limit on a request)"
 
 
 def _shown(value: Any) -> str:

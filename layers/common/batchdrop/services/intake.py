@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
+from batchdrop.domain.lines import UnreadableFileError
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.records import ShardPlan, SourceRef
 from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
@@ -48,7 +49,10 @@ class Intake:
                 return SubmitOutcome(job_id, status, duplicate=True)
             logger.info("resuming an interrupted job", extra={"status": status})
         if status is JobStatus.RECEIVED:
-            split = split_object(self._wired, job_id, source, size)
+            try:
+                split = split_object(self._wired, job_id, source, size)
+            except UnreadableFileError as exc:  # the file as a whole: no retry would read it
+                return self._fail(job_id, source, Split(), str(exc))
             if not split.shards:
                 return self._fail(job_id, source, split)
             recorded = self._state.record_shards(
@@ -82,8 +86,10 @@ class Intake:
             if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
-    def _fail(self, job_id: str, source: SourceRef, split: Split) -> SubmitOutcome:
-        if split.rejected:
+    def _fail(self, job_id: str, source: SourceRef, split: Split, unreadable: str | None = None) -> SubmitOutcome:
+        if unreadable is not None:
+            reason = f"the file cannot be read: {unreadable}"
+        elif split.rejected:
             reason = f"no valid request: all {split.rejected} lines were rejected (see {rejected_key(job_id)})"
         else:
             reason = "the file holds no request (it is empty or blank)"

@@ -1,0 +1,159 @@
+"""Reading an uploaded object's lines with bounded memory, whatever its bytes.
+
+A gzip stream is recognised by its first two bytes (1f 8b), whatever the object's name; an
+object named .gz that does not begin with them is refused. A line longer than the cap is not
+held: its first bytes are kept to be named in the rejection, the rest is read and dropped.
+Inflating stops at a cap on the decompressed size beyond which the compression ratio must
+stay plausible for text, so a small gzip that inflates to gigabytes (a "gzip bomb") ends the
+job with that reason instead of filling memory or running out the function's time. A
+truncated or corrupt gzip is a file-level error, like an empty file.
+
+Every refusal of the file as a whole raises UnreadableFileError, whose message is the reason
+the job's manifest gives."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+GZIP_MAGIC = b"\x1f\x8b"
+# The Messages API refuses a request over 32 MB; a line longer than that cannot be sent, and
+# parsing one holds several times its size in memory.
+# https://docs.claude.com/en/api/overview#request-size-limits
+MAX_LINE_BYTES = 32 * 1024 * 1024
+# Decompressed bytes read before the ratio is judged; beyond them, at most MAX_GZIP_RATIO
+# decompressed bytes per compressed byte (JSON Lines text compresses some 5 to 20 times).
+GZIP_FREE_BYTES = 256 * 1024 * 1024
+MAX_GZIP_RATIO = 200
+_CHUNK = 1024 * 1024
+
+
+class ByteSource(Protocol):
+    """What the lines are read from: an S3 body, or a file."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class UnreadableFileError(ValueError):
+    """The object cannot be read as JSON Lines at all; the message is the reason."""
+
+
+class OverlongLine(bytes):
+    """A line over the cap: its first bytes only, with the length the whole line had."""
+
+    size: int
+
+    def __new__(cls, head: bytes, size: int) -> OverlongLine:
+        line = super().__new__(cls, head)
+        line.size = size
+        return line
+
+
+class SourceLines:
+    """The lines of one object (each with its \\n, the last one maybe without), split on \\n
+    only. `compressed` tells, once the first line is read, whether the bytes were gzip."""
+
+    def __init__(self, raw: ByteSource, name: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._raw = _Counting(raw)
+        self._name = name
+        self._max_line_bytes = max_line_bytes
+        self.compressed: bool | None = None
+        self._lines = self._read()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._lines)
+
+    def _read(self) -> Iterator[bytes]:
+        buffered = io.BufferedReader(self._raw, _CHUNK)
+        with buffered:
+            self.compressed = buffered.peek(2)[:2] == GZIP_MAGIC
+            if not self.compressed:
+                if self._name.lower().endswith(".gz"):
+                    raise UnreadableFileError("the file is named .gz but is not gzip (it does not begin with 1f 8b)")
+                yield from _bounded_lines(buffered, self._max_line_bytes)
+                return
+            inflated = _Inflated(gzip.GzipFile(fileobj=buffered), self._raw)
+            try:
+                yield from _bounded_lines(inflated, self._max_line_bytes)
+            except EOFError as exc:
+                raise UnreadableFileError("the gzip file is truncated: it ends before its last member does") from exc
+            except (gzip.BadGzipFile, zlib.error) as exc:
+                raise UnreadableFileError(f"the gzip file is corrupt: {exc}") from exc
+
+
+class _Readable(Protocol):
+    def readline(self, limit: int, /) -> bytes: ...
+
+
+def line_size(line: bytes) -> int:
+    """How many bytes of the object the line took (an overlong line's whole length)."""
+    return line.size if isinstance(line, OverlongLine) else len(line)
+
+
+def _bounded_lines(stream: _Readable, cap: int) -> Iterator[bytes]:
+    while True:
+        line = stream.readline(cap + 1)
+        if not line:
+            return
+        if len(line) <= cap or line.endswith(b"\n"):
+            yield line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):  # the rest of the long line, read and dropped
+            line = stream.readline(_CHUNK)
+            if not line:
+                break
+            size += len(line)
+        yield OverlongLine(b"", size)
+
+
+class _Counting(io.RawIOBase):
+    """A raw stream that counts the bytes read from it."""
+
+    def __init__(self, raw: ByteSource) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._raw.read(len(view))
+        view[: len(data)] = data
+        self.count += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _Inflated:
+    """A gzip stream's lines, stopping when the decompressed size is not plausible."""
+
+    def __init__(self, stream: gzip.GzipFile, compressed: _Counting) -> None:
+        self._stream = stream
+        self._compressed = compressed
+        self._inflated = 0
+
+    def readline(self, limit: int) -> bytes:
+        line = self._stream.readline(limit)
+        self._inflated += len(line)
+        if self._inflated > GZIP_FREE_BYTES and self._inflated > MAX_GZIP_RATIO * max(self._compressed.count, 1):
+            raise UnreadableFileError(
+                f"the gzip file inflates more than {MAX_GZIP_RATIO} times ({self._inflated} bytes from"
+                f" {self._compressed.count} read): refused as a decompression bomb"
+            )
+        return line
