@@ -188,6 +188,29 @@ def test_a_gzip_named_jsonl_is_read_inflated_and_its_shard_written_not_copied(wo
     assert world.store.get(shard.key) == request("a") + b"\n"
 
 
+def test_a_folder_marker_starts_no_job(world: Fakes) -> None:
+    # Given an empty object whose key ends in "/" (the S3 console's "Create folder")
+    source = SourceRef(world.store.bucket, "inbox/sub/", world.store.put("inbox/sub/", b""))
+
+    # When its event is handled
+    outcome = Intake(world.wiring()).submit(source, 0)
+
+    # Then no job is made, nothing is written or announced
+    assert outcome.status is None
+    assert world.state.get_job(outcome.job_id) is None
+    assert world.events.published == []
+    assert not world.store.exists(manifest_key(outcome.job_id))
+
+
+def test_an_object_with_bytes_whose_key_ends_in_a_slash_is_a_file(world: Fakes) -> None:
+    # Given a file of one request whose key ends in "/"
+    key = "inbox/odd/"
+    source = SourceRef(world.store.bucket, key, world.store.put(key, request("a") + b"\n"))
+
+    # When its event is handled, then it is a job like any other
+    assert Intake(world.wiring()).submit(source, len(request("a")) + 1).status is JobStatus.RUNNING
+
+
 def test_a_file_over_the_shard_limit_makes_several_shards_each_with_its_batch(world: Fakes) -> None:
     # Given five requests and shards of at most two
     ids = ["a", "b", "c", "d", "e"]

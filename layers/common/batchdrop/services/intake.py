@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.lines import UnreadableFileError
 from batchdrop.domain.manifest import build_manifest
-from batchdrop.domain.records import ShardPlan, SourceRef
+from batchdrop.domain.records import ShardPlan, SourceRef, is_folder_marker
 from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
 from batchdrop.observability import logger
@@ -25,7 +25,7 @@ from batchdrop.services.split import Split, split_object
 @dataclass(frozen=True)
 class SubmitOutcome:
     job_id: str
-    status: JobStatus  # the job's status after this invocation
+    status: JobStatus | None  # the job's status after this invocation (None: no job, a folder marker)
     duplicate: bool = False
     submitted: int = 0  # shards created by this invocation
 
@@ -40,6 +40,9 @@ class Intake:
         """Take in one object version (`size`: as its event reports it, if known)."""
         job_id = job_id_for(source.bucket, source.key, source.version_id)
         logger.append_keys(job_id=job_id, source_key=source.key)
+        if is_folder_marker(source.key, size):
+            logger.info("a folder marker starts no job")
+            return SubmitOutcome(job_id, None)
         status = JobStatus.RECEIVED
         if not self._state.create_job(job_id, source, self._wired.stamp()):
             job = self._state.get_job(job_id)
