@@ -346,7 +346,7 @@ def test_no_reason_gives_python_advice() -> None:
 
 def test_a_line_the_reader_did_not_hold_is_rejected_with_its_length() -> None:
     # Given a line the bounded reader dropped for its length, between two good ones
-    lines = [request_line("a"), OverlongLine(b"", 40_000_001), request_line("b")]
+    lines = [request_line("a"), OverlongLine(40_000_002, 40_000_001), request_line("b")]
     # When they are checked
     results = list(check_lines(lines))
     # Then it is rejected on its own line number, naming its size, and its neighbours are valid
