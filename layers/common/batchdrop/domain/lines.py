@@ -47,13 +47,16 @@ class UnreadableFileError(ValueError):
 
 
 class OverlongLine(bytes):
-    """A line over the cap: its first bytes only, with the length the whole line had."""
+    """A line over the cap, not held: empty, with the bytes the whole line took in the
+    object (`size`) and the length of its text without its line end (`length`)."""
 
     size: int
+    length: int
 
-    def __new__(cls, head: bytes, size: int) -> OverlongLine:
-        line = super().__new__(cls, head)
+    def __new__(cls, size: int, length: int) -> OverlongLine:
+        line = super().__new__(cls, b"")
         line.size = size
+        line.length = length
         return line
 
 
@@ -109,13 +112,13 @@ def _bounded_lines(stream: _Readable, cap: int) -> Iterator[bytes]:
         if len(line) <= cap or line.endswith(b"\n"):
             yield line
             continue
-        size = len(line)
+        size, tail = len(line), line[-2:]
         while not line.endswith(b"\n"):  # the rest of the long line, read and dropped
             line = stream.readline(_CHUNK)
             if not line:
                 break
-            size += len(line)
-        yield OverlongLine(b"", size)
+            size, tail = size + len(line), (tail + line)[-2:]
+        yield OverlongLine(size, size - (len(tail) - len(tail.rstrip(b"\r\n"))))
 
 
 class _Counting(io.RawIOBase):

@@ -59,7 +59,7 @@ def check_lines(lines: Iterable[bytes], *, max_line_bytes: int = MAX_LINE_BYTES)
     first_seen: dict[str, int] = {}
     for number, raw in enumerate(lines, start=1):
         if isinstance(raw, OverlongLine):  # not held by the reader: only its length is known
-            yield RejectedLine(number, None, _too_large(raw.size, max_line_bytes))
+            yield RejectedLine(number, None, _too_large(raw.length, max_line_bytes))
             continue
         line = raw.rstrip(b"\r\n")
         if line.startswith(_UTF8_BOM):
