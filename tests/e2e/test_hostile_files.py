@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from batchdrop.config import ENV_MAX_FILE_BYTES
 from batchdrop.domain.jobs import job_id_for
 from batchdrop.domain.lines import GZIP_FREE_BYTES, MAX_LINE_BYTES
 from batchdrop_local.pipeline_settings import pipeline_settings
@@ -416,3 +417,22 @@ def test_twenty_files_at_once_each_complete(stack: LocalStack, runner: LocalRunn
 def _numbered(pattern: str, count: int) -> Iterator[tuple[int, str]]:
     for n in range(count):
         yield n, pattern.format(n)
+
+
+def test_a_file_over_the_size_taken_is_refused_unread_and_announced(
+    stack: LocalStack, runner: LocalRunner, bus: Bus
+) -> None:
+    # Given functions that take files of at most 100 bytes, and a file of three requests
+    body = lines(req("a"), req("b"), req("c"))
+    stack.function_variables[ENV_MAX_FILE_BYTES] = "100"
+    try:
+        # When it is dropped into inbox/
+        outcome = run(stack, runner, bus, "inbox/hostile/big.jsonl", body)
+    finally:
+        del stack.function_variables[ENV_MAX_FILE_BYTES]
+
+    # Then its job is FAILED with the sizes, nothing was sent, and its end is on the bus
+    assert (outcome.status, outcome.rejected, outcome.ids) == ("FAILED", [], [])
+    assert outcome.reason == f"the file is {len(body)} bytes, over the 100 bytes taken"
+    assert json.loads(read(stack, f"errors/{outcome.job_id}/failure.json"))["reason"] == outcome.reason
+    assert_announced(outcome)

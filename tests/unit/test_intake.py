@@ -188,6 +188,22 @@ def test_a_gzip_named_jsonl_is_read_inflated_and_its_shard_written_not_copied(wo
     assert world.store.get(shard.key) == request("a") + b"\n"
 
 
+def test_a_file_over_the_size_taken_is_refused_unread_with_its_reason_and_event(world: Fakes) -> None:
+    # Given a file of 3 requests, and a function that takes files of at most 100 bytes
+    source = world.upload("inbox/big.jsonl", [request("a"), request("b"), request("c")])
+    size = len(world.store.get(source.key))
+
+    # When its event (which reports its size) is handled
+    outcome = Intake(world.wiring(max_file_bytes=100)).submit(source, size)
+
+    # Then the job is FAILED with the sizes in the reason, nothing sent, and its end announced
+    assert outcome.status is JobStatus.FAILED
+    assert world.batches.creates == 0
+    reason = world.store.get_json(manifest_key(outcome.job_id))["reason"]
+    assert reason == f"the file is {size} bytes, over the 100 bytes taken"
+    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
+
+
 def test_a_folder_marker_starts_no_job(world: Fakes) -> None:
     # Given an empty object whose key ends in "/" (the S3 console's "Create folder")
     source = SourceRef(world.store.bucket, "inbox/sub/", world.store.put("inbox/sub/", b""))

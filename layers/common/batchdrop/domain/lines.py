@@ -30,6 +30,9 @@ MAX_LINE_BYTES = 32 * 1024 * 1024
 # Decompressed bytes read before the ratio is judged; beyond them, at most MAX_GZIP_RATIO
 # decompressed bytes per compressed byte (JSON Lines text compresses some 5 to 20 times).
 GZIP_FREE_BYTES = 256 * 1024 * 1024
+# The largest file taken, by the size its event reports, before a byte is read: at the some
+# 36 MB/s a split runs, a larger one could not be split within Lambda's 15 minutes.
+MAX_FILE_BYTES = 25_000_000_000
 MAX_GZIP_RATIO = 200
 _CHUNK = 1024 * 1024
 

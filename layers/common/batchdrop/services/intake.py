@@ -52,10 +52,13 @@ class Intake:
                 return SubmitOutcome(job_id, status, duplicate=True)
             logger.info("resuming an interrupted job", extra={"status": status})
         if status is JobStatus.RECEIVED:
+            if size is not None and size > self._wired.max_file_bytes:
+                limit = self._wired.max_file_bytes
+                return self._fail(job_id, source, Split(), f"the file is {size} bytes, over the {limit} bytes taken")
             try:
                 split = split_object(self._wired, job_id, source, size)
             except UnreadableFileError as exc:  # the file as a whole: no retry would read it
-                return self._fail(job_id, source, Split(), str(exc))
+                return self._fail(job_id, source, Split(), f"the file cannot be read: {exc}")
             if not split.shards:
                 return self._fail(job_id, source, split)
             recorded = self._state.record_shards(
@@ -89,9 +92,9 @@ class Intake:
             if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
-    def _fail(self, job_id: str, source: SourceRef, split: Split, unreadable: str | None = None) -> SubmitOutcome:
-        if unreadable is not None:
-            reason = f"the file cannot be read: {unreadable}"
+    def _fail(self, job_id: str, source: SourceRef, split: Split, refused: str | None = None) -> SubmitOutcome:
+        if refused is not None:  # the file as a whole
+            reason = refused
         elif split.rejected:
             reason = f"no valid request: all {split.rejected} lines were rejected (see {rejected_key(job_id)})"
         else:
