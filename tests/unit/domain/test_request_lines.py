@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -354,3 +355,28 @@ def test_a_line_the_reader_did_not_hold_is_rejected_with_its_length() -> None:
     assert results[1].line == 2
     assert isinstance(results[1], RejectedLine)
     assert results[1].reason.startswith("line is 40000001 bytes; a request may be at most 33554432 bytes")
+
+
+def test_a_line_of_millions_of_empty_objects_is_rejected_before_it_is_parsed() -> None:
+    # Given a 6 MiB line of two million empty objects (some 150 MB once parsed)
+    line = b'{"custom_id":"a","params":{"m":[' + b"{}," * 2_000_000 + b"{}]}}"
+    # When it is checked, its memory measured
+    tracemalloc.start()
+    try:
+        result = only_result([line])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Then it is rejected with the count, and never held as objects
+    assert isinstance(result, RejectedLine)
+    assert result.reason == "the line holds 2000004 JSON objects and arrays; a request may hold at most 1000000"
+    assert peak < 2 * len(line)
+
+
+def test_a_line_of_a_million_containers_is_parsed() -> None:
+    # Given a line of exactly a million objects and arrays (strings holding none)
+    line = b'{"custom_id":"a","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]'
+    filler = b',"metadata":{"l":[' + b"{}," * (1_000_000 - 7) + b"{}]}}}"
+    result = only_result([line + filler])
+    # Then the count alone does not reject it: it is read, and found valid
+    assert isinstance(result, ValidLine)

@@ -25,6 +25,9 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _BOM_INSIDE = "a byte order mark (BOM) begins this line: one may begin only the file's first line"
 # What the API reads its integers into: a larger one is refused for the whole batch.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Objects and arrays a line may hold (counted as "{" and "[" bytes, strings included): what
+# its parse holds in memory stays a few times its size.
+_MAX_CONTAINERS = 1_000_000
 # 19 digits or more in a row: the only lines that may hold an integer beyond 64 bits.
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
@@ -76,6 +79,10 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
     if len(line) > max_line_bytes:
         # Checked before parsing: a line this large is not worth holding as objects.
         return RejectedLine(number, None, _too_large(len(line), max_line_bytes))
+    if len(line) > _MAX_CONTAINERS and (containers := line.count(b"{") + line.count(b"[")) > _MAX_CONTAINERS:
+        # Also before parsing: each empty {} costs some 70 bytes parsed, 20 times its text.
+        reason = f"the line holds {containers} JSON objects and arrays; a request may hold at most {_MAX_CONTAINERS}"
+        return RejectedLine(number, None, reason)
     try:
         parsed = _parse(line)
     except _UnreadableError as exc:
