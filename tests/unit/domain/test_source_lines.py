@@ -83,11 +83,11 @@ def test_a_gzip_bomb_is_refused_once_past_the_free_allowance(monkeypatch: pytest
     bomb = b"".join(packer.compress(b"\0" * (1024 * 1024)) for _ in range(64)) + packer.flush()
     # When it is read
     # Then reading stops, naming the ratio, within a line of the larger of the allowance and
-    # 200 times the compressed bytes read (here all of them: the reader's buffer holds them)
-    with pytest.raises(UnreadableFileError, match="inflates more than 200 times") as caught:
+    # 500 times the compressed bytes read (here all of them: the reader's buffer holds them)
+    with pytest.raises(UnreadableFileError, match="inflates more than 500 times") as caught:
         read(bomb, max_line_bytes=1024 * 1024)
     inflated = int(str(caught.value).split("(")[1].split(" ")[0])
-    assert inflated <= max(4 * 1024 * 1024, 200 * len(bomb)) + 1024 * 1024 + 1
+    assert inflated <= max(4 * 1024 * 1024, 500 * len(bomb)) + 1024 * 1024 + 1
     assert inflated < 64 * 1024 * 1024
 
 
@@ -97,3 +97,28 @@ def test_a_gzip_of_ordinary_text_inflates_past_the_allowance(monkeypatch: pytest
     text = b"".join(b'{"custom_id": "r-%d", "n": %d}\n' % (i, i * 7919 % 104729) for i in range(5000))
     # When / Then it reads whole
     assert b"".join(read(gzip.compress(text))) == text
+
+
+def test_a_gzip_stops_at_the_most_a_file_may_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a gzip of 2 MiB of varied text, read where a file may hold at most 1 MiB
+    monkeypatch.setattr(lines_module, "MAX_FILE_BYTES", 1024 * 1024)
+    text = b"".join(b"line %d of some text\n" % (i * 7919 % 1_000_003) for i in range(100_000))
+    assert len(text) > 2 * 1024 * 1024
+    # When it is read, then it is refused once past the limit, naming it
+    with pytest.raises(UnreadableFileError, match="inflates to more than 1048576 bytes, the most taken"):
+        read(gzip.compress(text))
+
+
+def test_a_templated_file_with_a_long_shared_prompt_inflates_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given 5,000 requests sharing a long system prompt (over 200 times smaller gzipped)
+    monkeypatch.setattr(lines_module, "GZIP_FREE_BYTES", 1024 * 1024)
+    prompt = "You are a careful classifier. " * 100
+    text = b"".join(
+        b'{"custom_id": "r-%08d", "params": {"system": "%s", "messages": [{"role": "user", "content": "x"}]}}\n'
+        % (i, prompt.encode())
+        for i in range(5_000)
+    )
+    packed = gzip.compress(text, 9)
+    assert len(text) / len(packed) > 200
+    # When it is read, then it is read whole: such a ratio is not a bomb's
+    assert sum(map(len, read(packed))) == len(text)
