@@ -22,7 +22,7 @@ import pytest
 
 from batchdrop.config import ENV_MAX_FILE_BYTES
 from batchdrop.domain.jobs import job_id_for
-from batchdrop.domain.lines import GZIP_FREE_BYTES, MAX_LINE_BYTES
+from batchdrop.domain.lines import GZIP_FREE_BYTES, MAX_GZIP_RATIO, MAX_LINE_BYTES
 from batchdrop_local.pipeline_settings import pipeline_settings
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.soak import job_status
@@ -317,10 +317,12 @@ def test_a_gzip_bomb_stops_at_the_stated_limit_with_memory_bounded(
     # line's cap and buffers, not the 10 GiB the file inflates to
     assert outcome.status == "FAILED"
     assert outcome.reason is not None
-    assert outcome.reason.startswith("the file cannot be read: the gzip file inflates more than 500 times (")
+    ratio = f"the gzip file inflates more than {MAX_GZIP_RATIO} times ("
+    assert outcome.reason.startswith(f"the file cannot be read: {ratio}")
     assert outcome.reason.endswith("refused as a decompression bomb")
-    inflated = int(outcome.reason.split("(")[1].split(" ")[0])
-    assert GZIP_FREE_BYTES < inflated < GZIP_FREE_BYTES + 2 * MAX_LINE_BYTES
+    inflated, _, _, compressed = outcome.reason.split("(")[1].split(" ")[:4]
+    assert int(compressed) < len(body) / 5
+    assert int(inflated) <= max(GZIP_FREE_BYTES, MAX_GZIP_RATIO * int(compressed)) + MAX_LINE_BYTES + 1
     assert peak < 2 * MAX_LINE_BYTES + 4 * len(body), f"peak {peak / 2**20:.0f} MiB"
     assert_announced(outcome)
 
