@@ -373,8 +373,10 @@ def test_folder_markers_and_objects_outside_inbox_start_no_job(
         "other/inbox/x.jsonl": put_version(stack, "other/inbox/x.jsonl", lines(req("a"))),
     }
 
-    # When the pipeline runs until the ordinary file's job ends
-    after = run(stack, runner, bus, "inbox/hostile/after.jsonl", lines(req("a")))
+    # When the pipeline runs until every job it accepted has ended (the runner's own measure)
+    version = put_version(stack, "inbox/hostile/after.jsonl", lines(req("a")))
+    assert runner.drain(timeout=30)
+    after = ended(stack, bus, job_id_for(stack.bucket_name, "inbox/hostile/after.jsonl", version))
 
     # Then only that one is a job: the marker's event was handled, and made none
     assert after.status == "COMPLETED"
