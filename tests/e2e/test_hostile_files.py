@@ -173,7 +173,7 @@ MIXED: list[tuple[str, list[bytes], list[tuple[int, str]]]] = [
         [
             (2, f"a number is too large to be sent ({10**30} is beyond the 64-bit integer range the API reads)"),
             (3, f"a number is too large to be sent ({2**63} is beyond the 64-bit integer range the API reads)"),
-            (4, "a number is too large to be sent (an integer beyond the 64-bit integer range the API reads)"),
+            (4, "a number is too large to be sent (" + "9" * 39 + "… (5000 digits) is beyond the 64-bit integer range"),
         ],
     ),
     ("custom_id empty", [req("")], [(2, "custom_id: must not be empty")]),

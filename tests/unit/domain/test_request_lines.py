@@ -220,7 +220,7 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
     (
         "integer of 5,000 digits",
         request_line(max_tokens=1).replace(b'"max_tokens": 1', b'"max_tokens": ' + b"9" * 5000),
-        "a number is too large to be sent (an integer beyond the 64-bit integer range",
+        "a number is too large to be sent (" + "9" * 39 + "… (5000 digits) is beyond the 64-bit integer range",
     ),
     ("max_tokens 10**30", request_line(max_tokens=10**30), f"too large to be sent ({10**30} is beyond the 64-bit"),
     ("metadata 2**63", request_line(metadata={"user_id": 2**63}), f"({2**63} is beyond the 64-bit integer range"),

@@ -25,11 +25,10 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _BOM_INSIDE = "a byte order mark (BOM) begins this line: one may begin only the file's first line"
 # What the API reads its integers into: a larger one is refused for the whole batch.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64_DIGITS = 20  # "-9223372036854775808"
 # Objects and arrays a line may hold (counted as "{" and "[" bytes, strings included): what
 # its parse holds in memory stays a few times its size.
 _MAX_CONTAINERS = 1_000_000
-# 19 digits or more in a row: the only lines that may hold an integer beyond 64 bits.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
 _ROLES = ("user", "assistant")
 # A line with many problems names the first few: enough to fix it, short enough to read.
@@ -94,8 +93,6 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
 
     custom_id = parsed.get("custom_id")
     readable_id = custom_id if isinstance(custom_id, str) else None
-    if _LONG_DIGITS.search(line) and (huge := _out_of_range(parsed)) is not None:
-        return RejectedLine(number, None, f"a number is too large to be sent ({_shown(huge)} is {_INT64_RANGE})")
     problems = [
         *_unknown_key_problems(parsed),
         *_custom_id_problems(parsed, number, first_seen),
@@ -134,6 +131,10 @@ class _OverflowingNumberError(ValueError):
     pass
 
 
+class _OverflowingIntegerError(ValueError):
+    pass
+
+
 def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # A repeated key would silently keep only its last value: the request sent would not be the one written.
     obj = dict(pairs)
@@ -150,6 +151,15 @@ def _refuse_constant(name: str) -> Any:
     raise _NonStandardNumberError(name)
 
 
+def _int64(text: str) -> int:
+    # The API reads integers as 64-bit: a larger one is refused, and the whole batch with it.
+    # (Checked by length first: Python will not convert an integer of over 4,300 digits.)
+    value = int(text) if len(text) <= _INT64_DIGITS else None
+    if value is None or not _INT64_MIN <= value <= _INT64_MAX:
+        raise _OverflowingIntegerError(text)
+    return value
+
+
 def _finite_float(text: str) -> float:
     # 1e999 parses as infinity, which JSON cannot carry: the API would read something else.
     value = float(text)
@@ -159,7 +169,10 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicate_keys, parse_constant=_refuse_constant, parse_float=_finite_float
+    object_pairs_hook=_object_without_duplicate_keys,
+    parse_constant=_refuse_constant,
+    parse_float=_finite_float,
+    parse_int=_int64,
 )
 # A \uD800-\uDFFF escape: half of a surrogate pair, which must have its other half.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -179,30 +192,18 @@ def _parse(line: bytes) -> Any:
         raise _UnreadableError(f"not valid JSON: {exc.args[0]} is not a JSON number") from exc
     except _OverflowingNumberError as exc:
         raise _UnreadableError(f"a number is too large to be sent ({exc.args[0]} overflows)") from exc
+    except _OverflowingIntegerError as exc:
+        shown = _shown_number(exc.args[0])
+        raise _UnreadableError(f"a number is too large to be sent ({shown} is {_INT64_RANGE})") from exc
     except json.JSONDecodeError as exc:
         raise _UnreadableError(f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
-    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
-        raise _UnreadableError(f"a number is too large to be sent (an integer {_INT64_RANGE})") from exc
+    except ValueError as exc:  # none expected: the hooks above raise their own
+        raise _UnreadableError("not valid JSON for a request") from exc
     except RecursionError as exc:
         raise _UnreadableError("not valid JSON for a request: nested too deeply") from exc
 
 
 _INT64_RANGE = "beyond the 64-bit integer range the API reads"
-
-
-def _out_of_range(value: Any) -> int | None:
-    """The first integer of a parsed line beyond 64 bits, if any (a walk, iterative: the
-    parse already bounded the depth)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif _is_int(item) and not _INT64_MIN <= item <= _INT64_MAX:
-            return int(item)
-    return None
 
 
 def _surrogates_pair_up(request: Any) -> bool:
@@ -312,6 +313,13 @@ def _shown(value: Any) -> str:
     if len(text) > _SHOWN_VALUE_CHARS:
         text = text[: _SHOWN_VALUE_CHARS - 1] + "…"
     return text
+
+
+def _shown_number(text: str) -> str:
+    """A number as written, or its first digits and how many there are when it is long."""
+    if len(text) <= _SHOWN_VALUE_CHARS:
+        return text
+    return f"{text[: _SHOWN_VALUE_CHARS - 1]}… ({len(text)} digits)"
 
 
 def _joined(problems: list[str]) -> str:
