@@ -37,6 +37,7 @@ MAX_FILE_BYTES = 25_000_000_000
 # with a long shared prompt measured 160 to 330.
 MAX_GZIP_RATIO = 500
 _CHUNK = 1024 * 1024
+_NEWLINE = ord("\n")
 
 
 class ByteSource(Protocol):
@@ -77,10 +78,7 @@ class SourceLines:
         self._lines = self._read()
 
     def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        return next(self._lines)
+        return self._lines  # the generator itself: no call of ours between two lines
 
     def _read(self) -> Iterator[bytes]:
         buffered = io.BufferedReader(self._raw, _CHUNK)
@@ -91,7 +89,7 @@ class SourceLines:
                     raise UnreadableFileError("the file is named .gz but is not gzip (it does not begin with 1f 8b)")
                 yield from _bounded_lines(buffered, self._max_line_bytes)
                 return
-            inflated = _Inflated(gzip.GzipFile(fileobj=buffered), self._raw)
+            inflated = io.BufferedReader(_Inflated(gzip.GzipFile(fileobj=buffered), self._raw), _CHUNK)
             try:
                 yield from _bounded_lines(inflated, self._max_line_bytes)
             except EOFError as exc:
@@ -110,11 +108,9 @@ def line_size(line: bytes) -> int:
 
 
 def _bounded_lines(stream: _Readable, cap: int) -> Iterator[bytes]:
-    while True:
-        line = stream.readline(cap + 1)
-        if not line:
-            return
-        if len(line) <= cap or line.endswith(b"\n"):
+    readline, limit = stream.readline, cap + 1
+    while line := readline(limit):
+        if len(line) <= cap or line[-1] == _NEWLINE:
             yield line
             continue
         size, tail = len(line), line[-2:]
@@ -148,17 +144,21 @@ class _Counting(io.RawIOBase):
         super().close()
 
 
-class _Inflated:
-    """A gzip stream's lines, stopping when the decompressed size is not plausible."""
+class _Inflated(io.RawIOBase):
+    """A gzip stream's bytes, inflated a chunk at a time, stopping when their size is not
+    plausible (read through a buffer, which splits the lines)."""
 
     def __init__(self, stream: gzip.GzipFile, compressed: _Counting) -> None:
         self._stream = stream
         self._compressed = compressed
         self._inflated = 0
 
-    def readline(self, limit: int) -> bytes:
-        line = self._stream.readline(limit)
-        self._inflated += len(line)
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        read = self._stream.readinto(buffer)
+        self._inflated += read
         if self._inflated > MAX_FILE_BYTES:
             raise UnreadableFileError(f"the gzip file inflates to more than {MAX_FILE_BYTES} bytes, the most taken")
         if self._inflated > GZIP_FREE_BYTES and self._inflated > MAX_GZIP_RATIO * max(self._compressed.count, 1):
@@ -166,4 +166,4 @@ class _Inflated:
                 f"the gzip file inflates more than {MAX_GZIP_RATIO} times ({self._inflated} bytes from"
                 f" {self._compressed.count} read): refused as a decompression bomb"
             )
-        return line
+        return read
