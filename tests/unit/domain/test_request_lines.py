@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tracemalloc
 from typing import Any
 
@@ -380,3 +381,14 @@ def test_a_line_of_a_million_containers_is_parsed() -> None:
     result = only_result([line + filler])
     # Then the count alone does not reject it: it is read, and found valid
     assert isinstance(result, ValidLine)
+
+
+def test_no_reason_doubles_a_word() -> None:
+    # Given every rejection this module knows, and a line with several problems at once
+    lines = [line for _, line, _ in REJECTIONS] + [request_line("a b", max_tokens=0, stream=True)]
+    # When they are checked
+    reasons = [result.reason for result in check_lines(lines) if isinstance(result, RejectedLine)]
+    # Then each reason reads well: no word twice in a row ("the the", "is is")
+    assert len(reasons) == len(lines)
+    doubled = [reason for reason in reasons if re.search(r"\b(\w+)\s+\1\b", reason, re.IGNORECASE)]
+    assert doubled == []

@@ -196,7 +196,8 @@ def _parse(line: bytes) -> Any:
         shown = _shown_number(exc.args[0])
         raise _UnreadableError(f"a number is too large to be sent ({shown} is {_INT64_RANGE})") from exc
     except json.JSONDecodeError as exc:
-        raise _UnreadableError(f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
+        # "Unterminated string starting at" names its place with ours: not "at at column 7".
+        raise _UnreadableError(f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
     except ValueError as exc:  # none expected: the hooks above raise their own
         raise _UnreadableError("not valid JSON for a request") from exc
     except RecursionError as exc:
