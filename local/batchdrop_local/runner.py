@@ -450,7 +450,7 @@ class LocalRunner:
 
         self.invocations: list[Invocation] = []
         self.failures: list[FailedEvent] = []
-        # (key, version id) of every notification the S3-triggered function handled without error.
+        # (key, version id) of every notification the S3-triggered function made a job of, without error.
         self.accepted_versions: set[tuple[str, str]] = set()
         # (key, version id) of every notification dropped on purpose (lose_event, lose_events).
         self.lost_events: list[tuple[str, str]] = []
@@ -667,7 +667,7 @@ class LocalRunner:
         if self.observer is not None:
             self.observer.delivering(item.event)
         invocation = self._invoke_async(item.trigger.function_logical_id, item.event)
-        if invocation.error is None:
+        if invocation.error is None and not _made_no_job(invocation.result):
             with self._records_lock:
                 self.accepted_versions.add((item.version.key, item.version.version_id))
 
@@ -1044,6 +1044,13 @@ def _schedule_of(function: FunctionSpec) -> tuple[str, dict[str, Any]]:
 def _filter_rules(trigger: S3Trigger) -> list[dict[str, str]]:
     rules = [{"Name": "prefix", "Value": trigger.prefix}] if trigger.prefix else []
     return rules + ([{"Name": "suffix", "Value": trigger.suffix}] if trigger.suffix else [])
+
+
+def _made_no_job(result: Any) -> bool:
+    """Whether the submit function answered that the event made no job (a folder marker):
+    no manifest is then to be awaited for it."""
+    jobs = result.get("jobs") if isinstance(result, dict) else None
+    return bool(jobs) and all(job.get("status") is None for job in jobs)
 
 
 def _one_line(exc: BaseException) -> str:

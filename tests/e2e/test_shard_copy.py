@@ -258,18 +258,28 @@ def test_a_file_that_may_be_one_clean_shard_is_copied_by_s3_while_it_is_read(
     def prepare(fresh: FreshAdapters) -> None:
         lines_of, copy = fresh.store.lines, fresh.store.copy
 
-        def paused_lines(key: str, version_id: str | None = None) -> Iterator[bytes]:
-            for number, line in enumerate(lines_of(key, version_id), start=1):
-                if number == 2:
-                    waited.append(asked.wait(timeout=10))
-                yield line
+        class PausedLines:
+            """The store's lines, pausing before the second; whether they are gzip, as read."""
+
+            def __init__(self, key: str, version_id: str | None = None) -> None:
+                self._lines = lines_of(key, version_id)
+
+            @property
+            def compressed(self) -> bool | None:
+                return self._lines.compressed
+
+            def __iter__(self) -> Iterator[bytes]:
+                for number, line in enumerate(self._lines, start=1):
+                    if number == 2:
+                        waited.append(asked.wait(timeout=10))
+                    yield line
 
         def copy_asked(source: SourceRange, key: str, *args: object, **kwargs: object) -> bool:
             if key.endswith("/source.jsonl"):
                 asked.set()
             return copy(source, key, *args, **kwargs)  # type: ignore[arg-type]
 
-        fresh.store.lines = paused_lines  # type: ignore[method-assign]
+        fresh.store.lines = PausedLines  # type: ignore[method-assign]
         fresh.store.copy = copy_asked  # type: ignore[method-assign]
 
     # When it is submitted

@@ -9,7 +9,7 @@ drift apart."""
 
 from __future__ import annotations
 
-import gzip
+import io
 import itertools
 import json
 import threading
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
+from batchdrop.domain.lines import SourceLines
 from batchdrop.domain.records import (
     CreateLease,
     JobRecord,
@@ -196,16 +197,9 @@ class FakeObjectStore:
 
     # the ObjectStore port
 
-    def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
-        data = self._version(key, version_id).data
-        if key.endswith(".gz"):
-            data = gzip.decompress(data)
-        start = 0
-        while start < len(data):  # split on \n only, each line with its \n, as the adapter's reader
-            end = data.find(b"\n", start)
-            end = len(data) if end < 0 else end + 1
-            yield data[start:end]
-            start = end
+    def lines(self, key: str, version_id: str | None = None) -> SourceLines:
+        # Read as the adapter reads: by the same bounded reader, over the version's bytes.
+        return SourceLines(io.BytesIO(self._version(key, version_id).data), key)
 
     def open(self, key: str, version_id: str | None = None) -> tuple[int, FakeBody]:
         data = self._version(key, version_id).data

@@ -3,6 +3,7 @@ checker), against in-memory fakes of S3, the state table and the Message Batches
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -137,6 +138,93 @@ def test_an_empty_file_fails_with_a_reason_beside_it(world: Fakes) -> None:
     assert outcome.status is JobStatus.FAILED
     assert world.store.get_json(f"errors/{outcome.job_id}/failure.json")["reason"].startswith("the file holds no")
     assert world.store.get_json(manifest_key(outcome.job_id))["status"] == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "reason"),
+    [
+        ("inbox/cut.jsonl.gz", gzip.compress(b"\n".join([request("a"), request("b")]) * 50)[:-40], "truncated"),
+        ("inbox/bad.jsonl.gz", gzip.compress(request("a"))[:10] + b"\xff" * 64, "the gzip file is corrupt"),
+        ("inbox/text.jsonl.gz", request("a") + b"\n", "named .gz but is not gzip"),
+    ],
+    ids=["truncated gzip", "corrupt gzip", "text named .gz"],
+)
+def test_a_file_that_cannot_be_read_fails_at_once_with_its_reason_and_event(
+    world: Fakes, key: str, body: bytes, reason: str
+) -> None:
+    # Given a file that cannot be read as JSON Lines at all
+    source = SourceRef(world.store.bucket, key, world.store.put(key, body))
+
+    # When it is submitted
+    outcome = submit(world, source)
+
+    # Then the invocation does not raise (a retry would read the same bytes): the job is FAILED
+    # with the reason in its manifest and beside it, nothing is sent, and its end is announced
+    assert outcome.status is JobStatus.FAILED
+    assert world.batches.creates == 0
+    assert world.state.shards(outcome.job_id) == []
+    manifest = world.store.get_json(manifest_key(outcome.job_id))
+    assert manifest["status"] == "FAILED"
+    assert manifest["reason"].startswith("the file cannot be read: ")
+    assert reason in manifest["reason"]
+    assert world.store.get_json(f"errors/{outcome.job_id}/failure.json")["reason"] == manifest["reason"]
+    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
+    job = world.state.get_job(outcome.job_id)
+    assert job is not None
+    assert job.status is JobStatus.FAILED
+
+
+def test_a_gzip_named_jsonl_is_read_inflated_and_its_shard_written_not_copied(world: Fakes) -> None:
+    # Given gzip bytes under a .jsonl name
+    key = "inbox/packed.jsonl"
+    source = SourceRef(world.store.bucket, key, world.store.put(key, gzip.compress(request("a") + b"\n")))
+
+    # When it is submitted
+    outcome = submit(world, source)
+
+    # Then its request is sent, from a shard that holds the inflated line (not a copy of the gzip)
+    assert outcome.status is JobStatus.RUNNING
+    (shard,) = world.state.shards(outcome.job_id)
+    assert world.store.get(shard.key) == request("a") + b"\n"
+
+
+def test_a_file_over_the_size_taken_is_refused_unread_with_its_reason_and_event(world: Fakes) -> None:
+    # Given a file of 3 requests, and a function that takes files of at most 100 bytes
+    source = world.upload("inbox/big.jsonl", [request("a"), request("b"), request("c")])
+    size = len(world.store.get(source.key))
+
+    # When its event (which reports its size) is handled
+    outcome = Intake(world.wiring(max_file_bytes=100)).submit(source, size)
+
+    # Then the job is FAILED with the sizes in the reason, nothing sent, and its end announced
+    assert outcome.status is JobStatus.FAILED
+    assert world.batches.creates == 0
+    reason = world.store.get_json(manifest_key(outcome.job_id))["reason"]
+    assert reason == f"the file is {size} bytes, over the 100 bytes taken"
+    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
+
+
+def test_a_folder_marker_starts_no_job(world: Fakes) -> None:
+    # Given an empty object whose key ends in "/" (the S3 console's "Create folder")
+    source = SourceRef(world.store.bucket, "inbox/sub/", world.store.put("inbox/sub/", b""))
+
+    # When its event is handled
+    outcome = Intake(world.wiring()).submit(source, 0)
+
+    # Then no job is made, nothing is written or announced
+    assert outcome.status is None
+    assert world.state.get_job(outcome.job_id) is None
+    assert world.events.published == []
+    assert not world.store.exists(manifest_key(outcome.job_id))
+
+
+def test_an_object_with_bytes_whose_key_ends_in_a_slash_is_a_file(world: Fakes) -> None:
+    # Given a file of one request whose key ends in "/"
+    key = "inbox/odd/"
+    source = SourceRef(world.store.bucket, key, world.store.put(key, request("a") + b"\n"))
+
+    # When its event is handled, then it is a job like any other
+    assert Intake(world.wiring()).submit(source, len(request("a")) + 1).status is JobStatus.RUNNING
 
 
 def test_a_file_over_the_shard_limit_makes_several_shards_each_with_its_batch(world: Fakes) -> None:

@@ -70,3 +70,18 @@ def test_versions_younger_than_the_minimum_age_or_with_a_job_are_left_alone() ->
     # Then it starts nothing
     assert (report.seen, report.started) == (1, [])
     assert world.batches.creates == 1
+
+
+def test_a_folder_marker_is_never_swept_into_a_job() -> None:
+    # Given a folder marker under inbox/ (an empty object whose key ends in "/"), past the minimum age
+    world = Fakes()
+    world.store.put("inbox/sub/", b"")
+    wired = world.wiring()
+    world.clock.advance(Timings().sweep_min_age + 60)
+
+    # When the sweeper runs
+    report = Sweeper(wired, Intake(wired), seconds_left=lambda: 900.0).sweep()
+
+    # Then it starts no job, nor counts the marker as an object without one
+    assert (report.seen, report.started) == (0, [])
+    assert world.events.published == []

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from batchdrop.domain.lines import MAX_FILE_BYTES
 from batchdrop.domain.requests import MAX_BATCH_REQUESTS
 from batchdrop.domain.timings import Timings
 from batchdrop.errors import ConfigurationError
@@ -30,6 +31,9 @@ ENV_EVENT_BUS = "BATCHDROP_EVENT_BUS"
 ENV_MAX_ATTEMPTS = "BATCHDROP_MAX_ATTEMPTS"
 # Optional. Fewer requests per batch than the API's 100,000 (smaller batches end sooner).
 ENV_SHARD_MAX_REQUESTS = "BATCHDROP_SHARD_MAX_REQUESTS"
+# Optional. The largest file taken (its size as its event reports it); a larger one is
+# refused unread, its job FAILED. By default domain.lines.MAX_FILE_BYTES.
+ENV_MAX_FILE_BYTES = "BATCHDROP_MAX_FILE_BYTES"
 # Optional, for the local stack and its tests only: a JSON object of Timings fields to change
 # (seconds), e.g. {"create_timeout": 2, "grace": 2}. Unset in AWS: the production timings.
 ENV_TIMINGS = "BATCHDROP_TIMINGS"
@@ -104,6 +108,7 @@ class Settings:
     function_name: str | None = None
     secret_max_age: int | None = None  # None: Powertools' default
     job_retention_days: int = 0  # 0: job items are kept
+    max_file_bytes: int = MAX_FILE_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +150,7 @@ class Settings:
             function_name=env.get(ENV_FUNCTION_NAME) or None,
             secret_max_age=secret_max_age,
             job_retention_days=_job_retention_days(env.get(ENV_JOB_RETENTION_DAYS) or "0"),
+            max_file_bytes=_whole_number(ENV_MAX_FILE_BYTES, env.get(ENV_MAX_FILE_BYTES) or str(MAX_FILE_BYTES)),
         )
 
 

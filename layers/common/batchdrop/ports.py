@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, Self
 
+from batchdrop.domain.lines import MAX_FILE_BYTES, SourceLines
 from batchdrop.domain.records import (
     CreateLease,
     JobRecord,
@@ -111,7 +112,7 @@ class Writer(Protocol):
 class ObjectStore(Protocol):
     bucket: str
 
-    def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]: ...
+    def lines(self, key: str, version_id: str | None = None) -> SourceLines: ...
 
     def open(self, key: str, version_id: str | None = None) -> tuple[int, Body]: ...
 
@@ -245,6 +246,7 @@ class Wiring:
     limits: ShardLimits = field(default_factory=ShardLimits)
     max_attempts: int = 3
     early_copy_bytes: int = EARLY_COPY_BYTES
+    max_file_bytes: int = MAX_FILE_BYTES  # a larger file is refused unread
 
     def stamp(self) -> str:
         """Now, as the state table stores moments."""

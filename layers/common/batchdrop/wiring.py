@@ -49,6 +49,7 @@ def _build(settings: Settings) -> Wiring:
         timings=settings.timings,
         limits=ShardLimits(max_requests=settings.shard_max_requests),
         max_attempts=settings.max_attempts,
+        max_file_bytes=settings.max_file_bytes,
     )
 
 

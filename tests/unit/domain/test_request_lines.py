@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import tracemalloc
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchdrop.domain.lines import OverlongLine
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
 
 
@@ -97,9 +100,9 @@ def test_a_bom_after_the_first_line_is_rejected() -> None:
     lines = [request_line("a"), b"\xef\xbb\xbf" + request_line("b")]
     # When it is checked
     results = list(check_lines(lines))
-    # Then the second line is not JSON
+    # Then the second line is rejected, naming the BOM for what it is
     assert isinstance(results[1], RejectedLine)
-    assert results[1].reason.startswith("not valid JSON")
+    assert results[1].reason.startswith("a byte order mark (BOM) begins this line")
 
 
 def test_a_duplicate_custom_id_is_rejected_naming_the_first_line() -> None:
@@ -218,8 +221,12 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
     (
         "integer of 5,000 digits",
         request_line(max_tokens=1).replace(b'"max_tokens": 1', b'"max_tokens": ' + b"9" * 5000),
-        "not valid JSON",
+        "a number is too large to be sent (" + "9" * 39 + "… (5000 digits) is beyond the 64-bit integer range",
     ),
+    ("max_tokens 10**30", request_line(max_tokens=10**30), f"too large to be sent ({10**30} is beyond the 64-bit"),
+    ("metadata 2**63", request_line(metadata={"user_id": 2**63}), f"({2**63} is beyond the 64-bit integer range"),
+    ("metadata -2**63-1", request_line(metadata={"n": -(2**63) - 1}), "is beyond the 64-bit integer range"),
+    ("nested 10,000 deep", b'{"custom_id":"a","params":' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested too deeply"),
 ]
 
 
@@ -318,3 +325,70 @@ def test_every_non_blank_line_yields_exactly_one_result_in_order(file: tuple[lis
     valid = [r for r in results if isinstance(r, ValidLine)]
     assert len({r.custom_id for r in valid}) == len(valid)
     assert all(json.loads(r.body)["custom_id"] == r.custom_id for r in valid)
+
+
+def test_integers_at_the_edges_of_64_bits_are_valid() -> None:
+    # Given the largest and smallest 64-bit integers, and a long float
+    line = request_line(metadata={"hi": 2**63 - 1, "lo": -(2**63), "f": 0.1234567890123456789012})
+    # When it is checked
+    # Then it is valid: only a number beyond 64 bits is refused
+    assert isinstance(only_result([line]), ValidLine)
+
+
+def test_no_reason_gives_python_advice() -> None:
+    # Given a line with an integer too long for Python to convert
+    line = request_line(max_tokens=1).replace(b'"max_tokens": 1', b'"max_tokens": ' + b"9" * 5000)
+    # When it is checked
+    result = only_result([line])
+    # Then the reason speaks of the request, not of the interpreter's settings
+    assert isinstance(result, RejectedLine)
+    assert "sys." not in result.reason
+    assert "int_max_str_digits" not in result.reason
+
+
+def test_a_line_the_reader_did_not_hold_is_rejected_with_its_length() -> None:
+    # Given a line the bounded reader dropped for its length, between two good ones
+    lines = [request_line("a"), OverlongLine(40_000_002, 40_000_001), request_line("b")]
+    # When they are checked
+    results = list(check_lines(lines))
+    # Then it is rejected on its own line number, naming its size, and its neighbours are valid
+    assert [type(r) for r in results] == [ValidLine, RejectedLine, ValidLine]
+    assert results[1].line == 2
+    assert isinstance(results[1], RejectedLine)
+    assert results[1].reason.startswith("line is 40000001 bytes; a request may be at most 33554432 bytes")
+
+
+def test_a_line_of_millions_of_empty_objects_is_rejected_before_it_is_parsed() -> None:
+    # Given a 6 MiB line of two million empty objects (some 150 MB once parsed)
+    line = b'{"custom_id":"a","params":{"m":[' + b"{}," * 2_000_000 + b"{}]}}"
+    # When it is checked, its memory measured
+    tracemalloc.start()
+    try:
+        result = only_result([line])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Then it is rejected with the count, and never held as objects
+    assert isinstance(result, RejectedLine)
+    assert result.reason == "the line holds 2000004 JSON objects and arrays; a request may hold at most 1000000"
+    assert peak < 2 * len(line)
+
+
+def test_a_line_of_a_million_containers_is_parsed() -> None:
+    # Given a line of exactly a million objects and arrays (strings holding none)
+    line = b'{"custom_id":"a","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]'
+    filler = b',"metadata":{"l":[' + b"{}," * (1_000_000 - 7) + b"{}]}}}"
+    result = only_result([line + filler])
+    # Then the count alone does not reject it: it is read, and found valid
+    assert isinstance(result, ValidLine)
+
+
+def test_no_reason_doubles_a_word() -> None:
+    # Given every rejection this module knows, and a line with several problems at once
+    lines = [line for _, line, _ in REJECTIONS] + [request_line("a b", max_tokens=0, stream=True)]
+    # When they are checked
+    reasons = [result.reason for result in check_lines(lines) if isinstance(result, RejectedLine)]
+    # Then each reason reads well: no word twice in a row ("the the", "is is")
+    assert len(reasons) == len(lines)
+    doubled = [reason for reason in reasons if re.search(r"\b(\w+)\s+\1\b", reason, re.IGNORECASE)]
+    assert doubled == []

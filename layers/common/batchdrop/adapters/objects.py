@@ -3,13 +3,12 @@ out as multipart uploads in fixed-size parts, so memory never grows with the dat
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from batchdrop.domain.lines import SourceLines
 from batchdrop.ports import READ_BYTES, ObjectVersion, SourceRange
 
 if TYPE_CHECKING:
@@ -40,25 +39,6 @@ def _read_range(client: Any, source: SourceRange) -> Iterator[bytes]:
         body.close()
 
 
-class _RawStream(io.RawIOBase):
-    """botocore's StreamingBody as a raw stream, so io.BufferedReader can split its lines."""
-
-    def __init__(self, body: Any) -> None:
-        self._body = body
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._body.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._body.close()
-        super().close()
-
-
 class ObjectStore:
     def __init__(self, bucket: str, client: Any = None) -> None:
         self.bucket = bucket
@@ -76,16 +56,11 @@ class ObjectStore:
             self._client = boto3.client("s3", config=Config(s3={"payload_signing_enabled": False}))
         return self._client
 
-    def lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+    def lines(self, key: str, version_id: str | None = None) -> SourceLines:
         """The lines of one object version (the current one without `version_id`), split on
-        `\\n` only; `.gz` objects are unzipped."""
+        `\\n` only, with bounded memory; gzip is unzipped (batchdrop.domain.lines)."""
         extra = {"VersionId": version_id} if version_id else {}
-        body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
-        stream: io.BufferedIOBase = io.BufferedReader(_RawStream(body), READ_BYTES)
-        if key.endswith(".gz"):
-            stream = gzip.GzipFile(fileobj=stream)
-        with stream:
-            yield from stream
+        return SourceLines(self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"], key)
 
     def open(self, key: str, version_id: str | None = None) -> tuple[int, Any]:
         """The size of an object version (the current one without `version_id`) and its open

@@ -22,6 +22,12 @@ class SourceRef:
         return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id}
 
 
+def is_folder_marker(key: str, size: int | None) -> bool:
+    """An empty object whose key ends in "/": what the S3 console's "Create folder" makes.
+    It names a folder, not a file of requests, and starts no job."""
+    return key.endswith("/") and size == 0
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     job_id: str

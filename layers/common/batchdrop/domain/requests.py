@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batchdrop.domain.lines import MAX_LINE_BYTES, OverlongLine
+
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on a create body
 CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
@@ -20,6 +22,13 @@ CUSTOM_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _CUSTOM_ID = re.compile(CUSTOM_ID_PATTERN)
 _CUSTOM_ID_MAX_CHARS = 64
 _UTF8_BOM = b"\xef\xbb\xbf"
+_BOM_INSIDE = "a byte order mark (BOM) begins this line: one may begin only the file's first line"
+# What the API reads its integers into: a larger one is refused for the whole batch.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64_DIGITS = 20  # "-9223372036854775808"
+# Objects and arrays a line may hold (counted as "{" and "[" bytes, strings included): what
+# its parse holds in memory stays a few times its size.
+_MAX_CONTAINERS = 1_000_000
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
 _ROLES = ("user", "assistant")
 # A line with many problems names the first few: enough to fix it, short enough to read.
@@ -41,9 +50,7 @@ class RejectedLine:
     reason: str  # human-readable, names the field
 
 
-def check_lines(
-    lines: Iterable[bytes], *, max_line_bytes: int = MAX_BATCH_BYTES - 16
-) -> Iterator[ValidLine | RejectedLine]:
+def check_lines(lines: Iterable[bytes], *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[ValidLine | RejectedLine]:
     """Each non-blank input line -> ValidLine or RejectedLine, in order, streaming (never a list).
 
     Blank/whitespace-only lines are skipped (not rejected). Lines may end in \\n or \\r\\n; a UTF-8 BOM on the
@@ -53,8 +60,14 @@ def check_lines(
     """
     first_seen: dict[str, int] = {}
     for number, raw in enumerate(lines, start=1):
+        if isinstance(raw, OverlongLine):  # not held by the reader: only its length is known
+            yield RejectedLine(number, None, _too_large(raw.length, max_line_bytes))
+            continue
         line = raw.rstrip(b"\r\n")
-        if number == 1 and line.startswith(_UTF8_BOM):
+        if line.startswith(_UTF8_BOM):
+            if number > 1:
+                yield RejectedLine(number, None, _BOM_INSIDE)
+                continue
             line = line[len(_UTF8_BOM) :]
         if not line or line.isspace():
             continue
@@ -65,6 +78,10 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
     if len(line) > max_line_bytes:
         # Checked before parsing: a line this large is not worth holding as objects.
         return RejectedLine(number, None, _too_large(len(line), max_line_bytes))
+    if len(line) > _MAX_CONTAINERS and (containers := line.count(b"{") + line.count(b"[")) > _MAX_CONTAINERS:
+        # Also before parsing: each empty {} costs some 70 bytes parsed, 20 times its text.
+        reason = f"the line holds {containers} JSON objects and arrays; a request may hold at most {_MAX_CONTAINERS}"
+        return RejectedLine(number, None, reason)
     try:
         parsed = _parse(line)
     except _UnreadableError as exc:
@@ -114,6 +131,10 @@ class _OverflowingNumberError(ValueError):
     pass
 
 
+class _OverflowingIntegerError(ValueError):
+    pass
+
+
 def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # A repeated key would silently keep only its last value: the request sent would not be the one written.
     obj = dict(pairs)
@@ -130,6 +151,15 @@ def _refuse_constant(name: str) -> Any:
     raise _NonStandardNumberError(name)
 
 
+def _int64(text: str) -> int:
+    # The API reads integers as 64-bit: a larger one is refused, and the whole batch with it.
+    # (Checked by length first: Python will not convert an integer of over 4,300 digits.)
+    value = int(text) if len(text) <= _INT64_DIGITS else None
+    if value is None or not _INT64_MIN <= value <= _INT64_MAX:
+        raise _OverflowingIntegerError(text)
+    return value
+
+
 def _finite_float(text: str) -> float:
     # 1e999 parses as infinity, which JSON cannot carry: the API would read something else.
     value = float(text)
@@ -139,7 +169,10 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicate_keys, parse_constant=_refuse_constant, parse_float=_finite_float
+    object_pairs_hook=_object_without_duplicate_keys,
+    parse_constant=_refuse_constant,
+    parse_float=_finite_float,
+    parse_int=_int64,
 )
 # A \uD800-\uDFFF escape: half of a surrogate pair, which must have its other half.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -159,12 +192,19 @@ def _parse(line: bytes) -> Any:
         raise _UnreadableError(f"not valid JSON: {exc.args[0]} is not a JSON number") from exc
     except _OverflowingNumberError as exc:
         raise _UnreadableError(f"a number is too large to be sent ({exc.args[0]} overflows)") from exc
+    except _OverflowingIntegerError as exc:
+        shown = _shown_number(exc.args[0])
+        raise _UnreadableError(f"a number is too large to be sent ({shown} is {_INT64_RANGE})") from exc
     except json.JSONDecodeError as exc:
-        raise _UnreadableError(f"not valid JSON: {exc.msg} at column {exc.colno}") from exc
-    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
-        raise _UnreadableError(f"not valid JSON for a request: {exc}") from exc
+        # "Unterminated string starting at" names its place with ours: not "at at column 7".
+        raise _UnreadableError(f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
+    except ValueError as exc:  # none expected: the hooks above raise their own
+        raise _UnreadableError("not valid JSON for a request") from exc
     except RecursionError as exc:
         raise _UnreadableError("not valid JSON for a request: nested too deeply") from exc
+
+
+_INT64_RANGE = "beyond the 64-bit integer range the API reads"
 
 
 def _surrogates_pair_up(request: Any) -> bool:
@@ -261,7 +301,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return f"line is {size} bytes; a request may be at most {limit} bytes (the API's 256 MB limit on a batch)"
+    return f"line is {size} bytes; a request may be at most {limit} bytes (the Messages API's limit on a request)"
 
 
 def _shown(value: Any) -> str:
@@ -274,6 +314,13 @@ def _shown(value: Any) -> str:
     if len(text) > _SHOWN_VALUE_CHARS:
         text = text[: _SHOWN_VALUE_CHARS - 1] + "…"
     return text
+
+
+def _shown_number(text: str) -> str:
+    """A number as written, or its first digits and how many there are when it is long."""
+    if len(text) <= _SHOWN_VALUE_CHARS:
+        return text
+    return f"{text[: _SHOWN_VALUE_CHARS - 1]}… ({len(text)} digits)"
 
 
 def _joined(problems: list[str]) -> str:

@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
+from batchdrop.domain.lines import UnreadableFileError
 from batchdrop.domain.manifest import build_manifest
-from batchdrop.domain.records import ShardPlan, SourceRef
+from batchdrop.domain.records import ShardPlan, SourceRef, is_folder_marker
 from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
 from batchdrop.observability import logger
@@ -32,7 +33,7 @@ S3_EVENT_SOURCE = "aws:s3"
 @dataclass(frozen=True)
 class SubmitOutcome:
     job_id: str
-    status: JobStatus  # the job's status after this invocation
+    status: JobStatus | None  # the job's status after this invocation (None: no job, a folder marker)
     duplicate: bool = False
     submitted: int = 0  # shards created by this invocation
 
@@ -91,6 +92,9 @@ class Intake:
         """Take in one object version (`size`: as its event reports it, if known)."""
         job_id = job_id_for(source.bucket, source.key, source.version_id)
         logger.append_keys(job_id=job_id, source_key=source.key)
+        if is_folder_marker(source.key, size):
+            logger.info("a folder marker starts no job")
+            return SubmitOutcome(job_id, None)
         status = JobStatus.RECEIVED
         if not self._state.create_job(job_id, source, self._wired.stamp()):
             job = self._state.get_job(job_id)
@@ -100,7 +104,13 @@ class Intake:
                 return SubmitOutcome(job_id, status, duplicate=True)
             logger.info("resuming an interrupted job", extra={"status": status})
         if status is JobStatus.RECEIVED:
-            split = split_object(self._wired, job_id, source, size)
+            if size is not None and size > self._wired.max_file_bytes:
+                limit = self._wired.max_file_bytes
+                return self._fail(job_id, source, Split(), f"the file is {size} bytes, over the {limit} bytes taken")
+            try:
+                split = split_object(self._wired, job_id, source, size)
+            except UnreadableFileError as exc:  # the file as a whole: no retry would read it
+                return self._fail(job_id, source, Split(), f"the file cannot be read: {exc}")
             if not split.shards:
                 return self._fail(job_id, source, split)
             recorded = self._state.record_shards(
@@ -136,8 +146,10 @@ class Intake:
             if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
-    def _fail(self, job_id: str, source: SourceRef, split: Split) -> SubmitOutcome:
-        if split.rejected:
+    def _fail(self, job_id: str, source: SourceRef, split: Split, refused: str | None = None) -> SubmitOutcome:
+        if refused is not None:  # the file as a whole
+            reason = refused
+        elif split.rejected:
             reason = f"no valid request: all {split.rejected} lines were rejected (see {rejected_key(job_id)})"
         else:
             reason = "the file holds no request (it is empty or blank)"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchdrop.domain.jobs import IdsDigest, rejected_key, rejected_record
+from batchdrop.domain.lines import SourceLines, line_size
 from batchdrop.domain.records import ShardPlan, SourceRef
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
 from batchdrop.domain.shards import (
@@ -46,10 +47,9 @@ def split_object(wired: Wiring, job_id: str, source: SourceRef, size: int | None
 
     split = Split()
     rejects = _RejectSink(wired.store, rejected_key(job_id), source.key)
-    reader = _LineReader(wired.store.lines(source.key, source.version_id))
-    # A gzip object's line offsets are not its bytes: its shards are always written.
-    copyable = not source.key.endswith(".gz")
-    may_copy_early = copyable and wired.early_copy_bytes <= (size or 0) <= wired.limits.max_bytes
+    lines = wired.store.lines(source.key, source.version_id)
+    reader = _LineReader(lines)
+    may_copy_early = wired.early_copy_bytes <= (size or 0) <= wired.limits.max_bytes
     shard: _ShardOut | None = None
     closing: list[Future[ShardPlan]] = []
     early: _EarlyCopy | None = None
@@ -59,6 +59,8 @@ def split_object(wired: Wiring, job_id: str, source: SourceRef, size: int | None
     ):
         try:
             for index, line in assign_shards(_valid(check_lines(reader), split, rejects), wired.limits):
+                # A gzip object's line offsets are not its bytes: its shards are always written.
+                copyable = lines.compressed is False
                 if shard is None or index != shard.index:
                     if shard is not None:
                         closing.append(closer.submit(shard.close, whole=False))
@@ -68,7 +70,7 @@ def split_object(wired: Wiring, job_id: str, source: SourceRef, size: int | None
                 shard.add(line, reader.start, reader.last)
                 if may_copy_early:  # the first valid line only
                     may_copy_early = False
-                    if shard.spans(0, reader.end):
+                    if copyable and shard.spans(0, reader.end):
                         early = _EarlyCopy(wired.store, source, whole_copy_key(job_id), copier)
             last = _close_last(shard, reader, early) if shard is not None else None
             shard = None
@@ -129,7 +131,7 @@ class _RejectSink:
 class _LineReader:
     """The source's lines, passed through, with where the last one read lies in the object."""
 
-    def __init__(self, lines: Iterator[bytes]) -> None:
+    def __init__(self, lines: SourceLines) -> None:
         self._lines = lines
         self.start = 0  # offset of the last line read
         self.end = 0  # offset after it: the bytes read so far
@@ -138,7 +140,7 @@ class _LineReader:
     def __iter__(self) -> Iterator[bytes]:
         for raw in self._lines:
             self.start = self.end
-            self.end += len(raw)
+            self.end += line_size(raw)
             self.last = raw
             yield raw
 

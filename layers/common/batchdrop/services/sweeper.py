@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from batchdrop.domain.jobs import job_id_for
-from batchdrop.domain.records import SourceRef
+from batchdrop.domain.records import SourceRef, is_folder_marker
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.intake import INBOX_PREFIX, Intake
@@ -39,6 +39,8 @@ class Sweeper:
         candidates: dict[str, tuple[SourceRef, int | None]] = {}
         for version in store.versions(INBOX_PREFIX):
             if not oldest <= version.last_modified <= newest or version.version_id in (None, "null"):
+                continue
+            if is_folder_marker(version.key, version.size):
                 continue
             report.seen += 1
             job_id = job_id_for(store.bucket, version.key, version.version_id)
