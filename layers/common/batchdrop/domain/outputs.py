@@ -85,8 +85,10 @@ def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(result, bytes | str):
         try:
             result = json.loads(result)
-        except ValueError as exc:
-            raise ResultLineError(f"a result line is not valid JSON: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ResultLineError(f"a result line is not valid JSON: {exc.msg} (column {exc.colno})") from exc
+        except UnicodeDecodeError as exc:
+            raise ResultLineError(f"a result line is not valid UTF-8 (byte {exc.start})") from exc
     if (
         not isinstance(result, Mapping)
         or not isinstance(result.get("custom_id"), str)
@@ -152,7 +154,7 @@ def _answer(pipeline: Pipeline, message: Mapping[str, Any], text: str) -> Mappin
         try:
             value = _STRICT_JSON.decode(text)
         except ValueError as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            reason = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else str(exc)
             return _Invalid(f"the answer is not valid JSON: {reason}{cut}", text)
     problem = validate(value, pipeline.answer_schema)
     if problem is not None:
