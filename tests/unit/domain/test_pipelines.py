@@ -315,6 +315,19 @@ def test_id_field_gives_the_custom_id_and_a_bad_one_is_a_rejection() -> None:
     assert p.render({"review": "a"}, 1) == Rejection('the record has no field "ticket" (the pipeline\'s id_field)')
 
 
+def test_a_duplicate_id_is_left_to_native_modes_validator_which_rejects_it() -> None:
+    # Given two records with the same id_field value, rendered one by one
+    p = pipeline(id_field="ticket")
+    lines = [p.render({"review": "a", "ticket": "T1"}, 1), p.render({"review": "b", "ticket": "T1"}, 2)]
+    assert all(isinstance(line, bytes) for line in lines)
+    # When the rendered lines go through native mode's validator
+    first, second = check_lines(line for line in lines if isinstance(line, bytes))
+    # Then the second use of the id is rejected
+    assert isinstance(first, ValidLine)
+    assert not isinstance(second, ValidLine)
+    assert second.reason == 'custom_id: "T1" is already used on line 1; it must be unique'
+
+
 def test_a_missing_field_is_a_rejection_naming_it() -> None:
     p = pipeline(prompt="{{title}}: {{review}} ({{stars}})")
     assert p.render({"review": "ok"}, 3) == Rejection(
