@@ -267,6 +267,15 @@ def test_columns_may_not_clash() -> None:
         'output.schema.properties: "title" would be a second column of that name (rename it)',
         'output.schema.properties: "error" would be a second column of that name (rename it)',
     ]
+    # And the raw column is the structured answer's own, whether a property or a kept field would take it
+    raw = {"type": "object", "properties": {"raw": {"type": "string"}}}
+    assert problems_of(document(output={"schema": raw})) == [
+        'output.schema.properties: "raw" would be a second column of that name (rename it)'
+    ]
+    assert problems_of(
+        document(keep_fields=["raw"], output={"tool": {"name": "t", "input_schema": SENTIMENT_SCHEMA}})
+    ) == ['keep_fields: "raw" is the answer\'s column; rename or drop it']
+    # And without an output, text is the answer's column
     assert problems_of(document(keep_fields=["text"])) == [
         'keep_fields: "text" is the answer\'s column; rename or drop it'
     ]

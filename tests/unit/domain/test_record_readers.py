@@ -89,6 +89,14 @@ def test_a_record_that_is_not_utf8_is_rejected_alone() -> None:
     ]
 
 
+def test_a_multi_line_record_that_is_not_utf8_is_rejected_at_its_first_line() -> None:
+    data = b'id,review\n1,"first\nsecond \xff\nthird"\n2,ok\n'
+    assert csv_items(data) == [
+        (2, Rejection('not valid UTF-8: byte 0xff in field "review"')),
+        (5, {"id": "2", "review": "ok"}),
+    ]
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
@@ -215,6 +223,7 @@ def test_memory_stays_flat_over_a_50_mb_csv() -> None:
 def test_physical_lines_keep_their_endings_across_chunks() -> None:
     lines = list(physical_lines(in_chunks(b"ab\r\ncd\n\nef", 3)))
     assert lines == [b"ab\r\n", b"cd\n", b"\n", b"ef"]
+    assert list(physical_lines(b"ab\ncd")) == [b"ab\n", b"cd"]  # bytes held whole are one chunk
 
 
 # --- JSONL --------------------------------------------------------------------------------

@@ -361,16 +361,20 @@ def _object_schema_problems(schema: Any, path: str) -> Iterator[str]:
 
 
 def _column_problems(pipeline: Pipeline) -> Iterator[str]:
+    """No two columns of the outputs may share a name: kept fields, answer columns and the fixed ones."""
+    own = ", ".join(FIXED_COLUMNS)
     for name in pipeline.keep_fields:
         if name in FIXED_COLUMNS:
-            yield f"keep_fields: {_shown(name)} is one of the outputs' own columns ({', '.join(FIXED_COLUMNS)})"
-    taken = set(FIXED_COLUMNS) | set(pipeline.keep_fields)
-    where = "output.schema" if pipeline.output == "schema" else "output.tool.input_schema"
-    for name in pipeline.answer_columns():
-        if pipeline.output != "text" and name in taken:
-            yield f"{where}.properties: {_shown(name)} would be a second column of that name (rename it)"
-        elif pipeline.output == "text" and name in pipeline.keep_fields:
+            yield f"keep_fields: {_shown(name)} is one of the outputs' own columns ({own})"
+        elif name in (TEXT_COLUMN if pipeline.output == "text" else RAW_COLUMN,):
             yield f"keep_fields: {_shown(name)} is the answer's column; rename or drop it"
+    if pipeline.answer_schema is None:
+        return
+    taken = {*FIXED_COLUMNS, *pipeline.keep_fields, RAW_COLUMN}
+    where = "output.schema" if pipeline.output == "schema" else "output.tool.input_schema"
+    for name in pipeline.answer_schema["properties"]:
+        if name in taken:
+            yield f"{where}.properties: {_shown(name)} would be a second column of that name (rename it)"
 
 
 # --- wording ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class RecordFileError(ValueError):
 
 
 Record = dict[str, str]
-Source = Iterable[bytes] | BinaryIO
+Source = Iterable[bytes] | BinaryIO | bytes
 ReadItem = tuple[int, Record | Rejection]
 
 
@@ -52,6 +52,8 @@ _TOO_LONG: Final = _TooLong()
 
 
 def _chunks(source: Source) -> Iterator[bytes]:
+    if isinstance(source, bytes | bytearray):  # a whole file in memory: one chunk
+        return iter((bytes(source),))
     read = getattr(source, "read", None)
     if read is not None:
         return iter(partial(read, CHUNK_BYTES), b"")
