@@ -1,0 +1,200 @@
+"""Records mode's outputs: one row per input record, from its result line (or its rejection).
+
+Columns, in order: `id`, the pipeline's keep_fields, `status`, the answer, then
+`stop_reason`, the four token counts and `error`. The answer is `text` for a pipeline with no
+output; with an output schema or a forced tool it is one column per top-level property of the
+schema, followed by `raw`, which holds the answer's own text only when it is `invalid_output`
+(not valid JSON, or not matching the schema), so nothing the model wrote is lost.
+
+In a row, answer values are the JSON values the model gave; `csv_line` writes numbers,
+booleans and nested values as their JSON text, `jsonl_line` keeps them as JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from batchdrop.domain.pipelines import Pipeline
+from batchdrop.domain.record_readers import Rejection
+from batchdrop.domain.schemas import validate
+
+STATUSES: Final = ("succeeded", "invalid_output", "errored", "expired", "canceled", "rejected")
+USAGE_COLUMNS: Final = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+Row = dict[str, Any]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_STRICT_JSON: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+class ResultLineError(ValueError):
+    """A result line that is not one the Message Batches API writes; the message says why."""
+
+
+def header(pipeline: Pipeline) -> list[str]:
+    return [
+        "id",
+        *pipeline.keep_fields,
+        "status",
+        *pipeline.answer_columns(),
+        "stop_reason",
+        *USAGE_COLUMNS,
+        "error",
+    ]
+
+
+def row(
+    pipeline: Pipeline,
+    kept_fields: Mapping[str, str],
+    result: bytes | str | Mapping[str, Any] | Rejection,
+    *,
+    record_id: str | None = None,
+) -> Row:
+    """The output row of one record. `kept_fields` holds the record's values of keep_fields
+    (a field it lacks stays empty); `result` is its line from the batch results, parsed or not,
+    or its Rejection; `record_id` is the id to show for a rejection that has none."""
+    out: Row = dict.fromkeys(header(pipeline))
+    for name in pipeline.keep_fields:
+        out[name] = kept_fields.get(name)
+    if isinstance(result, Rejection):
+        out.update(id=result.custom_id or record_id, status="rejected", error=result.reason)
+        return out
+    parsed = _parsed(result)
+    out["id"] = parsed["custom_id"]
+    outcome = parsed["result"]
+    kind = outcome["type"]
+    if kind == "succeeded":
+        out.update(_succeeded(pipeline, _message(outcome)))
+    elif kind == "errored":
+        out.update(status="errored", error=_error_text(outcome.get("error")))
+    elif kind in ("expired", "canceled"):
+        out["status"] = kind
+    else:
+        raise ResultLineError(f"result of {parsed['custom_id']!r}: unknown result type {kind!r}")
+    return out
+
+
+def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(result, bytes | str):
+        try:
+            result = json.loads(result)
+        except json.JSONDecodeError as exc:
+            raise ResultLineError(f"a result line is not valid JSON: {exc.msg} (column {exc.colno})") from exc
+        except UnicodeDecodeError as exc:
+            raise ResultLineError(f"a result line is not valid UTF-8 (byte {exc.start})") from exc
+    if (
+        not isinstance(result, Mapping)
+        or not isinstance(result.get("custom_id"), str)
+        or not isinstance(result.get("result"), Mapping)
+        or not isinstance(result["result"].get("type"), str)
+    ):
+        raise ResultLineError('a result line must be {"custom_id": ..., "result": {"type": ...}}')
+    return result
+
+
+def _message(outcome: Mapping[str, Any]) -> Mapping[str, Any]:
+    message = outcome.get("message")
+    if not isinstance(message, Mapping) or not isinstance(message.get("content"), list):
+        raise ResultLineError("a succeeded result has no message with content")
+    return message
+
+
+def _succeeded(pipeline: Pipeline, message: Mapping[str, Any]) -> Row:
+    usage: Mapping[str, Any] = message["usage"] if isinstance(message.get("usage"), Mapping) else {}
+    out: Row = {name: usage.get(name) for name in USAGE_COLUMNS}
+    out["stop_reason"] = message.get("stop_reason")
+    text = "".join(
+        block["text"]
+        for block in message["content"]
+        if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
+    )
+    if pipeline.output == "text":
+        out.update(status="succeeded", text=text)
+        return out
+    answer = _answer(pipeline, message, text)
+    if isinstance(answer, _Invalid):
+        out.update(status="invalid_output", raw=answer.raw, error=answer.reason)
+        return out
+    out["status"] = "succeeded"
+    out.update(answer)
+    return out
+
+
+class _Invalid:
+    def __init__(self, reason: str, raw: str) -> None:
+        self.reason = reason
+        self.raw = raw
+
+
+def _answer(pipeline: Pipeline, message: Mapping[str, Any], text: str) -> Mapping[str, Any] | _Invalid:
+    """The answer's properties, or why it is invalid_output and the text it was made of."""
+    assert pipeline.answer_schema is not None  # a pipeline with an output has its schema
+    cut = " (cut off: stop_reason max_tokens)" if message.get("stop_reason") == "max_tokens" else ""
+    if pipeline.output == "tool":
+        calls = [
+            block
+            for block in message["content"]
+            if isinstance(block, Mapping)
+            and block.get("type") == "tool_use"
+            and block.get("name") == pipeline.tool_name
+        ]
+        if not calls:
+            return _Invalid(f"the answer does not call the tool {pipeline.tool_name!r}{cut}", text)
+        value = calls[0].get("input")
+        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        raw = text
+        try:
+            value = _STRICT_JSON.decode(text)
+        except ValueError as exc:
+            reason = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            return _Invalid(f"the answer is not valid JSON: {reason}{cut}", text)
+    problem = validate(value, pipeline.answer_schema)
+    if problem is not None:
+        return _Invalid(f"the answer does not match the schema: {problem}{cut}", raw)
+    assert isinstance(value, dict)  # the schema is an object schema, and value matched it
+    return {name: value.get(name) for name in pipeline.answer_schema["properties"]}
+
+
+def _error_text(error: Any) -> str:
+    """ "type: message" of a batch result's error ({"type": "error", "error": {...}}, or the inner one)."""
+    if isinstance(error, Mapping) and isinstance(error.get("error"), Mapping):
+        error = error["error"]
+    if not isinstance(error, Mapping):
+        return "errored (no error details)"
+    kind, message = error.get("type"), error.get("message")
+    return ": ".join(str(part) for part in (kind, message) if part) or "errored (no error details)"
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    """A value as one CSV cell: empty for none, text as it is, anything else as its JSON text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def csv_line(values: Mapping[str, Any] | list[str]) -> bytes:
+    """One CSV line (RFC 4180: quoted as needed, CRLF) of a row's values, or of a header's names."""
+    buffer = io.StringIO()
+    cells = [cell(value) for value in (values.values() if isinstance(values, Mapping) else values)]
+    csv.writer(buffer, lineterminator="\r\n").writerow(cells)
+    # A lone surrogate (from a JSONL \\ud800 escape) is written as that escape, not dropped.
+    return buffer.getvalue().encode("utf-8", "backslashreplace")
+
+
+def jsonl_line(values: Mapping[str, Any]) -> bytes:
+    """One JSONL line of a row: an object of its columns in order, answer values as JSON."""
+    text = json.dumps(dict(values), ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "backslashreplace") + b"\n"

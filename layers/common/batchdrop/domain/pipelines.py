@@ -1,0 +1,426 @@
+"""Records mode's pipeline: what turns one record into one Message Batches request. A pipeline
+is read from the JSON of `pipelines/<name>.json` and validated as a whole: every problem is
+named at once, as "field: reason", in one PipelineError.
+
+Rendering is plain substitution: each `{{field}}` in the prompt is replaced by the record's
+value for that field, inserted as text and never read again, so a value holding `{{other}}`
+or JSON stays literally what it is, and no value can change the request's structure. The
+request is encoded by json.dumps, never by joining strings."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from batchdrop.domain.record_readers import Rejection
+from batchdrop.domain.requests import CUSTOM_ID_PATTERN
+from batchdrop.domain.schemas import schema_problems
+
+# The columns every outputs file has, whatever the pipeline: no keep_field or answer column may take their names.
+FIXED_COLUMNS: Final = (
+    "id",
+    "status",
+    "stop_reason",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "error",
+)
+TEXT_COLUMN: Final = "text"
+RAW_COLUMN: Final = "raw"  # a structured answer's text, kept when it is invalid_output
+_KEYS: Final = frozenset(
+    {"model", "max_tokens", "params", "system", "prompt", "id_field", "output", "keep_fields", "on_bad_record"}
+)
+_OPTIONAL_NOTE_KEYS: Final = frozenset({"description"})
+_SET_BY_PIPELINE: Final = ("messages", "system", "model", "max_tokens", "stream")
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s](?:[^{}]*[^{}\s])?)\s*\}\}")
+_CUSTOM_ID = re.compile(CUSTOM_ID_PATTERN)
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_SYSTEM_BLOCK_KEYS: Final = frozenset({"type", "text", "cache_control"})
+
+OutputKind = Literal["text", "schema", "tool"]
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot be used; `problems` holds each one as "field: reason"."""
+
+    def __init__(self, name: str, problems: Sequence[str]) -> None:
+        self.name = name
+        self.problems = list(problems)
+        super().__init__(f"pipeline {name} is not valid: " + "; ".join(self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A text split at its placeholders: literal, field, literal, field, ..., literal."""
+
+    pieces: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: str) -> Template:
+        return cls(tuple(_PLACEHOLDER.split(text)))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.pieces[1::2]
+
+    def fill(self, record: Mapping[str, str]) -> str:
+        return "".join(record[piece] if index % 2 else piece for index, piece in enumerate(self.pieces))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Pipeline:
+    name: str
+    model: str
+    max_tokens: int
+    fixed_params: Mapping[str, Any]  # everything sent but the messages, in the order sent
+    prompt: str | tuple[Mapping[str, Any], ...]  # the user message's content as written
+    id_field: str | None = None
+    output: OutputKind = "text"
+    answer_schema: Mapping[str, Any] | None = None  # the output schema, or the forced tool's input_schema
+    tool_name: str | None = None
+    keep_fields: tuple[str, ...] = ()
+    on_bad_record: Literal["skip", "fail"] = "skip"
+    _templates: tuple[Template, ...] = field(default=(), repr=False)
+
+    def placeholders(self) -> tuple[str, ...]:
+        """The field names the prompt's templates use, each once, in order of first use."""
+        return tuple(dict.fromkeys(name for template in self._templates for name in template.fields))
+
+    def needed_fields(self) -> tuple[str, ...]:
+        """Every field the pipeline reads from a record: placeholders, id_field, keep_fields."""
+        own_id = (self.id_field,) if self.id_field else ()
+        return tuple(dict.fromkeys((*self.placeholders(), *own_id, *self.keep_fields)))
+
+    def check_fields(self, header: Iterable[str]) -> list[str]:
+        """The fields the pipeline needs that `header` does not have (empty when all are there)."""
+        present = set(header)
+        return [name for name in self.needed_fields() if name not in present]
+
+    def answer_columns(self) -> tuple[str, ...]:
+        if self.answer_schema is None:
+            return (TEXT_COLUMN,)
+        return (*self.answer_schema.get("properties", {}), RAW_COLUMN)
+
+    def custom_id(self, record: Mapping[str, str], row_number: int) -> str | Rejection:
+        if self.id_field is None:
+            return f"row-{row_number:06d}"
+        value = record.get(self.id_field)
+        if value is None:
+            return Rejection(f"the record has no field {_shown(self.id_field)} (the pipeline's id_field)")
+        if not _CUSTOM_ID.fullmatch(value):
+            reason = f"id_field {_shown(self.id_field)}: {_shown(value)} is not a usable id ({CUSTOM_ID_PATTERN})"
+            return Rejection(reason)
+        return value
+
+    def render(self, record: Mapping[str, str], row_number: int) -> bytes | Rejection:
+        """One record -> one request line (compact JSON, UTF-8, no line ending) or why not."""
+        custom_id = self.custom_id(record, row_number)
+        if isinstance(custom_id, Rejection):
+            return custom_id
+        missing = [name for name in self.placeholders() if name not in record]
+        if missing:
+            names = ", ".join(_shown(name) for name in missing)
+            return Rejection(f"the record has no field {names}, which the prompt uses", custom_id)
+        content = self._content(record)
+        if isinstance(content, Rejection):
+            return Rejection(content.reason, custom_id)
+        params = {**self.fixed_params, "messages": [{"role": "user", "content": content}]}
+        request = {"custom_id": custom_id, "params": params}
+        try:
+            return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:
+            return Rejection("a field holds text that is not valid Unicode (an unpaired surrogate)", custom_id)
+
+    def _content(self, record: Mapping[str, str]) -> str | list[dict[str, Any]] | Rejection:
+        if isinstance(self.prompt, str):
+            text = self._templates[0].fill(record)
+            return text if text.strip() else self._empty(self._templates[0])
+        blocks: list[dict[str, Any]] = []
+        templates = iter(self._templates)
+        for block in self.prompt:
+            if not _is_text_block(block):
+                blocks.append(dict(block))
+                continue
+            template = next(templates)
+            text = template.fill(record)
+            if not text.strip():
+                return self._empty(template)
+            blocks.append({**block, "text": text})
+        return blocks
+
+    @staticmethod
+    def _empty(template: Template) -> Rejection:
+        names = ", ".join(_shown(name) for name in dict.fromkeys(template.fields)) or "none"
+        return Rejection(f"the prompt is empty once filled in (from the record's empty fields: {names})")
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+
+def parse_pipeline(name: str, text: bytes | str) -> Pipeline:
+    """The pipeline named `name` from the JSON text of its file; PipelineError naming every problem."""
+    try:
+        document = json.loads(text, object_pairs_hook=_refusing_duplicates, parse_constant=_refuse_constant)
+    except _ConstantError as exc:
+        raise PipelineError(name, [f"(file): {exc.args[0]} is not a JSON number"]) from exc
+    except _DuplicateKeyError as exc:
+        raise PipelineError(name, [f"{exc.args[0]}: appears twice in one object"]) from exc
+    except UnicodeDecodeError as exc:
+        raise PipelineError(name, [f"(file): not valid UTF-8 at byte {exc.start}"]) from exc
+    except json.JSONDecodeError as exc:
+        raise PipelineError(
+            name, [f"(file): not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]
+        ) from exc
+    return pipeline_from(name, document)
+
+
+def pipeline_from(name: str, document: Any) -> Pipeline:
+    """The pipeline a parsed document describes; PipelineError naming every problem."""
+    if not isinstance(document, dict):
+        raise PipelineError(name, [f"(file): must be a JSON object, got {_kind(document)}"])
+    problems = [
+        f"{key}: not a pipeline field (fields: {', '.join(sorted(_KEYS))})"
+        for key in document
+        if key not in _KEYS | _OPTIONAL_NOTE_KEYS
+    ]
+    problems += _model_problems(document)
+    problems += _params_problems(document.get("params", {}))
+    problems += _system_problems(document.get("system"))
+    problems += _prompt_problems(document.get("prompt"))
+    problems += _small_field_problems(document)
+    problems += _output_problems(document.get("output"), document.get("params", {}))
+    if not problems:
+        pipeline = _built(name, document)
+        problems += _column_problems(pipeline)
+        if not problems:
+            return pipeline
+    raise PipelineError(name, problems)
+
+
+def _built(name: str, document: Mapping[str, Any]) -> Pipeline:
+    fixed: dict[str, Any] = {"model": document["model"], "max_tokens": document["max_tokens"]}
+    if document.get("system") is not None:
+        fixed["system"] = document["system"]
+    fixed.update(document.get("params", {}))
+    output = document.get("output")
+    kind: OutputKind = "text"
+    schema: Mapping[str, Any] | None = None
+    tool_name: str | None = None
+    if output and "schema" in output:
+        kind, schema = "schema", output["schema"]
+        config = dict(fixed.get("output_config", {}))
+        config["format"] = {"type": "json_schema", "schema": schema}
+        fixed["output_config"] = config
+    elif output:
+        kind, schema, tool_name = "tool", output["tool"]["input_schema"], output["tool"]["name"]
+        fixed["tools"] = [*fixed.get("tools", []), output["tool"]]
+        fixed["tool_choice"] = {"type": "tool", "name": tool_name}
+    prompt = document["prompt"]
+    texts = [prompt] if isinstance(prompt, str) else [block["text"] for block in prompt if _is_text_block(block)]
+    return Pipeline(
+        name=name,
+        model=document["model"],
+        max_tokens=document["max_tokens"],
+        fixed_params=fixed,
+        prompt=prompt if isinstance(prompt, str) else tuple(prompt),
+        id_field=document.get("id_field"),
+        output=kind,
+        answer_schema=schema,
+        tool_name=tool_name,
+        keep_fields=tuple(document.get("keep_fields", ())),
+        on_bad_record=document.get("on_bad_record", "skip"),
+        _templates=tuple(Template.of(text) for text in texts),
+    )
+
+
+def _model_problems(document: Mapping[str, Any]) -> Iterator[str]:
+    if "model" not in document:
+        yield "model: missing"
+    elif not isinstance(document["model"], str) or not document["model"].strip():
+        yield f"model: must be a non-empty string, got {_shown(document['model'])}"
+    if "max_tokens" not in document:
+        yield "max_tokens: missing"
+    elif not _is_int(document["max_tokens"]) or document["max_tokens"] < 1:
+        yield f"max_tokens: must be an integer >= 1, got {_shown(document['max_tokens'])}"
+
+
+def _params_problems(params: Any) -> Iterator[str]:
+    if not isinstance(params, dict):
+        yield f"params: must be an object of Messages parameters, got {_kind(params)}"
+        return
+    for key in _SET_BY_PIPELINE:
+        if key in params:
+            yield f"params.{key}: set by the pipeline itself, not under params ({_where_instead(key)})"
+
+
+def _where_instead(key: str) -> str:
+    if key == "messages":
+        return "the user message is the prompt"
+    if key == "stream":
+        return "batch requests are never streamed"
+    return f"write it as the pipeline's top-level {key}"
+
+
+def _system_problems(system: Any) -> Iterator[str]:
+    if system is None or (isinstance(system, str) and system.strip()):
+        return
+    if isinstance(system, str):
+        yield "system: must not be empty (leave it out instead)"
+        return
+    if not isinstance(system, list) or not system:
+        yield f"system: must be a string or a non-empty list of text blocks, got {_kind(system)}"
+        return
+    for index, block in enumerate(system):
+        path = f"system[{index}]"
+        if not _is_text_block(block) or not block["text"].strip():
+            yield f'{path}: must be a text block {{"type": "text", "text": "..."}} with some text'
+            continue
+        unknown = [key for key in block if key not in _SYSTEM_BLOCK_KEYS]
+        if unknown:
+            names = ", ".join(map(_shown, unknown))
+            yield f"{path}: unknown key {names} (a system block holds type, text, cache_control)"
+        if "cache_control" in block and not isinstance(block["cache_control"], dict):
+            yield f'{path}.cache_control: must be an object such as {{"type": "ephemeral"}}'
+
+
+def _prompt_problems(prompt: Any) -> Iterator[str]:
+    if prompt is None:
+        yield "prompt: missing"
+    elif isinstance(prompt, str):
+        if not prompt.strip():
+            yield "prompt: must not be empty"
+    elif not isinstance(prompt, list) or not prompt:
+        yield f"prompt: must be a template string or a non-empty list of content blocks, got {_kind(prompt)}"
+    else:
+        for index, block in enumerate(prompt):
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                yield f'prompt[{index}]: must be a content block, an object with a "type"'
+            elif block["type"] == "text" and not isinstance(block.get("text"), str):
+                yield f"prompt[{index}].text: a text block's text must be a string (a template)"
+            elif block["type"] == "text" and not block["text"].strip():
+                yield f"prompt[{index}].text: must not be empty"
+
+
+def _small_field_problems(document: Mapping[str, Any]) -> Iterator[str]:
+    id_field = document.get("id_field")
+    if "id_field" in document and (not isinstance(id_field, str) or not id_field):
+        yield f"id_field: must be the name of a record field, got {_shown(id_field)}"
+    keep = document.get("keep_fields", [])
+    if not isinstance(keep, list) or not all(isinstance(name, str) and name for name in keep):
+        yield "keep_fields: must be a list of field names"
+    elif len(set(keep)) != len(keep):
+        yield "keep_fields: names a field more than once"
+    if document.get("on_bad_record", "skip") not in ("skip", "fail"):
+        yield f'on_bad_record: must be "skip" or "fail", got {_shown(document["on_bad_record"])}'
+
+
+def _output_problems(output: Any, params: Any) -> Iterator[str]:
+    if output is None:
+        return
+    if not isinstance(output, dict) or len(output) != 1 or not ({"schema", "tool"} & output.keys()):
+        yield 'output: must be {"schema": <JSON Schema>} or {"tool": <tool definition>}, exactly one of them'
+        return
+    params = params if isinstance(params, dict) else {}
+    if "schema" in output:
+        yield from _object_schema_problems(output["schema"], "output.schema")
+        config = params.get("output_config", {})
+        if not isinstance(config, dict) or "format" in config:
+            yield "params.output_config: must be an object without format when output.schema sets it"
+        return
+    tool = output["tool"]
+    if not isinstance(tool, dict):
+        yield f"output.tool: must be a tool definition (an object), got {_kind(tool)}"
+        return
+    if not isinstance(tool.get("name"), str) or not _TOOL_NAME.fullmatch(tool["name"]):
+        yield f"output.tool.name: must match ^[a-zA-Z0-9_-]{{1,64}}$, got {_shown(tool.get('name'))}"
+    yield from _object_schema_problems(tool.get("input_schema"), "output.tool.input_schema")
+    if "tool_choice" in params:
+        yield "params.tool_choice: output.tool forces its tool; leave tool_choice out"
+    tools = params.get("tools", [])
+    if not isinstance(tools, list):
+        yield f"params.tools: must be a list of tools, got {_kind(tools)}"
+    elif any(isinstance(other, dict) and other.get("name") == tool.get("name") for other in tools):
+        yield f"params.tools: already has a tool named {_shown(tool.get('name'))}, the one output.tool adds"
+
+
+def _object_schema_problems(schema: Any, path: str) -> Iterator[str]:
+    if schema is None:
+        yield f"{path}: missing"
+        return
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        yield f'{path}: must be an object schema ({{"type": "object", "properties": ...}})'
+        return
+    if not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        yield f"{path}.properties: must name at least one property (each becomes a column)"
+    yield from schema_problems(schema, path)
+
+
+def _column_problems(pipeline: Pipeline) -> Iterator[str]:
+    """No two columns of the outputs may share a name: kept fields, answer columns and the fixed ones."""
+    own = ", ".join(FIXED_COLUMNS)
+    for name in pipeline.keep_fields:
+        if name in FIXED_COLUMNS:
+            yield f"keep_fields: {_shown(name)} is one of the outputs' own columns ({own})"
+        elif name in (TEXT_COLUMN if pipeline.output == "text" else RAW_COLUMN,):
+            yield f"keep_fields: {_shown(name)} is the answer's column; rename or drop it"
+    if pipeline.answer_schema is None:
+        return
+    taken = {*FIXED_COLUMNS, *pipeline.keep_fields, RAW_COLUMN}
+    where = "output.schema" if pipeline.output == "schema" else "output.tool.input_schema"
+    for name in pipeline.answer_schema["properties"]:
+        if name in taken:
+            yield f"{where}.properties: {_shown(name)} would be a second column of that name (rename it)"
+
+
+# --- wording ----------------------------------------------------------------------------
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+class _ConstantError(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _ConstantError(name)
+
+
+def _refusing_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+def _is_text_block(block: Any) -> bool:
+    return isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return json.dumps(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:39] + "…"
