@@ -13,8 +13,9 @@ import pytest
 
 from batchdrop.domain.jobs import manifest_key
 from batchdrop.domain.states import JobStatus, ShardState
+from batchdrop.errors import ProviderRejectedError
 from batchdrop.ports import StateStore
-from batchdrop.services.bisect import MAX_REASON_CHARS, refusal_reason
+from batchdrop.services.bisect import MAX_REASON_CHARS, ShardBisector, refusal_reason
 from batchdrop.services.intake import Intake
 from batchdrop.services.tick import Checker
 from tests.unit.fakes import Fakes, FakeStateStore, request
@@ -133,8 +134,6 @@ def test_when_every_request_is_bad_each_is_refused_on_its_own_and_none_is_sent(w
 
 def test_a_body_refused_only_whole_runs_every_request_once_halved(world: Fakes) -> None:
     # Given a body refused once for good, whose halves the API takes (a 413 for its size, say)
-    from batchdrop.errors import ProviderRejectedError
-
     world.batches.fail_create(ProviderRejectedError(413, "request too large"))
     job_id = submit(world, set())
 
@@ -199,10 +198,9 @@ def test_a_refused_shard_split_by_a_stale_checker_is_recorded_once(world: Fakes)
     [refused] = world.state.shards(job_id)
     tick(world)
     shards = len(world.state.shards(job_id))
+    assert shards == 3
 
     # When a second checker, that read the shard REFUSED before, splits it too
-    from batchdrop.services.bisect import ShardBisector
-
     assert ShardBisector(world.wiring()).split(refused) is False
 
     # Then nothing more is recorded
