@@ -233,6 +233,7 @@ def _add_emulator(commands: Any) -> None:
     faults.add_argument("--queue-limit", type=int, metavar="N")
     faults.add_argument("--lose-create-response", metavar="RATE[:TIMES]")
     faults.add_argument("--drop-results", metavar="RATE[:TIMES]")
+    faults.add_argument("--poison", metavar="TEXT")
     p.set_defaults(run=_run_emulator)
 
 
@@ -257,6 +258,7 @@ def _emulator_settings(args: argparse.Namespace) -> Any:
             "lose_create_response": args.lose_create_response
             and parse_rate_flag(args.lose_create_response, "--lose-create-response"),
             "drop_results": args.drop_results and parse_rate_flag(args.drop_results, "--drop-results"),
+            "poison": args.poison,
         }
     )
     return EmulatorSettings(

@@ -451,3 +451,30 @@ def test_the_control_endpoint_needs_no_key_and_answers_404_for_unknown_calls(htt
     assert health.json() == {"ok": True}
     assert unknown.status_code == 404
     assert api_error(unknown).error.type == "not_found_error"
+
+
+# --- a poisoned request -------------------------------------------------------------------
+
+
+def test_a_create_holding_a_poisoned_request_is_refused_naming_it_and_creates_nothing(
+    start_emulator: StartEmulator, make_client: MakeClient
+) -> None:
+    # Given an emulator refusing any create holding a request whose params carry "POISON"
+    emulator = faulty(start_emulator, poison="POISON")
+    client = make_client(emulator)
+    requests = requests_for(3)
+    requests[1]["params"]["metadata"] = {"user_id": "POISON-1"}
+
+    # When a batch of it is created
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.batches.create(requests=requests)
+
+    # Then the create is refused with 400 naming that request, and no batch exists
+    error = caught.value.body["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("requests.1.params: integer overflow")
+    counters = EmulatorControl(emulator.url).counters()
+    assert (counters["batches"], counters["creates_rejected"]) == (0, 1)
+
+    # And a body without it is taken
+    assert client.messages.batches.create(requests=requests_for(2)).processing_status == "in_progress"

@@ -507,6 +507,32 @@ class FakeStateStore:
             )
         )
 
+    def split_refused(
+        self, shard: ShardRecord, shard_count: int, halves: Sequence[ShardPlan], entry: Mapping[str, Any]
+    ) -> bool:
+        changes = {
+            "requests": shard.requests - shard.attempt_requests,
+            "attempts_log": (*shard.attempts_log, dict(entry)),
+        }
+        update = self._shard_move(
+            shard.job_id,
+            shard.index,
+            ShardState.REFUSED,
+            ShardState.SPLIT,
+            fence=_attempt_fence(shard),
+            changes=changes,
+            open_index=False,
+        )
+        job = self.jobs.get(shard.job_id)
+        counted = job is not None and job.shard_count == shard_count
+        changes = {"shard_count": shard_count + len(halves)}
+        job_move = self._job_move(
+            shard.job_id, (JobStatus.SUBMITTING, JobStatus.RUNNING), JobStatus.SUBMITTING, changes
+        )
+        max_attempts = max(shard.max_attempts - shard.attempt + 1, 1)
+        puts = [self._put_shard(shard.job_id, half, max_attempts) for half in halves]
+        return counted and self._apply(update, job_move, *puts)
+
     def cancel_unsent(self, shard: ShardRecord, reason: str) -> bool:
         return self._apply(
             self._shard_move(
@@ -639,6 +665,7 @@ class FakeBatchesApi:
         self.canceled: list[str] = []  # cancel calls, in order
         self.listing_complete = True  # whether list_recent reaches back past not_before
         self._script: deque[tuple[Exception, bool]] = deque()
+        self.poison: str | None = None  # a create holding a line with this text is refused (400)
 
     # what tests use
 
@@ -702,6 +729,10 @@ class FakeBatchesApi:
         lines = data[len(ENVELOPE_OPEN) : -len(ENVELOPE_CLOSE)].split(SEPARATOR)
         if len(json.loads(data)["requests"]) != len(lines):
             raise AssertionError("a create body whose lines are not its requests")
+        poisoned = [i for i, line in enumerate(lines) if self.poison is not None and self.poison.encode() in line]
+        if poisoned:
+            # As the API refuses a body holding a value it cannot read, naming the request.
+            raise ProviderRejectedError(400, f"requests.{poisoned[0]}.params: integer overflow")
         if self._script:
             error, made = self._script.popleft()
             if made:

@@ -42,6 +42,11 @@ OUTCOME = Outcome(
     ended_at="2026-11-23T11:00:00.000Z",
 )
 RETRY = NextAttempt(attempt=2, key="work/j/shard-00000-a2.jsonl", requests=1, size=40, ids_digest="d2")
+HALVES = (
+    ShardPlan(index=1, key="work/j/shard-00000-a1-half0.jsonl", requests=1, size=40, ids_digest="h0", version_id="v0"),
+    ShardPlan(index=2, key="work/j/shard-00000-a1-half1.jsonl", requests=1, size=40, ids_digest="h1", version_id="v1"),
+)
+SPLIT_ENTRY = {"attempt": 1, "batch_id": None, "requests": 2, "counts": {}, "retried": 2, "split_into": [1, 2]}
 
 
 # --- the table, as template.yaml declares it --------------------------------------------
@@ -272,6 +277,8 @@ MOVES = [
          lambda st, sh: st.mark_collected(sh, OUTCOME)),
     Move("schedule_retry", frozenset({S.SUBMITTED}), S.PENDING, S.SUBMITTED,
          lambda st, sh: st.schedule_retry(sh, OUTCOME, RETRY)),
+    Move("split_refused", frozenset({S.REFUSED}), S.SPLIT, S.REFUSED,
+         lambda st, sh: st.split_refused(sh, 1, HALVES, SPLIT_ENTRY)),
 ]  # fmt: skip
 
 
@@ -364,6 +371,12 @@ def _stale(
                lambda st, sh: st.schedule_retry(sh, OUTCOME, RETRY)),
         _stale("schedule_retry: another attempt", S.SUBMITTED, {"attempt": 2},
                lambda st, sh: st.schedule_retry(sh, OUTCOME, RETRY)),
+        _stale("split_refused: another attempt", S.REFUSED, {"attempt": 2},
+               lambda st, sh: st.split_refused(sh, 1, HALVES, SPLIT_ENTRY)),
+        _stale("split_refused: another body", S.REFUSED, {"key": "work/j/other.jsonl"},
+               lambda st, sh: st.split_refused(sh, 1, HALVES, SPLIT_ENTRY)),
+        _stale("split_refused: another shard count", S.REFUSED, {},
+               lambda st, sh: st.split_refused(sh, 2, HALVES, SPLIT_ENTRY)),
         _stale("flag_overdue: another batch", S.SUBMITTED, {"batch_id": "msgbatch_other"},
                lambda st, sh: st.flag_overdue(sh, SENT_AT)),
         _stale("note_progress: another batch", S.SUBMITTED, {"batch_id": "msgbatch_other"},
@@ -452,6 +465,32 @@ def test_a_retry_is_scheduled_only_with_its_job_moved_back_to_submitting(both: B
     job, shards = both.fake.job_and_shards(both.job_id)
     assert job is not None
     assert (job.status, shards[0].state) == ((JobStatus.SUBMITTING, S.PENDING) if scheduled else (status, S.SUBMITTED))
+
+
+@pytest.mark.parametrize("status", list(JobStatus), ids=str)
+def test_a_refused_shard_is_split_with_its_halves_and_the_jobs_count_all_at_once(both: Both, status: JobStatus) -> None:
+    # Given a refused shard of two requests, of a job in `status`
+    shard = both.given(status, S.REFUSED)
+    assert shard is not None
+
+    # When it is split in two
+    split = both.same(lambda store: store.split_refused(shard, 1, HALVES, SPLIT_ENTRY))
+
+    # Then the shard, its halves and the job's shard count move together, or nothing does
+    assert split is (status in (JobStatus.SUBMITTING, JobStatus.RUNNING))
+    job, shards = both.fake.job_and_shards(both.job_id)
+    assert job is not None
+    if not split:
+        assert ([s.state for s in shards], job.shard_count) == ([S.REFUSED], 1)
+        return
+    assert (job.status, job.shard_count) == (JobStatus.SUBMITTING, 3)
+    parent, *halves = shards
+    assert (parent.state, parent.requests, parent.attempts_log[-1]) == (S.SPLIT, 0, SPLIT_ENTRY)
+    assert [(h.state, h.index, h.key, h.version_id, h.attempt, h.max_attempts) for h in halves] == [
+        (S.PENDING, plan.index, plan.key, plan.version_id, 1, 3) for plan in HALVES
+    ]
+    # And a second split of it records nothing
+    assert both.same(lambda store: store.split_refused(shard, 3, HALVES, SPLIT_ENTRY)) is False
 
 
 def test_an_overdue_flag_keeps_the_first_time(both: Both) -> None:

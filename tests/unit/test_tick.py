@@ -434,21 +434,23 @@ def test_a_shard_a_full_queue_deferred_is_sent_by_a_later_tick(world: Fakes) -> 
 
 
 def test_a_refused_body_gets_an_errored_line_per_request_and_is_never_sent_again(world: Fakes) -> None:
-    # Given a shard the provider refused for good
-    world.batches.fail_create(ProviderRejectedError(413, "request too large"))
+    # Given a shard the provider refused for good, and each of its requests refused on its own
+    for _ in range(3):
+        world.batches.fail_create(ProviderRejectedError(413, "request too large"))
     job_id = submit(world, "ab")
 
-    # When the checker ticks
+    # When the checker ticks (the refused shard is halved, each half refused again)
+    tick(world)
     tick(world)
 
     # Then each request has an errored line saying why, and the job is finished with them
-    lines = part(world, job_id)
+    lines = part(world, job_id, 1) + part(world, job_id, 2)
     assert [line["custom_id"] for line in lines] == ["a", "b"]
     for line in lines:
         error = line["result"]["error"]["error"]
         assert (line["result"]["type"], error["type"]) == ("errored", "invalid_request_error")
         assert "413: request too large" in error["message"]
-    assert world.batches.creates == 1
+    assert world.batches.creates == 3
     assert world.store.get_json(manifest_key(job_id))["counts"]["errored"] == 2
     assert status(world, job_id) is JobStatus.COMPLETED_WITH_ERRORS
 

@@ -62,6 +62,10 @@ class FaultSettings(BaseModel):
     queue_limit: int | None = Field(default=None, ge=0)
     lose_create_response: _Rule | None = None
     drop_results: _Rule | None = None
+    # A create holding a request whose params contain this text anywhere (a key or a string)
+    # is refused, 400 `invalid_request_error` naming that request: as the API refuses a body
+    # it will never take, such as one holding an integer beyond 64 bits.
+    poison: str | None = Field(default=None, min_length=1)
 
 
 class _Draw:

@@ -25,7 +25,7 @@ from batchdrop_local.emulator.faults import ERROR_TYPE_BY_STATUS, FaultInjector,
 from batchdrop_local.emulator.responder import PromptCache, Responder, load_responder
 from batchdrop_local.emulator.settings import EmulatorSettings
 from batchdrop_local.emulator.store import ApiError, Store
-from batchdrop_local.emulator.validation import body_error, count_error, envelope_error
+from batchdrop_local.emulator.validation import body_error, count_error, envelope_error, poison_error
 from batchdrop_local.emulator.wire import compact, error_body, new_request_id
 
 _BATCHES = re.compile(r"^/v1/messages/batches/?$")
@@ -378,10 +378,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _validate_stream(self, stream: _Tee, custom_ids: list[str]) -> str | None:
         allow_duplicates = self.emu.settings.allow_duplicate_custom_ids
+        poison = self.emu.faults.settings.poison
         seen: dict[str, int] = {}
         try:
             for index, item in enumerate(ijson.items(stream, "requests.item", use_float=True, buf_size=_READ_SIZE)):
-                problem = envelope_error(index, item)
+                problem = envelope_error(index, item) or poison_error(index, item, poison)
                 if problem is not None:
                     return problem
                 custom_id = item["custom_id"]

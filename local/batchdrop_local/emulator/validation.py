@@ -4,6 +4,7 @@ Messages follow the API's pydantic style, `loc: msg`."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -46,6 +47,13 @@ def envelope_error(index: int, item: Any) -> str | None:
     if not isinstance(item["params"], dict):
         return f"{loc}.params: Input should be a valid dictionary"
     return None
+
+
+def poison_error(index: int, item: dict[str, Any], marker: str | None) -> str | None:
+    """The emulator's poison fault: `requests[index]` refused when its params hold `marker`."""
+    if marker is None or marker not in json.dumps(item["params"], ensure_ascii=False, default=str):
+        return None
+    return f"requests.{index}.params: integer overflow (the value marked {marker!r} cannot be read)"
 
 
 def body_error(events: Iterable[tuple[str, str, Any]]) -> str | None:

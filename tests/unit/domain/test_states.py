@@ -45,11 +45,14 @@ def test_every_job_status_is_reachable_from_received_and_can_end() -> None:
         assert _reachable(JOB_NEXT, status) & final, status
 
 
-def test_every_shard_state_is_reachable_from_pending_and_ends_collected() -> None:
+def test_every_shard_state_is_reachable_from_pending_and_ends_collected_or_split() -> None:
     assert _reachable(SHARD_NEXT, ShardState.PENDING) == set(ShardState)
-    assert [state for state, nexts in SHARD_NEXT.items() if not nexts] == [ShardState.COLLECTED]
+    ends = {ShardState.COLLECTED, ShardState.SPLIT}
+    assert {state for state, nexts in SHARD_NEXT.items() if not nexts} == ends
     for state in ShardState:
-        assert ShardState.COLLECTED in _reachable(SHARD_NEXT, state), state
+        assert ends & (_reachable(SHARD_NEXT, state) | {state}), state
+    # Only a refused body is split: its requests go on in two new shards
+    assert [state for state, nexts in SHARD_NEXT.items() if ShardState.SPLIT in nexts] == [ShardState.REFUSED]
 
 
 def test_a_collected_shard_and_a_finished_job_never_move() -> None:

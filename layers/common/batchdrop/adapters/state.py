@@ -487,7 +487,58 @@ class _ShardNotes(_Jobs):
         )
 
 
-class StateTable(_ShardNotes):
+class _ShardSplits(_ShardNotes):
+    """A refused shard halved: its requests go on as two new shards."""
+
+    def split_refused(
+        self, shard: ShardRecord, shard_count: int, halves: Sequence[ShardPlan], entry: Mapping[str, Any]
+    ) -> bool:
+        """REFUSED → SPLIT, with `halves` recorded as new PENDING shards and the job's
+        shard_count raised from `shard_count` by their number, in one transaction: fenced to
+        the attempt `shard` was read at and to the shard count read, so a second checker
+        splitting the same shard (or another one at the same time) records nothing. The
+        shard keeps the final outcomes of its earlier attempts; its `requests` become
+        theirs, and `entry` closes the refused attempt in its log. The job goes back to
+        SUBMITTING so the checker sends the halves."""
+        values = {
+            "requests": shard.requests - shard.attempt_requests,
+            "attempts_log": [*(dict(item) for item in shard.attempts_log), dict(entry)],
+        }
+        update = self._shard_move(
+            shard.job_id,
+            shard.index,
+            ShardState.REFUSED,
+            ShardState.SPLIT,
+            fence=self._attempt_fence(shard),
+            set_values=values,
+            remove=_OPEN_KEYS,
+        )
+        statuses = check_job_move((JobStatus.SUBMITTING, JobStatus.RUNNING), JobStatus.SUBMITTING)
+        job = _update(
+            self._name,
+            _job_key(shard.job_id),
+            "status",
+            {f":st{i}": str(status) for i, status in enumerate(sorted(statuses))},
+            JobStatus.SUBMITTING,
+            fence={"shard_count": shard_count},
+            set_values={"shard_count": shard_count + len(halves)},
+            remove=(),
+        )
+        max_attempts = max(shard.max_attempts - shard.attempt + 1, 1)
+        puts = [
+            {
+                "Put": {
+                    "TableName": self._name,
+                    "Item": _shard_item(shard.job_id, half, max_attempts),
+                    "ConditionExpression": "attribute_not_exists(PK)",
+                }
+            }
+            for half in halves
+        ]
+        return self._transact([{"Update": update}, {"Update": job}, *puts], "refused shard not split")
+
+
+class StateTable(_ShardSplits):
     """The state table: job items, the create lease, shard items."""
 
     # --- the create lease -------------------------------------------------------------

@@ -26,7 +26,8 @@ class ShardState(StrEnum):
     SUBMITTED = "SUBMITTED"  # its batch is known and open
     COLLECTED = "COLLECTED"  # every request of the shard has its final outcome in results/
     CANCELING = "CANCELING"  # never sent, its job canceled: its `canceled` results are being written
-    REFUSED = "REFUSED"  # the API refused its body for good: its `errored` results are being written
+    REFUSED = "REFUSED"  # the API refused its body for good: split in two, or its `errored` result written
+    SPLIT = "SPLIT"  # its refused requests went on as two new shards (halves); it sends nothing more
 
 
 _FINAL_JOB = frozenset({JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELED})
@@ -58,8 +59,11 @@ SHARD_NEXT: Mapping[ShardState, frozenset[ShardState]] = {
     # PENDING again: some requests ended transiently and go out in the next attempt's batch.
     ShardState.SUBMITTED: frozenset({ShardState.COLLECTED, ShardState.PENDING}),
     ShardState.CANCELING: frozenset({ShardState.COLLECTED}),
-    ShardState.REFUSED: frozenset({ShardState.COLLECTED}),
+    # SPLIT: a refused body of more than one request is halved into two new shards, so only
+    # the requests the API refuses on their own end `errored`.
+    ShardState.REFUSED: frozenset({ShardState.COLLECTED, ShardState.SPLIT}),
     ShardState.COLLECTED: frozenset(),
+    ShardState.SPLIT: frozenset(),
 }
 
 # Jobs the pipeline still works on: they stay in the table's open index.
@@ -67,7 +71,9 @@ OPEN_JOB_STATUSES = frozenset({JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStat
 # Shards whose create may have made a batch the table does not know of yet.
 UNSETTLED_SHARD_STATES = frozenset({ShardState.SUBMITTING, ShardState.UNKNOWN})
 # Shards that have their batch, or need none any more.
-SENT_SHARD_STATES = frozenset({ShardState.SUBMITTED, ShardState.COLLECTED})
+SENT_SHARD_STATES = frozenset({ShardState.SUBMITTED, ShardState.COLLECTED, ShardState.SPLIT})
+# Shards that need nothing more: a job whose shards are all in these is finished.
+DONE_SHARD_STATES = frozenset({ShardState.COLLECTED, ShardState.SPLIT})
 
 
 class TransitionError(ValueError):

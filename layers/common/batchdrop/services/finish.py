@@ -10,7 +10,7 @@ from typing import Any
 from batchdrop.domain.jobs import final_status, manifest_key, rejected_key
 from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.records import JobRecord, ShardRecord
-from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
+from batchdrop.domain.states import DONE_SHARD_STATES, SENT_SHARD_STATES, JobStatus
 from batchdrop.domain.usage import Usage
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
@@ -30,7 +30,7 @@ class Finisher:
             # A retry was scheduled while another invocation marked the job running.
             state.reopen_job(job_id)
             return False
-        if any(shard.state is not ShardState.COLLECTED for shard in shards):
+        if any(shard.state not in DONE_SHARD_STATES for shard in shards):
             return False
         if len(shards) != job.shard_count:
             # Fewer shard items than the job recorded (an interrupted recording): never close

@@ -138,6 +138,8 @@ class Checker:
 
     def _advance_job(self, job: JobRecord, shards: list[ShardRecord], report: TickReport) -> None:
         moved = self._unsent.close_unsent(job, shards)
+        if moved:  # a refused shard split: its halves are sent in this tick
+            shards = self._wired.state.shards(job.job_id)
         if not job.cancel_requested:
             moved = self._submit_pending(shards, report) or moved
         if moved:

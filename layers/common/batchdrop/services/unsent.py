@@ -1,7 +1,9 @@
 """Closing shards whose requests will never be sent, so each still gets one result line:
-`canceled` for a canceled job's shards that had no batch, `errored` for a body the API
-refused for good. The shard is claimed first (CANCELING, REFUSED), so no create can take it
-while its lines are written."""
+`canceled` for a canceled job's shards that had no batch, `errored` for a request the API
+refused for good on its own. The shard is claimed first (CANCELING, REFUSED), so no create
+can take it while its lines are written. A refused body of more than one request is not
+closed but halved (services/bisect.py), so only the requests refused on their own end
+`errored`."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from batchdrop.domain.states import ShardState
 from batchdrop.errors import ResultsMismatchError
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
+from batchdrop.services.bisect import ShardBisector, refusal_reason
 
 _CANCELED_REASON = "the job was canceled before this shard was sent"
 
@@ -25,6 +28,7 @@ _CANCELED_REASON = "the job was canceled before this shard was sent"
 class UnsentCloser:
     def __init__(self, wired: Wiring) -> None:
         self._wired = wired
+        self._bisector = ShardBisector(wired)
 
     def close_unsent(self, job: JobRecord, shards: list[ShardRecord]) -> bool:
         """Close what is unsent among the job's `shards`; True if any moved."""
@@ -38,6 +42,8 @@ class UnsentCloser:
             if claimed.state is ShardState.CANCELING:
                 self._write(claimed, "canceled", lambda custom_id, _reason: canceled_result_line(custom_id))
                 moved = True
+            elif claimed.state is ShardState.REFUSED and claimed.attempt_requests > 1:
+                moved = self._bisector.split(claimed) or moved
             elif claimed.state is ShardState.REFUSED:
                 self._write(claimed, "errored", refused_result_line)
                 moved = True
@@ -46,6 +52,8 @@ class UnsentCloser:
     def _write(self, shard: ShardRecord, outcome: str, line_for: Callable[[str, str], bytes]) -> None:
         part_key = results_part_key(shard.job_id, shard.index, shard.attempt)
         reason = shard.reason or ""
+        if shard.state is ShardState.REFUSED:
+            reason = refusal_reason(reason, single=True)
         store = self._wired.store
         with store.writer(part_key, "application/x-jsonl", if_absent=True) as part:
             requests = 0
