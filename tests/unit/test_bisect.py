@@ -15,6 +15,7 @@ from batchdrop.domain.jobs import manifest_key
 from batchdrop.domain.states import JobStatus, ShardState
 from batchdrop.errors import ProviderRejectedError
 from batchdrop.ports import StateStore
+from batchdrop.services import bisect
 from batchdrop.services.bisect import MAX_REASON_CHARS, ShardBisector, refusal_reason
 from batchdrop.services.intake import Intake
 from batchdrop.services.tick import Checker
@@ -130,6 +131,22 @@ def test_when_every_request_is_bad_each_is_refused_on_its_own_and_none_is_sent(w
     # 1 + 2 + 4 + 8 refused creates, and no batch
     assert world.batches.creates == 15
     assert world.batches.batches == {}
+
+
+def test_a_job_is_halved_at_most_so_often_and_the_rest_ends_errored(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a refusal that every request earns (a model that does not exist, say), and a cap
+    # of two halvings a job
+    monkeypatch.setattr(bisect, "MAX_SPLITS_PER_JOB", 2)
+    job_id = submit(world, set(range(8)))
+
+    # Then every request ends errored with the reason, after the whole body and two halvings'
+    # four halves were refused: not the 15 creates of halving down to single requests
+    assert_only_these_errored(world, job_id, set(range(8)))
+    assert world.batches.creates == 1 + 2 * 2
+    assert world.batches.batches == {}
+    assert sum(shard.state is ShardState.SPLIT for shard in world.state.shards(job_id)) == 2
 
 
 def test_a_body_refused_only_whole_runs_every_request_once_halved(world: Fakes) -> None:

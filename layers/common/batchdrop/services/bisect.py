@@ -26,6 +26,13 @@ from batchdrop.ports import Wiring, Writer
 
 # A refusal's message may quote the body it refused; what is kept of it is bounded.
 MAX_REASON_CHARS = 300
+# The most refused shards of one job that are halved. One bad request in a full shard of
+# 100,000 is found in 17 halvings, a few bad ones in a few times that; a refusal that has
+# nothing to do with any one request (every line names a model that does not exist, say)
+# would otherwise take 2n - 1 refused creates for n requests, each counted against the
+# API's request rate. Past this many, a refused shard ends as it did before halving: each
+# of its requests errored with the refusal's reason.
+MAX_SPLITS_PER_JOB = 64
 _OWN_LOCATION = re.compile(r"\brequests\.0\.")
 
 

@@ -20,6 +20,7 @@ from batchdrop.domain.states import ShardState
 from batchdrop.errors import ResultsMismatchError
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
+from batchdrop.services import bisect
 from batchdrop.services.bisect import ShardBisector, refusal_reason
 
 _CANCELED_REASON = "the job was canceled before this shard was sent"
@@ -33,6 +34,7 @@ class UnsentCloser:
     def close_unsent(self, job: JobRecord, shards: list[ShardRecord]) -> bool:
         """Close what is unsent among the job's `shards`; True if any moved."""
         moved = False
+        splits = sum(shard.state is ShardState.SPLIT for shard in shards)
         for shard in shards:
             claimed = shard
             if shard.state is ShardState.PENDING and job.cancel_requested:
@@ -42,12 +44,25 @@ class UnsentCloser:
             if claimed.state is ShardState.CANCELING:
                 self._write(claimed, "canceled", lambda custom_id, _reason: canceled_result_line(custom_id))
                 moved = True
-            elif claimed.state is ShardState.REFUSED and claimed.attempt_requests > 1:
-                moved = self._bisector.split(claimed) or moved
+            elif claimed.state is ShardState.REFUSED and claimed.attempt_requests > 1 and self._may_split(job, splits):
+                split = self._bisector.split(claimed)
+                splits += split
+                moved = split or moved
             elif claimed.state is ShardState.REFUSED:
                 self._write(claimed, "errored", refused_result_line)
                 moved = True
         return moved
+
+    @staticmethod
+    def _may_split(job: JobRecord, splits: int) -> bool:
+        """Whether another refused shard of `job` may be halved (bisect.MAX_SPLITS_PER_JOB)."""
+        if splits < bisect.MAX_SPLITS_PER_JOB:
+            return True
+        logger.warning(
+            "a refused shard is not halved: the job has been split as often as allowed",
+            extra={"job_id": job.job_id, "splits": splits},
+        )
+        return False
 
     def _write(self, shard: ShardRecord, outcome: str, line_for: Callable[[str, str], bytes]) -> None:
         part_key = results_part_key(shard.job_id, shard.index, shard.attempt)
