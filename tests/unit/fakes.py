@@ -370,7 +370,7 @@ class FakeStateStore:
 
     def count_redrive(self, job_id: str, seen: int, at: str) -> bool:
         job = self.jobs.get(job_id)
-        if job is None or job.status is not JobStatus.RECEIVED or job.redrives != seen:
+        if job is None or job.status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING) or job.redrives != seen:
             return False
         self.jobs[job_id] = replace(job, redrives=seen + 1, redriven_at=at)
         return True

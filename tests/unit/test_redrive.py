@@ -4,18 +4,21 @@ the job with its reason, manifest, errors/ entry and event once the tries have r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import batchdrop.services.intake
-from batchdrop.domain.jobs import job_id_for, manifest_key
-from batchdrop.domain.records import JobRecord, SourceRef
+from batchdrop.domain.jobs import job_id_for, manifest_key, results_part_key
+from batchdrop.domain.records import JobRecord, ShardPlan, SourceRef
+from batchdrop.domain.shards import ShardLimits
 from batchdrop.domain.states import JobStatus
 from batchdrop.domain.timings import Timings
 from batchdrop.services.redrive import NO_ERROR, REDRIVE_TRIES, stuck_reason
 from batchdrop.services.sweeper import Sweeper, SweepReport
+from batchdrop.services.tick import Checker
 from tests.unit.fakes import Fakes, request
 from tests.unit.test_template import TEMPLATE_PATH
 
@@ -180,6 +183,87 @@ def test_the_bounds_outlast_every_invocation_that_may_still_run_on_the_job() -> 
 
     assert TIMINGS.stuck_after >= event_age + timeout
     assert TIMINGS.redrive_every >= sweep_age + timeout
+
+
+def test_a_job_whose_recording_was_cut_short_waits_for_its_redrive_which_records_the_rest(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job of three shards whose recording died after its first transaction (the
+    # third shard's, here): its event's tries all died, so none recorded the rest
+    one_each = ShardLimits(max_requests=1)
+    source = world.upload("inbox/cut.jsonl", [request(cid) for cid in "abc"])
+    job_id = job_id_for(source.bucket, source.key, source.version_id)
+    record = world.state.record_shards
+
+    def cut_short(job_id: str, shards: list[ShardPlan], **kwargs: Any) -> bool:
+        record(job_id, shards, **kwargs)
+        del world.state.shard_items[(job_id, 2)]
+        raise Died
+
+    monkeypatch.setattr(world.state, "record_shards", cut_short)
+    with pytest.raises(Died):
+        batchdrop.services.intake.Intake(world.wiring(limits=one_each)).submit(source)
+    monkeypatch.undo()
+
+    # When the checker ticks: it sends the two shards recorded
+    Checker(world.wiring(limits=one_each), seconds_left=lambda: 900.0).tick()
+
+    # Then the job is not marked RUNNING on two of its three shards
+    assert [shard.batch_id is not None for shard in world.state.shards(job_id)] == [True, True]
+    assert job(world, job_id).status is JobStatus.SUBMITTING
+
+    # When the sweep runs past the bound, and the batches end
+    world.clock.advance(TIMINGS.stuck_after)
+    report = sweep(world)
+    for shard in world.state.shards(job_id):
+        assert shard.batch_id is not None
+        world.batches.end(shard.batch_id)
+    Checker(world.wiring(limits=one_each), seconds_left=lambda: 900.0).tick()
+
+    # Then the re-drive recorded and sent the third shard, and the job completed, each request once
+    assert report.redrive.redriven == [job_id]
+    assert job(world, job_id).status is JobStatus.COMPLETED
+    assert world.batches.creates == 3
+    parts = [world.store.get(results_part_key(job_id, index)) for index in range(3)]
+    assert sorted(json.loads(line)["custom_id"] for part in parts for line in part.splitlines()) == ["a", "b", "c"]
+
+
+def test_an_intake_that_lost_the_recording_to_a_run_that_died_part_way_leaves_the_job_submitting(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two runs of one event: while this one splits, the other records the job's three
+    # shards and dies after its first transaction (the third shard's, here)
+    one_each = ShardLimits(max_requests=1)
+    source = world.upload("inbox/race.jsonl", [request(cid) for cid in "abc"])
+    job_id = job_id_for(source.bucket, source.key, source.version_id)
+    record, split = world.state.record_shards, batchdrop.services.intake.split_object
+    splits: list[int] = []
+
+    def cut_short(job_id: str, shards: list[ShardPlan], **kwargs: Any) -> bool:
+        record(job_id, shards, **kwargs)
+        del world.state.shard_items[(job_id, 2)]
+        raise Died
+
+    def split_while_the_other_run_records(*args: Any, **kwargs: Any) -> Any:
+        splits.append(1)
+        if len(splits) == 1:
+            monkeypatch.setattr(world.state, "record_shards", cut_short)
+            with pytest.raises(Died):
+                batchdrop.services.intake.Intake(world.wiring(limits=one_each)).submit(source)
+            monkeypatch.setattr(world.state, "record_shards", record)
+        return split(*args, **kwargs)
+
+    monkeypatch.setattr(batchdrop.services.intake, "split_object", split_while_the_other_run_records)
+
+    # When this run finds the shards recorded by the other, and sends those there are
+    batchdrop.services.intake.Intake(world.wiring(limits=one_each)).submit(source)
+
+    # Then it does not mark the job RUNNING on two of its three shards; the re-drive completes it
+    assert world.batches.creates == 2
+    assert job(world, job_id).status is JobStatus.SUBMITTING
+    world.clock.advance(TIMINGS.stuck_after)
+    assert sweep(world).redrive.redriven == [job_id]
+    assert (world.batches.creates, job(world, job_id).status) == (3, JobStatus.RUNNING)
 
 
 @pytest.fixture

@@ -634,21 +634,23 @@ def test_the_create_lease_is_held_by_one_owner_at_a_time(both: Both) -> None:
 
 
 @pytest.mark.parametrize("status", list(JobStatus), ids=str)
-def test_a_redrive_is_counted_once_per_count_read_and_only_on_a_received_job(both: Both, status: JobStatus) -> None:
+def test_a_redrive_is_counted_once_per_count_read_and_only_on_a_job_not_yet_running(
+    both: Both, status: JobStatus
+) -> None:
     # Given a job in `status`, never re-driven
     both.given(status)
-    received = status is JobStatus.RECEIVED
+    counts = status in (JobStatus.RECEIVED, JobStatus.SUBMITTING)
 
     # When two drivers that read the count 0 each count a try, and one counts on from 1
     first = both.same(lambda store: store.count_redrive(both.job_id, 0, SENT_AT))
     second = both.same(lambda store: store.count_redrive(both.job_id, 0, SENT_AT))
     next_try = both.same(lambda store: store.count_redrive(both.job_id, 1, "2026-11-23T10:30:00.000Z"))
 
-    # Then only a RECEIVED job counts, and one try per count read
-    assert (first, second, next_try) == (received, False, received)
+    # Then only a RECEIVED or SUBMITTING job counts, and one try per count read
+    assert (first, second, next_try) == (counts, False, counts)
     job = both.table.get_jobs([both.job_id, "no-such-job"])[both.job_id]
     assert job == both.fake.get_jobs([both.job_id])[both.job_id]
-    assert (job.redrives, job.redriven_at) == ((2, "2026-11-23T10:30:00.000Z") if received else (0, None))
+    assert (job.redrives, job.redriven_at) == ((2, "2026-11-23T10:30:00.000Z") if counts else (0, None))
 
 
 @pytest.mark.parametrize("status", [JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStatus.FAILED], ids=str)

@@ -473,18 +473,19 @@ class _Redrives(_Jobs):
         return found
 
     def count_redrive(self, job_id: str, seen: int, at: str) -> bool:
-        """Count one re-drive of a job still RECEIVED, if its count is still `seen`: of two
-        drivers that read the same count, one counts the try and the other gets False."""
+        """Count one re-drive of a job still RECEIVED or SUBMITTING, if its count is still
+        `seen`: of two drivers that read the same count, one counts the try, the other gets False."""
         counted = "redrives = :seen" if seen else "attribute_not_exists(redrives)"
         return self._conditional(
             Key=_job_key(job_id),
             UpdateExpression="SET redrives = :next, redriven_at = :at",
-            ConditionExpression=f"#s = :received AND {counted}",
+            ConditionExpression=f"#s IN (:received, :submitting) AND {counted}",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={
                 ":next": seen + 1,
                 ":at": at,
                 ":received": str(JobStatus.RECEIVED),
+                ":submitting": str(JobStatus.SUBMITTING),
                 **({":seen": seen} if seen else {}),
             },
         )

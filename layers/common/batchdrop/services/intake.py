@@ -209,7 +209,9 @@ class Intake:
                 break
             created = self._creator.create(shard, lease_wait=self._wired.timings.lease_wait)
             submitted += created is CreateResult.CREATED
-        if all(shard.state in SENT_SHARD_STATES for shard in self._state.shards(job_id)):
+        job, shards = self._state.job_and_shards(job_id)
+        recorded = job is not None and len(shards) >= job.shard_count  # none left out (_complete_recording)
+        if recorded and all(shard.state in SENT_SHARD_STATES for shard in shards):
             self._state.mark_job_running(job_id)
-        job = self._state.get_job(job_id)
+            job = self._state.get_job(job_id)
         return SubmitOutcome(job_id, job.status if job else JobStatus.RECEIVED, submitted=submitted)

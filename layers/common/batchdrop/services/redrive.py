@@ -1,4 +1,4 @@
-"""The safety net for a job left RECEIVED: every failure the intake knows ends its job FAILED
+"""The safety net for a job left behind: every failure the intake knows ends its job FAILED
 with its reason, but a submit function can also die without a word (out of memory, out of
 time) on each of Lambda's tries of its event, and then nothing would ever drive the job again.
 
@@ -8,7 +8,13 @@ point for a version (idempotent: shards already written or recorded are kept, cr
 under the create lease), at most once per `timings.redrive_every`. Each try is counted on the
 job item before it runs, by a conditional write, so a try whose process dies still counts and
 two sweeps never count one try twice. After REDRIVE_TRIES tries the job is failed with the
-last error a try raised, if one did: manifest, errors/ entry and completion event."""
+last error a try raised, if one did: manifest, errors/ entry and completion event.
+
+A job SUBMITTING that long is the checker's to drive, unless a recording of its shards
+(several transactions for over 99 shards) was cut short and none of its event's tries was
+left to complete it: the checker does not mark such a job RUNNING, and it is re-driven here
+alike, so that the intake records the shards left out. It is never failed: some of its
+batches may be out; past REDRIVE_TRIES it is re-driven still, each time with an error logged."""
 
 from __future__ import annotations
 
@@ -52,9 +58,9 @@ class Redriver:
         self._seconds_left = seconds_left
 
     def is_due(self, job: JobRecord) -> bool:
-        """A job still RECEIVED, past its bound: stuck_after since it was created, then
-        redrive_every since its last counted try."""
-        if job.status is not JobStatus.RECEIVED:
+        """A job still RECEIVED or SUBMITTING, past its bound: stuck_after since it was
+        created, then redrive_every since its last counted try."""
+        if job.status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING):
             return False
         timings = self._wired.timings
         since, bound = (
@@ -66,9 +72,9 @@ class Redriver:
         """Each due job (with its version's size) run again, or failed once its tries ran out."""
         report = RedriveReport()
         for job_id, (job, size) in jobs.items():
-            if not self.is_due(job):
+            if not self.is_due(job) or not self._left_behind(job):
                 continue
-            if job.redrives >= REDRIVE_TRIES:
+            if job.status is JobStatus.RECEIVED and job.redrives >= REDRIVE_TRIES:
                 reason = stuck_reason(job.redrives, job.redrive_error)
                 logger.error("StuckJob: failing a job its tries could not read", extra={"job_id": job_id})
                 self._intake.give_up(job_id, job.source, reason)
@@ -80,10 +86,22 @@ class Redriver:
                 report.redriven.append(job_id)
         return report
 
+    def _left_behind(self, job: JobRecord) -> bool:
+        """RECEIVED, or SUBMITTING with shards its recording left out (the checker drives the rest)."""
+        if job.status is JobStatus.RECEIVED:
+            return True
+        missing = job.shard_count - len(self._wired.state.shards(job.job_id))
+        if missing > 0 and job.redrives >= REDRIVE_TRIES:
+            logger.error(
+                "StuckJob: shards of a job are still unrecorded after its re-drives",
+                extra={"job_id": job.job_id, "missing": missing, "tries": job.redrives},
+            )
+        return missing > 0
+
     def _run(self, job: JobRecord, size: int | None) -> None:
         logger.warning(
-            "StuckJob: re-driving a job left RECEIVED",
-            extra={"job_id": job.job_id, "key": job.source.key, "try": job.redrives + 1},
+            "StuckJob: re-driving a job left behind",
+            extra={"job_id": job.job_id, "key": job.source.key, "status": job.status, "try": job.redrives + 1},
         )
         try:
             self._intake.submit(job.source, size)
