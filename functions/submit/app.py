@@ -63,4 +63,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 def _sweep(wired: Wiring, intake: Intake, context: LambdaContext) -> dict[str, Any]:
     report = Sweeper(wired, intake, seconds_left=lambda: context.get_remaining_time_in_millis() / 1000).sweep()
     metrics.add_metric("ObjectsSwept", MetricUnit.Count, len(report.started))
-    return {"seen": report.seen, "started": report.started, "left": report.left}
+    metrics.add_metric("StuckJobsRedriven", MetricUnit.Count, len(report.redrive.redriven))
+    metrics.add_metric("StuckJobsFailed", MetricUnit.Count, len(report.redrive.failed))
+    return {
+        "seen": report.seen,
+        "started": report.started,
+        "left": report.left + report.redrive.left,
+        "redriven": report.redrive.redriven,
+        "stuck_failed": report.redrive.failed,
+    }

@@ -159,7 +159,11 @@ MIXED: list[tuple[str, list[bytes], list[tuple[int, str]]]] = [
         [b"[1, 2]", b"42", b'"hello"'],
         [(2, "must be a JSON object"), (3, "must be a JSON object"), (4, "must be a JSON object")],
     ),
-    ("depth 10,000", [DEEP], [(2, "not valid JSON for a request: nested too deeply")]),
+    (
+        "depth 10,000",
+        [DEEP],
+        [(2, "objects and arrays nest 10001 deep in this line; a request may nest at most 128 deep")],
+    ),
     ("duplicate keys", [b'{"custom_id":"x","custom_id":"y","params":{}}'], [(2, 'key "custom_id" appears twice')]),
     ("nan", [req("x", temperature=0.5).replace(b"0.5", b"NaN")], [(2, "NaN is not a JSON number")]),
     ("infinite float", [req("x", temperature=0.5).replace(b"0.5", b"1e999")], [(2, "a number is too large")]),

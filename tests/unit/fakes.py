@@ -365,6 +365,23 @@ class FakeStateStore:
     def existing_jobs(self, job_ids: Iterable[str]) -> set[str]:
         return {job_id for job_id in job_ids if job_id in self.jobs}
 
+    def get_jobs(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        return {job_id: self.jobs[job_id] for job_id in job_ids if job_id in self.jobs}
+
+    def count_redrive(self, job_id: str, seen: int, at: str) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None or job.status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING) or job.redrives != seen:
+            return False
+        self.jobs[job_id] = replace(job, redrives=seen + 1, redriven_at=at)
+        return True
+
+    def note_redrive_error(self, job_id: str, error: str) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.RECEIVED:
+            return False
+        self.jobs[job_id] = replace(job, redrive_error=error)
+        return True
+
     def record_shards(
         self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int, max_attempts: int
     ) -> bool:

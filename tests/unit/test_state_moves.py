@@ -667,3 +667,38 @@ def test_the_create_lease_is_held_by_one_owner_at_a_time(both: Both) -> None:
     assert both.same(lambda store: store.get_create_lease()).taken_at == ANOTHER_INTENT
     assert both.same(lambda store: store.release_create_lease("a")) is True
     assert both.same(lambda store: store.get_create_lease()) is None
+
+
+# --- the re-drive of a job left RECEIVED ------------------------------------------------
+
+
+@pytest.mark.parametrize("status", list(JobStatus), ids=str)
+def test_a_redrive_is_counted_once_per_count_read_and_only_on_a_job_not_yet_running(
+    both: Both, status: JobStatus
+) -> None:
+    # Given a job in `status`, never re-driven
+    both.given(status)
+    counts = status in (JobStatus.RECEIVED, JobStatus.SUBMITTING)
+
+    # When two drivers that read the count 0 each count a try, and one counts on from 1
+    first = both.same(lambda store: store.count_redrive(both.job_id, 0, SENT_AT))
+    second = both.same(lambda store: store.count_redrive(both.job_id, 0, SENT_AT))
+    next_try = both.same(lambda store: store.count_redrive(both.job_id, 1, "2026-11-23T10:30:00.000Z"))
+
+    # Then only a RECEIVED or SUBMITTING job counts, and one try per count read
+    assert (first, second, next_try) == (counts, False, counts)
+    job = both.table.get_jobs([both.job_id, "no-such-job"])[both.job_id]
+    assert job == both.fake.get_jobs([both.job_id])[both.job_id]
+    assert (job.redrives, job.redriven_at) == ((2, "2026-11-23T10:30:00.000Z") if counts else (0, None))
+
+
+@pytest.mark.parametrize("status", [JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStatus.FAILED], ids=str)
+def test_a_redrive_error_is_kept_only_on_a_received_job(both: Both, status: JobStatus) -> None:
+    both.given(status)
+
+    kept = both.same(lambda store: store.note_redrive_error(both.job_id, "MemoryError: "))
+
+    assert kept is (status is JobStatus.RECEIVED)
+    job = both.table.get_job(both.job_id)
+    assert job is not None
+    assert job.redrive_error == ("MemoryError: " if kept else None)

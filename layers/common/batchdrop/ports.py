@@ -201,6 +201,14 @@ class StateStore(Protocol):
 
     def note_progress(self, shard: ShardRecord, counts: Mapping[str, int], expires_at: str | None) -> bool: ...
 
+    # jobs left RECEIVED, for the sweeper's re-drive
+
+    def get_jobs(self, job_ids: Iterable[str]) -> dict[str, JobRecord]: ...
+
+    def count_redrive(self, job_id: str, seen: int, at: str) -> bool: ...
+
+    def note_redrive_error(self, job_id: str, error: str) -> bool: ...
+
 
 # --- the Message Batches API and the event bus -----------------------------------------
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchdrop.domain.lines import OverlongLine
-from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
+from batchdrop.domain.requests import MAX_DEPTH, RejectedLine, ValidLine, check_lines, nesting_depth
 
 
 def params(**overrides: Any) -> dict[str, Any]:
@@ -226,7 +226,11 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
     ("max_tokens 10**30", request_line(max_tokens=10**30), f"too large to be sent ({10**30} is beyond the 64-bit"),
     ("metadata 2**63", request_line(metadata={"user_id": 2**63}), f"({2**63} is beyond the 64-bit integer range"),
     ("metadata -2**63-1", request_line(metadata={"n": -(2**63) - 1}), "is beyond the 64-bit integer range"),
-    ("nested 10,000 deep", b'{"custom_id":"a","params":' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested too deeply"),
+    (
+        "nested 10,000 deep",
+        b'{"custom_id":"a","params":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        f"objects and arrays nest 10001 deep in this line; a request may nest at most {MAX_DEPTH} deep",
+    ),
 ]
 
 
@@ -392,3 +396,77 @@ def test_no_reason_doubles_a_word() -> None:
     assert len(reasons) == len(lines)
     doubled = [reason for reason in reasons if re.search(r"\b(\w+)\s+\1\b", reason, re.IGNORECASE)]
     assert doubled == []
+
+
+# --- nesting, judged before parsing -----------------------------------------------------
+
+
+def nested(depth: int, inner: str = "1") -> bytes:
+    """A valid request whose deepest value sits `depth` objects and arrays deep: the line's
+    own object, params, then a passed-through parameter of arrays."""
+    line = request_line("deep", some_future_param=1).rstrip(b"\n")
+    arrays = depth - 2
+    return line.replace(
+        b'"some_future_param": 1', b'"some_future_param": ' + (b"[" * arrays + inner.encode() + b"]" * arrays)
+    )
+
+
+def test_a_line_nested_to_the_limit_passes_and_one_level_more_is_rejected_with_its_line_number() -> None:
+    # Given a good line, a line nested exactly MAX_DEPTH deep, and one a level deeper
+    lines = [request_line("first"), nested(MAX_DEPTH) + b"\n", nested(MAX_DEPTH + 1) + b"\n"]
+
+    # When they are checked
+    first, at_limit, beyond = check_lines(lines)
+
+    # Then the deeper one alone is rejected, on its own line, with the limit in its reason
+    assert isinstance(first, ValidLine)
+    assert isinstance(at_limit, ValidLine)
+    assert isinstance(beyond, RejectedLine)
+    expected = f"objects and arrays nest {MAX_DEPTH + 1} deep in this line; a request may nest at most {MAX_DEPTH} deep"
+    assert (beyond.line, beyond.reason) == (3, expected)
+
+
+def test_a_deep_line_is_rejected_without_being_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a parser that must not be reached
+    import batchdrop.domain.requests
+
+    def no_parse(line: bytes) -> Any:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(batchdrop.domain.requests, "_parse", no_parse)
+
+    # When a line 100,000 deep is checked
+    result = only_result([b"[" * 100_000 + b"]" * 100_000])
+
+    # Then it is rejected for its depth alone
+    assert isinstance(result, RejectedLine)
+    assert "nest 100000 deep" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        pytest.param("[" * 500, 3, id="brackets in a string"),
+        pytest.param('\\"' + "{" * 500, 3, id="brackets after an escaped quote"),
+        pytest.param("\\\\", 3, id="an escaped backslash before the closing quote"),
+        pytest.param("]" * 300 + "[" * 300, 3, id="closing brackets first"),
+    ],
+)
+def test_brackets_inside_strings_are_text_not_nesting(text: str, depth: int) -> None:
+    # Given a line [[["<text>", ...]]] whose strings hold brackets, and real nesting after them
+    string = json.dumps(text).encode() if "\\" not in text else b'"' + text.encode() + b'"'
+    line = b"[[[" + string + b"," + b"[" * 200 + b"]" * 200 + b"]]]"
+    assert json.loads(line)  # JSON as written
+
+    # When its depth is measured, it counts only the brackets outside strings
+    assert nesting_depth(line, limit=100) == depth + 200
+    assert nesting_depth(b"[[[" + string + b"]]]", limit=1) == depth
+
+
+def test_depth_is_measured_exactly_whatever_the_shape() -> None:
+    # Balanced, unbalanced (not JSON: the parser rejects those), and under the limit
+    assert nesting_depth(b"[" * 300, limit=10) == 300
+    assert nesting_depth(b"]" * 300 + b"[" * 20, limit=10) == 0
+    assert nesting_depth(b"[[]" * 50 + b"]" * 50, limit=10) == 51
+    assert nesting_depth(b'{"a":[{"b":[1]}]}' * 40, limit=10) == 4
+    assert nesting_depth(b'["', limit=0) == 1

@@ -94,6 +94,9 @@ def _job_record(item: Mapping[str, Any]) -> JobRecord:
         manifest_key=item.get("manifest_key"),
         completed_at=item.get("completed_at"),
         reason=item.get("reason"),
+        redrives=int(item.get("redrives", 0)),
+        redriven_at=item.get("redriven_at"),
+        redrive_error=item.get("redrive_error"),
     )
 
 
@@ -449,7 +452,56 @@ class _Jobs(_Table):
         return _job_record(_plain(item))
 
 
-class _ShardNotes(_Jobs):
+class _Redrives(_Jobs):
+    """What the sweeper reads and counts of jobs left RECEIVED (services/sweeper.py)."""
+
+    def get_jobs(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        """These jobs, those that exist, by id: BatchGetItem, 100 keys a request (eventually
+        consistent: the counter below is the write that decides)."""
+        wanted = list(dict.fromkeys(job_ids))
+        found: dict[str, JobRecord] = {}
+        client = self.table.meta.client
+        for start in range(0, len(wanted), 100):
+            keys = [_job_key(job_id) for job_id in wanted[start : start + 100]]
+            request: dict[str, Any] = {self._name: {"Keys": keys}}
+            while request:
+                answer = client.batch_get_item(RequestItems=request)
+                for item in answer["Responses"].get(self._name, []):
+                    job = _job_record(_plain(item))
+                    found[job.job_id] = job
+                request = answer.get("UnprocessedKeys") or {}
+        return found
+
+    def count_redrive(self, job_id: str, seen: int, at: str) -> bool:
+        """Count one re-drive of a job still RECEIVED or SUBMITTING, if its count is still
+        `seen`: of two drivers that read the same count, one counts the try, the other gets False."""
+        counted = "redrives = :seen" if seen else "attribute_not_exists(redrives)"
+        return self._conditional(
+            Key=_job_key(job_id),
+            UpdateExpression="SET redrives = :next, redriven_at = :at",
+            ConditionExpression=f"#s IN (:received, :submitting) AND {counted}",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":next": seen + 1,
+                ":at": at,
+                ":received": str(JobStatus.RECEIVED),
+                ":submitting": str(JobStatus.SUBMITTING),
+                **({":seen": seen} if seen else {}),
+            },
+        )
+
+    def note_redrive_error(self, job_id: str, error: str) -> bool:
+        """Keep the error a re-drive raised on a job still RECEIVED: the reason it fails with."""
+        return self._conditional(
+            Key=_job_key(job_id),
+            UpdateExpression="SET redrive_error = :error",
+            ConditionExpression="#s = :received",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":error": error, ":received": str(JobStatus.RECEIVED)},
+        )
+
+
+class _ShardNotes(_Redrives):
     """What is written on a shard without moving it: the checker's overdue flag and the
     progress of its open batch."""
 

@@ -41,6 +41,11 @@ class JobRecord:
     manifest_key: str | None = None
     completed_at: str | None = None
     reason: str | None = None  # why it FAILED
+    # Re-drives of a job left RECEIVED (services/sweeper.py): how many were counted, when
+    # the last was, and the error the last one raised (None: none raised, or its process died).
+    redrives: int = 0
+    redriven_at: str | None = None
+    redrive_error: str | None = None
 
     @property
     def cancel_requested(self) -> bool:

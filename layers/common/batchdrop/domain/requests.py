@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from batchdrop.domain.lines import MAX_LINE_BYTES, OverlongLine
@@ -29,6 +31,12 @@ _INT64_DIGITS = 20  # "-9223372036854775808"
 # Objects and arrays a line may hold (counted as "{" and "[" bytes, strings included): what
 # its parse holds in memory stays a few times its size.
 _MAX_CONTAINERS = 1_000_000
+# How deep objects and arrays may nest in a line, judged before it is parsed: the parser
+# recurses once per level, and so does every walk of the parsed request. The Messages API
+# states no limit; a request nests some 8 levels for its content blocks and 2 per level of
+# a tool's input schema, so 128 leaves room for a schema 50 objects deep, and stays far
+# below the interpreter's recursion limit (1,000).
+MAX_DEPTH = 128
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
 _ROLES = ("user", "assistant")
 # A line with many problems names the first few: enough to fix it, short enough to read.
@@ -81,6 +89,9 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
     if len(line) > _MAX_CONTAINERS and (containers := line.count(b"{") + line.count(b"[")) > _MAX_CONTAINERS:
         # Also before parsing: each empty {} costs some 70 bytes parsed, 20 times its text.
         reason = f"the line holds {containers} JSON objects and arrays; a request may hold at most {_MAX_CONTAINERS}"
+        return RejectedLine(number, None, reason)
+    if (depth := nesting_depth(line, MAX_DEPTH)) > MAX_DEPTH:
+        reason = f"objects and arrays nest {depth} deep in this line; a request may nest at most {MAX_DEPTH} deep"
         return RejectedLine(number, None, reason)
     try:
         parsed = _parse(line)
@@ -200,11 +211,50 @@ def _parse(line: bytes) -> Any:
         raise _UnreadableError(f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
     except ValueError as exc:  # none expected: the hooks above raise their own
         raise _UnreadableError("not valid JSON for a request") from exc
-    except RecursionError as exc:
-        raise _UnreadableError("not valid JSON for a request: nested too deeply") from exc
 
 
 _INT64_RANGE = "beyond the 64-bit integer range the API reads"
+
+# A JSON string, escapes included; its closing quote optional, so that an unterminated one
+# runs to the end of the line instead of being tried again from each later quote.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+# Each opening bracket as +1, each closing one as -1 (0xff, as a signed byte); quotes kept
+# or not; the rest dropped.
+_DEPTH_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_NOT_BRACKETS_NOR_QUOTES = bytes(sorted(set(range(256)) - set(b'[]{}"')))
+_INNERMOST = b"\x01\xff"
+
+
+def nesting_depth(line: bytes, limit: int) -> int:
+    """How deep objects and arrays nest in `line` outside its strings, found without parsing
+    and exactly only when it exceeds `limit` (otherwise a number not above it): a line with
+    no more opening brackets than `limit` costs two counts. Linear in the line."""
+    openers = line.count(b"[") + line.count(b"{")
+    if openers <= limit:
+        return openers
+    if b"\\" in line and b'\\"' in line:  # a quote may be escaped: strings found by their grammar
+        steps = _JSON_STRING.sub(b"", line).translate(_DEPTH_STEPS, _NOT_BRACKETS)
+    else:  # every quote opens or closes a string: the brackets between them are text
+        steps = line.translate(_DEPTH_STEPS, _NOT_BRACKETS_NOR_QUOTES).replace(b'""', b"")
+        if b'"' in steps:  # what is left of the quotes is strings holding brackets
+            steps = b"".join(steps.split(b'"')[::2])
+    return _depth(steps, limit)
+
+
+def _depth(steps: bytes, limit: int) -> int:
+    """The deepest running sum of `steps`. Balanced, each round of dropping the innermost
+    pairs takes one level off: up to `limit` deep, the rounds are the depth. Deeper, or
+    unbalanced (not JSON, the parser's to reject), the sum is run byte by byte."""
+    remaining = steps
+    for rounds in range(limit + 1):
+        if not remaining:
+            return rounds
+        shorter = remaining.replace(_INNERMOST, b"")
+        if len(shorter) == len(remaining):
+            break
+        remaining = shorter
+    return max(accumulate(array("b", steps), initial=0))
 
 
 def _surrogates_pair_up(request: Any) -> bool:

@@ -46,6 +46,16 @@ class Timings:
     sweep_min_age: float = 600.0
     sweep_window: float = 7 * 86_400.0
     sweep_safety: float = 300.0
+    # A job still RECEIVED this long after it was created was left behind: its function
+    # died (out of memory, out of time) on every try, or failed in a way no reason was kept
+    # for. The sweeper re-drives it through the intake, at most once per `redrive_every`, and
+    # fails it with its reason after a fixed number of tries (services/sweeper.py). Both
+    # bounds outlast any invocation that could still be running on the job: stuck_after the
+    # submit function's S3 events (kept up to 6 h, then up to 15 min of run: template.yaml's
+    # MaximumEventAgeInSeconds and Timeout), redrive_every a sweep's own event (kept up to
+    # 15 min, then up to 15 min of run). A test holds them to the template.
+    stuck_after: float = 6.5 * 3600
+    redrive_every: float = 32 * 60.0
 
     def __post_init__(self) -> None:
         for field in fields(self):

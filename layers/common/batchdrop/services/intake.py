@@ -128,6 +128,16 @@ class Intake:
             self._creator.free_stale_lease()
         return self._submit_pending(job_id)
 
+    def give_up(self, job_id: str, source: SourceRef, reason: str) -> SubmitOutcome:
+        """End a job that never got past RECEIVED as FAILED with `reason`: its manifest, its
+        errors/ entry and its completion event, as a file refused at intake (the sweeper,
+        once a job's re-drives have run out). A job that moved on meanwhile is left as is."""
+        logger.append_keys(job_id=job_id, source_key=source.key)
+        job = self._state.get_job(job_id)
+        if job is None or job.status is not JobStatus.RECEIVED:
+            return SubmitOutcome(job_id, job.status if job else None, duplicate=True)
+        return self._fail(job_id, source, Split(), reason)
+
     def _complete_recording(self, job_id: str) -> None:
         """A recording of more than 99 shards spans several transactions: a crash between
         them leaves shards unrecorded. Their bodies are in work/ already; record them."""
@@ -199,7 +209,9 @@ class Intake:
                 break
             created = self._creator.create(shard, lease_wait=self._wired.timings.lease_wait)
             submitted += created is CreateResult.CREATED
-        if all(shard.state in SENT_SHARD_STATES for shard in self._state.shards(job_id)):
+        job, shards = self._state.job_and_shards(job_id)
+        recorded = job is not None and len(shards) >= job.shard_count  # none left out (_complete_recording)
+        if recorded and all(shard.state in SENT_SHARD_STATES for shard in shards):
             self._state.mark_job_running(job_id)
-        job = self._state.get_job(job_id)
+            job = self._state.get_job(job_id)
         return SubmitOutcome(job_id, job.status if job else JobStatus.RECEIVED, submitted=submitted)

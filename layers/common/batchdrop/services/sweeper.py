@@ -2,7 +2,8 @@
 but neither promises delivery), so a schedule lists the object versions under inbox/ and
 starts a job for each one that has none. Versions younger than `timings.sweep_min_age` are
 left to their own event; versions older than `timings.sweep_window` are not looked at again
-(they were swept long ago), which bounds each sweep's table reads."""
+(they were swept long ago), which bounds each sweep's table reads. The same read gives the
+jobs left RECEIVED, which the sweep then re-drives (services/redrive.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from batchdrop.domain.records import SourceRef, is_folder_marker
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.intake import INBOX_PREFIX, Intake
+from batchdrop.services.redrive import Redriver, RedriveReport
 
 
 @dataclass
@@ -22,6 +24,7 @@ class SweepReport:
     seen: int = 0  # versions under inbox/ inside the window
     started: list[str] = field(default_factory=list)  # jobs started for versions without one
     left: int = 0  # versions without a job left to the next sweep (time ran short)
+    redrive: RedriveReport = field(default_factory=RedriveReport)  # jobs left RECEIVED
 
 
 class Sweeper:
@@ -45,7 +48,7 @@ class Sweeper:
             report.seen += 1
             job_id = job_id_for(store.bucket, version.key, version.version_id)
             candidates[job_id] = (SourceRef(store.bucket, version.key, version.version_id), version.size)
-        known = self._wired.state.existing_jobs(candidates)
+        known = self._wired.state.get_jobs(candidates)
         for job_id, (source, size) in candidates.items():
             if job_id in known:
                 continue
@@ -55,4 +58,7 @@ class Sweeper:
             logger.warning("inbox object without a job (its event was lost): starting it", extra={"key": source.key})
             self._intake.submit(source, size)
             report.started.append(job_id)
+        # After the lost ones: a re-drive that kills its process must not hold them back.
+        stuck = {job_id: (job, candidates[job_id][1]) for job_id, job in known.items()}
+        report.redrive = Redriver(self._wired, self._intake, self._seconds_left).redrive(stuck)
         return report

@@ -144,7 +144,10 @@ class Checker:
             moved = self._submit_pending(shards, report) or moved
         if moved:
             shards = self._wired.state.shards(job.job_id)
-        if shards and all(shard.state in SENT_SHARD_STATES for shard in shards):
+        # A recording interrupted between its transactions left shards out: the job stays
+        # SUBMITTING until a re-drive of the intake records them (services/redrive.py).
+        recorded = len(shards) >= job.shard_count
+        if shards and recorded and all(shard.state in SENT_SHARD_STATES for shard in shards):
             self._wired.state.mark_job_running(job.job_id)
             logger.info("every shard of the job has its batch", extra={"job_id": job.job_id})
 
