@@ -162,7 +162,7 @@ MIXED: list[tuple[str, list[bytes], list[tuple[int, str]]]] = [
     (
         "depth 10,000",
         [DEEP],
-        [(2, "objects and arrays nest 10001 deep in this line; a request may nest at most 128 deep")],
+        [(2, "objects and arrays nest 10001 deep in this line, deeper than a request can be read")],
     ),
     ("duplicate keys", [b'{"custom_id":"x","custom_id":"y","params":{}}'], [(2, 'key "custom_id" appears twice')]),
     ("nan", [req("x", temperature=0.5).replace(b"0.5", b"NaN")], [(2, "NaN is not a JSON number")]),

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchdrop.domain.lines import OverlongLine
-from batchdrop.domain.requests import MAX_DEPTH, RejectedLine, ValidLine, check_lines, nesting_depth
+from batchdrop.domain.requests import PARSER_DEPTH, RejectedLine, ValidLine, check_lines, nesting_depth
 
 
 def params(**overrides: Any) -> dict[str, Any]:
@@ -229,7 +229,7 @@ REJECTIONS: list[tuple[str, bytes, str]] = [
     (
         "nested 10,000 deep",
         b'{"custom_id":"a","params":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
-        f"objects and arrays nest 10001 deep in this line; a request may nest at most {MAX_DEPTH} deep",
+        "objects and arrays nest 10001 deep in this line, deeper than a request can be read",
     ),
 ]
 
@@ -398,7 +398,7 @@ def test_no_reason_doubles_a_word() -> None:
     assert doubled == []
 
 
-# --- nesting, judged before parsing -----------------------------------------------------
+# --- nesting: as deep as the parser reads ------------------------------------------------
 
 
 def nested(depth: int, inner: str = "1") -> bytes:
@@ -411,36 +411,34 @@ def nested(depth: int, inner: str = "1") -> bytes:
     )
 
 
-def test_a_line_nested_to_the_limit_passes_and_one_level_more_is_rejected_with_its_line_number() -> None:
-    # Given a good line, a line nested exactly MAX_DEPTH deep, and one a level deeper
-    lines = [request_line("first"), nested(MAX_DEPTH) + b"\n", nested(MAX_DEPTH + 1) + b"\n"]
+def test_a_line_the_parser_reads_passes_and_one_past_it_is_rejected_with_its_depth_and_line_number() -> None:
+    # Given a good line, one nested deeper than any request needs, and one past the parser
+    lines = [request_line("first"), nested(PARSER_DEPTH // 2) + b"\n", nested(5 * PARSER_DEPTH) + b"\n"]
 
     # When they are checked
-    first, at_limit, beyond = check_lines(lines)
+    first, deep, beyond = check_lines(lines)
 
-    # Then the deeper one alone is rejected, on its own line, with the limit in its reason
+    # Then the one past the parser alone is rejected, on its own line, with its depth
     assert isinstance(first, ValidLine)
-    assert isinstance(at_limit, ValidLine)
+    assert isinstance(deep, ValidLine)
     assert isinstance(beyond, RejectedLine)
-    expected = f"objects and arrays nest {MAX_DEPTH + 1} deep in this line; a request may nest at most {MAX_DEPTH} deep"
+    expected = f"objects and arrays nest {5 * PARSER_DEPTH} deep in this line, deeper than a request can be read"
     assert (beyond.line, beyond.reason) == (3, expected)
 
 
-def test_a_deep_line_is_rejected_without_being_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a parser that must not be reached
-    import batchdrop.domain.requests
+def test_a_line_100000_deep_is_rejected_in_bounded_memory() -> None:
+    import tracemalloc
 
-    def no_parse(line: bytes) -> Any:
-        raise AssertionError("parsed")
+    tracemalloc.start()
+    try:
+        result = only_result([b"[" * 100_000 + b"]" * 100_000])
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
 
-    monkeypatch.setattr(batchdrop.domain.requests, "_parse", no_parse)
-
-    # When a line 100,000 deep is checked
-    result = only_result([b"[" * 100_000 + b"]" * 100_000])
-
-    # Then it is rejected for its depth alone
     assert isinstance(result, RejectedLine)
     assert "nest 100000 deep" in result.reason
+    assert peak < 8 * 1024 * 1024, f"{peak / 1024 / 1024:.1f} MB at peak"
 
 
 @pytest.mark.parametrize(

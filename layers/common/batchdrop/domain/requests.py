@@ -31,12 +31,13 @@ _INT64_DIGITS = 20  # "-9223372036854775808"
 # Objects and arrays a line may hold (counted as "{" and "[" bytes, strings included): what
 # its parse holds in memory stays a few times its size.
 _MAX_CONTAINERS = 1_000_000
-# How deep objects and arrays may nest in a line, judged before it is parsed: the parser
-# recurses once per level, and so does every walk of the parsed request. The Messages API
-# states no limit; a request nests some 8 levels for its content blocks and 2 per level of
-# a tool's input schema, so 128 leaves room for a schema 50 objects deep, and stays far
-# below the interpreter's recursion limit (1,000).
-MAX_DEPTH = 128
+# How deep objects and arrays may nest in a line: as deep as the JSON parser reads, which
+# stops (RecursionError, before it has built much) somewhere past 1,000 levels; the depth
+# is then found by a scan of the line, for the reason. No request needs a tenth of that (its
+# content blocks nest some 8 levels, a tool's input schema 2 per level), and a shallower
+# limit judged before parsing would cost every line a scan: two counts of its brackets
+# took a fifth of the line check's time. Anything the parser reads, the API judges.
+PARSER_DEPTH = 1_000
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
 _ROLES = ("user", "assistant")
 # A line with many problems names the first few: enough to fix it, short enough to read.
@@ -89,10 +90,6 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
     if len(line) > _MAX_CONTAINERS and (containers := line.count(b"{") + line.count(b"[")) > _MAX_CONTAINERS:
         # Also before parsing: each empty {} costs some 70 bytes parsed, 20 times its text.
         reason = f"the line holds {containers} JSON objects and arrays; a request may hold at most {_MAX_CONTAINERS}"
-        return RejectedLine(number, None, reason)
-    # Two counts of every line, inline (a call costs as much again); the scan only past them.
-    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and (depth := nesting_depth(line, MAX_DEPTH)) > MAX_DEPTH:
-        reason = f"objects and arrays nest {depth} deep in this line; a request may nest at most {MAX_DEPTH} deep"
         return RejectedLine(number, None, reason)
     try:
         parsed = _parse(line)
@@ -212,6 +209,10 @@ def _parse(line: bytes) -> Any:
         raise _UnreadableError(f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
     except ValueError as exc:  # none expected: the hooks above raise their own
         raise _UnreadableError("not valid JSON for a request") from exc
+    except RecursionError as exc:
+        depth = nesting_depth(line, PARSER_DEPTH)
+        reason = f"objects and arrays nest {depth} deep in this line, deeper than a request can be read"
+        raise _UnreadableError(reason) from exc
 
 
 _INT64_RANGE = "beyond the 64-bit integer range the API reads"
