@@ -121,10 +121,17 @@ class _Parts:
 
 
 def _chunks_of(key: Any) -> Any:
-    with key.lock:
-        key._value_buffer.seek(0)
-        while chunk := key._value_buffer.read(_CHUNK_BYTES):
-            yield chunk
+    """The object's bytes, a chunk at a time, the object's lock held for each read only: a
+    whole object streamed to a slow reader must not keep a copy of a range of it waiting."""
+    position = 0
+    while True:
+        with key.lock:
+            key._value_buffer.seek(position)
+            chunk = key._value_buffer.read(_CHUNK_BYTES)
+        if not chunk:
+            return
+        position += len(chunk)
+        yield chunk
 
 
 def _stream_completed_parts() -> None:
@@ -137,7 +144,9 @@ def _stream_completed_parts() -> None:
         algorithm = self.metadata.get("x-amz-checksum-algorithm")
         checksum_type = self.metadata.get("x-amz-checksum-type")
         checked = _checked_parts(self, body)
-        checksum = _checksum(checked, algorithm, checksum_type)
+        # With no algorithm asked for, moto computes a default checksum that nothing ever shows
+        # (it keeps only an asked-for algorithm's): skipped, it saves a pass over the object.
+        checksum = _checksum(checked, algorithm, checksum_type) if algorithm else None
         if checksum is _NOT_STREAMABLE:
             return original_complete(self, iter([(n, part.etag) for n, part in checked]))
         digest = md5(usedforsecurity=False)
