@@ -116,7 +116,9 @@ class ItemBuilder:
             "GSI1SK": f"JOB#{upload.job_id}",
         }
 
-    def shard(self, job_id: str, index: int, lines: list[ValidLine], size: int, batch_id: str) -> dict[str, Any]:
+    def shard(
+        self, job_id: str, index: int, lines: list[ValidLine], size: int, batch_id: str, version_id: str
+    ) -> dict[str, Any]:
         digest = IdsDigest()
         for line in lines:
             digest.add(line.custom_id)
@@ -133,6 +135,7 @@ class ItemBuilder:
             "size": size,
             "ids_digest": digest.hex,
             "batch_id": batch_id,
+            "version_id": version_id,  # of its body in work/: creates and retries read that one
             "lease_owner": lease_owner(job_id, index, uuid.uuid4().hex),
             "GSI1SK": f"SHARD#{job_id}#{index:05d}",
         }
@@ -149,7 +152,9 @@ class ItemBuilder:
         assert job == self.job_template, f"seeded job items differ from the Submitter's: {job} {self.job_template}"
         for real, guard in zip(self.shard_templates, self.guard_templates, strict=True):
             index = int(real["index"])
-            built = self.shard(self.real_job_id, index, shard_lines[index], int(real["size"]), real["batch_id"])
+            built = self.shard(
+                self.real_job_id, index, shard_lines[index], int(real["size"]), real["batch_id"], real["version_id"]
+            )
             differs = {k for k in built.keys() | real.keys() if built.get(k) != real.get(k)} - varying
             assert not differs, f"seeded shard items differ from the Submitter's in {sorted(differs)}"
             assert str(real["lease_owner"]).startswith(lease_owner(self.real_job_id, index, ""))
@@ -204,29 +209,33 @@ def populate(stack: LocalStack, jobs: int, batches: int, tag: str) -> Population
             assert sorted(split) == list(range(shards))
             created = list(pool.map(partial(_create, clients, upload.job_id, split), split))
             items = [
-                builder.shard(upload.job_id, index, split[index], size, batch_id) for index, size, batch_id in created
+                builder.shard(upload.job_id, index, split[index], size, batch_id, version_id)
+                for index, size, batch_id, version_id in created
             ]
-            items += [builder.guard(upload.job_id, index, batch_id) for index, _, batch_id in created]
+            items += [builder.guard(upload.job_id, index, batch_id) for index, _, batch_id, _ in created]
             items.append(builder.job(upload, len(upload.custom_ids), shards, stamp(datetime.now(UTC))))
             with clients.state.table.batch_writer() as writer:
                 for item in items:
                     writer.put_item(Item=item)
             population.uploads.append(upload)
-            population.batch_ids += [batch_id for _, _, batch_id in created]
+            population.batch_ids += [batch_id for _, _, batch_id, _ in created]
     clients.close()
     return population
 
 
-def _create(clients: FreshAdapters, job_id: str, split: dict[int, list[ValidLine]], index: int) -> tuple[int, int, str]:
-    """A shard written to work/ and its batch created, as the Submitter does."""
+def _create(
+    clients: FreshAdapters, job_id: str, split: dict[int, list[ValidLine]], index: int
+) -> tuple[int, int, str, str]:
+    """A shard written to work/ and its batch created, as the Submitter does; with the
+    version id of the body written, which the shard's item records."""
     lines = split[index]
     shard = b"".join(line.body + b"\n" for line in lines)
-    clients.store.client.put_object(
+    written = clients.store.client.put_object(
         Bucket=clients.store.bucket, Key=shard_key(job_id, index), Body=shard, ContentType=SHARD_CONTENT_TYPE
     )
     size = create_body_bytes(len(lines), sum(len(line.body) for line in lines))
     batch = clients.api.create(create_body([shard]), size, Timings().create_timeout)
-    return index, size, str(batch["id"])
+    return index, size, str(batch["id"]), str(written["VersionId"])
 
 
 # ---------------------------------------------------------------- measuring
