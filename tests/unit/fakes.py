@@ -362,9 +362,6 @@ class FakeStateStore:
     def shards(self, job_id: str) -> list[ShardRecord]:
         return [shard for (job, _), shard in sorted(self.shard_items.items()) if job == job_id]
 
-    def existing_jobs(self, job_ids: Iterable[str]) -> set[str]:
-        return {job_id for job_id in job_ids if job_id in self.jobs}
-
     def get_jobs(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
         return {job_id: self.jobs[job_id] for job_id in job_ids if job_id in self.jobs}
 

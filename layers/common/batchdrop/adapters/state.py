@@ -343,20 +343,6 @@ class _Jobs(_Table):
     def shards(self, job_id: str) -> list[ShardRecord]:
         return self.job_and_shards(job_id)[1]
 
-    def existing_jobs(self, job_ids: Iterable[str]) -> set[str]:
-        """Which of these jobs exist: BatchGetItem, 100 keys a request."""
-        wanted = list(dict.fromkeys(job_ids))
-        found: set[str] = set()
-        client = self.table.meta.client
-        for start in range(0, len(wanted), 100):
-            keys = [_job_key(job_id) for job_id in wanted[start : start + 100]]
-            request: dict[str, Any] = {self._name: {"Keys": keys, "ProjectionExpression": "job_id"}}
-            while request:
-                answer = client.batch_get_item(RequestItems=request)
-                found.update(str(item["job_id"]) for item in answer["Responses"].get(self._name, []))
-                request = answer.get("UnprocessedKeys") or {}
-        return found
-
     def list_jobs(self) -> list[JobRecord]:
         """Every job, newest first (a scan: for the command line, not for the functions)."""
         jobs: list[JobRecord] = []
