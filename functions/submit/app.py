@@ -31,7 +31,9 @@ SWEEP_SOURCE = "batchdrop.sweeper"
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     wired = wiring.from_env()
-    intake = Intake(wired)
+    # A split that runs short of the invocation's time stops at a shard boundary; the sweep
+    # goes on with it (services/segments.py).
+    intake = Intake(wired, seconds_left=lambda: context.get_remaining_time_in_millis() / 1000)
     if event.get("source") == SWEEP_SOURCE:
         return _sweep(wired, intake, context)
     if "Records" not in event:
@@ -63,12 +65,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 def _sweep(wired: Wiring, intake: Intake, context: LambdaContext) -> dict[str, Any]:
     report = Sweeper(wired, intake, seconds_left=lambda: context.get_remaining_time_in_millis() / 1000).sweep()
     metrics.add_metric("ObjectsSwept", MetricUnit.Count, len(report.started))
-    metrics.add_metric("StuckJobsRedriven", MetricUnit.Count, len(report.redrive.redriven))
+    metrics.add_metric(
+        "StuckJobsRedriven", MetricUnit.Count, len(report.redrive.redriven) - len(report.redrive.continued)
+    )
+    metrics.add_metric("SplitsContinued", MetricUnit.Count, len(report.redrive.continued))
     metrics.add_metric("StuckJobsFailed", MetricUnit.Count, len(report.redrive.failed))
     return {
         "seen": report.seen,
         "started": report.started,
         "left": report.left + report.redrive.left,
         "redriven": report.redrive.redriven,
+        "continued": report.redrive.continued,
         "stuck_failed": report.redrive.failed,
     }

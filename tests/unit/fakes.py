@@ -29,6 +29,7 @@ from batchdrop.domain.records import (
     ShardPlan,
     ShardRecord,
     SourceRef,
+    SplitCheckpoint,
 )
 from batchdrop.domain.shards import ENVELOPE_CLOSE, ENVELOPE_OPEN, SEPARATOR
 from batchdrop.domain.states import (
@@ -146,6 +147,7 @@ class FakeObjectStore:
         self._objects: dict[str, list[StoredVersion]] = {}
         self._versions = itertools.count(1)
         self._lock = threading.Lock()  # the split copies and closes shards from its own threads
+        self.line_reads: list[tuple[str, int]] = []  # (key, start) of each `lines` call
 
     # what tests use
 
@@ -197,9 +199,11 @@ class FakeObjectStore:
 
     # the ObjectStore port
 
-    def lines(self, key: str, version_id: str | None = None) -> SourceLines:
-        # Read as the adapter reads: by the same bounded reader, over the version's bytes.
-        return SourceLines(io.BytesIO(self._version(key, version_id).data), key)
+    def lines(self, key: str, version_id: str | None = None, *, start: int = 0) -> SourceLines:
+        # Read as the adapter reads: by the same bounded reader, over the version's bytes
+        # (from `start` on, as a ranged GET, read as plain text).
+        self.line_reads.append((key, start))
+        return SourceLines(io.BytesIO(self._version(key, version_id).data[start:]), key, plain=start > 0)
 
     def open(self, key: str, version_id: str | None = None) -> tuple[int, FakeBody]:
         data = self._version(key, version_id).data
@@ -365,11 +369,23 @@ class FakeStateStore:
     def get_jobs(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
         return {job_id: self.jobs[job_id] for job_id in job_ids if job_id in self.jobs}
 
-    def count_redrive(self, job_id: str, seen: int, at: str) -> bool:
+    def count_redrive(self, job_id: str, seen: int, at: str, *, lease: str | None = None) -> bool:
         job = self.jobs.get(job_id)
         if job is None or job.status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING) or job.redrives != seen:
             return False
-        self.jobs[job_id] = replace(job, redrives=seen + 1, redriven_at=at)
+        leased = {"split_lease": lease} if lease is not None else {}
+        self.jobs[job_id] = replace(job, redrives=seen + 1, redriven_at=at, **leased)
+        return True
+
+    def save_checkpoint(self, job_id: str, checkpoint: SplitCheckpoint, *, previous: int | None, lease: str) -> bool:
+        if previous is not None and checkpoint.offset <= previous:
+            raise ValueError(
+                f"job {job_id}: a checkpoint moves forward only, not from {previous} to {checkpoint.offset}"
+            )
+        job = self.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.RECEIVED or not _checkpoint_at(job, previous):
+            return False
+        self.jobs[job_id] = replace(job, checkpoint=checkpoint, split_lease=lease, redrives=0, redrive_error=None)
         return True
 
     def note_redrive_error(self, job_id: str, error: str) -> bool:
@@ -380,10 +396,22 @@ class FakeStateStore:
         return True
 
     def record_shards(
-        self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int, max_attempts: int
+        self,
+        job_id: str,
+        shards: Sequence[ShardPlan],
+        *,
+        requested: int,
+        rejected: int,
+        max_attempts: int,
+        shard_count: int | None = None,
+        resumed_from: int | None = None,
     ) -> bool:
-        values = {"requested": requested, "rejected": rejected, "shard_count": len(shards)}
+        count = len(shards) if shard_count is None else shard_count
+        values = {"requested": requested, "rejected": rejected, "shard_count": count}
         job = self._job_move(job_id, JobStatus.RECEIVED, JobStatus.SUBMITTING, values, open_index=True)
+        recorded = self.jobs.get(job_id)
+        if recorded is None or not _checkpoint_at(recorded, resumed_from):
+            job = None
         puts = [self._put_shard(job_id, shard, max_attempts) for shard in shards]
         # As the adapter: the job and 99 shards in the first transaction, 100 in each further one.
         if not self._apply(job, *puts[:99]):
@@ -619,6 +647,13 @@ class FakeStateStore:
             changes["expires_at"] = expires_at
         self.shard_items[(shard.job_id, shard.index)] = replace(current, **changes)
         return True
+
+
+def _checkpoint_at(job: JobRecord, offset: int | None) -> bool:
+    """Whether the job's split checkpoint is at `offset` (None: it has none)."""
+    if job.checkpoint is None:
+        return offset is None
+    return job.checkpoint.offset == offset
 
 
 def _fence_holds(shard: ShardRecord, fence: Mapping[str, Any]) -> bool:

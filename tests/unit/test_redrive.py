@@ -138,12 +138,12 @@ def test_two_sweeps_that_read_the_same_count_run_one_try(world: Fakes, monkeypat
     # Given a stuck job, and a second sweep that counts its try while the first one reads
     _, job_id = left_received(world)
     world.clock.advance(TIMINGS.stuck_after)
-    count: Callable[[str, int, str], bool] = world.state.count_redrive
+    count: Callable[..., bool] = world.state.count_redrive
     raced: list[bool] = []
 
-    def other_sweep_first(job_id: str, seen: int, at: str) -> bool:
-        raced.append(count(job_id, seen, at))
-        return count(job_id, seen, at)
+    def other_sweep_first(job_id: str, seen: int, at: str, *, lease: str | None = None) -> bool:
+        raced.append(count(job_id, seen, at, lease=lease))
+        return count(job_id, seen, at, lease=lease)
 
     monkeypatch.setattr(world.state, "count_redrive", other_sweep_first)
 

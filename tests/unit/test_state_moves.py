@@ -21,7 +21,7 @@ from cfnlint.decode import decode_str
 from moto import mock_aws
 
 from batchdrop.adapters.state import StateTable
-from batchdrop.domain.records import JobRecord, NextAttempt, Outcome, ShardPlan, ShardRecord, SourceRef
+from batchdrop.domain.records import JobRecord, NextAttempt, Outcome, ShardPlan, ShardRecord, SourceRef, SplitCheckpoint
 from batchdrop.domain.states import JOB_NEXT, SHARD_NEXT, JobStatus, ShardState, TransitionError
 from batchdrop.ports import StateStore
 from tests.unit.fakes import FakeStateStore
@@ -702,3 +702,76 @@ def test_a_redrive_error_is_kept_only_on_a_received_job(both: Both, status: JobS
     job = both.table.get_job(both.job_id)
     assert job is not None
     assert job.redrive_error == ("MemoryError: " if kept else None)
+
+
+# --- a split that continues across invocations (services/segments.py) -----------------
+
+CHECKPOINT = SplitCheckpoint(
+    offset=120,
+    line=4,
+    requested=2,
+    rejected=1,
+    next_shard=1,
+    compressed=False,
+    ids_keys=("work/j/ids-000000000000000-000000000000120.txt",),
+    rejected_version="v-rejected",
+    rejected_bytes=90,
+)
+LEASE = "2026-11-23T10:15:00.000Z"
+
+
+@pytest.mark.parametrize("status", [JobStatus.RECEIVED, JobStatus.SUBMITTING], ids=str)
+def test_a_split_checkpoint_moves_only_forward_from_the_one_read_and_only_on_a_received_job(
+    both: Both, status: JobStatus
+) -> None:
+    # Given a job in `status`, with a no-progress try counted
+    both.given(status)
+    assert both.same(lambda store: store.count_redrive(both.job_id, 0, SENT_AT))
+    further = replace(CHECKPOINT, offset=300, line=9, requested=4, next_shard=2, rejected_version=None)
+
+    # When a first checkpoint is saved twice from none, then a further one twice from it
+    first = both.same(lambda store: store.save_checkpoint(both.job_id, CHECKPOINT, previous=None, lease=LEASE))
+    again = both.same(lambda store: store.save_checkpoint(both.job_id, CHECKPOINT, previous=None, lease=LEASE))
+    on = both.same(lambda store: store.save_checkpoint(both.job_id, further, previous=120, lease=SENT_AT))
+    stale = both.same(lambda store: store.save_checkpoint(both.job_id, further, previous=120, lease=SENT_AT))
+
+    # Then only a RECEIVED job takes them, each once, and the count of tries starts over
+    received = status is JobStatus.RECEIVED
+    assert (first, again, on, stale) == (received, False, received, False)
+    job = both.table.get_job(both.job_id)
+    assert job == both.fake.get_job(both.job_id)
+    assert job is not None
+    if received:
+        assert (job.checkpoint, job.split_lease, job.redrives) == (further, SENT_AT, 0)
+        # ...and a try is counted from 0 again, with its lease
+        assert both.same(lambda store: store.count_redrive(both.job_id, 0, SENT_AT, lease=LEASE)) is True
+        assert both.same(lambda store: store.get_job(both.job_id)).split_lease == LEASE
+    else:
+        assert (job.checkpoint, job.split_lease, job.redrives) == (None, None, 1)
+    # ...and a checkpoint never goes back
+    with pytest.raises(ValueError, match="moves forward only"):
+        both.same(lambda store: store.save_checkpoint(both.job_id, CHECKPOINT, previous=300, lease=LEASE))
+
+
+def test_the_last_segment_records_its_shards_only_from_the_checkpoint_it_started_at(both: Both) -> None:
+    # Given a job whose split saved a checkpoint, its first shard recorded
+    both.given(JobStatus.RECEIVED)
+    assert both.same(lambda store: store.add_missing_shard(both.job_id, PLAN, 3)) is True
+    assert both.same(lambda store: store.save_checkpoint(both.job_id, CHECKPOINT, previous=None, lease=LEASE))
+    last = [replace(PLAN, index=1)]
+
+    def record(resumed_from: int | None) -> Callable[[StateStore], bool]:
+        return lambda store: store.record_shards(
+            both.job_id, last, requested=3, rejected=1, max_attempts=3, shard_count=2, resumed_from=resumed_from
+        )
+
+    # When runs that started from no checkpoint, or another one, record, then one from it
+    assert both.same(record(None)) is False
+    assert both.same(record(60)) is False
+    assert both.same(record(120)) is True
+
+    # Then the job counts every shard of every segment
+    job, shards = both.table.job_and_shards(both.job_id)
+    assert job is not None
+    assert (job.status, job.shard_count, job.requested, job.rejected) == (JobStatus.SUBMITTING, 2, 3, 1)
+    assert [shard.index for shard in shards] == [0, 1]

@@ -19,6 +19,7 @@ from batchdrop.domain.records import (
     ShardPlan,
     ShardRecord,
     SourceRef,
+    SplitCheckpoint,
 )
 from batchdrop.domain.shards import ShardLimits
 from batchdrop.domain.states import JobStatus
@@ -112,7 +113,9 @@ class Writer(Protocol):
 class ObjectStore(Protocol):
     bucket: str
 
-    def lines(self, key: str, version_id: str | None = None) -> SourceLines: ...
+    def lines(self, key: str, version_id: str | None = None, *, start: int = 0) -> SourceLines:
+        """The object's lines; from byte `start` on (a ranged GET, read as plain text), if not 0."""
+        ...
 
     def open(self, key: str, version_id: str | None = None) -> tuple[int, Body]: ...
 
@@ -144,7 +147,15 @@ class StateStore(Protocol):
     def shards(self, job_id: str) -> list[ShardRecord]: ...
 
     def record_shards(
-        self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int, max_attempts: int
+        self,
+        job_id: str,
+        shards: Sequence[ShardPlan],
+        *,
+        requested: int,
+        rejected: int,
+        max_attempts: int,
+        shard_count: int | None = None,
+        resumed_from: int | None = None,
     ) -> bool: ...
 
     def add_missing_shard(self, job_id: str, shard: ShardPlan, max_attempts: int) -> bool: ...
@@ -203,9 +214,16 @@ class StateStore(Protocol):
 
     def get_jobs(self, job_ids: Iterable[str]) -> dict[str, JobRecord]: ...
 
-    def count_redrive(self, job_id: str, seen: int, at: str) -> bool: ...
+    def count_redrive(self, job_id: str, seen: int, at: str, *, lease: str | None = None) -> bool: ...
 
     def note_redrive_error(self, job_id: str, error: str) -> bool: ...
+
+    # a split that continues across invocations (services/segments.py)
+
+    def save_checkpoint(self, job_id: str, checkpoint: SplitCheckpoint, *, previous: int | None, lease: str) -> bool:
+        """The job's split checkpoint, if the job is still RECEIVED and its checkpoint is still
+        at offset `previous` (None: it has none); the job's re-drive count starts over."""
+        ...
 
 
 # --- the Message Batches API and the event bus -----------------------------------------

@@ -56,11 +56,15 @@ class ObjectStore:
             self._client = boto3.client("s3", config=Config(s3={"payload_signing_enabled": False}))
         return self._client
 
-    def lines(self, key: str, version_id: str | None = None) -> SourceLines:
+    def lines(self, key: str, version_id: str | None = None, *, start: int = 0) -> SourceLines:
         """The lines of one object version (the current one without `version_id`), split on
-        `\\n` only, with bounded memory; gzip is unzipped (batchdrop.domain.lines)."""
-        extra = {"VersionId": version_id} if version_id else {}
-        return SourceLines(self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"], key)
+        `\\n` only, with bounded memory; gzip is unzipped (batchdrop.domain.lines). From
+        byte `start` on when it is not 0: a ranged GET, whose bytes are read as plain text."""
+        extra: dict[str, str] = {"VersionId": version_id} if version_id else {}
+        if start:
+            extra["Range"] = f"bytes={start}-"
+        body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+        return SourceLines(body, key, plain=start > 0)
 
     def open(self, key: str, version_id: str | None = None) -> tuple[int, Any]:
         """The size of an object version (the current one without `version_id`) and its open

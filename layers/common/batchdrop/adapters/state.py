@@ -22,6 +22,7 @@ from batchdrop.domain.records import (
     ShardPlan,
     ShardRecord,
     SourceRef,
+    SplitCheckpoint,
 )
 from batchdrop.domain.states import (
     OPEN_JOB_STATUSES,
@@ -97,7 +98,41 @@ def _job_record(item: Mapping[str, Any]) -> JobRecord:
         redrives=int(item.get("redrives", 0)),
         redriven_at=item.get("redriven_at"),
         redrive_error=item.get("redrive_error"),
+        checkpoint=_checkpoint_record(item.get("split")),
+        split_lease=item.get("split_lease"),
     )
+
+
+def _checkpoint_record(item: Mapping[str, Any] | None) -> SplitCheckpoint | None:
+    if not item:
+        return None
+    return SplitCheckpoint(
+        offset=int(item["offset"]),
+        line=int(item["line"]),
+        requested=int(item["requested"]),
+        rejected=int(item["rejected"]),
+        next_shard=int(item["next_shard"]),
+        compressed=bool(item["compressed"]),
+        ids_keys=tuple(item.get("ids_keys") or ()),
+        rejected_version=item.get("rejected_version"),
+        rejected_bytes=int(item.get("rejected_bytes", 0)),
+    )
+
+
+def _checkpoint_item(checkpoint: SplitCheckpoint) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "offset": checkpoint.offset,
+        "line": checkpoint.line,
+        "requested": checkpoint.requested,
+        "rejected": checkpoint.rejected,
+        "next_shard": checkpoint.next_shard,
+        "compressed": checkpoint.compressed,
+        "ids_keys": list(checkpoint.ids_keys),
+        "rejected_bytes": checkpoint.rejected_bytes,
+    }
+    if checkpoint.rejected_version is not None:
+        item["rejected_version"] = checkpoint.rejected_version
+    return item
 
 
 def _shard_record(item: Mapping[str, Any]) -> ShardRecord:
@@ -195,6 +230,22 @@ def _update(
         "UpdateExpression": f"SET {', '.join(assign)}" + (f" REMOVE {', '.join(remove)}" if remove else ""),
         "ConditionExpression": condition,
         "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def _checkpoint_held(update: dict[str, Any], previous: int | None) -> dict[str, Any]:
+    """`update` (UpdateItem arguments of a job), conditioned further on its split checkpoint
+    being at offset `previous` (None: the job has none)."""
+    values = update["ExpressionAttributeValues"]
+    if previous is None:
+        held = "attribute_not_exists(split_offset)"
+    else:
+        held = "split_offset = :previous"
+        values = {**values, ":previous": previous}
+    return {
+        **update,
+        "ConditionExpression": f"({update['ConditionExpression']}) AND {held}",
         "ExpressionAttributeValues": values,
     }
 
@@ -355,19 +406,33 @@ class _Jobs(_Table):
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def record_shards(
-        self, job_id: str, shards: Sequence[ShardPlan], *, requested: int, rejected: int, max_attempts: int
+        self,
+        job_id: str,
+        shards: Sequence[ShardPlan],
+        *,
+        requested: int,
+        rejected: int,
+        max_attempts: int,
+        shard_count: int | None = None,
+        resumed_from: int | None = None,
     ) -> bool:
         """RECEIVED → SUBMITTING, with the job's shards as PENDING items, all at once (the
         first transaction holds the job and up to 99 shards: 9.9M requests; more spill into
-        further transactions, which a resumed run completes with add_missing_shard)."""
+        further transactions, which a resumed run completes with add_missing_shard). A split
+        in segments records here its last segment's shards, with the job's `shard_count`
+        and only while its checkpoint is still at `resumed_from` (None: it has none)."""
         values = {
             "requested": requested,
             "rejected": rejected,
-            "shard_count": len(shards),
+            "shard_count": len(shards) if shard_count is None else shard_count,
             "GSI1PK": OPEN,
             "GSI1SK": f"JOB#{job_id}",
         }
-        job_update = {"Update": self._job_move(job_id, JobStatus.RECEIVED, JobStatus.SUBMITTING, values)}
+        job_update = {
+            "Update": _checkpoint_held(
+                self._job_move(job_id, JobStatus.RECEIVED, JobStatus.SUBMITTING, values), resumed_from
+            )
+        }
         puts = [
             {
                 "Put": {
@@ -458,13 +523,16 @@ class _Redrives(_Jobs):
                 request = answer.get("UnprocessedKeys") or {}
         return found
 
-    def count_redrive(self, job_id: str, seen: int, at: str) -> bool:
+    def count_redrive(self, job_id: str, seen: int, at: str, *, lease: str | None = None) -> bool:
         """Count one re-drive of a job still RECEIVED or SUBMITTING, if its count is still
-        `seen`: of two drivers that read the same count, one counts the try, the other gets False."""
-        counted = "redrives = :seen" if seen else "attribute_not_exists(redrives)"
+        `seen`: of two drivers that read the same count, one counts the try, the other gets
+        False. `lease`: the deadline of the invocation that runs the try, kept as the job's
+        split lease (no sweep goes on with its split before then)."""
+        counted = "(redrives = :seen)" if seen else "(attribute_not_exists(redrives) OR redrives = :zero)"
+        leased = ", split_lease = :lease" if lease is not None else ""
         return self._conditional(
             Key=_job_key(job_id),
-            UpdateExpression="SET redrives = :next, redriven_at = :at",
+            UpdateExpression=f"SET redrives = :next, redriven_at = :at{leased}",
             ConditionExpression=f"#s IN (:received, :submitting) AND {counted}",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={
@@ -472,9 +540,38 @@ class _Redrives(_Jobs):
                 ":at": at,
                 ":received": str(JobStatus.RECEIVED),
                 ":submitting": str(JobStatus.SUBMITTING),
-                **({":seen": seen} if seen else {}),
+                **({":seen": seen} if seen else {":zero": 0}),
+                **({":lease": lease} if lease is not None else {}),
             },
         )
+
+    def save_checkpoint(self, job_id: str, checkpoint: SplitCheckpoint, *, previous: int | None, lease: str) -> bool:
+        """The split checkpoint of a job still RECEIVED, moved only from the one at offset
+        `previous` (None: none yet) to one further on: two runs of one segment save it
+        once, and a run of an earlier segment never takes it back. The segment made
+        progress, so the job's re-drive count starts over."""
+        if previous is not None and checkpoint.offset <= previous:
+            raise ValueError(
+                f"job {job_id}: a checkpoint moves forward only, not from {previous} to {checkpoint.offset}"
+            )
+        update = _checkpoint_held(
+            {
+                "Key": _job_key(job_id),
+                "UpdateExpression": "SET #split = :split, split_offset = :offset, split_lease = :lease,"
+                " redrives = :zero REMOVE redrive_error",
+                "ConditionExpression": "#s = :received",
+                "ExpressionAttributeNames": {"#s": "status", "#split": "split"},
+                "ExpressionAttributeValues": {
+                    ":split": _checkpoint_item(checkpoint),
+                    ":offset": checkpoint.offset,
+                    ":lease": lease,
+                    ":zero": 0,
+                    ":received": str(JobStatus.RECEIVED),
+                },
+            },
+            previous,
+        )
+        return self._conditional(**update)
 
     def note_redrive_error(self, job_id: str, error: str) -> bool:
         """Keep the error a re-drive raised on a job still RECEIVED: the reason it fails with."""

@@ -30,9 +30,10 @@ MAX_LINE_BYTES = 32 * 1024 * 1024
 # Decompressed bytes read before the ratio is judged; beyond them, at most MAX_GZIP_RATIO
 # decompressed bytes per compressed byte read.
 GZIP_FREE_BYTES = 256 * 1024 * 1024
-# The largest file taken, by the size its event reports, before a byte is read: at the some
-# 36 MB/s a split runs, a larger one could not be split within Lambda's 15 minutes.
-MAX_FILE_BYTES = 25_000_000_000
+# The largest file taken, by the size its event reports, before a byte is read: the largest
+# object S3 holds (5 TiB). A file too large to split within one invocation is split in
+# segments, each going on from where the last one stopped (services/segments.py).
+MAX_FILE_BYTES = 5 * 1024**4
 # Deflate inflates at most some 1,030 times (a run of one byte); templated JSON Lines files
 # with a long shared prompt measured 160 to 330.
 MAX_GZIP_RATIO = 500
@@ -70,11 +71,16 @@ class SourceLines:
     """The lines of one object (each with its \\n, the last one maybe without), split on \\n
     only. `compressed` tells, once the first line is read, whether the bytes were gzip."""
 
-    def __init__(self, raw: ByteSource, name: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(
+        self, raw: ByteSource, name: str, *, max_line_bytes: int = MAX_LINE_BYTES, plain: bool = False
+    ) -> None:
         self._raw = _Counting(raw)
         self._name = name
         self._max_line_bytes = max_line_bytes
-        self.compressed: bool | None = None
+        # `plain`: the bytes are known not to be gzip (a range read from the middle of a
+        # plain file, whose first bytes say nothing about it).
+        self._plain = plain
+        self.compressed: bool | None = False if plain else None
         self._lines = self._read()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -83,6 +89,9 @@ class SourceLines:
     def _read(self) -> Iterator[bytes]:
         buffered = io.BufferedReader(self._raw, _CHUNK)
         with buffered:
+            if self._plain:
+                yield from _bounded_lines(buffered, self._max_line_bytes)
+                return
             self.compressed = buffered.peek(2)[:2] == GZIP_MAGIC
             if not self.compressed:
                 if self._name.lower().endswith(".gz"):

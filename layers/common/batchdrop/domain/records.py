@@ -46,10 +46,32 @@ class JobRecord:
     redrives: int = 0
     redriven_at: str | None = None
     redrive_error: str | None = None
+    # A split that continues across invocations (services/segments.py): where the next
+    # segment starts, and the deadline of the last invocation that ran or claimed one.
+    checkpoint: SplitCheckpoint | None = None
+    split_lease: str | None = None
 
     @property
     def cancel_requested(self) -> bool:
         return self.cancel_requested_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCheckpoint:
+    """Where a split that ran short of time stopped, at a shard boundary: everything before
+    `offset` is split, its shards recorded, and the next segment starts there. Written on
+    the job item only if the previous checkpoint is still the one read, so it only moves
+    forward and a duplicate run of a segment can neither go back nor count twice."""
+
+    offset: int  # bytes of the source (inflated, for a gzip) before the next shard's first line
+    line: int  # lines read before it: the next segment's first line is line + 1
+    requested: int  # valid lines so far
+    rejected: int  # rejected lines so far, all in the version below
+    next_shard: int  # the index of the next shard
+    compressed: bool  # a gzip: read from the start, the bytes before `offset` skipped unchecked
+    ids_keys: tuple[str, ...] = ()  # per finished segment: the custom_ids it saw first, with their line
+    rejected_version: str | None = None  # the version of errors/<job_id>/rejected.jsonl holding them
+    rejected_bytes: int = 0  # its size
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,16 +59,25 @@ class RejectedLine:
     reason: str  # human-readable, names the field
 
 
-def check_lines(lines: Iterable[bytes], *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[ValidLine | RejectedLine]:
+def check_lines(
+    lines: Iterable[bytes],
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    first_seen: dict[str, int] | None = None,
+    first_line: int = 1,
+) -> Iterator[ValidLine | RejectedLine]:
     """Each non-blank input line -> ValidLine or RejectedLine, in order, streaming (never a list).
 
     Blank/whitespace-only lines are skipped (not rejected). Lines may end in \\n or \\r\\n; a UTF-8 BOM on the
     first line is tolerated. custom_ids must be unique within the whole file (the second use is rejected with a
     reason naming the first line). Uniqueness is kept in a map of each id to its first line: memory grows with the
     number of requests (at most 64 characters each), never with their size.
+
+    A split resumed part-way (services/segments.py) passes the map its earlier segments
+    filled (`first_seen`, filled further in place) and the number of its first line.
     """
-    first_seen: dict[str, int] = {}
-    for number, raw in enumerate(lines, start=1):
+    first_seen = {} if first_seen is None else first_seen
+    for number, raw in enumerate(lines, start=first_line):
         if isinstance(raw, OverlongLine):  # not held by the reader: only its length is known
             yield RejectedLine(number, None, _too_large(raw.length, max_line_bytes))
             continue

@@ -56,6 +56,11 @@ class Timings:
     # 15 min, then up to 15 min of run). A test holds them to the template.
     stuck_after: float = 6.5 * 3600
     redrive_every: float = 32 * 60.0
+    # A split stops at the next shard boundary once its invocation has less than this left:
+    # enough to fill and close one more shard, record the shards, write the custom_ids seen
+    # and the checkpoint (services/segments.py). The next sweep after the invocation's
+    # deadline goes on from there. The tests raise it to split a small file in segments.
+    split_reserve: float = 120.0
 
     def __post_init__(self) -> None:
         for field in fields(self):

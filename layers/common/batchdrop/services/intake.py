@@ -8,8 +8,9 @@ have gone through (UNKNOWN) is never sent again from here."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -19,10 +20,12 @@ from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.records import ShardPlan, SourceRef, is_folder_marker
 from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
+from batchdrop.domain.timings import stamp
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
+from batchdrop.services.segments import record_stop, resume_from, running_short
 from batchdrop.services.split import Split, split_object
 
 # Where uploads become jobs; with cancel/, the prefixes template.yaml's S3 events notify.
@@ -83,10 +86,13 @@ def check_record(record: Any, bucket: str) -> S3Upload | RefusedRecord:
 
 
 class Intake:
-    def __init__(self, wired: Wiring) -> None:
+    def __init__(self, wired: Wiring, seconds_left: Callable[[], float] | None = None) -> None:
+        """`seconds_left`: the invocation's remaining time (None: no limit). A split that
+        runs short of it stops at a shard boundary, to go on in a later invocation."""
         self._wired = wired
         self._state = wired.state
         self._creator = ShardCreator(wired)
+        self._seconds_left = seconds_left
 
     def submit(self, source: SourceRef, size: int | None = None) -> SubmitOutcome:
         """Take in one object version (`size`: as its event reports it, if known)."""
@@ -107,26 +113,50 @@ class Intake:
             if size is not None and size > self._wired.max_file_bytes:
                 limit = self._wired.max_file_bytes
                 return self._fail(job_id, source, Split(), f"the file is {size} bytes, over the {limit} bytes taken")
-            try:
-                split = split_object(self._wired, job_id, source, size)
-            except UnreadableFileError as exc:  # the file as a whole: no retry would read it
-                return self._fail(job_id, source, Split(), f"the file cannot be read: {exc}")
-            if not split.shards:
-                return self._fail(job_id, source, split)
-            recorded = self._state.record_shards(
-                job_id,
-                split.shards,
-                requested=split.requested,
-                rejected=split.rejected,
-                max_attempts=self._wired.max_attempts,
-            )
-            if not recorded:
-                logger.info("another invocation recorded this job's shards first")
+            stopped = self._split(job_id, source, size)
+            if stopped is not None:
+                return stopped
         else:
             self._complete_recording(job_id)
             # A run that died holding the create lease would stall every create until it ran out.
             self._creator.free_stale_lease()
         return self._submit_pending(job_id)
+
+    def _split(self, job_id: str, source: SourceRef, size: int | None) -> SubmitOutcome | None:
+        """Split the file (from its checkpoint on, if an earlier invocation stopped part-way)
+        and record its shards; an outcome when the job does not go on to its creates here:
+        it failed, or the split stopped short of time (services/segments.py)."""
+        job = self._state.get_job(job_id)
+        checkpoint = job.checkpoint if job else None
+        resume = resume_from(self._wired.store, checkpoint)
+        try:
+            stop_now = running_short(self._seconds_left, self._wired.timings.split_reserve)
+            split = split_object(self._wired, job_id, source, size, resume=resume, stop_now=stop_now)
+        except UnreadableFileError as exc:  # the file as a whole: no retry would read it
+            rejected = checkpoint.rejected if checkpoint else 0
+            return self._fail(job_id, source, Split(rejected=rejected), f"the file cannot be read: {exc}")
+        if split.stopped is not None:
+            record_stop(self._wired, job_id, split, resume, self._deadline())
+            return SubmitOutcome(job_id, JobStatus.RECEIVED)
+        if not split.requested:
+            return self._fail(job_id, source, split)
+        recorded = self._state.record_shards(
+            job_id,
+            split.shards,
+            requested=split.requested,
+            rejected=split.rejected,
+            max_attempts=self._wired.max_attempts,
+            shard_count=resume.next_shard + len(split.shards),
+            resumed_from=checkpoint.offset if checkpoint else None,
+        )
+        if not recorded:
+            logger.info("another invocation recorded this job's shards, or moved its checkpoint, first")
+        return None
+
+    def _deadline(self) -> str:
+        """When this invocation ends at the latest: the lease of a checkpoint it writes."""
+        left = self._seconds_left() if self._seconds_left is not None else 0.0
+        return stamp(self._wired.clock.now() + timedelta(seconds=left))
 
     def give_up(self, job_id: str, source: SourceRef, reason: str) -> SubmitOutcome:
         """End a job that never got past RECEIVED as FAILED with `reason`: its manifest, its
@@ -136,7 +166,8 @@ class Intake:
         job = self._state.get_job(job_id)
         if job is None or job.status is not JobStatus.RECEIVED:
             return SubmitOutcome(job_id, job.status if job else None, duplicate=True)
-        return self._fail(job_id, source, Split(), reason)
+        # A split stopped part-way has rejected lines in errors/ already: the manifest names them.
+        return self._fail(job_id, source, Split(rejected=job.checkpoint.rejected if job.checkpoint else 0), reason)
 
     def _complete_recording(self, job_id: str) -> None:
         """A recording of more than 99 shards spans several transactions: a crash between
@@ -199,8 +230,13 @@ class Intake:
         return SubmitOutcome(job_id, JobStatus.FAILED)
 
     def _submit_pending(self, job_id: str) -> SubmitOutcome:
+        job, shards = self._state.job_and_shards(job_id)
+        if job is None or job.status is JobStatus.RECEIVED:
+            # Its split is still under way in segments (a run of an earlier segment lost the
+            # recording): no shard is sent before every one is recorded.
+            return SubmitOutcome(job_id, JobStatus.RECEIVED)
         submitted = 0
-        for shard in self._state.shards(job_id):
+        for shard in shards:
             if shard.state is not ShardState.PENDING:
                 continue
             job = self._state.get_job(job_id)

@@ -14,16 +14,25 @@ A job SUBMITTING that long is the checker's to drive, unless a recording of its 
 (several transactions for over 99 shards) was cut short and none of its event's tries was
 left to complete it: the checker does not mark such a job RUNNING, and it is re-driven here
 alike, so that the intake records the shards left out. It is never failed: some of its
-batches may be out; past REDRIVE_TRIES it is re-driven still, each time with an error logged."""
+batches may be out; past REDRIVE_TRIES it is re-driven still, each time with an error logged.
+
+A job RECEIVED with a split checkpoint (a file too large to split in one invocation:
+services/segments.py) is not stuck but under way: its split goes on at the first sweep after
+the checkpoint's lease (the deadline of the invocation that last ran or claimed a segment),
+without waiting for stuck_after. Each segment is claimed like a try, counted and leased to
+this invocation's deadline, so two sweeps never run one at once; a segment that saves a
+checkpoint further on sets the count back to 0, so only segments that make no progress
+count toward REDRIVE_TRIES."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from batchdrop.domain.records import JobRecord
 from batchdrop.domain.states import JobStatus
-from batchdrop.domain.timings import parse_stamp
+from batchdrop.domain.timings import parse_stamp, stamp
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.intake import Intake
@@ -38,6 +47,7 @@ NO_ERROR = "no try raised an error (its function ran out of memory or time, or i
 @dataclass
 class RedriveReport:
     redriven: list[str] = field(default_factory=list)  # jobs run again through the intake
+    continued: list[str] = field(default_factory=list)  # of those, splits gone on from their checkpoint
     failed: list[str] = field(default_factory=list)  # jobs failed once their tries ran out
     left: int = 0  # stuck jobs left to the next sweep (time ran short)
 
@@ -63,6 +73,10 @@ class Redriver:
         if job.status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING):
             return False
         timings = self._wired.timings
+        if job.status is JobStatus.RECEIVED and job.checkpoint is not None:  # a split under way
+            if job.split_lease is None:
+                return True
+            return self._wired.clock.now() >= parse_stamp(job.split_lease) + timedelta(seconds=timings.skew)
         since, bound = (
             (job.redriven_at, timings.redrive_every) if job.redriven_at else (job.created_at, timings.stuck_after)
         )
@@ -81,10 +95,19 @@ class Redriver:
                 report.failed.append(job_id)
             elif self._seconds_left() < self._wired.timings.sweep_safety:
                 report.left += 1
-            elif self._wired.state.count_redrive(job_id, job.redrives, self._wired.stamp()):
+            elif self._wired.state.count_redrive(job_id, job.redrives, self._wired.stamp(), lease=self._lease(job)):
                 self._run(job, size)
                 report.redriven.append(job_id)
+                if job.checkpoint is not None:
+                    report.continued.append(job_id)
         return report
+
+    def _lease(self, job: JobRecord) -> str | None:
+        """For a split under way: this invocation's deadline, before which no other sweep
+        runs a segment of it."""
+        if job.status is not JobStatus.RECEIVED or job.checkpoint is None:
+            return None
+        return stamp(self._wired.clock.now() + timedelta(seconds=self._seconds_left()))
 
     def _left_behind(self, job: JobRecord) -> bool:
         """RECEIVED, or SUBMITTING with shards its recording left out (the checker drives the rest)."""
@@ -99,10 +122,11 @@ class Redriver:
         return missing > 0
 
     def _run(self, job: JobRecord, size: int | None) -> None:
-        logger.warning(
-            "StuckJob: re-driving a job left behind",
-            extra={"job_id": job.job_id, "key": job.source.key, "status": job.status, "try": job.redrives + 1},
-        )
+        extra = {"job_id": job.job_id, "key": job.source.key, "status": job.status, "try": job.redrives + 1}
+        if job.checkpoint is not None:
+            logger.info("SplitSegment: going on with a split from its checkpoint", extra=extra)
+        else:
+            logger.warning("StuckJob: re-driving a job left behind", extra=extra)
         try:
             self._intake.submit(job.source, size)
         except Exception as exc:  # kept as the job's reason; the next sweep tries again  # noqa: BLE001

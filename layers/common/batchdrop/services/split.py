@@ -6,12 +6,12 @@ copied whole while it is read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchdrop.domain.jobs import IdsDigest, rejected_key, rejected_record
-from batchdrop.domain.lines import SourceLines, line_size
+from batchdrop.domain.lines import line_size
 from batchdrop.domain.records import ShardPlan, SourceRef
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
 from batchdrop.domain.shards import (
@@ -23,6 +23,7 @@ from batchdrop.domain.shards import (
 )
 from batchdrop.observability import logger
 from batchdrop.ports import ObjectStore, SourceRange, Wiring, Writer
+from batchdrop.services.segments import Resume, Stop
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -32,24 +33,46 @@ _NEWLINE = ord("\n")
 
 @dataclass
 class Split:
-    shards: list[ShardPlan] = field(default_factory=list)
-    requested: int = 0  # valid lines
-    rejected: int = 0  # lines written to errors/
+    shards: list[ShardPlan] = field(default_factory=list)  # this segment's (all of them, in one go)
+    requested: int = 0  # valid lines (of the whole file so far, when resumed)
+    rejected: int = 0  # lines written to errors/ (likewise)
+    # Where a split that ran short of time stopped (services/segments.py), and what the
+    # next segment needs from this one: the custom_ids seen so far with their first line,
+    # whether the source is gzip, and the version of rejected.jsonl that holds its lines.
+    stopped: Stop | None = None
+    compressed: bool = False
+    seen: dict[str, int] = field(default_factory=dict)
+    rejected_version: str | None = None
+    rejected_bytes: int = 0
 
 
-def split_object(wired: Wiring, job_id: str, source: SourceRef, size: int | None = None) -> Split:
+def _never() -> bool:
+    return False
+
+
+def split_object(
+    wired: Wiring,
+    job_id: str,
+    source: SourceRef,
+    size: int | None = None,
+    *,
+    resume: Resume | None = None,
+    stop_now: Callable[[], bool] = _never,
+) -> Split:
     """Stream the object once: rejected lines to errors/, valid ones into shards. A shard
     that ends before the object does is finished in the background (S3 copying a range, or
     the last parts going up) while the next one fills; all are done before this returns.
     `size`, the object's size when known, lets a file that may be one clean shard be copied
-    whole by S3 meanwhile (_EarlyCopy)."""
+    whole by S3 meanwhile (_EarlyCopy). From `resume` on, when given; at the first shard
+    boundary where `stop_now()` holds, the split stops there (`Split.stopped`)."""
     from concurrent.futures import ThreadPoolExecutor  # not at import: a cold start does not need it
 
-    split = Split()
-    rejects = _RejectSink(wired.store, rejected_key(job_id), source.key)
-    lines = wired.store.lines(source.key, source.version_id)
-    reader = _LineReader(lines)
-    may_copy_early = wired.early_copy_bytes <= (size or 0) <= wired.limits.max_bytes
+    start = resume or Resume()
+    split = Split(requested=start.requested, rejected=start.rejected, seen=start.seen)
+    rejects = _RejectSink(wired.store, rejected_key(job_id), source.key, start.rejected_range(source.bucket, job_id))
+    lines, raw_lines = start.open(wired.store, source)
+    reader = _LineReader(raw_lines, start.offset)
+    may_copy_early = not start.offset and wired.early_copy_bytes <= (size or 0) <= wired.limits.max_bytes
     shard: _ShardOut | None = None
     closing: list[Future[ShardPlan]] = []
     early: _EarlyCopy | None = None
@@ -58,12 +81,16 @@ def split_object(wired: Wiring, job_id: str, source: SourceRef, size: int | None
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-copy") as copier,
     ):
         try:
-            for index, line in assign_shards(_valid(check_lines(reader), split, rejects), wired.limits):
+            checked = check_lines(reader, first_seen=split.seen, first_line=start.line + 1)
+            for index, line in _numbered(assign_shards(_valid(checked, split, rejects), wired.limits), start):
                 # A gzip object's line offsets are not its bytes: its shards are always written.
                 copyable = lines.compressed is False
                 if shard is None or index != shard.index:
                     if shard is not None:
                         closing.append(closer.submit(shard.close, whole=False))
+                        if stop_now():  # at a shard boundary: this line begins the next segment
+                            split.stopped, shard = _stopped_before(line, reader, split), None
+                            break
                     # If absent: a duplicate invocation splitting at the same time (or a
                     # resumed one) writes the same bytes; the first complete copy stays.
                     shard = _ShardOut(wired.store, source, index, shard_key(job_id, index), copyable=copyable)
@@ -75,13 +102,28 @@ def split_object(wired: Wiring, job_id: str, source: SourceRef, size: int | None
             last = _close_last(shard, reader, early) if shard is not None else None
             shard = None
             split.shards = [done.result() for done in closing] + ([last] if last else [])
-            rejects.close()
+            split.rejected_version, split.rejected_bytes = rejects.close()
+            split.compressed = bool(lines.compressed)
         except BaseException:
             if shard is not None:
                 shard.abort()
             rejects.abort()
             raise
     return split
+
+
+def _numbered(shards: Iterable[tuple[int, ValidLine]], start: Resume) -> Iterator[tuple[int, ValidLine]]:
+    """The shards a resumed split makes, numbered on from the shards made before it."""
+    for index, line in shards:
+        yield start.next_shard + index, line
+
+
+def _stopped_before(line: ValidLine, reader: _LineReader, split: Split) -> Stop:
+    """Where the next segment starts: at `line`, the first of a shard not begun. It was
+    counted and its custom_id noted as it was read: both are the next segment's."""
+    split.requested -= 1
+    del split.seen[line.custom_id]
+    return Stop(offset=reader.start, line=line.line - 1)
 
 
 def _valid(lines: Iterator[ValidLine | RejectedLine], split: Split, rejects: _RejectSink) -> Iterator[ValidLine]:
@@ -106,22 +148,32 @@ def _close_last(shard: _ShardOut, reader: _LineReader, early: _EarlyCopy | None)
 
 
 class _RejectSink:
-    """errors/<job_id>/rejected.jsonl, opened only when a first line is rejected."""
+    """errors/<job_id>/rejected.jsonl, opened only when a first line is rejected. A resumed
+    split writes a new version that begins with the bytes of the version its checkpoint
+    names (`before`), so a segment run again after a crash writes no line twice."""
 
-    def __init__(self, store: ObjectStore, key: str, source_key: str) -> None:
+    def __init__(self, store: ObjectStore, key: str, source_key: str, before: SourceRange | None = None) -> None:
         self._store = store
         self._key = key
         self._source_key = source_key
+        self._before = before
         self._writer: Writer | None = None
 
     def write(self, rejected: RejectedLine) -> None:
         if self._writer is None:
             self._writer = self._store.writer(self._key, "application/x-jsonl")
+            if self._before is not None and self._before.size:
+                self._writer.copy_from(self._before)
         self._writer.write(rejected_record(rejected, self._source_key))
 
-    def close(self) -> None:
+    def close(self) -> tuple[str | None, int]:
+        """The version that holds every rejected line so far, and its size."""
         if self._writer is not None:
             self._writer.close()
+            return self._writer.version_id, self._writer.size
+        if self._before is not None:
+            return self._before.version_id, self._before.size
+        return None, 0
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -129,12 +181,13 @@ class _RejectSink:
 
 
 class _LineReader:
-    """The source's lines, passed through, with where the last one read lies in the object."""
+    """The source's lines, passed through, with where the last one read lies in the object
+    (`offset`: where the first of them begins)."""
 
-    def __init__(self, lines: SourceLines) -> None:
+    def __init__(self, lines: Iterable[bytes], offset: int = 0) -> None:
         self._lines = lines
-        self.start = 0  # offset of the last line read
-        self.end = 0  # offset after it: the bytes read so far
+        self.start = offset  # offset of the last line read
+        self.end = offset  # offset after it: the bytes read so far
         self.last = b""
 
     def __iter__(self) -> Iterator[bytes]:
