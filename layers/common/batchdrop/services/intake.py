@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.lines import UnreadableFileError
 from batchdrop.domain.manifest import build_manifest
-from batchdrop.domain.records import ShardPlan, SourceRef, is_folder_marker
+from batchdrop.domain.records import ShardPlan, SourceRef, SplitCheckpoint, is_folder_marker
 from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
 from batchdrop.domain.timings import stamp
@@ -101,7 +101,7 @@ class Intake:
         if is_folder_marker(source.key, size):
             logger.info("a folder marker starts no job")
             return SubmitOutcome(job_id, None)
-        status = JobStatus.RECEIVED
+        status, job = JobStatus.RECEIVED, None
         if not self._state.create_job(job_id, source, self._wired.stamp()):
             job = self._state.get_job(job_id)
             status = job.status if job else JobStatus.RECEIVED
@@ -113,7 +113,7 @@ class Intake:
             if size is not None and size > self._wired.max_file_bytes:
                 limit = self._wired.max_file_bytes
                 return self._fail(job_id, source, Split(), f"the file is {size} bytes, over the {limit} bytes taken")
-            stopped = self._split(job_id, source, size)
+            stopped = self._split(job_id, source, size, job.checkpoint if job else None)
             if stopped is not None:
                 return stopped
         else:
@@ -122,12 +122,12 @@ class Intake:
             self._creator.free_stale_lease()
         return self._submit_pending(job_id)
 
-    def _split(self, job_id: str, source: SourceRef, size: int | None) -> SubmitOutcome | None:
-        """Split the file (from its checkpoint on, if an earlier invocation stopped part-way)
+    def _split(
+        self, job_id: str, source: SourceRef, size: int | None, checkpoint: SplitCheckpoint | None
+    ) -> SubmitOutcome | None:
+        """Split the file (from its `checkpoint` on, if an earlier invocation stopped part-way)
         and record its shards; an outcome when the job does not go on to its creates here:
         it failed, or the split stopped short of time (services/segments.py)."""
-        job = self._state.get_job(job_id)
-        checkpoint = job.checkpoint if job else None
         resume = resume_from(self._wired.store, checkpoint)
         try:
             stop_now = running_short(self._seconds_left, self._wired.timings.split_reserve)
