@@ -43,7 +43,7 @@ RUNNER = {"tick_seconds": 0.5, "retry_delay_seconds": 0.05}
 SECONDS = 1.0  # the submit function's time, while it is shrunk
 # A split stops at every shard boundary (its reserve is over the function's time); the sweep
 # takes every inbox/ version and goes on at once after each invocation's deadline.
-TIMINGS = Timings(split_reserve=5.0, sweep_min_age=0.0, sweep_safety=0.0, skew=0.0)
+TIMINGS = Timings(split_reserve=5.0, sweep_min_age=0.0, sweep_safety=0.0)
 SHARD_REQUESTS = 4
 KEY = "inbox/segments/big.jsonl"
 

@@ -93,7 +93,7 @@ def sweep(world: Fakes) -> SweepReport:
 
 
 def past_the_lease(world: Fakes) -> None:
-    world.clock.advance(LEFT + TIMINGS.skew)
+    world.clock.advance(LEFT)
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,8 @@ def test_the_sweep_goes_on_only_after_the_lease_and_counts_no_try_for_a_segment_
     job_id = job_of(source)
     short_of_time(world, source)
 
-    # When a sweep comes before the invocation's deadline (less the clock skew allowed)
-    world.clock.advance(LEFT + TIMINGS.skew - 1)
+    # When a sweep comes a second before the invocation's deadline
+    world.clock.advance(LEFT - 1)
     early = sweep(world)
 
     # Then it leaves the split alone; the next one, after it, goes on, without waiting for stuck_after

@@ -76,7 +76,7 @@ class Redriver:
         if job.status is JobStatus.RECEIVED and job.checkpoint is not None:  # a split under way
             if job.split_lease is None:
                 return True
-            return self._wired.clock.now() >= parse_stamp(job.split_lease) + timedelta(seconds=timings.skew)
+            return self._wired.clock.now() >= parse_stamp(job.split_lease)
         since, bound = (
             (job.redriven_at, timings.redrive_every) if job.redriven_at else (job.created_at, timings.stuck_after)
         )
