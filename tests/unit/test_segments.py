@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -334,3 +334,23 @@ def test_a_split_with_time_to_spare_runs_in_one_go(world: Fakes) -> None:
     assert outcome.status is JobStatus.RUNNING
     assert job(world.state, outcome.job_id).checkpoint is None
     assert split_of(world, outcome.job_id) == reference()
+
+
+def test_a_gzip_checkpoint_that_is_not_a_line_start_fails_the_file_with_its_reason(world: Fakes) -> None:
+    # Given a gzip split stopped after its first segment, whose checkpoint then names a byte
+    # inside a line (the file it was taken from is not the file read)
+    source = upload(world, gzip.compress(BODY))
+    job_id = job_of(source)
+    short_of_time(world, source)
+    stopped = job(world.state, job_id)
+    assert stopped.checkpoint is not None
+    world.state.put_job(replace(stopped, checkpoint=replace(stopped.checkpoint, offset=stopped.checkpoint.offset - 1)))
+
+    # When the split goes on
+    outcome = short_of_time(world, source)
+
+    # Then the job fails, naming the checkpoint, and nothing is sent
+    assert outcome.status is JobStatus.FAILED
+    reason = job(world.state, job_id).reason or ""
+    assert f"checkpoint at byte {stopped.checkpoint.offset - 1} is not a line's start" in reason
+    assert world.batches.creates == 0
