@@ -18,7 +18,7 @@ version always begins with the checkpointed version's bytes).
 The sweep goes on with the next segment once the lease has passed (services/redrive.py),
 through Intake.submit: a plain file is read from the offset with a ranged GET; a gzip cannot
 be entered part-way, so it is inflated from the start and the bytes before the offset are
-skipped unchecked (inflating runs some ten times faster than the check)."""
+skipped unchecked (inflating runs several times faster than the check)."""
 
 from __future__ import annotations
 
