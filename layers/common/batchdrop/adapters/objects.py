@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from batchdrop.domain.lines import SourceLines
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
 PART_BYTES = 8 * 1024 * 1024  # S3's minimum is 5 MiB; 8 MiB parts reach 78 GiB within 10,000 parts
+# S3's largest part, uploaded or copied: a longer range is copied as several parts.
+MAX_COPY_PART = 5 * 1024**3
 # Parts sent at once, by as many threads, while the next one fills: uploads overlap the
 # parsing that produces them, and memory stays bounded (the part filling plus these).
 PARTS_IN_FLIGHT = 2
@@ -218,7 +221,11 @@ class MultipartWriter:
             for chunk in _read_range(self._client, source):
                 self.write(chunk)
             return
-        self._send_part(self._copy_part, source)
+        # Parts of equal size, none over S3's largest (a long rejected.jsonl carried over
+        # from one segment of a split to the next): each is at least half of it.
+        step = -(-source.size // -(-source.size // MAX_COPY_PART))
+        for start in range(source.start, source.end, step):
+            self._send_part(self._copy_part, replace(source, start=start, end=min(start + step, source.end)))
         self.size = source.size
 
     def _copy_part(self, upload_id: str, number: int, source: SourceRange) -> dict[str, Any]:

@@ -87,7 +87,10 @@ class Resume:
     def open(self, store: ObjectStore, source: SourceRef) -> tuple[SourceLines, Iterator[bytes]]:
         """The source's lines from the offset on: read from there (a ranged GET), or, for a
         gzip, inflated from the start with the lines before the offset skipped."""
-        if self.checkpoint is None or not self.checkpoint.compressed:
+        if self.checkpoint is None:
+            lines = store.lines(source.key, source.version_id)
+            return lines, iter(lines)
+        if not self.checkpoint.compressed:
             lines = store.lines(source.key, source.version_id, start=self.offset)
             return lines, iter(lines)
         lines = store.lines(source.key, source.version_id)
