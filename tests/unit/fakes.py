@@ -26,6 +26,7 @@ from batchdrop.domain.records import (
     NextAttempt,
     OpenWork,
     Outcome,
+    PipelineRef,
     ShardPlan,
     ShardRecord,
     SourceRef,
@@ -347,10 +348,10 @@ class FakeStateStore:
 
     # jobs
 
-    def create_job(self, job_id: str, source: SourceRef, created_at: str) -> bool:
+    def create_job(self, job_id: str, source: SourceRef, created_at: str, pipeline: PipelineRef | None = None) -> bool:
         if job_id in self.jobs:
             return False
-        self.jobs[job_id] = JobRecord(job_id, JobStatus.RECEIVED, source, created_at)
+        self.jobs[job_id] = JobRecord(job_id, JobStatus.RECEIVED, source, created_at, pipeline=pipeline)
         return True
 
     def get_job(self, job_id: str) -> JobRecord | None:

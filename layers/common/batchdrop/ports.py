@@ -16,6 +16,7 @@ from batchdrop.domain.records import (
     NextAttempt,
     OpenWork,
     Outcome,
+    PipelineRef,
     ShardPlan,
     ShardRecord,
     SourceRef,
@@ -135,7 +136,9 @@ class ObjectStore(Protocol):
 
 
 class StateStore(Protocol):
-    def create_job(self, job_id: str, source: SourceRef, created_at: str) -> bool: ...
+    def create_job(
+        self, job_id: str, source: SourceRef, created_at: str, pipeline: PipelineRef | None = None
+    ) -> bool: ...
 
     def get_job(self, job_id: str) -> JobRecord | None: ...
 
