@@ -608,6 +608,20 @@ def test_batch_past_expiry_alarm_fires_on_one_batch_reported_by_the_checker(temp
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
+def test_a_job_the_sweep_gives_up_on_raises_an_alarm(template: dict[str, Any]) -> None:
+    alarm = alarms(template)["StuckJobsFailedAlarm"]
+
+    assert alarm["MetricName"] == "StuckJobsFailed"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": service_name(template, "SubmitFunction")}]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    # The sweep that emits it runs every 15 minutes by default: one period holds one sweep.
+    assert alarm["Period"] == 900
+    # The handler emits the metric under this name.
+    assert 'add_metric("StuckJobsFailed"' in (ROOT / "functions" / "submit" / "app.py").read_text()
+
+
 def test_own_metric_alarms_read_the_namespace_and_service_the_functions_emit(template: dict[str, Any]) -> None:
     namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
     services = {service_name(template, name) for name in functions(template)}
@@ -615,7 +629,12 @@ def test_own_metric_alarms_read_the_namespace_and_service_the_functions_emit(tem
     own = [metric for alarm in alarms(template).values() for metric in metric_stats(alarm)]
     own = [metric for metric in own if not str(metric["Namespace"]).startswith("AWS/")]
 
-    assert {metric["MetricName"] for metric in own} == {"DuplicateBatches", "BatchesPastExpiry", "ApiKeyRefused"}
+    assert {metric["MetricName"] for metric in own} == {
+        "DuplicateBatches",
+        "BatchesPastExpiry",
+        "ApiKeyRefused",
+        "StuckJobsFailed",
+    }
     for metric in own:
         assert metric["Namespace"] == namespace
         # Powertools adds exactly one dimension, `service`; an alarm must name the same set.
