@@ -89,8 +89,7 @@ class SchemaSampler:
             choice = (plain or choices)[0]
         else:
             choice = self._rng.choice(choices)
-        rest = {key: value for key, value in schema.items() if key != combinator}
-        return {**rest, **choice}
+        return _join({key: value for key, value in schema.items() if key != combinator}, choice)
 
     def _kind(self, schema: dict[str, Any], depth: int) -> str:
         kind = schema.get("type")
@@ -174,8 +173,8 @@ def violation(value: Any, schema: Any, root: Any, rng: random.Random) -> tuple[b
 
 
 def resolve(root: Any, schema: Any) -> Any:
-    """`schema` with its `$ref` (followed to the end) joined in: the referring schema's own
-    keywords win, since a value must satisfy both. A `$ref` that points nowhere is dropped."""
+    """`schema` with its `$ref` (followed to the end) joined in, since a value must satisfy
+    both. A `$ref` that points nowhere is dropped."""
     for _ in range(_MAX_HOPS):
         if not isinstance(schema, dict) or "$ref" not in schema:
             return schema
@@ -186,8 +185,23 @@ def resolve(root: Any, schema: Any) -> Any:
         elif target is False:
             return False
         else:
-            schema = target | rest if isinstance(target, dict) else rest
+            schema = _join(target, rest) if isinstance(target, dict) else rest
     return schema
+
+
+def _join(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One schema for a value that must satisfy both: their properties joined (a property both
+    name, joined in turn) and their required names together; any other keyword from `second`."""
+    joined = first | second
+    if isinstance(first.get("properties"), dict) and isinstance(second.get("properties"), dict):
+        properties = dict(first["properties"])
+        for name, sub in second["properties"].items():
+            both = isinstance(properties.get(name), dict) and isinstance(sub, dict)
+            properties[name] = _join(properties[name], sub) if both else sub
+        joined["properties"] = properties
+    if isinstance(first.get("required"), list) and isinstance(second.get("required"), list):
+        joined["required"] = list(dict.fromkeys([*first["required"], *second["required"]]))
+    return joined
 
 
 def _pointer(root: Any, ref: Any) -> Any:

@@ -251,7 +251,19 @@ def _composite(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         st.none() | st.integers(0, 2),
     )
     choices = st.lists(inner, min_size=1, max_size=3).map(lambda options: {"anyOf": options})
-    return objects | arrays | choices
+    # An object whose anyOf choices add properties of their own: the value must satisfy both.
+    own = st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2)
+    added = st.lists(
+        st.dictionaries(st.sampled_from(["c", "d"]), inner, min_size=1, max_size=2), min_size=1, max_size=2
+    )
+    joined = st.builds(
+        lambda props, more: (
+            _object(props, sorted(props), None) | {"anyOf": [_object(extra, sorted(extra), None) for extra in more]}
+        ),
+        own,
+        added,
+    )
+    return objects | arrays | choices | joined
 
 
 SCHEMAS = st.recursive(LEAVES, _composite, max_leaves=10)
@@ -262,10 +274,11 @@ ROOTS = st.builds(
         "choice": {"anyOf": [schema, {"$ref": "#/$defs/shared"}], "$defs": {"shared": shared}},
         "property": _object({"x": {"$ref": "#/$defs/shared"}, "y": schema}, ["x", "y"], False)
         | {"$defs": {"shared": shared}},
+        "ref_and_siblings": {"$ref": "#/$defs/shared", "description": "shared", "$defs": {"shared": shared}},
     }[how],
     SCHEMAS.filter(lambda s: isinstance(s, dict)),
     SCHEMAS,
-    st.sampled_from(["plain", "ref", "choice", "property"]),
+    st.sampled_from(["plain", "ref", "choice", "property", "ref_and_siblings"]),
 ).filter(lambda root: isinstance(root, dict))
 
 
