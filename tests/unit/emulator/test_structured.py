@@ -282,7 +282,7 @@ ROOTS = st.builds(
 ).filter(lambda root: isinstance(root, dict))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(schema=ROOTS, custom_id=st.text(alphabet="abc123-_", min_size=1, max_size=8))
 def test_every_answer_conforms_to_any_schema_of_the_subset(schema: dict[str, Any], custom_id: str) -> None:
     # Given any schema of the subset (reached directly, through $ref or anyOf) and any record
@@ -297,7 +297,7 @@ def test_every_answer_conforms_to_any_schema_of_the_subset(schema: dict[str, Any
     assert result["stop_reason"] == "end_turn"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(schema=ROOTS, seed=st.integers(0, 2**32), kind=st.sampled_from(["not_json", "not_conforming"]))
 def test_a_spoilt_answer_never_passes_for_any_schema(schema: dict[str, Any], seed: int, kind: str) -> None:
     # Given a conforming value of any schema, broken on purpose where the schema has a rule to break
