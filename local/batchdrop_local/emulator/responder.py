@@ -1,9 +1,12 @@
 """The emulator's stand-in for Claude: turns one request's `params` into its `MessageBatchResult`.
 
-The built-in answer is deterministic (a digest of the params and the seed drives every choice) and
-its `usage` is faithful in shape: tokens are estimated at ~4 characters each, and prompt caching is
-emulated with a shared set of prefixes seen so far. A user responder (`--responder MODULE:CALLABLE`)
-may supply the content or the whole result instead; usage is computed the same way.
+The built-in answer is deterministic (a digest of the params and the seed drives every choice,
+with the custom_id for a schema's values) and its `usage` is faithful in shape: tokens are
+estimated at ~4 characters each, and prompt caching is emulated with a shared set of prefixes
+seen so far. A request asking for structured outputs (`output_config.format`) or forcing a tool
+gets JSON or a tool input that conforms to its schema (structured.py draws the values). A user
+responder (`--responder MODULE:CALLABLE`) may supply the content or the whole result instead;
+usage is computed the same way.
 """
 
 from __future__ import annotations
