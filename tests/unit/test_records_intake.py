@@ -134,7 +134,9 @@ def test_a_native_file_in_a_folder_whose_every_line_is_rejected_names_the_pipeli
 
 def test_a_native_file_directly_under_inbox_whose_every_line_is_rejected_has_no_pipeline_hint(world: Fakes) -> None:
     _, outcome = drop(world, "inbox/a.jsonl", b"not json\n")
-    assert "pipeline" not in world.store.get_json(manifest_key(outcome.job_id))["reason"]
+    manifest = world.store.get_json(manifest_key(outcome.job_id))
+    assert "pipeline" not in manifest["reason"]
+    assert "pipeline" not in manifest
 
 
 @pytest.mark.parametrize("key", ["inbox/tickets/a.csv", "inbox/tickets/a.CSV.gz"])
@@ -216,6 +218,7 @@ def test_an_invalid_pipeline_fails_the_file_with_each_problem(world: Fakes) -> N
     job = world.state.get_job(outcome.job_id)
     assert job is not None
     assert job.pipeline == ref
+    assert world.store.get_json(manifest_key(outcome.job_id))["pipeline"] == ref.as_dict()
 
 
 def test_a_pipeline_that_is_not_json_fails_the_file(world: Fakes) -> None:
@@ -274,6 +277,7 @@ def test_on_bad_record_fail_fails_the_file_at_its_first_bad_record_and_sends_not
     _, outcome = drop(world, "inbox/reviews/a.csv", body, limits=ShardLimits(max_requests=1))
     reason = failure(world, outcome)
     assert reason.startswith("line 3 (record 2) is rejected: too few fields")
+    assert world.store.get_json(manifest_key(outcome.job_id))["pipeline"]["key"] == "pipelines/reviews.json"
     assert "on_bad_record is fail" in reason
     assert not world.store.exists(rejected_key(outcome.job_id))
 

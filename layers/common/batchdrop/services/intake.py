@@ -200,6 +200,9 @@ class Intake:
             completed_at=now,
             reason=reason,
         )
+        job = self._state.get_job(job_id)
+        if job is not None and job.pipeline is not None:  # records mode: the pipeline version the job read
+            manifest["pipeline"] = job.pipeline.as_dict()
         store = self._wired.store
         if not split.rejected:
             store.put_json(f"errors/{job_id}/failure.json", {"job_id": job_id, "reason": reason})
