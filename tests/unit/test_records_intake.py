@@ -351,9 +351,10 @@ def test_jsonl_records_insert_non_string_values_as_json_and_reject_by_record(wor
             b'{"product": true}',
             b"[1, 2]",
             b'{"product": null, "review": "ok", "extra": 1.5}',
+            BOM + b'{"product": "bom", "review": "inside"}',
         ]
     )
-    _, outcome = drop(world, "inbox/docs/batch.jsonl", body)
+    _, outcome = drop(world, "inbox/docs/batch.jsonl", BOM + body)
 
     assert prompts(world) == {"row-000001": 'Review of 3: {"stars":[5,4]}', "row-000004": "Review of null: ok"}
     assert rows_of(world, outcome.job_id, 1) == [
@@ -363,9 +364,11 @@ def test_jsonl_records_insert_non_string_values_as_json_and_reject_by_record(wor
     assert [(r["line"], r["row"], r["custom_id"], r["fields"]) for r in rejected] == [
         (3, 2, "row-000002", {"product": "true"}),
         (4, 3, "row-000003", {}),
+        (6, 5, "row-000005", {}),
     ]
     assert rejected[0]["reason"] == 'the record has no field "review", which the prompt uses'
     assert rejected[1]["reason"] == "a record must be a JSON object, got an array"
+    assert rejected[2]["reason"].startswith("a byte order mark (BOM) begins this line")
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,8 @@ MAX_PIPELINE_BYTES: Final = 1024 * 1024
 # (".yaml": the YAML parser); until then a .yaml pipeline fails its files with that reason.
 PIPELINE_PARSERS: dict[str, Callable[[str, bytes], Pipeline]] = {".json": parse_pipeline}
 _JSONL: Final = "application/x-ndjson"
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+_BOM_INSIDE: Final = "a byte order mark (BOM) begins this line: one may begin only the file's first line"
 
 
 class FileRefusedError(ValueError):
@@ -190,12 +192,16 @@ def _csv_lines(lines: SourceLines) -> Iterator[bytes]:
 
 
 def _jsonl_records(lines: SourceLines) -> Iterator[ReadItem]:
+    """Each line read as read_jsonl reads a file's lines, numbered here: the lines come split
+    already, and one too long to hold comes as OverlongLine."""
     for number, raw in enumerate(lines, start=1):
         if isinstance(raw, OverlongLine):
             yield number, Rejection(f"the line is longer than {MAX_RECORD_LINE_BYTES} bytes")
-            continue
-        for _, item in read_jsonl(raw):
-            yield number, item
+        elif number > 1 and raw.startswith(_UTF8_BOM):  # read_jsonl drops a BOM from its first line only
+            yield number, Rejection(_BOM_INSIDE)
+        else:
+            for _, item in read_jsonl(raw):
+                yield number, item
 
 
 @dataclass(frozen=True, slots=True)
