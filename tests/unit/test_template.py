@@ -756,8 +756,9 @@ def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[st
     submit = template["Resources"]["SubmitFunction"]
     checker = template["Resources"]["CheckerFunction"]
 
-    assert s3_object_patterns(submit, "s3:GetObject") == {"inbox/*", "work/*"}
-    assert s3_object_patterns(submit, "s3:GetObjectVersion") == {"inbox/*", "work/*"}
+    # pipelines/: records mode's pipelines, read by version
+    assert s3_object_patterns(submit, "s3:GetObject") == {"inbox/*", "work/*", "pipelines/*"}
+    assert s3_object_patterns(submit, "s3:GetObjectVersion") == {"inbox/*", "work/*", "pipelines/*"}
     assert s3_object_patterns(submit, "s3:PutObject") == {
         "work/*",
         "errors/*",
@@ -779,7 +780,7 @@ def test_submit_may_list_inbox_versions_for_the_sweeper_and_nothing_else(templat
     assert may_list(submit, "s3:ListBucketVersions", "inbox/")
     assert may_list(submit, "s3:ListBucket", "inbox/")
     assert not may_list(submit, "s3:ListBucketVersions", "results/")
-    assert listable_prefixes(submit, "s3:ListBucket") == {"inbox/*", "work/*", "errors/*"}
+    assert listable_prefixes(submit, "s3:ListBucket") == {"inbox/*", "work/*", "errors/*", "pipelines/*"}
     # A cancel request is its key: nothing under cancel/ is read or listed.
     for action in ("s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"):
         assert not any(p.startswith("cancel/") for p in s3_object_patterns(submit, action))

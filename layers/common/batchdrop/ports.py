@@ -79,6 +79,16 @@ class ObjectVersion:
     size: int | None = None
 
 
+@dataclass(frozen=True)
+class SmallObject:
+    """One object version read whole in one GET (records mode's pipelines): its version id,
+    its size, and its bytes, or None when it is over the size the reader asked for (unread)."""
+
+    version_id: str
+    size: int
+    data: bytes | None
+
+
 class Body(Protocol):
     """An object's open body."""
 
@@ -118,6 +128,11 @@ class ObjectStore(Protocol):
     def open(self, key: str, version_id: str | None = None) -> tuple[int, Body]: ...
 
     def version_of(self, key: str) -> str: ...
+
+    def read_small(self, key: str, version_id: str | None = None, *, max_bytes: int) -> SmallObject | None:
+        """An object version (the current one without `version_id`) read whole, with the
+        version read; None when there is no such object or version."""
+        ...
 
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool: ...
 

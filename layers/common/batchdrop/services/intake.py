@@ -23,6 +23,14 @@ from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
+from batchdrop.services.records_intake import (
+    FileRefusedError,
+    RecordsMode,
+    RefusedMode,
+    choose_mode,
+    pinned_mode,
+    split_records,
+)
 from batchdrop.services.split import Split, split_object
 
 # Where uploads become jobs; with cancel/, the prefixes template.yaml's S3 events notify.
@@ -96,23 +104,32 @@ class Intake:
             logger.info("a folder marker starts no job")
             return SubmitOutcome(job_id, None)
         status = JobStatus.RECEIVED
-        if not self._state.create_job(job_id, source, self._wired.stamp()):
+        mode = choose_mode(self._wired.store, source.key)  # records mode: the pipeline version it pins
+        if not self._state.create_job(job_id, source, self._wired.stamp(), pipeline=mode.pipeline_ref):
             job = self._state.get_job(job_id)
             status = job.status if job else JobStatus.RECEIVED
             if status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING):
                 logger.info("duplicate event for a job already under way", extra={"status": status})
                 return SubmitOutcome(job_id, status, duplicate=True)
             logger.info("resuming an interrupted job", extra={"status": status})
+            mode = pinned_mode(self._wired.store, source.key, mode, job.pipeline if job else None)
         if status is JobStatus.RECEIVED:
             if size is not None and size > self._wired.max_file_bytes:
                 limit = self._wired.max_file_bytes
                 return self._fail(job_id, source, Split(), f"the file is {size} bytes, over the {limit} bytes taken")
+            if isinstance(mode, RefusedMode):  # records mode's pipeline refuses the file as a whole
+                return self._fail(job_id, source, Split(), mode.reason)
             try:
-                split = split_object(self._wired, job_id, source, size)
+                if isinstance(mode, RecordsMode):
+                    split = split_records(self._wired, job_id, source, mode)
+                else:
+                    split = split_object(self._wired, job_id, source, size)
             except UnreadableFileError as exc:  # the file as a whole: no retry would read it
                 return self._fail(job_id, source, Split(), f"the file cannot be read: {exc}")
+            except FileRefusedError as exc:  # records refused as a whole (a bad header, on_bad_record: fail)
+                return self._fail(job_id, source, Split(), str(exc))
             if not split.shards:
-                return self._fail(job_id, source, split)
+                return self._fail(job_id, source, split, hint=mode.hint)
             recorded = self._state.record_shards(
                 job_id,
                 split.shards,
@@ -156,13 +173,17 @@ class Intake:
             if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
-    def _fail(self, job_id: str, source: SourceRef, split: Split, refused: str | None = None) -> SubmitOutcome:
+    def _fail(
+        self, job_id: str, source: SourceRef, split: Split, refused: str | None = None, hint: str | None = None
+    ) -> SubmitOutcome:
         if refused is not None:  # the file as a whole
             reason = refused
         elif split.rejected:
             reason = f"no valid request: all {split.rejected} lines were rejected (see {rejected_key(job_id)})"
         else:
             reason = "the file holds no request (it is empty or blank)"
+        if hint is not None and refused is None:
+            reason = f"{reason}; {hint}"
         now = self._wired.stamp()
         manifest = build_manifest(
             job_id=job_id,
@@ -179,6 +200,9 @@ class Intake:
             completed_at=now,
             reason=reason,
         )
+        job = self._state.get_job(job_id)
+        if job is not None and job.pipeline is not None:  # records mode: the pipeline version the job read
+            manifest["pipeline"] = job.pipeline.as_dict()
         store = self._wired.store
         if not split.rejected:
             store.put_json(f"errors/{job_id}/failure.json", {"job_id": job_id, "reason": reason})
