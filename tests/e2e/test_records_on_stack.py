@@ -27,7 +27,7 @@ from tests.e2e.support import (
 )
 
 # This module's stack and runner (tests/e2e/conftest.py)
-STACK = {"latency": 0.1, "responder": "tests.e2e.test_records_intake:echo_prompt"}
+STACK = {"latency": 0.1, "responder": "tests.e2e.test_records_on_stack:echo_prompt"}
 RUNNER = {"tick_seconds": 0.3, "retry_delay_seconds": 0.1}
 FRESH_EMULATOR = False
 
