@@ -152,6 +152,9 @@ def test_a_csv_header_without_a_needed_field_fails_as_the_file_would(
         f"batchdrop: {sample}: its header lacks review, which pipeline reviews needs: "
         "the file would fail before anything is sent\n"
     )
+    # And the client's check renders no record of a file that would fail as a whole
+    check = check_sample(load_pipeline_file(pipeline).pipeline, sample)
+    assert (check.missing, check.trials) == (("review",), ())
 
 
 def test_a_gzipped_jsonl_sample_is_read_and_its_records_fields_compared(
