@@ -422,13 +422,15 @@ class Batchdrop:
     def output_rows(self, job: Job | JobView | str, limit: int) -> tuple[list[str], list[list[str]]]:
         """The header and the first `limit` rows of a finished records-mode job's outputs.csv,
         read as a stream (the rest is never downloaded)."""
-        import codecs
         import csv
 
         outputs = self.outputs(job)
         body = self._s3.get_object(Bucket=self.bucket, Key=outputs.csv)["Body"]
         try:
-            reader = csv.reader(codecs.getreader("utf-8-sig")(body))
+            # Split at CR and LF only (bytes' lines), never at a text's U+2028 or form feed,
+            # which a CSV leaves unquoted inside a cell.
+            lines = (line.decode("utf-8", "replace") for line in body.iter_lines(keepends=True))
+            reader = csv.reader(lines)
             header = next(reader, [])
             rows = [row for _, row in zip(range(limit), reader, strict=False)]
         finally:

@@ -51,7 +51,8 @@ output:
       reason: {type: string}
     required: [sentiment, reason]
 """
-LONG_REASON = "The reviewer praises the motor but complains at length about the noise, " * 3
+# Long, and holding a line separator (U+2028) a CSV leaves unquoted, which must not split its row
+LONG_REASON = "The reviewer praises the motor\u2028but complains at length about the noise. " * 3
 ROWS: list[dict[str, Any]] = [
     {
         "id": "r1",
@@ -274,7 +275,7 @@ def test_results_csv_and_jsonl_download_the_outputs(
     # To a file --out names
     assert main(["results", job_id, "--jsonl", "--out", "rows.jsonl"]) == 0
     capsys.readouterr()
-    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_bytes().splitlines()]
     assert rows == ROWS
     # Into a directory --out names, as JOB_ID/outputs.csv
     (tmp_path / "elsewhere").mkdir()
