@@ -24,6 +24,7 @@ from batchdrop_client.errors import (
     NotConfigured,
     NotFinished,
     PipelineConflict,
+    PipelineInvalid,
     PipelineNotFound,
     StackNotFound,
     StackNotRunning,
@@ -195,12 +196,15 @@ class Batchdrop:
 
     # --- submit -------------------------------------------------------------------------
 
-    def submit(self, path: str | Path, key: str | None = None) -> Job:
+    def submit(self, path: str | Path, key: str | None = None, *, pipeline: str | None = None) -> Job:
         """Upload a .jsonl (or .jsonl.gz) file to `key` (default inbox/<file name>): the upload
-        starts its job."""
+        starts its job. With `pipeline` (records mode), a file of records goes to
+        inbox/<pipeline>/<file name>, once the bucket is seen to hold that pipeline."""
         from batchdrop.domain.jobs import job_id_for
 
         path = Path(path)
+        if pipeline is not None:
+            key = self._records_key(path, pipeline, key)
         key = key or f"{INBOX}{path.name}"
         if not key.startswith(INBOX):
             raise InputFileError(f"key {key!r}: only keys under inbox/ start a job")
@@ -436,6 +440,23 @@ class Batchdrop:
         finally:
             body.close()
         return header, rows
+
+    def _records_key(self, path: Path, pipeline: str, key: str | None) -> str:
+        """Where a file of records for `pipeline` goes; PipelineNotFound before any upload when
+        the bucket has no such pipeline (the file would fail)."""
+        from batchdrop.domain.pipelines import pipeline_name_problem
+        from batchdrop_client.pipelines import KEY_SUFFIX, pipeline_key
+
+        if key is not None:
+            raise InputFileError("give a key or a pipeline, not both: a pipeline's files go to inbox/<pipeline>/")
+        problem = pipeline_name_problem(pipeline)
+        if problem:
+            raise PipelineInvalid(problem)
+        if not path.name.lower().removesuffix(".gz").endswith((".csv", ".jsonl")):
+            raise InputFileError(f"{path}: a file of records is .csv or .jsonl (or .gz of them)")
+        if not any(self._exists(pipeline_key(pipeline, syntax)) for syntax in KEY_SUFFIX):
+            raise PipelineNotFound(pipeline, self.bucket)
+        return f"{INBOX}{pipeline}/{path.name}"
 
     def _exists(self, key: str) -> bool:
         try:

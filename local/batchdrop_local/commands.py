@@ -70,6 +70,11 @@ def add_user_commands(commands: Any) -> None:
     submit = commands.add_parser("submit", parents=[common], help="upload a request file into inbox/")
     submit.add_argument("file", type=Path, help="a .jsonl (or .jsonl.gz) file of Batches API requests")
     submit.add_argument("--key", help="the key under the bucket (default: inbox/<file name>)")
+    submit.add_argument(
+        "--pipeline",
+        metavar="NAME",
+        help="records mode: a .csv or .jsonl of records, to inbox/NAME/<file name> (docs/records.md)",
+    )
     submit.add_argument("--wait", action="store_true", help="show the job's progress until it ends, then its summary")
     submit.add_argument("--timeout", type=float, default=3600, metavar="SECONDS", help="how long --wait waits")
     submit.set_defaults(run=_submit)
@@ -237,8 +242,10 @@ def _job_id_arg(job_id: str, parser: argparse.ArgumentParser) -> str:
 def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.key is not None and not args.key.startswith(INBOX):
         parser.error(f"--key {args.key!r}: only keys under inbox/ start a job")
+    if args.key is not None and args.pipeline is not None:
+        parser.error("--key or --pipeline, not both: a pipeline's files go to inbox/NAME/")
     client = _client(args, parser)
-    job = client.submit(args.file, key=args.key)
+    job = client.submit(args.file, key=args.key, pipeline=args.pipeline)
     print(f"uploaded s3://{job.bucket}/{job.key} (version {job.version_id})")
     print(f"job {job.job_id}: follow it with `batchdrop status {job.job_id}`", flush=True)
     if not args.wait:

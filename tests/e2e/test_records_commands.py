@@ -369,3 +369,53 @@ def test_results_flags_that_do_not_go_together_are_usage_errors(
         main(["results", user_env["records"], *args])
     assert exited.value.code == 2
     assert error in capsys.readouterr().err
+
+
+# --- submit --pipeline ----------------------------------------------------------------------
+
+
+def test_submit_with_a_pipeline_uploads_records_into_its_inbox_folder(
+    stack: LocalStack, user_env: dict[str, str], no_pipelines: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = tmp_path / "monday.csv"
+    records.write_text("review_id,product,review\nr1,blender,Loud\n")
+    s3, bucket = stack.client("s3"), stack.bucket_name
+    # Given no pipeline named reviews: nothing is uploaded, as the file would fail
+    assert main(["submit", str(records), "--pipeline", "reviews"]) == 2
+    assert "no pipeline reviews in bucket" in capsys.readouterr().err
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="inbox/reviews/").get("KeyCount") == 0
+    # When the pipeline is put, the file goes to inbox/reviews/<its name>
+    pipeline = tmp_path / "reviews.yaml"
+    pipeline.write_text(PIPELINE_YAML)
+    assert main(["pipeline", "put", str(pipeline)]) == 0
+    capsys.readouterr()
+    assert main(["submit", str(records), "--pipeline", "reviews"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"uploaded s3://{bucket}/inbox/reviews/monday.csv (version ")
+    stored = s3.get_object(Bucket=bucket, Key="inbox/reviews/monday.csv")["Body"].read()
+    assert stored == records.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["notes.txt", "--pipeline", "reviews"], "a file of records is .csv or .jsonl (or .gz of them)"),
+        (["monday.csv", "--pipeline", "a/b"], "holds a '/'"),
+    ],
+)
+def test_submit_with_a_pipeline_refuses_what_cannot_be_its_records(
+    user_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], error: str
+) -> None:
+    for name in ("notes.txt", "monday.csv"):
+        (tmp_path / name).write_text("review_id\nr1\n")
+    assert main(["submit", *args]) == 2
+    assert error in capsys.readouterr().err
+
+
+def test_submit_takes_a_key_or_a_pipeline_not_both(
+    user_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["submit", "x.csv", "--pipeline", "reviews", "--key", "inbox/x.csv"])
+    assert exited.value.code == 2
+    assert "--key or --pipeline, not both" in capsys.readouterr().err
