@@ -242,10 +242,22 @@ def test_both_a_json_and_a_yaml_pipeline_make_the_folder_ambiguous(world: Fakes)
     assert "pipelines/reviews.json and pipelines/reviews.yaml" in reason
 
 
-def test_a_yaml_pipeline_fails_its_files_until_yaml_is_read(world: Fakes) -> None:
-    put_pipeline(world, "reviews", b"model: x\n", suffix=".yaml")
+def test_a_yaml_pipeline_renders_as_its_json_form(world: Fakes) -> None:
+    yaml = f"model: {MODEL}\nmax_tokens: 50\nprompt: 'Review of {{{{product}}}}: {{{{review}}}}'\n"
+    ref = put_pipeline(world, "reviews", (yaml + "keep_fields: [product]\n").encode(), suffix=".yaml")
+    _source, outcome = drop(world, "inbox/reviews/a.csv", b"product,review\nkettle,Great\n")
+    job = world.state.get_job(outcome.job_id)
+    assert job is not None
+    assert job.pipeline == ref
+    assert prompts(world) == {"row-000001": "Review of kettle: Great"}
+
+
+def test_a_yaml_pipeline_with_a_problem_fails_its_files_naming_the_line(world: Fakes) -> None:
+    put_pipeline(world, "reviews", f"model: {MODEL}\nmax_tokens: 0\nprompt: hi\n".encode(), suffix=".yaml")
     reason = failure(world, drop(world, "inbox/reviews/a.csv", b"product,review\nkettle,Great\n")[1])
-    assert "pipelines/reviews.yaml: this form of pipeline is not read yet" in reason
+    assert "pipelines/reviews.yaml" in reason
+    assert "max_tokens" in reason
+    assert "line 2" in reason
 
 
 def test_a_header_without_the_fields_the_pipeline_names_fails_the_file(world: Fakes) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from batchdrop.domain.jobs import rejected_key
@@ -45,9 +46,11 @@ from batchdrop.services.split import Split, _ShardOut
 
 # A pipeline is a prompt and a schema, not data: a larger object is refused unread.
 MAX_PIPELINE_BYTES: Final = 1024 * 1024
-# How each form of pipeline is parsed, by suffix. YAML pipelines plug in here with one entry
-# (".yaml": the YAML parser); until then a .yaml pipeline fails its files with that reason.
-PIPELINE_PARSERS: dict[str, Callable[[str, bytes], Pipeline]] = {".json": parse_pipeline}
+# How each form of pipeline is parsed, by the suffix of its key (pipelines/<name>.json or .yaml).
+PIPELINE_PARSERS: dict[str, Callable[[str, bytes], Pipeline]] = {
+    ".json": parse_pipeline,
+    ".yaml": partial(parse_pipeline, syntax="yaml"),
+}
 _JSONL: Final = "application/x-ndjson"
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _BOM_INSIDE: Final = "a byte order mark (BOM) begins this line: one may begin only the file's first line"
@@ -136,9 +139,7 @@ def _without_pipeline(key: str, found: RecordFile) -> UploadMode:
 
 def _parsed(key: str, found: RecordFile, where: str, read: SmallObject) -> UploadMode:
     ref = PipelineRef(where, read.version_id)
-    parser = next((PIPELINE_PARSERS.get(suffix) for suffix in PIPELINE_SUFFIXES if where.endswith(suffix)), None)
-    if parser is None:
-        return RefusedMode(f"{key}: {where}: this form of pipeline is not read yet; write it as JSON", ref)
+    parser = next(PIPELINE_PARSERS[suffix] for suffix in PIPELINE_SUFFIXES if where.endswith(suffix))
     if read.data is None:
         return RefusedMode(f"{key}: {where} is {read.size} bytes, over the {MAX_PIPELINE_BYTES} a pipeline may be", ref)
     try:
