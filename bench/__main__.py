@@ -47,6 +47,7 @@ SECTIONS = {
     "cold-start": "bench.cold_start",
     "cost": "bench.cost",
     "stack": "bench.stack",
+    "outputs": "bench.outputs",
 }
 
 

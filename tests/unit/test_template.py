@@ -1053,3 +1053,12 @@ def test_every_alarm_notifies_the_topic(template: dict[str, Any]) -> None:
         assert alarm["Properties"]["AlarmActions"] == ALARM_TOPIC_ACTIONS, name
         assert alarm["Properties"]["OKActions"] == ALARM_TOPIC_ACTIONS, name
         assert alarm["Properties"]["TreatMissingData"] == "notBreaching", name
+
+
+# ---------------------------------------------------------------- records mode's outputs
+
+
+def test_checker_has_the_ephemeral_storage_records_outputs_spill_into(template: dict[str, Any]) -> None:
+    # services/outputs.py spills one shard's result lines into /tmp; docs/records.md#size
+    # states the bound this size gives (Lambda's default is 512 MB).
+    assert props(template, "CheckerFunction")["EphemeralStorage"] == {"Size": 2048}

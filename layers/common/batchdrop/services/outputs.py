@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from batchdrop.domain.jobs import rejected_key
+from batchdrop.domain.output_lines import RowsEncoder
 from batchdrop.domain.output_order import (
     OutputOrderError,
     count_problem,
@@ -28,7 +29,7 @@ from batchdrop.domain.output_order import (
     result_id,
     shard_families,
 )
-from batchdrop.domain.outputs import csv_line, header, jsonl_line, row
+from batchdrop.domain.outputs import csv_line, header, row
 from batchdrop.domain.pipelines import Pipeline, PipelineError, parse_pipeline
 from batchdrop.domain.record_readers import Rejection
 from batchdrop.domain.records import JobRecord, PipelineRef, ShardRecord
@@ -40,7 +41,7 @@ from batchdrop.ports import READ_BYTES, ObjectStore, Wiring, Writer
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 JSONL_CONTENT_TYPE = "application/x-jsonl"
 MAX_PIPELINE_BYTES = 1024 * 1024  # a pipeline is a prompt and a schema: far less than this
-_FLUSH_BYTES = 1024 * 1024  # rows gathered before they go to the writers
+_FLUSH_CHARS = 2 * 1024 * 1024  # rows gathered (both files) before they go to the writers
 
 
 def pipeline_at(store: ObjectStore, ref: PipelineRef) -> Pipeline:
@@ -112,14 +113,13 @@ class OutputsWriter:
             self._store.writer(keys["jsonl"], JSONL_CONTENT_TYPE, if_absent=True) as lines,
         ):
             table.write(csv_line(header(pipeline)))
-            csv_part, jsonl_part = bytearray(), bytearray()
+            encoded = RowsEncoder()
             for values in self._rows(job, shards, pipeline):
                 statuses[values["status"]] += 1
-                csv_part += csv_line(values)
-                jsonl_part += jsonl_line(values)
-                if len(jsonl_part) >= _FLUSH_BYTES:
-                    _flush(table, csv_part, lines, jsonl_part)
-            _flush(table, csv_part, lines, jsonl_part)
+                encoded.add(values)
+                if encoded.chars >= _FLUSH_CHARS:
+                    _flush(encoded, table, lines)
+            _flush(encoded, table, lines)
             problem = count_problem(statuses, counts, job.rejected)
             if problem is not None:
                 raise ResultsMismatchError(f"job {job.job_id}: the outputs' rows disagree with its counts: {problem}")
@@ -167,10 +167,7 @@ class OutputsWriter:
                     raise OutputOrderError(f"{key} line {number}: {exc}") from exc
 
 
-def _flush(table: Writer, csv_part: bytearray, lines: Writer, jsonl_part: bytearray) -> None:
-    if csv_part:
-        table.write(bytes(csv_part))
-        csv_part.clear()
-    if jsonl_part:
-        lines.write(bytes(jsonl_part))
-        jsonl_part.clear()
+def _flush(encoded: RowsEncoder, table: Writer, lines: Writer) -> None:
+    csv_bytes, jsonl_bytes = encoded.take()
+    table.write(csv_bytes)
+    lines.write(jsonl_bytes)
