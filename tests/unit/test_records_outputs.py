@@ -357,3 +357,36 @@ def test_a_result_for_no_row_is_refused(world: Fakes) -> None:
     assert finished[0] is not None
     with pytest.raises(ResultsMismatchError, match=r"shard 0: 1 result\(s\) for ids its rows file lacks"):
         OutputsWriter(world.wiring()).write(finished[0], finished[1], {"succeeded": 5})
+
+
+def test_a_full_tmp_is_named_with_the_job_the_shard_and_what_to_change(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    from batchdrop.services.outputs import OutputsWriter, SpillSpaceError
+
+    # Given a finished records job, and a /tmp that holds 1,000 bytes
+    job = seed_records_job(world.wiring(), reviews(8), document=pipeline_document(), per_shard=4)
+    seed_collected(world.wiring(), job, lambda cid: classified(cid, 2), lambda lines: None)
+    opened = tempfile.TemporaryFile
+
+    class Small(io.BytesIO):
+        def write(self, data: Any) -> int:
+            if self.tell() + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    def small(**options: Any) -> Any:
+        opened(**options).close()
+        return Small()
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", small)
+    found, shards = world.state.job_and_shards(job.job_id)
+    assert found is not None
+
+    # When its outputs are written, then the error says where and what to do, and nothing is written
+    with pytest.raises(SpillSpaceError, match=rf"job {job.job_id}, shard 0: /tmp filled up after [0-9,]+ bytes"):
+        OutputsWriter(world.wiring()).write(found, shards, {"succeeded": 8})
+    assert not world.store.exists(outputs_keys(job.job_id)["csv"])

@@ -15,6 +15,7 @@ second run after a crash writes the same bytes, and the first complete copy stay
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -59,14 +60,19 @@ def pipeline_at(store: ObjectStore, ref: PipelineRef) -> Pipeline:
     return parse_pipeline(name, data)
 
 
+class SpillSpaceError(OSError):
+    """The function's /tmp cannot hold one shard's results: the message names the job, the
+    shard and what to change."""
+
+
 class _Spill:
     """One shard's final result lines in an unlinked file of /tmp, found by custom_id."""
 
     def __init__(self, file: IO[bytes], shard: int) -> None:
         self._file = file
-        self._shard = shard
+        self.shard = shard
         self._places: dict[str, int] = {}  # custom_id: offset << 32 | length
-        self._offset = 0
+        self.size = 0  # bytes written
 
     def add(self, line: bytes, key: str) -> None:
         line = line.rstrip(b"\r\n")
@@ -74,10 +80,10 @@ class _Spill:
             return
         custom_id = result_id(line)
         if custom_id in self._places:
-            raise ResultsMismatchError(f"{key}: a second final result for {custom_id!r} (shard {self._shard})")
-        self._places[custom_id] = self._offset << 32 | len(line)
+            raise ResultsMismatchError(f"{key}: a second final result for {custom_id!r} (shard {self.shard})")
+        self._places[custom_id] = self.size << 32 | len(line)
         self._file.write(line)
-        self._offset += len(line)
+        self.size += len(line)
 
     def ready(self) -> None:
         self._file.flush()
@@ -85,14 +91,14 @@ class _Spill:
     def take(self, ref: RowRef) -> bytes:
         place = self._places.pop(ref.custom_id or "", None)
         if place is None:
-            raise ResultsMismatchError(f"shard {self._shard}: no result for {ref.custom_id!r} (row {ref.row})")
+            raise ResultsMismatchError(f"shard {self.shard}: no result for {ref.custom_id!r} (row {ref.row})")
         return os.pread(self._file.fileno(), place & 0xFFFFFFFF, place >> 32)
 
     def check_all_taken(self) -> None:
         if self._places:
             extra = sorted(self._places)[:3]
             raise ResultsMismatchError(
-                f"shard {self._shard}: {len(self._places)} result(s) for ids its rows file lacks, e.g. {extra}"
+                f"shard {self.shard}: {len(self._places)} result(s) for ids its rows file lacks, e.g. {extra}"
             )
 
 
@@ -146,13 +152,25 @@ class OutputsWriter:
         for index, keys in shard_families(shards):
             with tempfile.TemporaryFile(prefix=f"batchdrop-{job.job_id}-") as file:
                 spill = _Spill(file, index)
-                for key in keys:
-                    for line in self._store.lines(key):
-                        spill.add(line, key)
-                spill.ready()
+                self._load(job, spill, keys)
                 for ref in self._read_rows(rows_key(job.job_id, index)):
                     yield ref, spill.take(ref)
                 spill.check_all_taken()
+
+    def _load(self, job: JobRecord, spill: _Spill, keys: tuple[str, ...]) -> None:
+        """Stream the shard's result parts into its spill file; a full /tmp is said as such."""
+        try:
+            for key in keys:
+                for line in self._store.lines(key):
+                    spill.add(line, key)
+            spill.ready()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise SpillSpaceError(
+                f"job {job.job_id}, shard {spill.shard}: /tmp filled up after {spill.size:,} bytes of its results;"
+                " give CheckerFunction more EphemeralStorage (docs/records.md#size)"
+            ) from exc
 
     def _rejected(self, job: JobRecord) -> Iterator[RowRef]:
         if job.rejected:
