@@ -16,25 +16,27 @@ from typing import Any
 
 from batchdrop.domain.outputs import cell
 
-
-def _text(value: Any) -> str:
-    """A value as its cell's text: what outputs.cell gives, numbers without a json.dumps call
-    (the JSON text of a finite int or float is its repr; NaN and infinities never reach a row)."""
-    kind = type(value)
-    if kind is str:
-        return str(value)
-    if value is None:
-        return ""
-    if kind is int or kind is float:
-        return repr(value)
-    return cell(value)
+# What jsonl_line's json.dumps builds anew on each call, built once.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def csv_text(values: Iterable[Any]) -> str:
-    """One CSV line of a row's values (or a header's names), as text, CRLF included."""
+    """One CSV line of a row's values (or a header's names), as text, CRLF included. A cell's
+    text is what outputs.cell gives; numbers are written without a json.dumps call (the JSON
+    text of a finite int or float is its repr; NaN and infinities never reach a row)."""
     cells = []
     for value in values:
-        text = _text(value)
+        kind = type(value)
+        if kind is str:
+            text = str(value)
+        elif value is None:
+            cells.append("")
+            continue
+        elif kind is int or kind is float:
+            cells.append(repr(value))
+            continue
+        else:
+            text = cell(value)
         if '"' in text:
             text = '"' + text.replace('"', '""') + '"'
         elif "," in text or "\n" in text or "\r" in text:
@@ -53,7 +55,7 @@ class RowsEncoder:
 
     def add(self, values: Mapping[str, Any]) -> None:
         table = csv_text(values.values())
-        line = json.dumps(dict(values), ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = _JSON.encode(dict(values)) + "\n"
         self._csv.append(table)
         self._jsonl.append(line)
         self.chars += len(table) + len(line)
