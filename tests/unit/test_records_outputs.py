@@ -390,3 +390,20 @@ def test_a_full_tmp_is_named_with_the_job_the_shard_and_what_to_change(
     with pytest.raises(SpillSpaceError, match=rf"job {job.job_id}, shard 0: /tmp filled up after [0-9,]+ bytes"):
         OutputsWriter(world.wiring()).write(found, shards, {"succeeded": 8})
     assert not world.store.exists(outputs_keys(job.job_id)["csv"])
+
+
+def test_a_missing_rows_file_is_named(world: Fakes) -> None:
+    from batchdrop.domain.output_order import OutputOrderError
+    from batchdrop.domain.rows import rows_key
+    from batchdrop.services.outputs import OutputsWriter
+
+    # Given a finished records job whose second shard has no rows file
+    job = seed_records_job(world.wiring(), reviews(8), document=pipeline_document(), per_shard=4)
+    seed_collected(world.wiring(), job, lambda cid: classified(cid, 2), lambda lines: None)
+    del world.store._objects[rows_key(job.job_id, 1)]
+    found, shards = world.state.job_and_shards(job.job_id)
+    assert found is not None
+
+    # When its outputs are written, then the error names the file
+    with pytest.raises(OutputOrderError, match=rf"^work/{job.job_id}/rows-00001.jsonl: cannot be read \(KeyError"):
+        OutputsWriter(world.wiring()).write(found, shards, {"succeeded": 8})

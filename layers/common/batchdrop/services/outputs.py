@@ -177,7 +177,11 @@ class OutputsWriter:
             yield from self._read_rows(rejected_key(job.job_id))
 
     def _read_rows(self, key: str) -> Iterator[RowRef]:
-        for number, line in enumerate(self._store.lines(key), start=1):
+        try:
+            found = self._store.lines(key)
+        except Exception as exc:  # the store's own error (NoSuchKey...) does not name the key
+            raise OutputOrderError(f"{key}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        for number, line in enumerate(found, start=1):
             if line.strip():
                 try:
                     yield parse_row(line)
