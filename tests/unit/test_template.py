@@ -764,7 +764,8 @@ def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[st
         "errors/*",
         "results/*/manifest.json",
     }
-    assert s3_object_patterns(checker, "s3:GetObject") == {"work/*", "results/*"}
+    # errors/ and pipelines/: a records-mode job's rejected records and its pipeline version, for its outputs.
+    assert s3_object_patterns(checker, "s3:GetObject") == {"work/*", "results/*", "errors/*", "pipelines/*"}
     # Retry bodies go to work/<job_id>/..., result parts and manifests to results/.
     assert s3_object_patterns(checker, "s3:PutObject") == {"work/*", "results/*"}
     for function in (submit, checker):
@@ -1073,3 +1074,12 @@ def test_every_alarm_notifies_the_topic(template: dict[str, Any]) -> None:
         assert alarm["Properties"]["AlarmActions"] == ALARM_TOPIC_ACTIONS, name
         assert alarm["Properties"]["OKActions"] == ALARM_TOPIC_ACTIONS, name
         assert alarm["Properties"]["TreatMissingData"] == "notBreaching", name
+
+
+# ---------------------------------------------------------------- records mode's outputs
+
+
+def test_checker_has_the_ephemeral_storage_records_outputs_spill_into(template: dict[str, Any]) -> None:
+    # services/outputs.py spills one shard's result lines into /tmp; docs/records.md#size
+    # states the bound this size gives (Lambda's default is 512 MB).
+    assert props(template, "CheckerFunction")["EphemeralStorage"] == {"Size": 2048}
