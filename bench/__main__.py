@@ -10,6 +10,9 @@ is judged against a baseline of the same run (bench.goals):
 - results: ours' throughput at least 0.5x a plain copy's;
 - stack: the local stack's peak disk beyond the bytes its bucket holds at most 2x the file
   + 256 MB, and flat (under 4 MB of growth) while it stays up idle after a 1 GB file;
+- outputs: a records job's outputs.csv and outputs.jsonl built with peak RSS under 256 MB,
+  flat from 10,000 to 100,000 records, in at most 2x the time of a plain copy of its result
+  parts (bench.outputs);
 - and, as set in each section, the memory peaks, the checker's ticks and calls, the cold
   start and the cost.
 
@@ -47,6 +50,7 @@ SECTIONS = {
     "cold-start": "bench.cold_start",
     "cost": "bench.cost",
     "stack": "bench.stack",
+    "outputs": "bench.outputs",
 }
 
 

@@ -8,9 +8,13 @@ results, against the local stack or a deployed one (docs/local.md).
     final = bd.wait(job, timeout=600)
     for response in bd.results(job):
         print(response.custom_id, response.result.type)
+
+Records mode (docs/records.md): `bd.put_pipeline("reviews.yaml")` validates and uploads a
+pipeline; `bd.outputs(job)`, `bd.download_outputs(job, path)` and `bd.output_rows(job, 10)`
+read a finished job's outputs.csv.
 """
 
-from batchdrop_client.client import Batchdrop, CancelRequest, Job, JobList
+from batchdrop_client.client import Batchdrop, CancelRequest, Job, JobList, Outputs, PipelineObject, PutPipeline
 from batchdrop_client.errors import (
     AlreadyEnded,
     BatchdropError,
@@ -18,8 +22,12 @@ from batchdrop_client.errors import (
     InvalidJobId,
     JobNotFound,
     ManifestMissing,
+    NoOutputs,
     NotConfigured,
     NotFinished,
+    PipelineConflict,
+    PipelineInvalid,
+    PipelineNotFound,
     StackNotFound,
     StackNotRunning,
     WaitTimeout,
@@ -39,9 +47,16 @@ __all__ = [
     "JobNotFound",
     "JobView",
     "ManifestMissing",
+    "NoOutputs",
     "NotConfigured",
     "NotFinished",
+    "Outputs",
+    "PipelineConflict",
+    "PipelineInvalid",
+    "PipelineNotFound",
+    "PipelineObject",
     "Progress",
+    "PutPipeline",
     "StackNotFound",
     "StackNotRunning",
     "WaitTimeout",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batchdrop_client import environment
 from batchdrop_client.errors import (
@@ -20,8 +20,12 @@ from batchdrop_client.errors import (
     InvalidJobId,
     JobNotFound,
     ManifestMissing,
+    NoOutputs,
     NotConfigured,
     NotFinished,
+    PipelineConflict,
+    PipelineInvalid,
+    PipelineNotFound,
     StackNotFound,
     StackNotRunning,
     WaitTimeout,
@@ -57,6 +61,42 @@ class CancelRequest:
     job: JobView
     key: str
     version_id: str | None
+
+
+@dataclass(frozen=True)
+class PutPipeline:
+    """What `put_pipeline` wrote: the pipeline's name, its key and version, and the inbox/
+    folder whose files it renders."""
+
+    name: str
+    key: str
+    version_id: str | None
+    inbox: str
+
+
+@dataclass(frozen=True)
+class PipelineObject:
+    """A pipeline in the bucket, as listed."""
+
+    name: str
+    key: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A records-mode job's outputs: the keys of its outputs.csv and outputs.jsonl."""
+
+    job_id: str
+    status: str
+    csv: str
+    jsonl: str
+
+    def key(self, kind: str) -> str:
+        if kind not in ("csv", "jsonl"):
+            raise BatchdropError(f"outputs are csv or jsonl, not {kind!r}")
+        return self.csv if kind == "csv" else self.jsonl
 
 
 class JobList(list[JobView]):
@@ -156,12 +196,15 @@ class Batchdrop:
 
     # --- submit -------------------------------------------------------------------------
 
-    def submit(self, path: str | Path, key: str | None = None) -> Job:
+    def submit(self, path: str | Path, key: str | None = None, *, pipeline: str | None = None) -> Job:
         """Upload a .jsonl (or .jsonl.gz) file to `key` (default inbox/<file name>): the upload
-        starts its job."""
+        starts its job. With `pipeline` (records mode), a file of records goes to
+        inbox/<pipeline>/<file name>, once the bucket is seen to hold that pipeline."""
         from batchdrop.domain.jobs import job_id_for
 
         path = Path(path)
+        if pipeline is not None:
+            key = self._records_key(path, pipeline, key)
         key = key or f"{INBOX}{path.name}"
         if not key.startswith(INBOX):
             raise InputFileError(f"key {key!r}: only keys under inbox/ start a job")
@@ -303,6 +346,126 @@ class Batchdrop:
             self._s3.download_file(self.bucket, key, str(path))
             paths.append(path)
         return paths
+
+    # --- records mode: pipelines and outputs -----------------------------------------------
+
+    def put_pipeline(self, path: str | Path, name: str | None = None) -> PutPipeline:
+        """Validate a pipeline file (JSON or YAML by its suffix) with the layer's parser and put
+        it at pipelines/<name>.json or .yaml (name: the file's stem unless given). PipelineInvalid
+        (nothing put) when it is not valid; PipelineConflict when the name already has a
+        pipeline in the other syntax, which would leave its inbox/ folder two pipelines."""
+        from batchdrop_client.pipelines import load_pipeline_file
+
+        loaded = load_pipeline_file(path, name)
+        if self._exists(loaded.other_key):
+            raise PipelineConflict(
+                f"{loaded.path}: s3://{self.bucket}/{loaded.other_key} already holds pipeline {loaded.name}; "
+                f"one name has one pipeline: put it as {Path(loaded.other_key).name}, or delete that object first"
+            )
+        content_type = "application/json" if loaded.syntax == "json" else "application/yaml"
+        answer = self._s3.put_object(Bucket=self.bucket, Key=loaded.key, Body=loaded.text, ContentType=content_type)
+        return PutPipeline(loaded.name, loaded.key, answer.get("VersionId"), loaded.inbox)
+
+    def pipelines(self) -> list[PipelineObject]:
+        """The pipeline objects in the bucket (pipelines/<name>.json or .yaml), by name."""
+        from batchdrop_client.pipelines import KEY_SUFFIX, PIPELINES
+
+        found = []
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=PIPELINES):
+            for item in page.get("Contents", []):
+                name, dot, suffix = item["Key"].removeprefix(PIPELINES).rpartition(".")
+                if dot and "/" not in name and f".{suffix}" in KEY_SUFFIX.values():
+                    found.append(PipelineObject(name, item["Key"], item["Size"], item["LastModified"]))
+        return sorted(found, key=lambda found_one: (found_one.name, found_one.key))
+
+    def pipeline_text(self, name: str) -> list[tuple[str, bytes]]:
+        """Each key the pipeline `name` is stored under (one, unless someone wrote both syntaxes)
+        and its text; PipelineNotFound when there is none."""
+        from batchdrop_client.pipelines import KEY_SUFFIX, pipeline_key
+
+        texts = []
+        for syntax in KEY_SUFFIX:
+            key = pipeline_key(name, syntax)
+            try:
+                texts.append((key, self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
+            except self._s3.exceptions.NoSuchKey:
+                continue
+        if not texts:
+            raise PipelineNotFound(name, self.bucket)
+        return texts
+
+    def outputs(self, job: Job | JobView | str) -> Outputs:
+        """A finished records-mode job's outputs files; NoOutputs for a native-mode job (which
+        has result parts instead), NotFinished for a job that has not ended."""
+        job_id = job_id_of(job)
+        manifest = self.manifest(job_id)
+        keys = manifest.get("outputs")
+        if not isinstance(keys, dict) or not keys.get("csv") or not keys.get("jsonl"):
+            raise NoOutputs(job_id, str(manifest.get("status", "?")))
+        return Outputs(job_id, str(manifest.get("status", "?")), str(keys["csv"]), str(keys["jsonl"]))
+
+    def download_outputs(self, job: Job | JobView | str, path: str | Path, kind: str = "csv") -> Path:
+        """A finished records-mode job's outputs.csv (or `kind` "jsonl": outputs.jsonl) to `path`."""
+        outputs = self.outputs(job)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._s3.download_file(self.bucket, outputs.key(kind), str(path))
+        return path
+
+    def copy_outputs(self, job: Job | JobView | str, stream: BinaryIO, kind: str = "csv") -> Outputs:
+        """Write a finished records-mode job's outputs.csv (or outputs.jsonl) to `stream`, as it comes."""
+        outputs = self.outputs(job)
+        body = self._s3.get_object(Bucket=self.bucket, Key=outputs.key(kind))["Body"]
+        try:
+            for chunk in body.iter_chunks(64 * 1024):
+                stream.write(chunk)
+        finally:
+            body.close()
+        return outputs
+
+    def output_rows(self, job: Job | JobView | str, limit: int) -> tuple[list[str], list[list[str]]]:
+        """The header and the first `limit` rows of a finished records-mode job's outputs.csv,
+        read as a stream (the rest is never downloaded)."""
+        import csv
+
+        outputs = self.outputs(job)
+        body = self._s3.get_object(Bucket=self.bucket, Key=outputs.csv)["Body"]
+        try:
+            # Split at CR and LF only (bytes' lines), never at a text's U+2028 or form feed,
+            # which a CSV leaves unquoted inside a cell.
+            lines = (line.decode("utf-8", "replace") for line in body.iter_lines(keepends=True))
+            reader = csv.reader(lines)
+            header = next(reader, [])
+            rows = [row for _, row in zip(range(limit), reader, strict=False)]
+        finally:
+            body.close()
+        return header, rows
+
+    def _records_key(self, path: Path, pipeline: str, key: str | None) -> str:
+        """Where a file of records for `pipeline` goes; PipelineNotFound before any upload when
+        the bucket has no such pipeline (the file would fail)."""
+        from batchdrop.domain.pipelines import pipeline_name_problem
+        from batchdrop_client.pipelines import KEY_SUFFIX, pipeline_key
+
+        if key is not None:
+            raise InputFileError("give a key or a pipeline, not both: a pipeline's files go to inbox/<pipeline>/")
+        problem = pipeline_name_problem(pipeline)
+        if problem:
+            raise PipelineInvalid(problem)
+        if not path.name.lower().removesuffix(".gz").endswith((".csv", ".jsonl")):
+            raise InputFileError(f"{path}: a file of records is .csv or .jsonl (or .gz of them)")
+        if not any(self._exists(pipeline_key(pipeline, syntax)) for syntax in KEY_SUFFIX):
+            raise PipelineNotFound(pipeline, self.bucket)
+        return f"{INBOX}{pipeline}/{path.name}"
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except self._s3.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     # --- cancel -------------------------------------------------------------------------
 

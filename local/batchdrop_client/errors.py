@@ -76,3 +76,36 @@ class WaitTimeout(BatchdropError):
             f"gave up waiting after {timeout:g} s; job {job_id} goes on; follow it with `batchdrop status {job_id}`"
         )
         self.job_id, self.timeout = job_id, timeout
+
+
+# --- records mode -------------------------------------------------------------------------
+
+
+class PipelineInvalid(BatchdropError):
+    """A pipeline file that the layer's parser refuses, or a name that cannot name a pipeline;
+    the message names the file and every problem."""
+
+
+class PipelineConflict(BatchdropError):
+    """A pipeline put under one suffix when the same name has one under the other: the bucket
+    would hold two pipelines for one inbox/ folder."""
+
+
+class PipelineNotFound(BatchdropError):
+    def __init__(self, name: str, bucket: str) -> None:
+        super().__init__(
+            f"no pipeline {name} in bucket {bucket} (pipelines/{name}.json or .yaml); "
+            "`batchdrop pipeline list` lists them"
+        )
+        self.name = name
+
+
+class NoOutputs(BatchdropError):
+    """Outputs asked of a native-mode job, which has result parts instead."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id} ({status}) is a native-mode job: it has no outputs.csv or outputs.jsonl, only result "
+            f"parts; `batchdrop results {job_id} --out DIR` downloads them"
+        )
+        self.job_id = job_id

@@ -234,6 +234,7 @@ def _add_emulator(commands: Any) -> None:
     faults.add_argument("--lose-create-response", metavar="RATE[:TIMES]")
     faults.add_argument("--drop-results", metavar="RATE[:TIMES]")
     faults.add_argument("--poison", metavar="TEXT")
+    faults.add_argument("--invalid-output-rate", type=float, default=0.0, metavar="RATE")
     p.set_defaults(run=_run_emulator)
 
 
@@ -259,6 +260,7 @@ def _emulator_settings(args: argparse.Namespace) -> Any:
             and parse_rate_flag(args.lose_create_response, "--lose-create-response"),
             "drop_results": args.drop_results and parse_rate_flag(args.drop_results, "--drop-results"),
             "poison": args.poison,
+            "invalid_output": args.invalid_output_rate,
         }
     )
     return EmulatorSettings(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,7 @@ EXIT_UNREACHABLE = 3  # the stack, its bucket or its table could not be reached
 EXIT_TIMEOUT = 4  # submit --wait, status --watch: gave up waiting after --timeout
 EXIT_INTERRUPTED = 130  # Ctrl-C, as the shell reports a process SIGINT ended (128 + 2)
 _LIST_ONLY = ("--limit", "--status", "--key", "--since")
+SHOW_ROWS = 10  # results --show, without --rows
 
 
 class CommandError(BatchdropError):
@@ -68,15 +70,17 @@ def add_user_commands(commands: Any) -> None:
     submit = commands.add_parser("submit", parents=[common], help="upload a request file into inbox/")
     submit.add_argument("file", type=Path, help="a .jsonl (or .jsonl.gz) file of Batches API requests")
     submit.add_argument("--key", help="the key under the bucket (default: inbox/<file name>)")
+    submit.add_argument(
+        "--pipeline",
+        metavar="NAME",
+        help="records mode: a .csv or .jsonl of records, to inbox/NAME/<file name> (docs/records.md)",
+    )
     submit.add_argument("--wait", action="store_true", help="show the job's progress until it ends, then its summary")
     submit.add_argument("--timeout", type=float, default=3600, metavar="SECONDS", help="how long --wait waits")
     submit.set_defaults(run=_submit)
     _add_status(commands, common)
 
-    results = commands.add_parser("results", parents=[common], help="download a job's results and manifest")
-    results.add_argument("job_id")
-    results.add_argument("--out", type=Path, default=Path("results"), metavar="DIR", help="where to (./results)")
-    results.set_defaults(run=_results)
+    _add_results(commands, common)
 
     cancel = commands.add_parser(
         "cancel",
@@ -101,6 +105,75 @@ def add_user_commands(commands: Any) -> None:
     job_id.add_argument("uri", metavar="s3://BUCKET/KEY", help="the uploaded object; KEY starts with inbox/")
     job_id.add_argument("--version-id", metavar="V", help="the object's version id, as S3 answered the upload")
     job_id.set_defaults(run=_job_id)
+    _add_pipeline(commands, common)
+
+
+def _add_results(commands: Any, common: argparse.ArgumentParser) -> None:
+    results = commands.add_parser(
+        "results",
+        parents=[common],
+        help="download a job's results and manifest, or a records-mode job's outputs",
+        description=(
+            "Without a flag, download the job's manifest, result parts and rejected lines into DIR/JOB_ID/. "
+            "A records-mode job (docs/records.md) also has one row per record: --csv or --jsonl downloads "
+            "outputs.csv or outputs.jsonl (to results/JOB_ID/, or --out FILE, DIR or - for standard output), "
+            "--show prints its first rows as a table."
+        ),
+    )
+    results.add_argument("job_id")
+    results.add_argument(
+        "--out", metavar="DIR|FILE", help="where to: a directory (default ./results), or with --csv/--jsonl a file or -"
+    )
+    which = results.add_mutually_exclusive_group()
+    which.add_argument("--csv", dest="outputs", action="store_const", const="csv", help="download outputs.csv")
+    which.add_argument("--jsonl", dest="outputs", action="store_const", const="jsonl", help="download outputs.jsonl")
+    which.add_argument("--show", action="store_true", help="print the first rows of outputs.csv as a table")
+    results.add_argument("--rows", type=_limit, metavar="N", help=f"how many rows --show prints ({SHOW_ROWS})")
+    results.set_defaults(run=_results)
+
+
+def _add_pipeline(commands: Any, common: argparse.ArgumentParser) -> None:
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="records mode's pipelines: check one, put it in the bucket, list or show them",
+        description=(
+            "A pipeline (docs/records.md) turns each record of a .csv or .jsonl dropped into inbox/NAME/ into "
+            "one request; it lives at pipelines/NAME.json or pipelines/NAME.yaml in the bucket."
+        ),
+    )
+    verbs = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="COMMAND")
+    put = verbs.add_parser(
+        "put",
+        parents=[common],
+        help="validate a pipeline file and put it in the bucket",
+        description=(
+            "Validate FILE (JSON or YAML, by its suffix) as the submit function will, then put it at "
+            "pipelines/NAME.json or .yaml (a .yml file goes to .yaml). Nothing is put if it is not valid, "
+            "or if NAME already has a pipeline in the other syntax."
+        ),
+    )
+    put.add_argument("file", type=Path, help="a .json, .yaml or .yml pipeline")
+    put.add_argument("--name", help="the pipeline's name, the inbox/ folder it renders (default: the file's stem)")
+    put.set_defaults(run=_pipeline_put)
+    check = verbs.add_parser(
+        "check",
+        help="validate a pipeline file, and try it on a sample; needs no stack",
+        description=(
+            "Validate FILE as the submit function will. With --sample, also compare the fields the pipeline "
+            "needs with the sample's (a CSV's header, a JSONL's first records) and print the requests its "
+            "first records render to, and each rejected record with its line and reason. Nothing is sent."
+        ),
+    )
+    check.add_argument("file", type=Path, help="a .json, .yaml or .yml pipeline")
+    check.add_argument("--name", help="the pipeline's name (default: the file's stem)")
+    check.add_argument("--sample", type=Path, metavar="DATA", help="a local .csv, .jsonl, .csv.gz or .jsonl.gz file")
+    check.add_argument("--rows", type=_limit, default=3, metavar="N", help="how many records to render (3)")
+    check.set_defaults(run=_pipeline_check)
+    listing = verbs.add_parser("list", parents=[common], help="the pipelines in the bucket")
+    listing.set_defaults(run=_pipeline_list)
+    show = verbs.add_parser("show", parents=[common], help="print a pipeline as stored in the bucket")
+    show.add_argument("name")
+    show.set_defaults(run=_pipeline_show)
 
 
 def _add_status(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -169,8 +242,10 @@ def _job_id_arg(job_id: str, parser: argparse.ArgumentParser) -> str:
 def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.key is not None and not args.key.startswith(INBOX):
         parser.error(f"--key {args.key!r}: only keys under inbox/ start a job")
+    if args.key is not None and args.pipeline is not None:
+        parser.error("--key or --pipeline, not both: a pipeline's files go to inbox/NAME/")
     client = _client(args, parser)
-    job = client.submit(args.file, key=args.key)
+    job = client.submit(args.file, key=args.key, pipeline=args.pipeline)
     print(f"uploaded s3://{job.bucket}/{job.key} (version {job.version_id})")
     print(f"job {job.job_id}: follow it with `batchdrop status {job.job_id}`", flush=True)
     if not args.wait:
@@ -352,16 +427,27 @@ def _counts_text(counts: Mapping[str, int]) -> str:
 
 def _results(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     job_id = _job_id_arg(args.job_id, parser)
+    if args.rows is not None and not args.show:
+        parser.error("--rows is how many rows --show prints: add --show")
+    if args.show and args.out is not None:
+        parser.error("--show prints to the terminal; --out goes with --csv, --jsonl or no flag")
+    if args.show:
+        return _show_outputs(_client(args, parser), job_id, SHOW_ROWS if args.rows is None else args.rows)
+    if args.outputs:
+        return _download_outputs(_client(args, parser), job_id, args.outputs, args.out)
+    if args.out == "-":
+        parser.error("--out - (standard output) goes with --csv or --jsonl")
+    out = Path(args.out or "results")
     client = _client(args, parser)
     manifest = client.manifest(job_id)
-    paths = client.download(job_id, args.out)
+    paths = client.download(job_id, out)
     counts = manifest["counts"]
     print(f"job {job_id}: {manifest['status']}")
     print("  " + ", ".join(f"{counts[k]} {k}" for k in counts))
     if "cost" in manifest:
         cost = manifest["cost"]
         print(f"  cost ${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard)")
-    print(f"  {len(paths)} files in {args.out / job_id}/")
+    print(f"  {len(paths)} files in {out / job_id}/")
     return EXIT_OK
 
 
@@ -373,6 +459,126 @@ def _cancel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     job = request.job
     print(f"cancel requested for job {job_id} ({job.status}, source {job.source['key']}): wrote {written}")
     print(f"the job will end CANCELED with its results so far; follow it with `batchdrop status {job_id}`")
+    return EXIT_OK
+
+
+# --- records mode: outputs and pipelines ---------------------------------------------
+
+
+def _download_outputs(client: Batchdrop, job_id: str, kind: str, out: str | None) -> int:
+    """results --csv/--jsonl: the file to results/JOB_ID/, to --out (a file, or a directory that
+    gets JOB_ID/outputs.csv as plain `results` lays it out), or to standard output (--out -)."""
+    name = f"outputs.{kind}"
+    if out == "-":
+        client.copy_outputs(job_id, sys.stdout.buffer, kind)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    target = Path(out) if out else Path("results") / job_id / name
+    if target.is_dir():
+        target = target / job_id / name
+    outputs = client.outputs(job_id)
+    client.download_outputs(job_id, target, kind)
+    print(f"job {job_id}: {outputs.status}; wrote {target} (s3://{client.bucket}/{outputs.key(kind)})")
+    return EXIT_OK
+
+
+def _show_outputs(client: Batchdrop, job_id: str, rows: int) -> int:
+    """results --show: the first rows of outputs.csv, aligned to the terminal's width."""
+    from batchdrop_client.table import format_table
+
+    outputs = client.outputs(job_id)
+    header, shown = client.output_rows(job_id, rows)
+    width = shutil.get_terminal_size((120, 24)).columns
+    for line in format_table(header, shown, width):
+        print(line)
+    what = "no rows" if not shown else f"the first {len(shown)} {'row' if len(shown) == 1 else 'rows'}"
+    print(
+        f"({what} of s3://{client.bucket}/{outputs.csv}, job {job_id} {outputs.status}; "
+        f"`batchdrop results {job_id} --csv` downloads it all)"
+    )
+    return EXIT_OK
+
+
+def _pipeline_put(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from batchdrop_client.pipelines import load_pipeline_file
+
+    load_pipeline_file(args.file, args.name)  # an invalid file is refused before the stack is looked for
+    client = _client(args, parser)
+    put = client.put_pipeline(args.file, args.name)
+    version = f" (version {put.version_id})" if put.version_id else ""
+    print(f"put pipeline {put.name} at s3://{client.bucket}/{put.key}{version}")
+    print(f"drop .csv or .jsonl files (or their .gz) into s3://{client.bucket}/{put.inbox} to run it")
+    return EXIT_OK
+
+
+def _pipeline_check(args: argparse.Namespace, _parser: argparse.ArgumentParser) -> int:
+    from batchdrop_client.pipelines import check_sample, load_pipeline_file
+
+    loaded = load_pipeline_file(args.file, args.name)
+    pipeline = loaded.pipeline
+    columns = ", ".join(pipeline.answer_columns())
+    answer = "text" if pipeline.answer_schema is None else f"by {pipeline.output} (columns {columns})"
+    needs = ", ".join(pipeline.needed_fields()) or "no field"
+    print(f"{loaded.path}: pipeline {loaded.name} is valid: model {pipeline.model}, answer {answer}, reads {needs}")
+    if args.sample is None:
+        return EXIT_OK
+    sample = check_sample(pipeline, args.sample, args.rows)
+    source = "header" if sample.kind == "csv" else "first records"
+    print(f"{sample.path}: fields ({source}): {', '.join(sample.fields) or 'none'}")
+    if sample.missing and sample.kind == "csv":
+        raise CommandError(
+            f"{sample.path}: its header lacks {', '.join(sample.missing)}, which pipeline {loaded.name} needs: "
+            "the file would fail before anything is sent"
+        )
+    if sample.missing:
+        print(f"warning: no record read has {', '.join(sample.missing)}; records without them are rejected")
+    return _print_trials(sample.trials, pipeline.on_bad_record, sample.path)
+
+
+def _print_trials(trials: Any, on_bad_record: str, path: Path) -> int:
+    from batchdrop_client.pipelines import pretty_request
+
+    first_rejected = None
+    for trial in trials:
+        if isinstance(trial.request, bytes):
+            print(f"line {trial.line}: request")
+            print(pretty_request(trial.request))
+        else:
+            first_rejected = first_rejected or trial.line
+            print(f"line {trial.line}: rejected: {trial.request.reason}")
+    print(f"({len(trials)} {'record' if len(trials) == 1 else 'records'} rendered; nothing sent)")
+    if first_rejected is not None and on_bad_record == "fail":
+        raise CommandError(f"{path}: line {first_rejected} is rejected, and on_bad_record is fail: the file would fail")
+    return EXIT_OK
+
+
+def _pipeline_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    client = _client(args, parser)
+    found = client.pipelines()
+    if not found:
+        print(f"no pipelines in s3://{client.bucket}/pipelines/ (`batchdrop pipeline put FILE` adds one)")
+        return EXIT_OK
+    names = [item.name for item in found]
+    print(f"{'name':<30} {'size':>8}  {'modified':<20}  key")
+    for item in found:
+        modified = item.last_modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        note = "  (two pipelines for one name: remove one)" if names.count(item.name) > 1 else ""
+        print(f"{item.name:<30} {item.size:>8}  {modified:<20}  {item.key}{note}")
+    return EXIT_OK
+
+
+def _pipeline_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from batchdrop.domain.pipelines import pipeline_name_problem
+
+    problem = pipeline_name_problem(args.name)
+    if problem:
+        raise UsageError(problem)
+    client = _client(args, parser)
+    for key, text in client.pipeline_text(args.name):
+        print(f"# s3://{client.bucket}/{key}", file=sys.stderr, flush=True)
+        sys.stdout.write(text.decode("utf-8", "replace"))
+        if not text.endswith(b"\n"):
+            sys.stdout.write("\n")
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ from batchdrop.domain.records import (
     NextAttempt,
     OpenWork,
     Outcome,
+    PipelineRef,
     ShardPlan,
     ShardRecord,
     SourceRef,
@@ -42,7 +43,7 @@ from batchdrop.domain.states import (
 )
 from batchdrop.domain.timings import parse_stamp, stamp
 from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError, ProviderUnavailableError
-from batchdrop.ports import ObjectVersion, RecentBatches, SourceRange, Wiring
+from batchdrop.ports import ObjectVersion, RecentBatches, SmallObject, SourceRange, Wiring
 
 START = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 MODEL = "claude-haiku-4-5"
@@ -147,6 +148,7 @@ class FakeObjectStore:
         self._objects: dict[str, list[StoredVersion]] = {}
         self._versions = itertools.count(1)
         self._lock = threading.Lock()  # the split copies and closes shards from its own threads
+        self.small_reads: list[tuple[str, str | None]] = []  # read_small's calls: (key, version asked)
         self.line_reads: list[tuple[str, int]] = []  # (key, start) of each `lines` call
 
     # what tests use
@@ -211,6 +213,15 @@ class FakeObjectStore:
 
     def version_of(self, key: str) -> str:
         return self._current(key).version_id
+
+    def read_small(self, key: str, version_id: str | None = None, *, max_bytes: int) -> SmallObject | None:
+        self.small_reads.append((key, version_id))
+        try:
+            version = self._version(key, version_id)
+        except KeyError:
+            return None
+        data = version.data if len(version.data) <= max_bytes else None
+        return SmallObject(version.version_id, len(version.data), data)
 
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool:
         body = json.dumps(document, indent=2, ensure_ascii=False).encode()
@@ -351,10 +362,10 @@ class FakeStateStore:
 
     # jobs
 
-    def create_job(self, job_id: str, source: SourceRef, created_at: str) -> bool:
+    def create_job(self, job_id: str, source: SourceRef, created_at: str, pipeline: PipelineRef | None = None) -> bool:
         if job_id in self.jobs:
             return False
-        self.jobs[job_id] = JobRecord(job_id, JobStatus.RECEIVED, source, created_at)
+        self.jobs[job_id] = JobRecord(job_id, JobStatus.RECEIVED, source, created_at, pipeline=pipeline)
         return True
 
     def get_job(self, job_id: str) -> JobRecord | None:

@@ -25,6 +25,7 @@ NOT_AT_IMPORT = (
     "pydantic",  # the SDK's models
     "batchdrop_local",  # local tooling is never shipped, so it must never be imported
     "aws_lambda_powertools.utilities.data_classes",  # some thirty event modules for one S3Event
+    "yaml",  # read only when a records file's pipeline is YAML
 )
 
 CHILD = """

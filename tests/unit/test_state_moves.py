@@ -21,7 +21,16 @@ from cfnlint.decode import decode_str
 from moto import mock_aws
 
 from batchdrop.adapters.state import StateTable
-from batchdrop.domain.records import JobRecord, NextAttempt, Outcome, ShardPlan, ShardRecord, SourceRef, SplitCheckpoint
+from batchdrop.domain.records import (
+    JobRecord,
+    NextAttempt,
+    Outcome,
+    PipelineRef,
+    ShardPlan,
+    ShardRecord,
+    SourceRef,
+    SplitCheckpoint,
+)
 from batchdrop.domain.states import JOB_NEXT, SHARD_NEXT, JobStatus, ShardState, TransitionError
 from batchdrop.ports import StateStore
 from tests.unit.fakes import FakeStateStore
@@ -599,6 +608,26 @@ def test_a_job_is_created_once(both: Both) -> None:
     source = SourceRef("bucket", "inbox/x.jsonl", "v1")
     assert both.same(lambda store: store.create_job(both.job_id, source, SENT_AT)) is True
     assert both.same(lambda store: store.create_job(both.job_id, source, ANOTHER_INTENT)) is False
+
+
+def test_a_records_job_keeps_the_pipeline_version_it_was_created_with(both: Both) -> None:
+    source = SourceRef("bucket", "inbox/reviews/x.csv", "v1")
+    first, later = PipelineRef("pipelines/reviews.json", "p1"), PipelineRef("pipelines/reviews.json", "p2")
+    assert both.same(lambda store: store.create_job(both.job_id, source, SENT_AT, first)) is True
+    assert both.same(lambda store: store.create_job(both.job_id, source, SENT_AT, later)) is False
+    for store in both.stores:
+        job = store.get_job(both.job_id)
+        assert job is not None
+        assert job.pipeline == first
+
+
+def test_a_native_job_has_no_pipeline(both: Both) -> None:
+    source = SourceRef("bucket", "inbox/x.jsonl", "v1")
+    assert both.same(lambda store: store.create_job(both.job_id, source, SENT_AT)) is True
+    for store in both.stores:
+        job = store.get_job(both.job_id)
+        assert job is not None
+        assert job.pipeline is None
 
 
 def test_shards_are_recorded_only_once(both: Both) -> None:

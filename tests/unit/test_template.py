@@ -608,6 +608,20 @@ def test_batch_past_expiry_alarm_fires_on_one_batch_reported_by_the_checker(temp
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
+def test_a_job_the_sweep_gives_up_on_raises_an_alarm(template: dict[str, Any]) -> None:
+    alarm = alarms(template)["StuckJobsFailedAlarm"]
+
+    assert alarm["MetricName"] == "StuckJobsFailed"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": service_name(template, "SubmitFunction")}]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    # The sweep that emits it runs every 15 minutes by default: one period holds one sweep.
+    assert alarm["Period"] == 900
+    # The handler emits the metric under this name.
+    assert 'add_metric("StuckJobsFailed"' in (ROOT / "functions" / "submit" / "app.py").read_text()
+
+
 def test_own_metric_alarms_read_the_namespace_and_service_the_functions_emit(template: dict[str, Any]) -> None:
     namespace = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
     services = {service_name(template, name) for name in functions(template)}
@@ -615,7 +629,12 @@ def test_own_metric_alarms_read_the_namespace_and_service_the_functions_emit(tem
     own = [metric for alarm in alarms(template).values() for metric in metric_stats(alarm)]
     own = [metric for metric in own if not str(metric["Namespace"]).startswith("AWS/")]
 
-    assert {metric["MetricName"] for metric in own} == {"DuplicateBatches", "BatchesPastExpiry", "ApiKeyRefused"}
+    assert {metric["MetricName"] for metric in own} == {
+        "DuplicateBatches",
+        "BatchesPastExpiry",
+        "ApiKeyRefused",
+        "StuckJobsFailed",
+    }
     for metric in own:
         assert metric["Namespace"] == namespace
         # Powertools adds exactly one dimension, `service`; an alarm must name the same set.
@@ -737,14 +756,16 @@ def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[st
     submit = template["Resources"]["SubmitFunction"]
     checker = template["Resources"]["CheckerFunction"]
 
-    assert s3_object_patterns(submit, "s3:GetObject") == {"inbox/*", "work/*"}
-    assert s3_object_patterns(submit, "s3:GetObjectVersion") == {"inbox/*", "work/*"}
+    # pipelines/: records mode's pipelines, read by version
+    assert s3_object_patterns(submit, "s3:GetObject") == {"inbox/*", "work/*", "pipelines/*"}
+    assert s3_object_patterns(submit, "s3:GetObjectVersion") == {"inbox/*", "work/*", "pipelines/*"}
     assert s3_object_patterns(submit, "s3:PutObject") == {
         "work/*",
         "errors/*",
         "results/*/manifest.json",
     }
-    assert s3_object_patterns(checker, "s3:GetObject") == {"work/*", "results/*"}
+    # errors/ and pipelines/: a records-mode job's rejected records and its pipeline version, for its outputs.
+    assert s3_object_patterns(checker, "s3:GetObject") == {"work/*", "results/*", "errors/*", "pipelines/*"}
     # Retry bodies go to work/<job_id>/..., result parts and manifests to results/.
     assert s3_object_patterns(checker, "s3:PutObject") == {"work/*", "results/*"}
     for function in (submit, checker):
@@ -760,7 +781,7 @@ def test_submit_may_list_inbox_versions_for_the_sweeper_and_nothing_else(templat
     assert may_list(submit, "s3:ListBucketVersions", "inbox/")
     assert may_list(submit, "s3:ListBucket", "inbox/")
     assert not may_list(submit, "s3:ListBucketVersions", "results/")
-    assert listable_prefixes(submit, "s3:ListBucket") == {"inbox/*", "work/*", "errors/*"}
+    assert listable_prefixes(submit, "s3:ListBucket") == {"inbox/*", "work/*", "errors/*", "pipelines/*"}
     # A cancel request is its key: nothing under cancel/ is read or listed.
     for action in ("s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"):
         assert not any(p.startswith("cancel/") for p in s3_object_patterns(submit, action))
@@ -1053,3 +1074,12 @@ def test_every_alarm_notifies_the_topic(template: dict[str, Any]) -> None:
         assert alarm["Properties"]["AlarmActions"] == ALARM_TOPIC_ACTIONS, name
         assert alarm["Properties"]["OKActions"] == ALARM_TOPIC_ACTIONS, name
         assert alarm["Properties"]["TreatMissingData"] == "notBreaching", name
+
+
+# ---------------------------------------------------------------- records mode's outputs
+
+
+def test_checker_has_the_ephemeral_storage_records_outputs_spill_into(template: dict[str, Any]) -> None:
+    # services/outputs.py spills one shard's result lines into /tmp; docs/records.md#size
+    # states the bound this size gives (Lambda's default is 512 MB).
+    assert props(template, "CheckerFunction")["EphemeralStorage"] == {"Size": 2048}

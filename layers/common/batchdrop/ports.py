@@ -16,6 +16,7 @@ from batchdrop.domain.records import (
     NextAttempt,
     OpenWork,
     Outcome,
+    PipelineRef,
     ShardPlan,
     ShardRecord,
     SourceRef,
@@ -79,6 +80,16 @@ class ObjectVersion:
     size: int | None = None
 
 
+@dataclass(frozen=True)
+class SmallObject:
+    """One object version read whole in one GET (records mode's pipelines): its version id,
+    its size, and its bytes, or None when it is over the size the reader asked for (unread)."""
+
+    version_id: str
+    size: int
+    data: bytes | None
+
+
 class Body(Protocol):
     """An object's open body."""
 
@@ -121,6 +132,11 @@ class ObjectStore(Protocol):
 
     def version_of(self, key: str) -> str: ...
 
+    def read_small(self, key: str, version_id: str | None = None, *, max_bytes: int) -> SmallObject | None:
+        """An object version (the current one without `version_id`) read whole, with the
+        version read; None when there is no such object or version."""
+        ...
+
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool: ...
 
     def get_json(self, key: str) -> Any: ...
@@ -138,7 +154,9 @@ class ObjectStore(Protocol):
 
 
 class StateStore(Protocol):
-    def create_job(self, job_id: str, source: SourceRef, created_at: str) -> bool: ...
+    def create_job(
+        self, job_id: str, source: SourceRef, created_at: str, pipeline: PipelineRef | None = None
+    ) -> bool: ...
 
     def get_job(self, job_id: str) -> JobRecord | None: ...
 

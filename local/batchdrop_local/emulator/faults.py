@@ -11,8 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Endpoint = Literal["create", "retrieve", "list", "cancel", "delete", "results", "*"]
-ENDPOINTS: tuple[str, ...] = ("create", "retrieve", "list", "cancel", "delete", "results", "*")
+from batchdrop_local.emulator.structured import InvalidKind
+
+Endpoint = Literal["create", "retrieve", "list", "cancel", "delete", "results", "count_tokens", "*"]
+ENDPOINTS: tuple[str, ...] = ("create", "retrieve", "list", "cancel", "delete", "results", "count_tokens", "*")
 TransientError = Literal["api_error", "overloaded_error"]
 
 # The error type the real API pairs with each status it sends.
@@ -66,6 +68,9 @@ class FaultSettings(BaseModel):
     # is refused, 400 `invalid_request_error` naming that request: as the API refuses a body
     # it will never take, such as one holding an integer beyond 64 bits.
     poison: str | None = Field(default=None, min_length=1)
+    # Share of structured answers (output_config.format json_schema, or a forced tool) that come
+    # back spoilt: half of them not JSON (no tool call, for a tool), half not conforming.
+    invalid_output: float = Field(default=0.0, ge=0, le=1)
 
 
 class _Draw:
@@ -146,6 +151,18 @@ class FaultInjector:
             self._count("expired")
             return ("expired", None)
         return None
+
+    def invalid_output(self, custom_id: str, attempt: int) -> InvalidKind | None:
+        """How a structured answer is spoilt, if it is: drawn like `request_outcome` (seed,
+        custom_id, attempt) but from a stream of its own, so the two rates do not interact."""
+        rate = self.settings.invalid_output
+        digest = hashlib.sha256(f"{self.seed}:invalid_output:{custom_id}:{attempt}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64
+        if point >= rate:
+            return None
+        kind: InvalidKind = "not_json" if point < rate / 2 else "not_conforming"
+        self._count(f"invalid_output_{kind}")
+        return kind
 
     def _once(self, draw: _Draw, kind: str) -> bool:
         with self._lock:

@@ -1,9 +1,12 @@
 """The emulator's stand-in for Claude: turns one request's `params` into its `MessageBatchResult`.
 
-The built-in answer is deterministic (a digest of the params and the seed drives every choice) and
-its `usage` is faithful in shape: tokens are estimated at ~4 characters each, and prompt caching is
-emulated with a shared set of prefixes seen so far. A user responder (`--responder MODULE:CALLABLE`)
-may supply the content or the whole result instead; usage is computed the same way.
+The built-in answer is deterministic (a digest of the params and the seed drives every choice,
+with the custom_id for a schema's values) and its `usage` is faithful in shape: tokens are
+estimated at ~4 characters each, and prompt caching is emulated with a shared set of prefixes
+seen so far. A request asking for structured outputs (`output_config.format`) or forcing a tool
+gets JSON or a tool input that conforms to its schema (structured.py draws the values). A user
+responder (`--responder MODULE:CALLABLE`) may supply the content or the whole result instead;
+usage is computed the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from batchdrop_local.emulator.structured import InvalidKind, SchemaSampler, output_schema, violation
 from batchdrop_local.emulator.wire import derived_id
 
 CHARS_PER_TOKEN = 4
@@ -73,30 +77,35 @@ class Responder:
         self._seed = seed
         self._user = user
 
-    def result(self, params: dict[str, Any], *, custom_id: str, message_id: str) -> dict[str, Any]:
-        """The MessageBatchResult for one request, as a JSON-ready dict."""
+    def result(
+        self, params: dict[str, Any], *, custom_id: str, message_id: str, invalid_output: InvalidKind | None = None
+    ) -> dict[str, Any]:
+        """The MessageBatchResult for one request, as a JSON-ready dict; `invalid_output` spoils a
+        structured answer of the built-in responder (not JSON, or not conforming)."""
         if self._user is None:
-            return self._succeeded(params, message_id, self._generate(params))
+            return self._succeeded(params, message_id, self._generate(params, custom_id, invalid_output))
         answer = self._user(params, custom_id)
         if isinstance(answer, str):
             answer = [{"type": "text", "text": answer}]
         if isinstance(answer, list):
             return self._succeeded(params, message_id, _user_answer(answer))
         if isinstance(answer, dict) and answer.get("type") in RESULT_TYPES:
-            return self._custom_result(params, message_id, answer)
+            return self._custom_result(params, custom_id, message_id, answer)
         raise TypeError(
             "a responder must return a str, a list of content blocks or a result dict whose "
             f"type is one of {', '.join(RESULT_TYPES)}; got {answer!r:.200}"
         )
 
-    def _custom_result(self, params: dict[str, Any], message_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    def _custom_result(
+        self, params: dict[str, Any], custom_id: str, message_id: str, result: dict[str, Any]
+    ) -> dict[str, Any]:
         kind = result["type"]
         if kind == "errored":
             return {"type": "errored", "error": _error_envelope(result.get("error"))}
         if kind != "succeeded":
             return {"type": kind}
         given = result.get("message") or {}
-        answer = _user_answer(given["content"]) if "content" in given else self._generate(params)
+        answer = _user_answer(given["content"]) if "content" in given else self._generate(params, custom_id)
         message = self._succeeded(params, message_id, answer)["message"]
         usage = message["usage"] | (given.get("usage") or {})
         return {"type": "succeeded", "message": message | given | {"usage": usage}}
@@ -115,7 +124,12 @@ class Responder:
         }
         return {"type": "succeeded", "message": message}
 
-    def _generate(self, params: dict[str, Any]) -> _Answer:
+    def structured(self, params: dict[str, Any]) -> bool:
+        """Whether the built-in responder answers `params` in a shape a schema sets (structured
+        outputs or a forced tool): the answers the `invalid_output` fault can spoil."""
+        return self._user is None and (_forced_tool(params) is not None or output_schema(params) is not None)
+
+    def _generate(self, params: dict[str, Any], custom_id: str, invalid: InvalidKind | None = None) -> _Answer:
         digest = _digest(params, self._seed)
         rng = random.Random(digest)
         snippet = _snippet(_last_user_text(params["messages"]))
@@ -124,13 +138,16 @@ class Responder:
             signature = base64.b64encode(hashlib.sha512(b"signature:" + digest).digest())
             thought = _prose(f"Emulated thinking about '{snippet}':", rng)
             planned.append({"type": "thinking", "thinking": thought, "signature": signature.decode()})
+        # A schema's values vary with the custom_id too: records rendered alike still differ.
+        values = random.Random(digest + b":" + custom_id.encode())
         tool = _forced_tool(params)
-        if tool is None:
-            planned.append({"type": "text", "text": _prose(f"Emulated reply to: '{snippet}'.", rng)})
-        else:
-            tool_id = derived_id("toolu_", digest.hex(), tool["name"])
-            tool_input = _sample_object(tool.get("input_schema") or {}, rng)
-            planned.append({"type": "tool_use", "id": tool_id, "name": tool["name"], "input": tool_input})
+        schema = output_schema(params)
+        block = None
+        if tool is not None:
+            block = _tool_use(tool, digest, values, invalid)
+        elif schema is not None:
+            block = _structured_text(schema, values, invalid)
+        planned.append(block or {"type": "text", "text": _prose(f"Emulated reply to: '{snippet}'.", rng)})
         return _within_limits(planned, params["max_tokens"], params.get("stop_sequences"))
 
     def _usage(self, params: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,6 +197,12 @@ class Responder:
         for key, _, _ in breakpoints:
             self._cache.add(key)
         return total, read, created
+
+
+def prompt_tokens(params: dict[str, Any]) -> int:
+    """Every input token of `params` (what `count_tokens` answers): the sum of a result's
+    `input_tokens`, `cache_creation_input_tokens` and `cache_read_input_tokens`."""
+    return sum(_block_tokens(_without_cache_control(block)) for _, block in _prompt_blocks(params))
 
 
 def _user_answer(content: list[dict[str, Any]]) -> _Answer:
@@ -264,9 +287,12 @@ def _without_cache_control(block: Any) -> Any:
 
 
 def _prompt_blocks(params: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """(role, block) in the order the API reads a prompt: tools, system, then messages."""
+    """(role, block) in the order the API reads a prompt: tools, the output format, system,
+    then messages. The format's schema counts as input, as the API turns it into a prompt."""
     for tool in params.get("tools") or []:
         yield "tools", tool
+    if output_schema(params) is not None:
+        yield "output_config", params["output_config"]["format"]
     system = params.get("system")
     if isinstance(system, list):
         for block in system:
@@ -327,55 +353,31 @@ def _forced_tool(params: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _sample_object(schema: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """An object with every required property and a random half of the optional ones."""
-    properties = schema.get("properties") or {}
-    required = schema.get("required") or []
-    names = [*properties, *(name for name in required if name not in properties)]
-    return {name: _sample(properties.get(name, {}), rng) for name in names if name in required or rng.random() < 0.5}
-
-
-def _sample(schema: Any, rng: random.Random) -> Any:
-    """A value satisfying `schema`, for the JSON Schema subset tool definitions use."""
-    if not isinstance(schema, dict):
-        return "emulated"
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return rng.choice(schema["enum"])
-    for combinator in ("anyOf", "oneOf"):
-        if schema.get(combinator):
-            return _sample(schema[combinator][0], rng)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
-    match kind:
-        case "object":
-            return _sample_object(schema, rng)
-        case "array":
-            count = max(1, schema.get("minItems", 0))
-            count = min(count, schema.get("maxItems", count))
-            return [_sample(schema.get("items", {}), rng) for _ in range(count)]
-        case "integer" | "number":
-            return _sample_number(schema, rng, integer=kind == "integer")
-        case "boolean":
-            return rng.random() < 0.5
-        case "null":
+def _tool_use(
+    tool: dict[str, Any], digest: bytes, rng: random.Random, invalid: InvalidKind | None
+) -> dict[str, Any] | None:
+    """The forced tool's call, its input drawn from the input_schema; None (the model answers in
+    text instead) when the fault says so, or asks for a broken input the schema cannot give."""
+    schema = tool.get("input_schema") or {}
+    tool_input = SchemaSampler(schema, rng).object(schema)
+    if invalid == "not_json":
+        return None
+    if invalid == "not_conforming":
+        broken, tool_input = violation(tool_input, schema, schema, rng)
+        if not broken or not isinstance(tool_input, dict):
             return None
-        case _:
-            word = rng.choice(_FILLER).ljust(schema.get("minLength", 0), "x")
-            return word[: schema.get("maxLength")]
+    tool_id = derived_id("toolu_", digest.hex(), tool["name"])
+    return {"type": "tool_use", "id": tool_id, "name": tool["name"], "input": tool_input}
 
 
-def _sample_number(schema: dict[str, Any], rng: random.Random, *, integer: bool) -> int | float:
-    low, high = schema.get("minimum"), schema.get("maximum")
-    if low is None:
-        low = 0 if high is None else min(0, high)
-    if high is None:
-        high = low + 100
-    if integer:
-        low, high = math.ceil(low), math.floor(high)
-        return rng.randint(low, high) if low <= high else low
-    return min(max(round(rng.uniform(low, high), 2), low), high)
+def _structured_text(schema: dict[str, Any], rng: random.Random, invalid: InvalidKind | None) -> dict[str, Any]:
+    """A text block holding a JSON document that conforms to `schema`, or, spoilt by the fault,
+    one that does not (a schema with no rule to break gets the not-JSON kind instead)."""
+    value = SchemaSampler(schema, rng).value(schema)
+    if invalid == "not_conforming":
+        broken, value = violation(value, schema, schema, rng)
+        invalid = None if broken else "not_json"
+    text = json.dumps(value, ensure_ascii=False)
+    if invalid == "not_json":  # wrapped as for a reader, as models sometimes do
+        text = f"```json\n{text}\n```"
+    return {"type": "text", "text": text}

@@ -22,14 +22,21 @@ import ijson
 from pydantic import ValidationError
 
 from batchdrop_local.emulator.faults import ERROR_TYPE_BY_STATUS, FaultInjector, FaultSettings
-from batchdrop_local.emulator.responder import PromptCache, Responder, load_responder
+from batchdrop_local.emulator.responder import PromptCache, Responder, load_responder, prompt_tokens
 from batchdrop_local.emulator.settings import EmulatorSettings
 from batchdrop_local.emulator.store import ApiError, Store
-from batchdrop_local.emulator.validation import body_error, count_error, envelope_error, poison_error
+from batchdrop_local.emulator.validation import (
+    body_error,
+    count_error,
+    count_tokens_error,
+    envelope_error,
+    poison_error,
+)
 from batchdrop_local.emulator.wire import compact, error_body, new_request_id
 
 _BATCHES = re.compile(r"^/v1/messages/batches/?$")
 _BATCH = re.compile(r"^/v1/messages/batches/(?P<id>[^/]+)(?P<action>/cancel|/results)?/?$")
+_COUNT_TOKENS = re.compile(r"^/v1/messages/count_tokens/?$")
 _CONTROL_PREFIX = "/_emulator/"
 _READ_SIZE = 1 << 20
 _log = logging.getLogger(__name__)
@@ -261,6 +268,9 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "create":
             self._create()
             return
+        if endpoint == "count_tokens":
+            self._count_tokens()
+            return
         self.body.drain()
         self._maybe_inject(endpoint)
         time.sleep(self.emu.faults.stall(endpoint))
@@ -280,6 +290,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str, path: str) -> tuple[str, str]:
         if _BATCHES.match(path):
             allowed = {"GET": "list", "POST": "create"}
+            batch_id = ""
+        elif _COUNT_TOKENS.match(path):
+            allowed = {"POST": "count_tokens"}
             batch_id = ""
         elif match := _BATCH.match(path):
             batch_id = match["id"]
@@ -401,6 +414,32 @@ class _Handler(BaseHTTPRequestHandler):
         except ijson.JSONError as exc:
             return f"There was an error parsing the body of your request: {exc}"
         return None
+
+    def _count_tokens(self) -> None:
+        """`{"input_tokens": N}` for a Messages body, as the responder would count its prompt."""
+        limit = self.emu.settings.max_count_tokens_bytes
+        if self.body.declared is not None and self.body.declared > limit:
+            self.body.drain()
+            self._reject_too_large()
+        chunks: list[bytes] = []
+        received = 0
+        while chunk := self.body.read(_READ_SIZE):
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > limit:
+                self.body.drain()
+                self._reject_too_large()
+        self._maybe_inject("count_tokens")
+        time.sleep(self.emu.faults.stall("count_tokens"))
+        try:
+            body = json.loads(b"".join(chunks))
+        except ValueError as exc:
+            message = f"There was an error parsing the body of your request: {exc}"
+            raise ApiError(400, "invalid_request_error", message) from None
+        problem = count_tokens_error(body)
+        if problem is not None:
+            raise ApiError(400, "invalid_request_error", problem)
+        self._json({"input_tokens": prompt_tokens(body)})
 
     def _reject_too_large(self) -> None:
         raise ApiError(413, "request_too_large", "Request exceeds the maximum allowed number of bytes.")

@@ -11,6 +11,7 @@ from batchdrop_local.emulator.faults import FaultSettings
 DAY = 86400.0
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024
+MAX_COUNT_TOKENS_BYTES = 32 * 1024 * 1024  # the token-counting endpoint's own request size limit
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EmulatorSettings:
     seed: int = 0
     max_requests: int = MAX_BATCH_REQUESTS
     max_body_bytes: int = MAX_BATCH_BYTES
+    max_count_tokens_bytes: int = MAX_COUNT_TOKENS_BYTES
     allow_duplicate_custom_ids: bool = False
     results_url: Literal["absolute", "relative"] = "absolute"
     max_output_tokens: int = 64_000
@@ -39,6 +41,8 @@ class EmulatorSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         if self.max_requests < 1 or self.max_body_bytes < 1:
             raise ValueError("--max-requests and --max-body-bytes must be positive")
+        if self.max_count_tokens_bytes < 1:
+            raise ValueError(f"max_count_tokens_bytes must be positive, got {self.max_count_tokens_bytes}")
 
     # Real batches mostly end within an hour and expire after 24 h, with results kept 29
     # days: the defaults keep those ratios to the latency, or the real spans at latency 0.

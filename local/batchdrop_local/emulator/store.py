@@ -25,6 +25,7 @@ import ijson
 
 from batchdrop_local.emulator.faults import FaultInjector
 from batchdrop_local.emulator.settings import EmulatorSettings
+from batchdrop_local.emulator.structured import InvalidKind
 from batchdrop_local.emulator.validation import params_error
 from batchdrop_local.emulator.wire import compact, derived_id, new_batch_id, rfc3339
 
@@ -74,7 +75,11 @@ class ApiError(Exception):
 
 
 class Answerer(Protocol):
-    def result(self, params: dict[str, Any], *, custom_id: str, message_id: str) -> dict[str, Any]: ...
+    def result(
+        self, params: dict[str, Any], *, custom_id: str, message_id: str, invalid_output: InvalidKind | None = None
+    ) -> dict[str, Any]: ...
+
+    def structured(self, params: dict[str, Any]) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -548,7 +553,8 @@ class Store:
             return _errored(error_type, _TRANSIENT_MESSAGES[error_type])
         message_id = derived_id("msg_", self.settings.seed, batch_id, custom_id)
         try:
-            return self._answerer.result(params, custom_id=custom_id, message_id=message_id)
+            spoil = self._faults().invalid_output(custom_id, attempt) if self._answerer.structured(params) else None
+            return self._answerer.result(params, custom_id=custom_id, message_id=message_id, invalid_output=spoil)
         except Exception as exc:  # a user's responder failing must not wedge the batch  # noqa: BLE001
             return _errored("api_error", f"emulator responder failed: {type(exc).__name__}: {exc}")
 

@@ -79,13 +79,10 @@ def count_error(count: int, max_requests: int) -> str | None:
 
 def params_error(params: dict[str, Any], max_output_tokens: int) -> str | None:
     """The asynchronous validation of one request's params, or None when it may run."""
-    model = params.get("model")
-    if "model" not in params:
-        return "model: Field required"
-    if not isinstance(model, str) or not model:
-        return "model: Input should be a valid string"
-    if not model.startswith("claude-"):
-        return f"model: unknown model '{model}'"
+    problem = _model_error(params)
+    if problem is not None:
+        return problem
+    model = params["model"]
     if "max_tokens" not in params:
         return "max_tokens: Field required"
     max_tokens = params["max_tokens"]
@@ -103,10 +100,60 @@ def params_error(params: dict[str, Any], max_output_tokens: int) -> str | None:
     for key, reason in _REFUSED_IN_BATCHES.items():
         if key in params:
             return f"{key}: not supported in batch requests ({reason})"
-    return _messages_error(params.get("messages", _MISSING))
+    return _messages_error(params.get("messages", _MISSING)) or output_config_error(params)
+
+
+def count_tokens_error(body: Any) -> str | None:
+    """Why a `POST /v1/messages/count_tokens` body is refused (400), or None: a Messages body
+    with no max_tokens needed."""
+    if not isinstance(body, dict):
+        return "Input should be a valid dictionary or object to extract fields from"
+    return _model_error(body) or _messages_error(body.get("messages", _MISSING)) or output_config_error(body)
+
+
+_EFFORTS = ("low", "medium", "high", "xhigh", "max")
+
+
+def output_config_error(params: dict[str, Any]) -> str | None:
+    """The problem with `output_config` (effort, and a `format` of type json_schema with an
+    object `schema`), or None. Whether a schema stays inside the structured-outputs subset is
+    not checked: the emulator answers any schema it can."""
+    if params.get("output_config") is None:
+        return None
+    config = params["output_config"]
+    if not isinstance(config, dict):
+        return "output_config: Input should be a valid dictionary"
+    effort = config.get("effort")
+    if effort is not None and effort not in _EFFORTS:
+        return f"output_config.effort: Input should be {', '.join(map(repr, _EFFORTS[:-1]))} or 'max'"
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        return "output_config.format: Input should be a valid dictionary"
+    if "type" not in fmt:
+        return "output_config.format.type: Field required"
+    if fmt["type"] != "json_schema":
+        return "output_config.format.type: Input should be 'json_schema'"
+    if "schema" not in fmt:
+        return "output_config.format.schema: Field required"
+    if not isinstance(fmt["schema"], dict):
+        return "output_config.format.schema: Input should be a valid dictionary"
+    return None
 
 
 _MISSING = object()
+
+
+def _model_error(params: dict[str, Any]) -> str | None:
+    model = params.get("model")
+    if "model" not in params:
+        return "model: Field required"
+    if not isinstance(model, str) or not model:
+        return "model: Input should be a valid string"
+    if not model.startswith("claude-"):
+        return f"model: unknown model '{model}'"
+    return None
 
 
 def _messages_error(messages: Any) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from batchdrop.domain.lines import SourceLines
-from batchdrop.ports import READ_BYTES, ObjectVersion, SourceRange
+from batchdrop.ports import READ_BYTES, ObjectVersion, SmallObject, SourceRange
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,6 +80,25 @@ class ObjectStore:
         """The id of the object's current version."""
         return _version_id(self.client.head_object(Bucket=self.bucket, Key=key))
 
+    def read_small(self, key: str, version_id: str | None = None, *, max_bytes: int) -> SmallObject | None:
+        """An object version read whole by one GET, with the version id that GET names (so
+        what is read and what is recorded are the same version); its bytes are left unread
+        when it is over `max_bytes`. None when S3 has no such key or version."""
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise
+        body = response["Body"]
+        try:
+            size = int(response["ContentLength"])
+            data = body.read() if size <= max_bytes else None
+        finally:
+            body.close()
+        return SmallObject(_version_id(response), size, data)
+
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool:
         """Write a JSON document; with `if_absent`, only if the key holds no object yet (S3's
         conditional write): False when one was there first, and it stays."""
@@ -140,6 +159,13 @@ def _version_id(response: Any) -> str:
     """The version a write or HEAD names: S3 leaves VersionId out where versioning is off,
     and calls that one version "null"."""
     return str(response.get("VersionId") or "null")
+
+
+def _not_found(exc: Exception) -> bool:
+    """S3's answer to a GET of a key or version it does not hold (a key whose current
+    version is a delete marker included)."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("NoSuchKey", "NoSuchVersion", "404")
 
 
 def _precondition_failed(exc: Exception) -> bool:

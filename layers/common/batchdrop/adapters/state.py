@@ -19,6 +19,7 @@ from batchdrop.domain.records import (
     NextAttempt,
     OpenWork,
     Outcome,
+    PipelineRef,
     ShardPlan,
     ShardRecord,
     SourceRef,
@@ -98,6 +99,7 @@ def _job_record(item: Mapping[str, Any]) -> JobRecord:
         redrives=int(item.get("redrives", 0)),
         redriven_at=item.get("redriven_at"),
         redrive_error=item.get("redrive_error"),
+        pipeline=PipelineRef(item["pipeline_key"], item["pipeline_version_id"]) if "pipeline_key" in item else None,
         checkpoint=_checkpoint_record(item.get("split")),
         split_lease=item.get("split_lease"),
     )
@@ -366,8 +368,9 @@ class _Table:
 class _Jobs(_Table):
     """Job items."""
 
-    def create_job(self, job_id: str, source: SourceRef, created_at: str) -> bool:
-        """Record a new job; False when the job exists already (a duplicate event)."""
+    def create_job(self, job_id: str, source: SourceRef, created_at: str, pipeline: PipelineRef | None = None) -> bool:
+        """Record a new job (with its pipeline in records mode); False when the job exists
+        already (a duplicate event): the pipeline recorded first stays the job's."""
         item = {
             **_job_key(job_id),
             "job_id": job_id,
@@ -375,6 +378,8 @@ class _Jobs(_Table):
             **source.as_dict(),
             "created_at": created_at,
         }
+        if pipeline is not None:
+            item |= {"pipeline_key": pipeline.key, "pipeline_version_id": pipeline.version_id}
         return self._conditional(Item=item, ConditionExpression="attribute_not_exists(PK)")
 
     def get_job(self, job_id: str) -> JobRecord | None:

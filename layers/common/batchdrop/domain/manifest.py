@@ -29,10 +29,12 @@ def build_manifest(
     created_at: str,
     completed_at: str,
     reason: str | None = None,
+    outputs: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready manifest. Raises ValueError when the outcomes do not add up to the requests
     submitted (a manifest that doesn't add up must never be written), on an unknown status or
-    outcome, or on a negative count. Counts may arrive as Decimal (DynamoDB): they leave as ints."""
+    outcome, or on a negative count. Counts may arrive as Decimal (DynamoDB): they leave as ints.
+    `outputs`: a records-mode job's outputs files by format (csv, jsonl), named under "outputs"."""
     JobStatus(status)  # raises ValueError on a status the system does not have
     outcome_counts = _outcome_counts(counts, "counts")
     requests = _count(requested, "requested")
@@ -71,6 +73,8 @@ def build_manifest(
     }
     if reason is not None:
         manifest["reason"] = reason
+    if outputs is not None:
+        manifest["outputs"] = dict(outputs)
     return manifest
 
 

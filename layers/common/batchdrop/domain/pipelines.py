@@ -1,6 +1,7 @@
 """Records mode's pipeline: what turns one record into one Message Batches request. A pipeline
-is read from the JSON of `pipelines/<name>.json` and validated as a whole: every problem is
-named at once, as "field: reason", in one PipelineError.
+is read from the JSON of `pipelines/<name>.json` (or the YAML of `pipelines/<name>.yaml`, read
+to the same values: domain/pipeline_yaml.py) and validated as a whole: every problem is named
+at once, as "field: reason", in one PipelineError.
 
 Rendering is plain substitution: each `{{field}}` in the prompt is replaced by the record's
 value for that field, inserted as text and never read again, so a value holding `{{other}}`
@@ -43,15 +44,25 @@ _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _SYSTEM_BLOCK_KEYS: Final = frozenset({"type", "text", "cache_control"})
 
 OutputKind = Literal["text", "schema", "tool"]
+Syntax = Literal["json", "yaml"]
+# A pipeline file's suffixes, and the syntax each says. In the bucket a YAML pipeline's key ends
+# in .yaml (`batchdrop pipeline put` stores a .yml file under it).
+PIPELINE_SUFFIXES: Final[Mapping[str, Syntax]] = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+# A pipeline's name: the folder under inbox/ it renders, so one path segment, safe in an S3 key
+# and a shell; no leading dot (so never "." or "..").
+PIPELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class PipelineError(ValueError):
-    """A pipeline that cannot be used; `problems` holds each one as "field: reason"."""
+    """A pipeline that cannot be used; `problems` holds each one as "field: reason"; `source`,
+    when given, is the file or key it was read from, named first in the message."""
 
-    def __init__(self, name: str, problems: Sequence[str]) -> None:
+    def __init__(self, name: str, problems: Sequence[str], source: str | None = None) -> None:
         self.name = name
         self.problems = list(problems)
-        super().__init__(f"pipeline {name} is not valid: " + "; ".join(self.problems))
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}pipeline {name} is not valid: " + "; ".join(self.problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +173,18 @@ class Pipeline:
 # --- parsing ----------------------------------------------------------------------------
 
 
-def parse_pipeline(name: str, text: bytes | str) -> Pipeline:
-    """The pipeline named `name` from the JSON text of its file; PipelineError naming every problem."""
+def parse_pipeline(name: str, text: bytes | str, *, syntax: Syntax = "json", source: str | None = None) -> Pipeline:
+    """The pipeline named `name` from the text of its file, JSON or YAML (`syntax`; the key's
+    suffix says which: syntax_of); PipelineError naming every problem, and `source` if given."""
+    if syntax == "yaml":
+        return _parse_yaml(name, text, source)
+    try:
+        return _parse_json(name, text)
+    except PipelineError as exc:
+        raise PipelineError(name, exc.problems, source) from None
+
+
+def _parse_json(name: str, text: bytes | str) -> Pipeline:
     try:
         document = json.loads(text, object_pairs_hook=_refusing_duplicates, parse_constant=_refuse_constant)
     except _ConstantError as exc:
@@ -177,6 +198,50 @@ def parse_pipeline(name: str, text: bytes | str) -> Pipeline:
             name, [f"(file): not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]
         ) from exc
     return pipeline_from(name, document)
+
+
+def _parse_yaml(name: str, text: bytes | str, source: str | None) -> Pipeline:
+    """A YAML pipeline: the same values, fields and problems as its JSON form, each problem with
+    the line of the field it names."""
+    from batchdrop.domain.pipeline_yaml import YamlProblem, read_yaml
+
+    try:
+        document = read_yaml(text)
+    except YamlProblem as exc:
+        raise PipelineError(name, [str(exc)], source) from None
+    try:
+        return pipeline_from(name, document.value)
+    except PipelineError as exc:
+        problems = [_with_line(problem, document.line_of(problem)) for problem in exc.problems]
+        raise PipelineError(name, problems, source) from None
+
+
+def _with_line(problem: str, line: int | None) -> str:
+    return problem if line is None else f"{problem} (line {line})"
+
+
+def syntax_of(filename: str) -> Syntax | None:
+    """The syntax a pipeline file's name says (`.json`; `.yaml` or `.yml`), or None."""
+    lowered = filename.lower()
+    for suffix, syntax in PIPELINE_SUFFIXES.items():
+        if lowered.endswith(suffix):
+            return syntax
+    return None
+
+
+def pipeline_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a pipeline, or None. A pipeline's name is the folder under inbox/
+    whose files it renders (inbox/<name>/...), so it is one path segment of safe characters."""
+    if not name:
+        return "a pipeline's name must not be empty"
+    if "/" in name:
+        return f"{_shown(name)} holds a '/': a pipeline's name is one folder under inbox/"
+    if not PIPELINE_NAME.fullmatch(name):
+        return (
+            f"{_shown(name)} is not a usable pipeline name: letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit, at most 100 characters"
+        )
+    return None
 
 
 def pipeline_from(name: str, document: Any) -> Pipeline:

@@ -22,6 +22,19 @@ class SourceRef:
         return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id}
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineRef:
+    """The pipeline a records-mode job renders its records through: one version of an object
+    under pipelines/, fixed when the job is created, so a pipeline changed mid-job never
+    changes that job."""
+
+    key: str
+    version_id: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"key": self.key, "version_id": self.version_id}
+
+
 def is_folder_marker(key: str, size: int | None) -> bool:
     """An empty object whose key ends in "/": what the S3 console's "Create folder" makes.
     It names a folder, not a file of requests, and starts no job."""
@@ -46,6 +59,7 @@ class JobRecord:
     redrives: int = 0
     redriven_at: str | None = None
     redrive_error: str | None = None
+    pipeline: PipelineRef | None = None  # records mode's pipeline; None: native mode
     # A split that continues across invocations (services/segments.py): where the next
     # segment starts, and the deadline of the last invocation that ran or claimed one.
     checkpoint: SplitCheckpoint | None = None

@@ -1,6 +1,7 @@
 """Finishing a job once every shard is collected: its manifest, its completion event, and
 its final status, in that order, so a crash between any two steps is finished by the next
-tick with the same figures."""
+tick with the same figures. A records-mode job's outputs (services/outputs.py) are written
+before its manifest, which names them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from batchdrop.domain.states import DONE_SHARD_STATES, SENT_SHARD_STATES, JobSta
 from batchdrop.domain.usage import Usage
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
+from batchdrop.services.outputs import OutputsWriter
 
 
 class Finisher:
@@ -65,6 +67,7 @@ class Finisher:
                 usage.setdefault(model, Usage()).merge(Usage(**figures))
         status = JobStatus.CANCELED if job.cancel_requested else final_status(counts, job.rejected)
         completed_at = self._wired.stamp()
+        outputs = OutputsWriter(self._wired).write(job, shards, counts) if job.pipeline is not None else None
         manifest = build_manifest(
             job_id=job.job_id,
             source=job.source.as_dict(),
@@ -86,6 +89,7 @@ class Finisher:
             rejected_key=rejected_key(job.job_id) if job.rejected else None,
             created_at=job.created_at,
             completed_at=completed_at,
+            outputs=outputs,
         )
         store = self._wired.store
         if not store.put_json(manifest_key(job.job_id), manifest, if_absent=True):

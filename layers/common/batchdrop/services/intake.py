@@ -25,6 +25,15 @@ from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
+from batchdrop.services.records_intake import (
+    FileRefusedError,
+    RecordsMode,
+    RefusedMode,
+    UploadMode,
+    choose_mode,
+    pinned_mode,
+    split_records,
+)
 from batchdrop.services.segments import record_stop, resume_from, running_short
 from batchdrop.services.split import Split, split_object
 
@@ -102,18 +111,22 @@ class Intake:
             logger.info("a folder marker starts no job")
             return SubmitOutcome(job_id, None)
         status, job = JobStatus.RECEIVED, None
-        if not self._state.create_job(job_id, source, self._wired.stamp()):
+        mode = choose_mode(self._wired.store, source.key)  # records mode: the pipeline version it pins
+        if not self._state.create_job(job_id, source, self._wired.stamp(), pipeline=mode.pipeline_ref):
             job = self._state.get_job(job_id)
             status = job.status if job else JobStatus.RECEIVED
             if status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING):
                 logger.info("duplicate event for a job already under way", extra={"status": status})
                 return SubmitOutcome(job_id, status, duplicate=True)
             logger.info("resuming an interrupted job", extra={"status": status})
+            mode = pinned_mode(self._wired.store, source.key, mode, job.pipeline if job else None)
         if status is JobStatus.RECEIVED:
             if size is not None and size > self._wired.max_file_bytes:
                 limit = self._wired.max_file_bytes
                 return self._fail(job_id, source, Split(), f"the file is {size} bytes, over the {limit} bytes taken")
-            stopped = self._split(job_id, source, size, job.checkpoint if job else None)
+            if isinstance(mode, RefusedMode):  # records mode's pipeline refuses the file as a whole
+                return self._fail(job_id, source, Split(), mode.reason)
+            stopped = self._split(job_id, source, size, mode, job.checkpoint if job else None)
             if stopped is not None:
                 return stopped
         else:
@@ -123,23 +136,28 @@ class Intake:
         return self._submit_pending(job_id)
 
     def _split(
-        self, job_id: str, source: SourceRef, size: int | None, checkpoint: SplitCheckpoint | None
+        self, job_id: str, source: SourceRef, size: int | None, mode: UploadMode, checkpoint: SplitCheckpoint | None
     ) -> SubmitOutcome | None:
         """Split the file (from its `checkpoint` on, if an earlier invocation stopped part-way)
         and record its shards; an outcome when the job does not go on to its creates here:
-        it failed, or the split stopped short of time (services/segments.py)."""
+        it failed, or the split stopped short of time (services/segments.py). A file of
+        records is rendered in one go: only request lines are split in segments."""
         resume = resume_from(self._wired.store, checkpoint)
         try:
-            stop_now = running_short(self._seconds_left, self._wired.timings.split_reserve)
-            split = split_object(self._wired, job_id, source, size, resume=resume, stop_now=stop_now)
+            if isinstance(mode, RecordsMode):
+                split = split_records(self._wired, job_id, source, mode)
+            else:
+                stop_now = running_short(self._seconds_left, self._wired.timings.split_reserve)
+                split = split_object(self._wired, job_id, source, size, resume=resume, stop_now=stop_now)
         except UnreadableFileError as exc:  # the file as a whole: no retry would read it
-            rejected = checkpoint.rejected if checkpoint else 0
-            return self._fail(job_id, source, Split(rejected=rejected), f"the file cannot be read: {exc}")
+            return self._fail(job_id, source, Split(rejected=resume.rejected), f"the file cannot be read: {exc}")
+        except FileRefusedError as exc:  # records refused as a whole (a bad header, on_bad_record: fail)
+            return self._fail(job_id, source, Split(), str(exc))
         if split.stopped is not None:
             record_stop(self._wired, job_id, split, resume, self._deadline())
             return SubmitOutcome(job_id, JobStatus.RECEIVED)
-        if not split.requested:
-            return self._fail(job_id, source, split)
+        if not split.shards and not resume.next_shard:
+            return self._fail(job_id, source, split, hint=mode.hint)
         recorded = self._state.record_shards(
             job_id,
             split.shards,
@@ -187,13 +205,17 @@ class Intake:
             if self._state.add_missing_shard(job_id, plan, self._wired.max_attempts):
                 logger.warning("recorded a shard an interrupted recording left out", extra={"shard": index})
 
-    def _fail(self, job_id: str, source: SourceRef, split: Split, refused: str | None = None) -> SubmitOutcome:
+    def _fail(
+        self, job_id: str, source: SourceRef, split: Split, refused: str | None = None, hint: str | None = None
+    ) -> SubmitOutcome:
         if refused is not None:  # the file as a whole
             reason = refused
         elif split.rejected:
             reason = f"no valid request: all {split.rejected} lines were rejected (see {rejected_key(job_id)})"
         else:
             reason = "the file holds no request (it is empty or blank)"
+        if hint is not None and refused is None:
+            reason = f"{reason}; {hint}"
         now = self._wired.stamp()
         manifest = build_manifest(
             job_id=job_id,
@@ -210,6 +232,9 @@ class Intake:
             completed_at=now,
             reason=reason,
         )
+        job = self._state.get_job(job_id)
+        if job is not None and job.pipeline is not None:  # records mode: the pipeline version the job read
+            manifest["pipeline"] = job.pipeline.as_dict()
         store = self._wired.store
         if not split.rejected:
             store.put_json(f"errors/{job_id}/failure.json", {"job_id": job_id, "reason": reason})

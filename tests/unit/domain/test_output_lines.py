@@ -1,0 +1,58 @@
+"""The batch encoder of output rows (domain/output_lines.py) writes byte for byte what
+domain/outputs.csv_line and jsonl_line write, row by row."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchdrop.domain.output_lines import RowsEncoder, csv_text
+from batchdrop.domain.outputs import csv_line, jsonl_line
+
+pytestmark = pytest.mark.unit
+
+TRICKY = ["", " ", "a,b", 'say "hi"', "line\nbreak", "cr\rlone", "crlf\r\n", "naïve — ✓", "\ud800", "=1+1", "-0.5"]
+VALUES: list[Any] = [None, 0, -3, 2**70, 0.1, 1e-07, 1e300, -0.0, True, False, ["a", 1], {"k": 'v,"'}, *TRICKY]
+
+cells = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet=st.sampled_from(list('ab ,"\r\n\t=é\ud800✓')), max_size=12),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+def rows_of(values: list[Any]) -> list[dict[str, Any]]:
+    return [{"id": "x", "v": value, "w": other} for value in values for other in (None, "", "z")]
+
+
+@pytest.mark.parametrize("row", rows_of(VALUES))
+def test_each_tricky_value_is_written_as_csv_line_and_jsonl_line_write_it(row: dict[str, Any]) -> None:
+    encoder = RowsEncoder()
+    encoder.add(row)
+    assert encoder.take() == (csv_line(row), jsonl_line(row))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(cells, min_size=2, max_size=5), min_size=1, max_size=6))
+def test_any_rows_are_written_as_the_row_by_row_writers_write_them(table: list[list[Any]]) -> None:
+    encoder = RowsEncoder()
+    rows = [{f"c{n}": value for n, value in enumerate(values)} for values in table]
+    for row in rows:
+        encoder.add(row)
+    csv_bytes, jsonl_bytes = encoder.take()
+    assert csv_bytes == b"".join(csv_line(row) for row in rows)
+    assert jsonl_bytes == b"".join(jsonl_line(row) for row in rows)
+    assert encoder.take() == (b"", b"")  # taken: nothing held
+
+
+def test_what_is_written_reads_back_with_the_csv_module() -> None:
+    text = csv_text(["a,b", 'q"q', "l\r\nm", "", 1.5])
+    assert next(csv.reader(io.StringIO(text, newline=""))) == ["a,b", 'q"q', "l\r\nm", "", "1.5"]
