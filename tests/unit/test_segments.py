@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import batchdrop.services.intake
+import batchdrop.services.segments
 from batchdrop.domain.jobs import job_id_for, rejected_key
 from batchdrop.domain.records import JobRecord, SourceRef
 from batchdrop.domain.shards import ShardLimits
@@ -25,6 +26,7 @@ from batchdrop.ports import Wiring
 from batchdrop.services.intake import Intake, SubmitOutcome
 from batchdrop.services.redrive import REDRIVE_TRIES
 from batchdrop.services.sweeper import Sweeper, SweepReport
+from tests.records_jobs import pipeline_document
 from tests.unit.fakes import Fakes, FakeStateStore, request
 
 pytestmark = pytest.mark.unit
@@ -354,3 +356,28 @@ def test_a_gzip_checkpoint_that_is_not_a_line_start_fails_the_file_with_its_reas
     reason = job(world.state, job_id).reason or ""
     assert f"checkpoint at byte {stopped.checkpoint.offset - 1} is not a line's start" in reason
     assert world.batches.creates == 0
+
+
+def test_a_file_of_records_too_large_for_one_invocation_is_refused_unread(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a folder with a pipeline, and records mode's limit shrunk to 20 bytes
+    monkeypatch.setattr(batchdrop.services.segments, "RECORDS_MAX_BYTES", 20)
+    world.store.put("pipelines/reviews.json", json.dumps(pipeline_document()).encode())
+    body = b"review_id,product,title,review\n1,mug,Nice,Holds coffee well\n"
+    key = "inbox/reviews/today.csv"
+    source = SourceRef(world.store.bucket, key, world.store.put(key, body))
+
+    # When it is dropped
+    outcome = Intake(wiring(world)).submit(source, len(body))
+
+    # Then its job fails before a byte is read, naming the limit; a request file of that size is taken
+    assert outcome.status is JobStatus.FAILED
+    reason = job(world.state, outcome.job_id).reason or ""
+    assert (
+        reason == f"the file is {len(body)} bytes, over the 20 bytes a file of records may have (it is read in one go)"
+    )
+    assert [key for key, _ in world.store.line_reads] == []
+    assert world.batches.creates == 0
+    native = upload(world)
+    assert Intake(wiring(world)).submit(native, len(BODY)).status is JobStatus.RUNNING

@@ -34,7 +34,7 @@ from batchdrop.services.records_intake import (
     pinned_mode,
     split_records,
 )
-from batchdrop.services.segments import record_stop, resume_from, running_short
+from batchdrop.services.segments import record_stop, records_too_large, resume_from, running_short
 from batchdrop.services.split import Split, split_object
 
 # Where uploads become jobs; with cancel/, the prefixes template.yaml's S3 events notify.
@@ -143,6 +143,8 @@ class Intake:
         it failed, or the split stopped short of time (services/segments.py). A file of
         records is rendered in one go: only request lines are split in segments."""
         resume = resume_from(self._wired.store, checkpoint)
+        if isinstance(mode, RecordsMode) and (too_large := records_too_large(size)):
+            return self._fail(job_id, source, Split(), too_large)
         try:
             if isinstance(mode, RecordsMode):
                 split = split_records(self._wired, job_id, source, mode)

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from batchdrop.services.split import Split
 
 IDS_CONTENT_TYPE = "text/plain"
+# The largest file of records taken: records mode renders a file in one invocation (it is
+# not split in segments), and at the split's measured rate a larger one could not be.
+RECORDS_MAX_BYTES = 25_000_000_000
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,14 @@ def record_stop(wired: Wiring, job_id: str, split: Split, resume: Resume, lease:
     else:
         logger.info("another run of this segment moved the checkpoint first", extra=extra)
     return saved
+
+
+def records_too_large(size: int | None) -> str | None:
+    """Why a file of records of `size` bytes (by its event) is refused unread, if it is."""
+    if size is None or size <= RECORDS_MAX_BYTES:
+        return None
+    limit = RECORDS_MAX_BYTES
+    return f"the file is {size} bytes, over the {limit} bytes a file of records may have (it is read in one go)"
 
 
 def running_short(seconds_left: Callable[[], float] | None, reserve: float) -> Callable[[], bool]:
