@@ -26,6 +26,7 @@ from tests.e2e.support import (
     upload_bytes,
     with_settings,
 )
+from tests.records_jobs import SENTIMENT
 
 pytestmark = pytest.mark.e2e
 
@@ -35,16 +36,6 @@ STACK = {"latency": 0.0, "parameters": {"LogLevel": "WARNING"}}
 RUNNER = {"tick_seconds": 0.2, "poll_seconds": 0.05, "retry_delay_seconds": 0.05}
 FRESH_EMULATOR = True
 
-SENTIMENT = {
-    "type": "object",
-    "properties": {
-        "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
-        "confidence": {"type": "number"},
-        "reason": {"type": "string"},
-    },
-    "required": ["sentiment", "confidence", "reason"],
-    "additionalProperties": False,
-}
 PIPELINE = {
     "model": "claude-haiku-4-5",
     "max_tokens": 300,

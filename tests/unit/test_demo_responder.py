@@ -6,6 +6,7 @@ import pytest
 
 from batchdrop.domain.schemas import validate
 from batchdrop_local.demo_responder import classify_review
+from tests.records_jobs import SENTIMENT
 
 
 def _params(text: str) -> dict:
@@ -27,19 +28,8 @@ def test_review_is_labelled_by_its_telling_words(review: str, label: str) -> Non
 
 # --- structured answers: records mode's pipeline asks for JSON that follows a schema ---
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
-        "confidence": {"type": "number"},
-        "reason": {"type": "string"},
-    },
-    "required": ["sentiment", "confidence", "reason"],
-    "additionalProperties": False,
-}
 
-
-def _structured(text: str, schema: dict = SCHEMA) -> dict:
+def _structured(text: str, schema: dict = SENTIMENT) -> dict:
     params = _params(text) | {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
     return json.loads(classify_review(params, "review-1"))
 
@@ -80,7 +70,7 @@ def _structured(text: str, schema: dict = SCHEMA) -> dict:
 def test_a_schema_request_is_answered_with_json_from_the_words_that_conforms(review: str, answer: dict) -> None:
     got = _structured(f"Review of a kettle:\n\n{review}")
     assert got == answer
-    assert validate(got, SCHEMA) is None
+    assert validate(got, SENTIMENT) is None
 
 
 def test_the_sentiment_follows_the_schema_enum_and_other_properties_are_drawn_to_conform() -> None:
