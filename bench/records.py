@@ -55,10 +55,11 @@ PIPELINE: Mapping[str, Any] = {
     "keep_fields": ["product", "stars"],
 }
 HEADER = ("review_id", "product", "title", "stars", "review", "reviewer")
-_WORDS = (
-    "the battery lasts, as promised; the \"quick start\" guide doesn't. Café-grade coffee, naïve setup"
+_TEXT = (
+    'the battery lasts, as promised; the "quick start" guide doesn\'t. Café-grade coffee, naïve setup'
     " — 5 stars? no: 3. It works well enough but the strap broke after a week and support never answered"
-).split(" ")
+)
+_WORDS = _TEXT.split(" ")
 
 
 def _review(rng: random.Random, size: int) -> str:
@@ -86,7 +87,9 @@ def write_reviews(path: Path, records: int, size: int, seed: int = 16) -> int:
             title = "" if number % 50 == 0 else f"Review {number}, in short"
             reviewer = "" if number % 7 == 0 else f"customer {rng.randrange(10_000)}"
             review = _review(rng, max(10, row_bytes - 80))
-            writer.writerow([f"rev-{number:07d}", f"product {number % 97}", title, str(number % 5 + 1), review, reviewer])
+            writer.writerow(
+                [f"rev-{number:07d}", f"product {number % 97}", title, str(number % 5 + 1), review, reviewer]
+            )
     return path.stat().st_size
 
 
