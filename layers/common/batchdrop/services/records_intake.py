@@ -9,9 +9,10 @@ recorded with the job, and an invocation that resumes the job reads that version
 never the current one.
 
 The split streams: each record is read, rendered through the pipeline and checked by native
-mode's line check (ids the API refuses, duplicates, sizes), then cut into shards as native
-lines are. Beside each shard goes its rows file (domain/rows.py: each request's record
-number, id and kept fields, in the shard's order); a record rejected for any reason goes to
+mode's line check (ids the API refuses, duplicates, sizes; check_rendered gives its verdicts
+without parsing the renderer's JSON again), then cut into shards as native lines are.
+Beside each shard goes its rows file (domain/rows.py: each request's record number, id and
+kept fields, in the shard's order); a record rejected for any reason goes to
 errors/<job_id>/rejected.jsonl with its line, record number and kept fields, or, with
 `on_bad_record: fail`, fails the whole file before anything is sent."""
 
@@ -34,11 +35,11 @@ from batchdrop.domain.record_readers import (
     ReadItem,
     RecordFileError,
     Rejection,
-    read_csv,
+    read_csv_lines,
     read_jsonl,
 )
 from batchdrop.domain.records import PipelineRef, ShardPlan, SourceRef
-from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
+from batchdrop.domain.requests import RejectedLine, ValidLine, check_rendered
 from batchdrop.domain.rows import RowRef, rejected_row_record, row_line, rows_key
 from batchdrop.domain.shards import assign_shards, shard_key
 from batchdrop.ports import ObjectStore, SmallObject, Wiring, Writer
@@ -158,7 +159,7 @@ def read_records(lines: SourceLines, kind: RecordFormat, pipeline: Pipeline) -> 
     whose header lacks a field the pipeline names."""
     if kind == "jsonl":
         return _jsonl_records(lines)
-    records = read_csv(_csv_lines(lines))
+    records = read_csv_lines(_csv_lines(lines))
     problems = header_problems(pipeline, records.header)
     if problems:
         columns = ", ".join(json.dumps(name, ensure_ascii=False) for name in records.header)
@@ -294,10 +295,11 @@ def _abort(shard: _ShardWithRows | None, rejects: _RejectedRows) -> None:
 
 
 def _valid(rendered: _Rendered, rejects: _RejectedRows) -> Iterator[ValidLine]:
-    """The rendered lines native mode's check accepts; the others to `rejects`, with their
+    """The rendered lines native mode's check accepts (check_rendered: check_lines' verdicts,
+    without parsing again what the renderer wrote); the others to `rejects`, with their
     record. The check gives one answer per line as it reads it, so `rendered.current` is the
     record of the line just answered."""
-    for checked in check_lines(rendered):
+    for checked in check_rendered(rendered):
         row = rendered.current
         if checked.line != row.line:  # cannot happen while the check reads one line per answer
             raise RuntimeError(f"line {checked.line}: the check answered for a line other than {row.line}")
