@@ -17,9 +17,9 @@ pytestmark = pytest.mark.unit
 
 ESCAPED = re.compile("[\udc80-\udcff]")
 PLAIN = st.sampled_from([b"", b"a", b"word", b"caf\xc3\xa9", b"\xff", b"x\xc3", b"\xe2\x82", b" ", b"12"])
-QUOTED = st.lists(
-    st.sampled_from([b"a", b",", b'""', b"\r\n", b"\n", b"\xff", b"\xc3\xa9", b"{{a}}"]), max_size=4
-).map(lambda parts: b'"' + b"".join(parts) + b'"')
+QUOTED = st.lists(st.sampled_from([b"a", b",", b'""', b"\r\n", b"\n", b"\xff", b"\xc3\xa9", b"{{a}}"]), max_size=4).map(
+    lambda parts: b'"' + b"".join(parts) + b'"'
+)
 FIELDS = st.lists(st.one_of(PLAIN, QUOTED), min_size=1, max_size=4)
 ROWS = st.lists(FIELDS.map(b",".join), max_size=8)
 

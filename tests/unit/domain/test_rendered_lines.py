@@ -72,7 +72,11 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
         "params": draw(st.dictionaries(st.sampled_from(["temperature", "metadata", "stop_sequences"]), JSON_VALUES)),
     }
     if draw(st.booleans()):
-        document["system"] = draw(st.one_of(TEXT.filter(lambda text: bool(text.strip())), st.sampled_from(MARKERISH)))
+        # an unpaired surrogate in the pipeline's own text refuses every record that gets that far
+        unpaired = st.just("Be brief \ud800")
+        document["system"] = draw(
+            st.one_of(TEXT.filter(lambda text: bool(text.strip())), st.sampled_from(MARKERISH), unpaired)
+        )
     if draw(st.booleans()):
         document["id_field"] = "id"
     if draw(st.booleans()):
@@ -218,3 +222,18 @@ def test_a_record_is_rendered_without_json_dumps_once_the_pipeline_is_read(monke
             "messages": [{"role": "user", "content": 'Say a "quoted"\nword'}],
         },
     }
+
+
+def test_an_empty_text_is_named_before_an_unpaired_surrogate_in_an_earlier_one() -> None:
+    # Given a prompt of two text blocks, and a record whose first fills with an unpaired
+    # surrogate and whose second fills empty
+    blocks = [{"type": "text", "text": "{{a}}"}, {"type": "text", "text": "{{b}}"}]
+    pipeline = pipeline_from("p", {"model": "m", "max_tokens": 5, "prompt": blocks})
+    record = {"a": "half \ud800", "b": " "}
+    # When it is rendered
+    rendered = pipeline.render(record, 1)
+    # Then the empty text is its reason, as json.dumps of the whole request would have it
+    assert rendered == reference_render(pipeline, record, 1)
+    assert rendered == Rejection(
+        'the prompt is empty once filled in (from the record\'s empty fields: "b")', "row-000001"
+    )

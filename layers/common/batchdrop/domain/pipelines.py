@@ -8,9 +8,9 @@ value for that field, inserted as text and never read again, so a value holding 
 or JSON stays literally what it is, and no value can change the request's structure. The
 request's JSON is laid out once, when the pipeline is read, by json.dumps of the request with a
 marker in each place a record fills (the custom_id, each text template): per record only the
-id and the filled texts are written, each text escaped by the encoder json.dumps itself uses,
-so a line is byte for byte what json.dumps of the whole request would give, at a fraction of
-the cost."""
+id and the filled texts are written, each text escaped as json.dumps escapes a string, so a
+line is byte for byte what json.dumps of the whole request would give, at a fraction of the
+cost."""
 
 from __future__ import annotations
 
@@ -109,13 +109,20 @@ class Pipeline:
     keep_fields: tuple[str, ...] = ()
     on_bad_record: Literal["skip", "fail"] = "skip"
     _templates: tuple[Template, ...] = field(default=(), repr=False)
-    # The request line around what a record fills (domain docstring): the text before the
-    # custom_id, the text after it, then after each template's filled text the text that follows.
-    _layout: tuple[str, ...] = field(init=False, repr=False)
+    # The request line around what a record fills (domain docstring), UTF-8: the text before
+    # the custom_id, the text after it, then after each template's filled text what follows.
+    _layout: tuple[bytes, ...] = field(init=False, repr=False)
+    _unicode: bool = field(init=False, repr=False)  # False: the layout holds an unpaired surrogate
     _placeholders: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_layout", _layout_of(self.fixed_params, self.prompt, len(self._templates)))
+        layout = _layout_of(self.fixed_params, self.prompt, len(self._templates))
+        try:
+            encoded, unicode = tuple(text.encode() for text in layout), True
+        except UnicodeEncodeError:  # every record is refused for it: what is laid out is never sent
+            encoded, unicode = tuple(text.encode(errors="surrogatepass") for text in layout), False
+        object.__setattr__(self, "_layout", encoded)
+        object.__setattr__(self, "_unicode", unicode)
         names = dict.fromkeys(name for template in self._templates for name in template.fields)
         object.__setattr__(self, "_placeholders", tuple(names))
 
@@ -159,16 +166,19 @@ class Pipeline:
             names = ", ".join(_shown(name) for name in missing)
             return Rejection(f"the record has no field {names}, which the prompt uses", custom_id)
         layout = self._layout
-        parts = [layout[0], custom_id, layout[1]]  # an id is only letters, digits, _ and -: nothing to escape
+        parts = [layout[0], custom_id.encode(), layout[1]]  # an id is only letters, digits, _ and -
+        unicode = self._unicode  # the pipeline's own text is valid Unicode
         for template, after in zip(self._templates, layout[2:], strict=True):
             text = template.fill(record)
             if not text.strip():
                 return Rejection(self._empty(template).reason, custom_id)
-            parts += (encode_basestring(text), after)
-        try:
-            return "".join(parts).encode()
-        except UnicodeEncodeError:
+            try:
+                parts += (_json_string_body(text), after)
+            except UnicodeEncodeError:
+                unicode = False  # an empty text further on is named first, as ever
+        if not unicode:
             return Rejection("a field holds text that is not valid Unicode (an unpaired surrogate)", custom_id)
+        return b"".join(parts)
 
     @staticmethod
     def _empty(template: Template) -> Rejection:
@@ -179,9 +189,26 @@ class Pipeline:
 # --- the request's layout ------------------------------------------------------------------
 
 
+# The control characters json.dumps writes as \b, \f or \u00XX: rare in records, so a text
+# holding one is left to json's own encoder.
+_RARE_CONTROLS: Final = bytes(code for code in range(0x20) if code not in b"\t\n\r")
+
+
+def _json_string_body(text: str) -> bytes:
+    """`text` as json.dumps(ensure_ascii=False) writes it inside a string's quotes, in UTF-8:
+    backslashes, quotes, line feeds, carriage returns and tabs escaped, the rest as it is (and
+    any other control character by json's own encoder). UnicodeEncodeError for text holding
+    an unpaired surrogate, as encoding json.dumps' output raises."""
+    data = text.encode()
+    if len(data.translate(None, _RARE_CONTROLS)) != len(data):
+        return encode_basestring(text)[1:-1].encode()
+    escaped = data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return escaped.replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+
+
 def _layout_of(fixed: Mapping[str, Any], prompt: str | Sequence[Mapping[str, Any]], texts: int) -> tuple[str, ...]:
-    """The request's compact JSON split where a record fills it: the custom_id's text (inside
-    its quotes), then each text template's whole string (quotes included), in the prompt's
+    """The request's compact JSON split where a record fills it: inside the quotes of the
+    custom_id, then inside the quotes of each text template's string, in the prompt's
     order. Found by json.dumps of the request with a marker in each place: a marker that also
     occurs in the pipeline's own text is passed over for another (the text is finite, the
     markers are not)."""
@@ -196,11 +223,10 @@ def _layout_of(fixed: Mapping[str, Any], prompt: str | Sequence[Mapping[str, Any
         )
         params = {**fixed, "messages": [{"role": "user", "content": content}]}
         text = json.dumps({"custom_id": markers[0], "params": params}, ensure_ascii=False, separators=(",", ":"))
-        cuts = [markers[0], *(f'"{marker}"' for marker in markers[1:])]
         if all(text.count(marker) == 1 for marker in markers):
             layout = []
-            for cut in cuts:
-                before, text = text.split(cut)
+            for marker in markers:
+                before, text = text.split(marker)
                 layout.append(before)
             return (*layout, text)
         attempt += 1
