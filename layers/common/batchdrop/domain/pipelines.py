@@ -173,7 +173,7 @@ class Pipeline:
             if not text.strip():
                 return Rejection(self._empty(template).reason, custom_id)
             try:
-                parts += (_json_string_body(text), after)
+                parts += (json_string_body(text), after)
             except UnicodeEncodeError:
                 unicode = False  # an empty text further on is named first, as ever
         if not unicode:
@@ -194,7 +194,7 @@ class Pipeline:
 _RARE_CONTROLS: Final = bytes(code for code in range(0x20) if code not in b"\t\n\r")
 
 
-def _json_string_body(text: str) -> bytes:
+def json_string_body(text: str) -> bytes:
     """`text` as json.dumps(ensure_ascii=False) writes it inside a string's quotes, in UTF-8:
     backslashes, quotes, line feeds, carriage returns and tabs escaped, the rest as it is (and
     any other control character by json's own encoder). UnicodeEncodeError for text holding

@@ -22,11 +22,11 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import Final, NamedTuple
 
 from batchdrop.domain.jobs import rejected_key
 from batchdrop.domain.lines import OverlongLine, SourceLines
-from batchdrop.domain.pipelines import Pipeline, PipelineError, parse_pipeline
+from batchdrop.domain.pipelines import Pipeline, PipelineError, json_string_body, parse_pipeline
 from batchdrop.domain.record_files import INBOX, PIPELINE_SUFFIXES, RecordFile, RecordFormat, record_file
 from batchdrop.domain.record_readers import (
     MAX_LINE_BYTES as MAX_RECORD_LINE_BYTES,
@@ -206,8 +206,7 @@ def _jsonl_records(lines: SourceLines) -> Iterator[ReadItem]:
                 yield number, item
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
+class _Row(NamedTuple):  # a tuple: one is made per record
     row: int  # the record's 1-based number
     line: int  # the line it starts on
     fields: Mapping[str, str]  # its values of the pipeline's keep_fields
@@ -353,7 +352,7 @@ class _ShardWithRows:
 
     def add(self, line: ValidLine, row: _Row) -> None:
         self._shard.add(line, 0, line.body)
-        self._rows.write(row_line(RowRef(row.row, line.custom_id, row.fields)))
+        self._rows.write(_row_line(row.row, line.custom_id, row.fields))
 
     def close(self) -> ShardPlan:
         self._rows.close()
@@ -362,3 +361,16 @@ class _ShardWithRows:
     def abort(self) -> None:
         self._shard.abort()
         self._rows.abort()
+
+
+def _row_line(row: int, custom_id: str, fields: Mapping[str, str]) -> bytes:
+    """rows.row_line's bytes for a record whose request was written, without json.dumps (a
+    third of its time): its custom_id passed the line check, so holds nothing to escape; a
+    field holding an unpaired surrogate is left to row_line, which escapes it."""
+    try:
+        kept = b",".join(
+            b'"%s":"%s"' % (json_string_body(name), json_string_body(value)) for name, value in fields.items()
+        )
+    except UnicodeEncodeError:
+        return row_line(RowRef(row, custom_id, fields))
+    return b'{"row":%d,"id":"%s","fields":{%s}}\n' % (row, custom_id.encode(), kept)
