@@ -94,7 +94,8 @@ soak: $(STAMP)
 	$(BIN)/python -m batchdrop_local.soak --jobs 40 --requests 500 --shard-requests 200 --seed 7
 
 # Figures, not tests: prints one table (and writes bench/latest.md) of submit, results,
-# checker, cold start, cost, the local stack's own footprint and records mode's outputs, each
+# checker, cold start, cost, the local stack's own footprint and records mode's outputs and
+# intake (bench/records.py: within 1.5x native mode on the same requests), each
 # beside baselines measured in the same run. About 9 to 10 minutes (after `sam build`). Each goal is judged yes/NO (bench/goals.py: submit within 1.5x the minimal
 # stream-and-post path and 2x the parse floor, results at least half a plain copy's throughput,
 # and the memory, checker, cold-start and cost goals); exits 1 if one was missed, else 0.

@@ -51,6 +51,7 @@ SECTIONS = {
     "cost": "bench.cost",
     "stack": "bench.stack",
     "outputs": "bench.outputs",
+    "records": "bench.records",
 }
 
 

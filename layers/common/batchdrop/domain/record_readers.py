@@ -5,7 +5,9 @@ name to its text. Nothing holds the file: memory stays flat whatever its size.
 
 CSV is read by the stdlib csv module (quotes, commas, quotes and newlines inside quoted
 fields, CRLF) over lines decoded with `surrogateescape`, so a record holding bytes that are
-not UTF-8 is parsed like any other and then rejected on its own line, the rest go on. A
+not UTF-8 is parsed like any other and then rejected on its own line, the rest go on (only a
+record read from such a line has its fields searched for the escaped bytes: the others are
+known to hold none). A
 problem with the file itself (empty, unreadable header, a line over the size limit) raises
 RecordFileError: the whole file fails, before anything is sent."""
 
@@ -90,27 +92,36 @@ def physical_lines(source: Source, max_line_bytes: int = MAX_LINE_BYTES) -> Iter
 
 
 class CsvRecords:
-    """A CSV file's records. The header is read when it is made (RecordFileError if there is
-    none or it cannot be read); iterating yields each record after it, once."""
+    """A CSV file's records, from its lines (each with its ending, as physical_lines gives
+    them). The header is read when it is made (RecordFileError if there is none or it cannot
+    be read); iterating yields each record after it, once."""
 
-    def __init__(self, source: Source, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, lines: Iterable[bytes | _TooLong], *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._max_line_bytes = max_line_bytes
-        self._reader = csv.reader(self._text_lines(source), strict=True)
+        self._escaped = False  # a line read since the last record held bytes that are not UTF-8
+        self._reader = csv.reader(self._text_lines(lines), strict=True)
         self._consumed = 0  # lines the reader has taken so far
         self.header = self._read_header()
+        self._all_named = all(self.header)
 
-    def _text_lines(self, source: Source) -> Iterator[str]:
-        for number, line in enumerate(physical_lines(source, self._max_line_bytes), start=1):
-            if isinstance(line, _TooLong):
+    def _text_lines(self, lines: Iterable[bytes | _TooLong]) -> Iterator[str]:
+        for number, line in enumerate(lines, start=1):
+            if isinstance(line, _TooLong) or len(line) > self._max_line_bytes:
                 raise RecordFileError(f"line {number}: longer than {self._max_line_bytes} bytes")
             if number == 1 and line.startswith(_UTF8_BOM):
                 line = line[len(_UTF8_BOM) :]
-            yield line.decode("utf-8", "surrogateescape")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                self._escaped = True
+                text = line.decode("utf-8", "surrogateescape")
+            yield text
 
     def _rows(self) -> Iterator[tuple[int, list[str] | str]]:
         """(start line, fields) or (start line, a csv error's reason); blank lines skipped."""
         while True:
             start = self._consumed + 1
+            self._escaped = False
             try:
                 fields = next(self._reader)
             except StopIteration:
@@ -151,16 +162,25 @@ class CsvRecords:
                 yield line, self._record(fields)
 
     def _record(self, fields: list[str]) -> Record | Rejection:
-        for name, value in zip(self.header, fields, strict=True):
-            if (found := _ESCAPED_BYTE.search(value)) is not None:
-                byte = ord(found.group()) - 0xDC00
-                column = json.dumps(name, ensure_ascii=False)
-                return Rejection(f"not valid UTF-8: byte 0x{byte:02x} in field {column}")
+        if self._escaped:  # else no field can hold an escaped byte: its lines decoded as UTF-8
+            for name, value in zip(self.header, fields, strict=True):
+                if (found := _ESCAPED_BYTE.search(value)) is not None:
+                    byte = ord(found.group()) - 0xDC00
+                    column = json.dumps(name, ensure_ascii=False)
+                    return Rejection(f"not valid UTF-8: byte 0x{byte:02x} in field {column}")
+        if self._all_named:  # no column without a name to leave out
+            return dict(zip(self.header, fields, strict=True))
         return {name: value for name, value in zip(self.header, fields, strict=True) if name}
 
 
+def read_csv_lines(lines: Iterable[bytes], *, max_line_bytes: int = MAX_LINE_BYTES) -> CsvRecords:
+    """A CSV file's records from its lines, split already (each with its ending): as read_csv
+    reads the same bytes, without splitting them again."""
+    return CsvRecords(lines, max_line_bytes=max_line_bytes)
+
+
 def read_csv(source: Source, *, max_line_bytes: int = MAX_LINE_BYTES) -> CsvRecords:
-    return CsvRecords(source, max_line_bytes=max_line_bytes)
+    return CsvRecords(physical_lines(source, max_line_bytes), max_line_bytes=max_line_bytes)
 
 
 def _csv_reason(message: str) -> str:
