@@ -11,6 +11,7 @@ always has more than one cell (id, status and the usage columns at least)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 def csv_text(values: Iterable[Any]) -> str:
     """One CSV line of a row's values (or a header's names), as text, CRLF included. A cell's
     text is what outputs.cell gives; numbers are written without a json.dumps call (the JSON
-    text of a finite int or float is its repr; NaN and infinities never reach a row)."""
+    text of an int or a finite float is its repr)."""
     cells = []
     for value in values:
         kind = type(value)
@@ -32,7 +33,7 @@ def csv_text(values: Iterable[Any]) -> str:
         elif value is None:
             cells.append("")
             continue
-        elif kind is int or kind is float:
+        elif kind is int or (kind is float and math.isfinite(value)):
             cells.append(repr(value))
             continue
         else:

@@ -233,23 +233,15 @@ class _Compiler:
             return lambda _value, depth: depth <= _MAX_DEPTH
         if not isinstance(schema, dict):  # false, or not a schema: nothing conforms
             return lambda _value, _depth: False
-        checks = [
-            check
-            for check in (
-                self._ref(schema),
-                _type_check(schema),
-                _enum_const_check(schema),
-                self._any_of(schema),
-                self._object(schema),
-                self._array(schema),
-            )
-            if check is not None
-        ]
-
-        def conforms(value: Any, depth: int) -> bool:
-            return depth <= _MAX_DEPTH and all(check(value, depth) for check in checks)
-
-        return conforms
+        # A type that rules out objects (or arrays) makes their keywords moot: the type check
+        # already fails such a value, and every other value passes them.
+        wanted = _wanted(schema)
+        made = [self._ref(schema), _type_check(schema), _enum_const_check(schema), self._any_of(schema)]
+        if wanted is None or "object" in wanted:
+            made.append(self._object(schema))
+        if wanted is None or "array" in wanted:
+            made.append(self._array(schema))
+        return _all_of([check for check in made if check is not None])
 
     def _ref(self, schema: Mapping[str, Any]) -> _Conforms | None:
         if "$ref" not in schema:
@@ -300,13 +292,33 @@ class _Compiler:
         return conforms
 
 
+def _all_of(checks: list[_Conforms]) -> _Conforms:
+    """A node's checks joined, within the depth bound; unrolled for the usual one or two."""
+    if not checks:
+        return lambda _value, depth: depth <= _MAX_DEPTH
+    if len(checks) == 1:
+        (only,) = checks
+        return lambda value, depth: depth <= _MAX_DEPTH and only(value, depth)
+    if len(checks) == 2:
+        first, second = checks
+        return lambda value, depth: depth <= _MAX_DEPTH and first(value, depth) and second(value, depth)
+    return lambda value, depth: depth <= _MAX_DEPTH and all(check(value, depth) for check in checks)
+
+
 _CLASSES: Final[dict[str, type | tuple[type, ...]]] = {"string": str, "array": list, "object": dict, "boolean": bool}
 
 
-def _type_check(schema: Mapping[str, Any]) -> _Conforms | None:
+def _wanted(schema: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The type names a schema allows (None: it has no type keyword)."""
     if "type" not in schema:
         return None
-    wanted = tuple(schema["type"] if isinstance(schema["type"], list) else [schema["type"]])
+    return tuple(schema["type"] if isinstance(schema["type"], list) else [schema["type"]])
+
+
+def _type_check(schema: Mapping[str, Any]) -> _Conforms | None:
+    wanted = _wanted(schema)
+    if wanted is None:
+        return None
     if len(wanted) == 1 and wanted[0] in _CLASSES:
         exact = _CLASSES[wanted[0]]
         return lambda value, _depth: isinstance(value, exact)
