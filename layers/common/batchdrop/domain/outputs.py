@@ -71,6 +71,7 @@ class RowMaker:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.columns: tuple[str, ...] = tuple(header(pipeline))
+        self._blank: Row = dict.fromkeys(self.columns)
         schema = pipeline.answer_schema
         self._check = compile_schema(schema) if schema is not None else None
         self._properties: tuple[str, ...] = tuple(schema["properties"]) if schema is not None else ()
@@ -83,7 +84,7 @@ class RowMaker:
         record_id: str | None = None,
     ) -> Row:
         """What `row(pipeline, kept_fields, result, record_id=...)` gives."""
-        out: Row = dict.fromkeys(self.columns)
+        out = self._blank.copy()
         for name in self.pipeline.keep_fields:
             out[name] = kept_fields.get(name)
         if isinstance(result, Rejection):
@@ -94,7 +95,7 @@ class RowMaker:
         outcome = parsed["result"]
         kind = outcome["type"]
         if kind == "succeeded":
-            out.update(self._succeeded(_message(outcome)))
+            self._succeeded(out, _message(outcome))
         elif kind == "errored":
             out.update(status="errored", error=_error_text(outcome.get("error")))
         elif kind in ("expired", "canceled"):
@@ -103,25 +104,22 @@ class RowMaker:
             raise ResultLineError(f"result of {parsed['custom_id']!r}: unknown result type {kind!r}")
         return out
 
-    def _succeeded(self, message: Mapping[str, Any]) -> Row:
+    def _succeeded(self, out: Row, message: Mapping[str, Any]) -> None:
+        """Fill a succeeded result's columns in `out` (every one of them is already a key)."""
         usage: Mapping[str, Any] = message["usage"] if isinstance(message.get("usage"), Mapping) else {}
-        out: Row = {name: usage.get(name) for name in USAGE_COLUMNS}
+        for name in USAGE_COLUMNS:
+            out[name] = usage.get(name)
         out["stop_reason"] = message.get("stop_reason")
-        text = "".join(
-            block["text"]
-            for block in message["content"]
-            if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
-        )
+        text = _text_of(message["content"])
         if self.pipeline.output == "text":
             out.update(status="succeeded", text=text)
-            return out
+            return
         answer = self._answer(message, text)
         if isinstance(answer, _Invalid):
             out.update(status="invalid_output", raw=answer.raw, error=answer.reason)
-            return out
+            return
         out["status"] = "succeeded"
         out.update(answer)
-        return out
 
     def _answer(self, message: Mapping[str, Any], text: str) -> Mapping[str, Any] | _Invalid:
         """The answer's properties, or why it is invalid_output and the text it was made of."""
@@ -150,6 +148,19 @@ class RowMaker:
             return _Invalid(f"the answer does not match the schema: {problem}{cut}", raw)
         assert isinstance(value, dict)  # the schema is an object schema, and value matched it
         return {name: value.get(name) for name in self._properties}
+
+
+def _text_of(content: list[Any]) -> str:
+    """The text blocks' texts, joined (a lone text block's text as it is)."""
+    if len(content) == 1:
+        block = content[0]
+        if isinstance(block, dict) and block.get("type") == "text" and type(block.get("text")) is str:
+            return str(block["text"])
+    return "".join(
+        block["text"]
+        for block in content
+        if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
+    )
 
 
 def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
