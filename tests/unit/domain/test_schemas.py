@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from batchdrop.domain.schemas import TYPES, compile_schema, schema_problems, validate
+from batchdrop.domain.schemas import TYPES, compile_schema, conforms_to, schema_problems, validate
 
 pytestmark = pytest.mark.unit
 
@@ -194,7 +194,9 @@ def test_a_compiled_schema_gives_what_validate_gives(schema: Any, shared: Any, v
     root = {"anyOf": [schema, {"$ref": "#/$defs/shared"}], "$defs": {"shared": shared}}
     beside = {"type": "object", "properties": {"a": schema}, "additionalProperties": shared}
     for candidate in (schema, shared, root, beside):
-        assert compile_schema(candidate)(value) == validate(value, candidate), (candidate, value)
+        expected = validate(value, candidate)
+        assert conforms_to(candidate)(value) is (expected is None), (candidate, value)
+        assert compile_schema(candidate)(value) == expected, (candidate, value)
 
 
 HOPS = st.sampled_from(["ref", "anyOf", "items", "property", "extra"])
@@ -228,7 +230,7 @@ def test_a_compiled_schema_keeps_the_depth_bound(hops: list[str], leaf: Any, val
     # Given a schema nesting near validate's depth bound, by any mix of hops
     schema, nested = _chain(hops, leaf, value)
     # Then the bound falls where validate puts it
-    assert compile_schema(schema)(nested) == validate(nested, schema), (hops, leaf, value)
+    assert conforms_to(schema)(nested) is (validate(nested, schema) is None), (hops, leaf, value)
 
 
 @pytest.mark.parametrize("size", [63, 64, 65, 66])
@@ -237,7 +239,16 @@ def test_a_compiled_schema_keeps_the_depth_bound(hops: list[str], leaf: Any, val
 def test_the_depth_bound_falls_at_the_same_hop(size: int, hop: str, leaf: Any) -> None:
     for value in (1, [1], {"a": 1}):
         schema, nested = _chain([hop] * size, leaf, value)
-        assert compile_schema(schema)(nested) == validate(nested, schema), (hop, size, leaf, value)
+        assert conforms_to(schema)(nested) is (validate(nested, schema) is None), (hop, size, leaf, value)
+
+
+def test_a_compiled_enum_and_const_compare_as_json_does() -> None:
+    options: list[Any] = ["a", 1, 1.5, True, None, [1], {"k": "v"}]
+    for schema in ({"enum": options}, *({"const": option} for option in options)):
+        for value in [*options, 1.0, [1.0], "b", 2, False, "1", 0, [True], {"k": "w"}]:
+            assert conforms_to(schema)(value) is (validate(value, schema) is None), (schema, value)
+    assert conforms_to({"enum": options})(1.0)
+    assert not conforms_to({"enum": options})(False)
 
 
 def test_a_compiled_schema_names_the_first_problem_as_validate_does() -> None:

@@ -198,16 +198,18 @@ def compile_schema(schema: Any) -> Callable[[Any], str | None]:
     what validate(value, schema) gives. A conforming value is decided by closures built here
     (no keyword is looked up per value, no path is built); a value that does not conform,
     rare in a job, is passed to validate for its first problem, so the message is the same."""
-    conforms = _Compiler(schema).node(schema)
+    conforms = conforms_to(schema)
 
     def problem(value: Any) -> str | None:
-        if conforms(value, 0):
-            return None
-        found = validate(value, schema)
-        assert found is not None, "the compiled schema and validate disagree"
-        return found
+        return None if conforms(value) else validate(value, schema)
 
     return problem
+
+
+def conforms_to(schema: Any) -> Callable[[Any], bool]:
+    """The schema compiled into one yes/no check: whether validate(value, schema) is None."""
+    conforms = _Compiler(schema).node(schema)
+    return lambda value: conforms(value, 0)
 
 
 class _Compiler:
