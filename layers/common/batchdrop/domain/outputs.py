@@ -15,7 +15,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from batchdrop.domain.pipelines import Pipeline
 from batchdrop.domain.record_readers import Rejection
@@ -106,7 +106,7 @@ class RowMaker:
 
     def _succeeded(self, out: Row, message: Mapping[str, Any]) -> None:
         """Fill a succeeded result's columns in `out` (every one of them is already a key)."""
-        usage: Mapping[str, Any] = message["usage"] if isinstance(message.get("usage"), Mapping) else {}
+        usage: Mapping[str, Any] = message["usage"] if _is_mapping(message.get("usage")) else {}
         for name in USAGE_COLUMNS:
             out[name] = usage.get(name)
         out["stop_reason"] = message.get("stop_reason")
@@ -150,6 +150,11 @@ class RowMaker:
         return {name: value.get(name) for name in self._properties}
 
 
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """isinstance(value, Mapping), without the ABC's check for the dicts JSON parsing makes."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _text_of(content: list[Any]) -> str:
     """The text blocks' texts, joined (a lone text block's text as it is)."""
     if len(content) == 1:
@@ -172,9 +177,9 @@ def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
         except UnicodeDecodeError as exc:
             raise ResultLineError(f"a result line is not valid UTF-8 (byte {exc.start})") from exc
     if (
-        not isinstance(result, Mapping)
+        not _is_mapping(result)
         or not isinstance(result.get("custom_id"), str)
-        or not isinstance(result.get("result"), Mapping)
+        or not _is_mapping(result.get("result"))
         or not isinstance(result["result"].get("type"), str)
     ):
         raise ResultLineError('a result line must be {"custom_id": ..., "result": {"type": ...}}')
@@ -183,7 +188,7 @@ def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _message(outcome: Mapping[str, Any]) -> Mapping[str, Any]:
     message = outcome.get("message")
-    if not isinstance(message, Mapping) or not isinstance(message.get("content"), list):
+    if not _is_mapping(message) or not isinstance(message.get("content"), list):
         raise ResultLineError("a succeeded result has no message with content")
     return message
 
