@@ -17,20 +17,25 @@ from batchdrop.domain.outputs import csv_line, jsonl_line
 pytestmark = pytest.mark.unit
 
 TRICKY = ["", " ", "a,b", 'say "hi"', "line\nbreak", "cr\rlone", "crlf\r\n", "naïve — ✓", "\ud800", "=1+1", "-0.5"]
+TRICKY += ["back\\slash", "nul\x00", "unit\x1fsep", "del\x7f", "tab\tbell\x07", "\u2028line sep"]
 VALUES: list[Any] = [None, 0, -3, 2**70, 0.1, 1e-07, 1e300, -0.0, True, False, ["a", 1], {"k": 'v,"'}, *TRICKY]
+VALUES += [float("nan"), float("inf"), float("-inf"), {"k": [float("nan"), "\x00\\"]}]
 
+texts = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\t\\\x00\x1f\x7f=é\ud800✓')), max_size=12)
 cells = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(alphabet=st.sampled_from(list('ab ,"\r\n\t=é\ud800✓')), max_size=12),
-    st.lists(st.integers(), max_size=3),
+    st.floats(),
+    texts,
+    st.lists(st.integers() | texts | st.floats(), max_size=3),
+    st.dictionaries(texts, texts | st.none(), max_size=2),
 )
 
 
 def rows_of(values: list[Any]) -> list[dict[str, Any]]:
-    return [{"id": "x", "v": value, "w": other} for value in values for other in (None, "", "z")]
+    rows = [{"id": "x", "v": value, "w": other} for value in values for other in (None, "", "z")]
+    return rows + [{'a "quoted"\\name': value, "é\x01": 1} for value in values]
 
 
 @pytest.mark.parametrize("row", rows_of(VALUES))
@@ -41,10 +46,13 @@ def test_each_tricky_value_is_written_as_csv_line_and_jsonl_line_write_it(row: d
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(cells, min_size=2, max_size=5), min_size=1, max_size=6))
-def test_any_rows_are_written_as_the_row_by_row_writers_write_them(table: list[list[Any]]) -> None:
+@given(
+    st.lists(st.lists(cells, min_size=2, max_size=5), min_size=1, max_size=6),
+    st.lists(texts, min_size=5, max_size=5),
+)
+def test_any_rows_are_written_as_the_row_by_row_writers_write_them(table: list[list[Any]], names: list[str]) -> None:
     encoder = RowsEncoder()
-    rows = [{f"c{n}": value for n, value in enumerate(values)} for values in table]
+    rows = [{f"c{n}{names[n]}": value for n, value in enumerate(values)} for values in table]
     for row in rows:
         encoder.add(row)
     csv_bytes, jsonl_bytes = encoder.take()

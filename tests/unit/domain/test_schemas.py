@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from batchdrop.domain.schemas import TYPES, schema_problems, validate
+from batchdrop.domain.schemas import TYPES, compile_schema, conforms_to, schema_problems, validate
 
 pytestmark = pytest.mark.unit
 
@@ -184,3 +184,80 @@ def test_verdicts_match_the_reference_validator(schema: Any, shared: Any, value:
         # Then this validator passes it exactly when the reference implementation does
         expected = Draft202012Validator(candidate).is_valid(value)
         assert (validate(value, candidate) is None) == expected, (candidate, value)
+
+
+# --- the compiled validator gives what validate gives ------------------------------------
+
+
+@given(schema=SCHEMAS, shared=SCHEMAS, value=VALUES)
+def test_a_compiled_schema_gives_what_validate_gives(schema: Any, shared: Any, value: Any) -> None:
+    root = {"anyOf": [schema, {"$ref": "#/$defs/shared"}], "$defs": {"shared": shared}}
+    beside = {"type": "object", "properties": {"a": schema}, "additionalProperties": shared}
+    for candidate in (schema, shared, root, beside):
+        expected = validate(value, candidate)
+        assert conforms_to(candidate)(value) is (expected is None), (candidate, value)
+        assert compile_schema(candidate)(value) == expected, (candidate, value)
+
+
+HOPS = st.sampled_from(["ref", "anyOf", "items", "property", "extra"])
+
+
+def _chain(hops: list[str], leaf: Any, value: Any) -> tuple[Any, Any]:
+    """A schema reaching `leaf` through `hops` (each one level deeper to the validator), and
+    a value reaching `value` through the same hops."""
+    defs: dict[str, Any] = {}
+    for number, hop in enumerate(reversed(hops)):
+        if hop == "ref":
+            defs[f"d{number}"] = leaf
+            leaf = {"$ref": f"#/$defs/d{number}"}
+        elif hop == "anyOf":
+            leaf = {"anyOf": [{"type": "string"}, leaf]}
+        elif hop == "items":
+            leaf, value = {"type": "array", "items": leaf}, [value]
+        elif hop == "property":
+            leaf, value = {"type": "object", "properties": {"p": leaf}}, {"p": value}
+        else:
+            leaf, value = {"type": "object", "additionalProperties": leaf}, {"q": value}
+    return ({**leaf, "$defs": defs} if isinstance(leaf, dict) else leaf), value
+
+
+@given(
+    hops=st.integers(61, 67).flatmap(lambda size: st.lists(HOPS, min_size=size, max_size=size)),
+    leaf=st.sampled_from([True, False, {}, {"type": "object"}, {"type": "array", "items": True}]),
+    value=VALUES,
+)
+def test_a_compiled_schema_keeps_the_depth_bound(hops: list[str], leaf: Any, value: Any) -> None:
+    # Given a schema nesting near validate's depth bound, by any mix of hops
+    schema, nested = _chain(hops, leaf, value)
+    # Then the bound falls where validate puts it
+    assert conforms_to(schema)(nested) is (validate(nested, schema) is None), (hops, leaf, value)
+
+
+@pytest.mark.parametrize("size", [63, 64, 65, 66])
+@pytest.mark.parametrize("hop", ["ref", "anyOf", "items", "property", "extra"])
+@pytest.mark.parametrize("leaf", [True, {}, {"type": "array", "items": True}])
+def test_the_depth_bound_falls_at_the_same_hop(size: int, hop: str, leaf: Any) -> None:
+    for value in (1, [1], {"a": 1}):
+        schema, nested = _chain([hop] * size, leaf, value)
+        assert conforms_to(schema)(nested) is (validate(nested, schema) is None), (hop, size, leaf, value)
+
+
+def test_a_compiled_enum_and_const_compare_as_json_does() -> None:
+    options: list[Any] = ["a", 1, 1.5, True, None, [1], {"k": "v"}]
+    for schema in ({"enum": options}, *({"const": option} for option in options)):
+        for value in [*options, 1.0, [1.0], "b", 2, False, "1", 0, [True], {"k": "w"}]:
+            assert conforms_to(schema)(value) is (validate(value, schema) is None), (schema, value)
+    assert conforms_to({"enum": options})(1.0)
+    assert not conforms_to({"enum": options})(False)
+
+
+def test_a_compiled_schema_names_the_first_problem_as_validate_does() -> None:
+    check = compile_schema(REVIEW)
+    assert check({"sentiment": "positive", "confidence": 0.9, "tags": ["a"], "source": {"url": "u"}}) is None
+    problem = '$.sentiment: must be one of "positive", "negative"; got "meh"'
+    assert check({"sentiment": "meh", "confidence": 1}) == problem
+    assert check({"sentiment": "positive", "confidence": True}) == "$.confidence: must be number, got boolean"
+    loop = {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}
+    assert compile_schema(loop)(1) == "$: the schema nests too deeply to check (a $ref loop?)"
+    assert compile_schema({"enum": ["1", 1, True]})(1.0) is None
+    assert compile_schema({"enum": ["1", 1]})(True) == '$: must be one of "1", 1; got true'

@@ -11,6 +11,7 @@ always has more than one cell (id, status and the usage columns at least)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,12 +19,28 @@ from batchdrop.domain.outputs import cell
 
 # What jsonl_line's json.dumps builds anew on each call, built once.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# The C encoder that _JSON.encode builds anew on each call, built once too: a row is one dict
+# of JSON values, never circular, so it goes without the circular-reference bookkeeping.
+_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_ROW_ENCODER = (
+    _C_ENCODER(None, _JSON.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    if _C_ENCODER is not None
+    else None
+)
+
+
+def json_text(values: Mapping[str, Any]) -> str:
+    """A row as compact JSON text, as _JSON.encode(dict(values)) writes it."""
+    row = values if type(values) is dict else dict(values)
+    if _ROW_ENCODER is None:
+        return _JSON.encode(row)
+    return "".join(_ROW_ENCODER(row, 0))
 
 
 def csv_text(values: Iterable[Any]) -> str:
     """One CSV line of a row's values (or a header's names), as text, CRLF included. A cell's
     text is what outputs.cell gives; numbers are written without a json.dumps call (the JSON
-    text of a finite int or float is its repr; NaN and infinities never reach a row)."""
+    text of an int or a finite float is its repr)."""
     cells = []
     for value in values:
         kind = type(value)
@@ -32,7 +49,7 @@ def csv_text(values: Iterable[Any]) -> str:
         elif value is None:
             cells.append("")
             continue
-        elif kind is int or kind is float:
+        elif kind is int or (kind is float and math.isfinite(value)):
             cells.append(repr(value))
             continue
         else:
@@ -55,7 +72,7 @@ class RowsEncoder:
 
     def add(self, values: Mapping[str, Any]) -> None:
         table = csv_text(values.values())
-        line = _JSON.encode(dict(values)) + "\n"
+        line = json_text(values) + "\n"
         self._csv.append(table)
         self._jsonl.append(line)
         self.chars += len(table) + len(line)

@@ -15,11 +15,11 @@ import csv
 import io
 import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from batchdrop.domain.pipelines import Pipeline
 from batchdrop.domain.record_readers import Rejection
-from batchdrop.domain.schemas import validate
+from batchdrop.domain.schemas import compile_schema
 
 STATUSES: Final = ("succeeded", "invalid_output", "errored", "expired", "canceled", "rejected")
 USAGE_COLUMNS: Final = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -59,26 +59,113 @@ def row(
 ) -> Row:
     """The output row of one record. `kept_fields` holds the record's values of keep_fields
     (a field it lacks stays empty); `result` is its line from the batch results, parsed or not,
-    or its Rejection; `record_id` is the id to show for a rejection that has none."""
-    out: Row = dict.fromkeys(header(pipeline))
-    for name in pipeline.keep_fields:
-        out[name] = kept_fields.get(name)
-    if isinstance(result, Rejection):
-        out.update(id=result.custom_id or record_id, status="rejected", error=result.reason)
+    or its Rejection; `record_id` is the id to show for a rejection that has none. (For many
+    rows of one pipeline, RowMaker prepares what this prepares per call once.)"""
+    return RowMaker(pipeline).row(kept_fields, result, record_id=record_id)
+
+
+class RowMaker:
+    """`row` for the records of one pipeline: its columns and its answer's schema (compiled
+    into a validator) prepared once, so a job's rows cost only their own parsing."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.columns: tuple[str, ...] = tuple(header(pipeline))
+        self._blank: Row = dict.fromkeys(self.columns)
+        schema = pipeline.answer_schema
+        self._check = compile_schema(schema) if schema is not None else None
+        self._properties: tuple[str, ...] = tuple(schema["properties"]) if schema is not None else ()
+
+    def row(
+        self,
+        kept_fields: Mapping[str, str],
+        result: bytes | str | Mapping[str, Any] | Rejection,
+        *,
+        record_id: str | None = None,
+    ) -> Row:
+        """What `row(pipeline, kept_fields, result, record_id=...)` gives."""
+        out = self._blank.copy()
+        for name in self.pipeline.keep_fields:
+            out[name] = kept_fields.get(name)
+        if isinstance(result, Rejection):
+            out.update(id=result.custom_id or record_id, status="rejected", error=result.reason)
+            return out
+        parsed = _parsed(result)
+        out["id"] = parsed["custom_id"]
+        outcome = parsed["result"]
+        kind = outcome["type"]
+        if kind == "succeeded":
+            self._succeeded(out, _message(outcome))
+        elif kind == "errored":
+            out.update(status="errored", error=_error_text(outcome.get("error")))
+        elif kind in ("expired", "canceled"):
+            out["status"] = kind
+        else:
+            raise ResultLineError(f"result of {parsed['custom_id']!r}: unknown result type {kind!r}")
         return out
-    parsed = _parsed(result)
-    out["id"] = parsed["custom_id"]
-    outcome = parsed["result"]
-    kind = outcome["type"]
-    if kind == "succeeded":
-        out.update(_succeeded(pipeline, _message(outcome)))
-    elif kind == "errored":
-        out.update(status="errored", error=_error_text(outcome.get("error")))
-    elif kind in ("expired", "canceled"):
-        out["status"] = kind
-    else:
-        raise ResultLineError(f"result of {parsed['custom_id']!r}: unknown result type {kind!r}")
-    return out
+
+    def _succeeded(self, out: Row, message: Mapping[str, Any]) -> None:
+        """Fill a succeeded result's columns in `out` (every one of them is already a key)."""
+        usage: Mapping[str, Any] = message["usage"] if _is_mapping(message.get("usage")) else {}
+        for name in USAGE_COLUMNS:
+            out[name] = usage.get(name)
+        out["stop_reason"] = message.get("stop_reason")
+        text = _text_of(message["content"])
+        if self.pipeline.output == "text":
+            out.update(status="succeeded", text=text)
+            return
+        answer = self._answer(message, text)
+        if isinstance(answer, _Invalid):
+            out.update(status="invalid_output", raw=answer.raw, error=answer.reason)
+            return
+        out["status"] = "succeeded"
+        out.update(answer)
+
+    def _answer(self, message: Mapping[str, Any], text: str) -> Mapping[str, Any] | _Invalid:
+        """The answer's properties, or why it is invalid_output and the text it was made of."""
+        assert self._check is not None  # a pipeline with an output has its schema
+        cut = " (cut off: stop_reason max_tokens)" if message.get("stop_reason") == "max_tokens" else ""
+        tool_name = self.pipeline.tool_name
+        if self.pipeline.output == "tool":
+            calls = [
+                block
+                for block in message["content"]
+                if isinstance(block, Mapping) and block.get("type") == "tool_use" and block.get("name") == tool_name
+            ]
+            if not calls:
+                return _Invalid(f"the answer does not call the tool {tool_name!r}{cut}", text)
+            value = calls[0].get("input")
+            raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        else:
+            raw = text
+            try:
+                value = _STRICT_JSON.decode(text)
+            except ValueError as exc:
+                reason = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                return _Invalid(f"the answer is not valid JSON: {reason}{cut}", text)
+        problem = self._check(value)
+        if problem is not None:
+            return _Invalid(f"the answer does not match the schema: {problem}{cut}", raw)
+        assert isinstance(value, dict)  # the schema is an object schema, and value matched it
+        return {name: value.get(name) for name in self._properties}
+
+
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """isinstance(value, Mapping), without the ABC's check for the dicts JSON parsing makes."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+def _text_of(content: list[Any]) -> str:
+    """The text blocks' texts, joined (a lone text block's text as it is)."""
+    if len(content) == 1:
+        block = content[0]
+        if isinstance(block, dict) and block.get("type") == "text" and type(block.get("text")) is str:
+            return str(block["text"])
+    return "".join(
+        block["text"]
+        for block in content
+        if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
+    )
 
 
 def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -90,9 +177,9 @@ def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
         except UnicodeDecodeError as exc:
             raise ResultLineError(f"a result line is not valid UTF-8 (byte {exc.start})") from exc
     if (
-        not isinstance(result, Mapping)
+        not _is_mapping(result)
         or not isinstance(result.get("custom_id"), str)
-        or not isinstance(result.get("result"), Mapping)
+        or not _is_mapping(result.get("result"))
         or not isinstance(result["result"].get("type"), str)
     ):
         raise ResultLineError('a result line must be {"custom_id": ..., "result": {"type": ...}}')
@@ -101,66 +188,15 @@ def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _message(outcome: Mapping[str, Any]) -> Mapping[str, Any]:
     message = outcome.get("message")
-    if not isinstance(message, Mapping) or not isinstance(message.get("content"), list):
+    if not _is_mapping(message) or not isinstance(message.get("content"), list):
         raise ResultLineError("a succeeded result has no message with content")
     return message
-
-
-def _succeeded(pipeline: Pipeline, message: Mapping[str, Any]) -> Row:
-    usage: Mapping[str, Any] = message["usage"] if isinstance(message.get("usage"), Mapping) else {}
-    out: Row = {name: usage.get(name) for name in USAGE_COLUMNS}
-    out["stop_reason"] = message.get("stop_reason")
-    text = "".join(
-        block["text"]
-        for block in message["content"]
-        if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
-    )
-    if pipeline.output == "text":
-        out.update(status="succeeded", text=text)
-        return out
-    answer = _answer(pipeline, message, text)
-    if isinstance(answer, _Invalid):
-        out.update(status="invalid_output", raw=answer.raw, error=answer.reason)
-        return out
-    out["status"] = "succeeded"
-    out.update(answer)
-    return out
 
 
 class _Invalid:
     def __init__(self, reason: str, raw: str) -> None:
         self.reason = reason
         self.raw = raw
-
-
-def _answer(pipeline: Pipeline, message: Mapping[str, Any], text: str) -> Mapping[str, Any] | _Invalid:
-    """The answer's properties, or why it is invalid_output and the text it was made of."""
-    assert pipeline.answer_schema is not None  # a pipeline with an output has its schema
-    cut = " (cut off: stop_reason max_tokens)" if message.get("stop_reason") == "max_tokens" else ""
-    if pipeline.output == "tool":
-        calls = [
-            block
-            for block in message["content"]
-            if isinstance(block, Mapping)
-            and block.get("type") == "tool_use"
-            and block.get("name") == pipeline.tool_name
-        ]
-        if not calls:
-            return _Invalid(f"the answer does not call the tool {pipeline.tool_name!r}{cut}", text)
-        value = calls[0].get("input")
-        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    else:
-        raw = text
-        try:
-            value = _STRICT_JSON.decode(text)
-        except ValueError as exc:
-            reason = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else str(exc)
-            return _Invalid(f"the answer is not valid JSON: {reason}{cut}", text)
-    problem = validate(value, pipeline.answer_schema)
-    if problem is not None:
-        return _Invalid(f"the answer does not match the schema: {problem}{cut}", raw)
-    assert isinstance(value, dict)  # the schema is an object schema, and value matched it
-    return {name: value.get(name) for name in pipeline.answer_schema["properties"]}
 
 
 def _error_text(error: Any) -> str:

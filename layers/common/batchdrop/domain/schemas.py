@@ -12,7 +12,7 @@ applies beside its sibling keywords)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 SUPPORTED_KEYWORDS: Final = frozenset(
@@ -185,6 +185,173 @@ def resolve_ref(root: Any, ref: Any) -> Any:
             return None
         target = target[key]
     return target
+
+
+# --- compiled once, run per answer ---------------------------------------------------------
+
+# A compiled schema node: whether a value conforms to it at a nesting depth.
+_Conforms = Callable[[Any, int], bool]
+
+
+def compile_schema(schema: Any) -> Callable[[Any], str | None]:
+    """`validate` with the schema walked once: the returned function gives, for any value,
+    what validate(value, schema) gives. A conforming value is decided by closures built here
+    (no keyword is looked up per value, no path is built); a value that does not conform,
+    rare in a job, is passed to validate for its first problem, so the message is the same."""
+    conforms = conforms_to(schema)
+
+    def problem(value: Any) -> str | None:
+        return None if conforms(value) else validate(value, schema)
+
+    return problem
+
+
+def conforms_to(schema: Any) -> Callable[[Any], bool]:
+    """The schema compiled into one yes/no check: whether validate(value, schema) is None."""
+    conforms = _Compiler(schema).node(schema)
+    return lambda value: conforms(value, 0)
+
+
+class _Compiler:
+    """Each schema node as a _Conforms, with validate's semantics (and its depth bound, so a
+    $ref loop fails as it does there). Nodes are compiled once each, by identity; a $ref
+    that loops back reaches its target through a forwarder set before the target is built."""
+
+    def __init__(self, root: Any) -> None:
+        self._root = root
+        self._built: dict[int, _Conforms] = {}
+
+    def node(self, schema: Any) -> _Conforms:
+        key = id(schema)
+        if key not in self._built:
+            later: list[_Conforms] = []
+            self._built[key] = lambda value, depth: later[0](value, depth)
+            later.append(self._build(schema))
+            self._built[key] = later[0]
+        return self._built[key]
+
+    def _build(self, schema: Any) -> _Conforms:
+        if schema is True:
+            return lambda _value, depth: depth <= _MAX_DEPTH
+        if not isinstance(schema, dict):  # false, or not a schema: nothing conforms
+            return lambda _value, _depth: False
+        # A type that rules out objects (or arrays) makes their keywords moot: the type check
+        # already fails such a value, and every other value passes them.
+        wanted = _wanted(schema)
+        made = [self._ref(schema), _type_check(schema), _enum_const_check(schema), self._any_of(schema)]
+        if wanted is None or "object" in wanted:
+            made.append(self._object(schema))
+        if wanted is None or "array" in wanted:
+            made.append(self._array(schema))
+        return _all_of([check for check in made if check is not None])
+
+    def _ref(self, schema: Mapping[str, Any]) -> _Conforms | None:
+        if "$ref" not in schema:
+            return None
+        target = resolve_ref(self._root, schema["$ref"])
+        if target is None:
+            return lambda _value, _depth: False
+        follow = self.node(target)
+        return lambda value, depth: follow(value, depth + 1)
+
+    def _any_of(self, schema: Mapping[str, Any]) -> _Conforms | None:
+        if "anyOf" not in schema:
+            return None
+        choices = [self.node(choice) for choice in schema["anyOf"]]
+        return lambda value, depth: any(choice(value, depth + 1) for choice in choices)
+
+    def _object(self, schema: Mapping[str, Any]) -> _Conforms | None:
+        required = tuple(schema.get("required", ()))
+        properties = {name: self.node(sub) for name, sub in schema.get("properties", {}).items()}
+        extra = schema.get("additionalProperties", True)
+        other = None if extra is False else self.node(extra)
+
+        def conforms(value: Any, depth: int) -> bool:
+            if not isinstance(value, dict):
+                return True
+            for name in required:
+                if name not in value:
+                    return False
+            for name, item in value.items():
+                check = properties.get(name, other)
+                if check is None or not check(item, depth + 1):
+                    return False
+            return True
+
+        return conforms
+
+    def _array(self, schema: Mapping[str, Any]) -> _Conforms | None:
+        low, high = schema.get("minItems"), schema.get("maxItems")
+        items = self.node(schema["items"]) if "items" in schema else None
+
+        def conforms(value: Any, depth: int) -> bool:
+            if not isinstance(value, list):
+                return True
+            if (low is not None and len(value) < low) or (high is not None and len(value) > high):
+                return False
+            return items is None or all(items(item, depth + 1) for item in value)
+
+        return conforms
+
+
+def _all_of(checks: list[_Conforms]) -> _Conforms:
+    """A node's checks joined, within the depth bound; unrolled for the usual one or two."""
+    if not checks:
+        return lambda _value, depth: depth <= _MAX_DEPTH
+    if len(checks) == 1:
+        (only,) = checks
+        return lambda value, depth: depth <= _MAX_DEPTH and only(value, depth)
+    if len(checks) == 2:
+        first, second = checks
+        return lambda value, depth: depth <= _MAX_DEPTH and first(value, depth) and second(value, depth)
+    return lambda value, depth: depth <= _MAX_DEPTH and all(check(value, depth) for check in checks)
+
+
+_CLASSES: Final[dict[str, type | tuple[type, ...]]] = {"string": str, "array": list, "object": dict, "boolean": bool}
+
+
+def _wanted(schema: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The type names a schema allows (None: it has no type keyword)."""
+    if "type" not in schema:
+        return None
+    return tuple(schema["type"] if isinstance(schema["type"], list) else [schema["type"]])
+
+
+def _type_check(schema: Mapping[str, Any]) -> _Conforms | None:
+    wanted = _wanted(schema)
+    if wanted is None:
+        return None
+    if len(wanted) == 1 and wanted[0] in _CLASSES:
+        exact = _CLASSES[wanted[0]]
+        return lambda value, _depth: isinstance(value, exact)
+    return lambda value, _depth: any(is_type(value, name) for name in wanted)
+
+
+def _enum_const_check(schema: Mapping[str, Any]) -> _Conforms | None:
+    """const and enum as json_equal decides them; a string is equal to the strings among the
+    options that are equal to it and to no other option, so it is looked up in a set."""
+    options: list[Any] = []
+    if "const" in schema:
+        options.append([schema["const"]])
+    if "enum" in schema:
+        options.append(schema["enum"])
+    if not options:
+        return None
+    lookups = [
+        ({option for option in choices if type(option) is str}, [other for other in choices if type(other) is not str])
+        for choices in options
+    ]
+
+    def conforms(value: Any, _depth: int) -> bool:
+        for strings, others in lookups:
+            if type(value) is str:
+                if value not in strings:
+                    return False
+            elif not any(json_equal(value, option) for option in others):
+                return False
+        return True
+
+    return conforms
 
 
 # --- checking a schema itself -----------------------------------------------------------

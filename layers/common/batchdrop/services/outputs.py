@@ -30,7 +30,7 @@ from batchdrop.domain.output_order import (
     result_id,
     shard_families,
 )
-from batchdrop.domain.outputs import csv_line, header, row
+from batchdrop.domain.outputs import RowMaker, csv_line
 from batchdrop.domain.pipelines import Pipeline, PipelineError, parse_pipeline, syntax_of
 from batchdrop.domain.record_readers import Rejection
 from batchdrop.domain.records import JobRecord, PipelineRef, ShardRecord
@@ -109,16 +109,16 @@ class OutputsWriter:
         """Write the job's outputs (if absent); their keys, as the manifest names them.
         Raises, writing nothing, when the rows do not agree with `counts` and job.rejected."""
         assert job.pipeline is not None  # only a records-mode job has outputs
-        pipeline = pipeline_at(self._store, job.pipeline)
+        maker = RowMaker(pipeline_at(self._store, job.pipeline))
         keys = outputs_keys(job.job_id)
         statuses: Counter[str] = Counter()
         with (
             self._store.writer(keys["csv"], CSV_CONTENT_TYPE, if_absent=True) as table,
             self._store.writer(keys["jsonl"], JSONL_CONTENT_TYPE, if_absent=True) as lines,
         ):
-            table.write(csv_line(header(pipeline)))
+            table.write(csv_line(list(maker.columns)))
             encoded = RowsEncoder()
-            for values in self._rows(job, shards, pipeline):
+            for values in self._rows(job, shards, maker):
                 statuses[values["status"]] += 1
                 encoded.add(values)
                 if encoded.chars >= _FLUSH_CHARS:
@@ -130,15 +130,16 @@ class OutputsWriter:
         logger.info("records outputs written", extra={"job_id": job.job_id, "rows": dict(statuses)})
         return keys
 
-    def _rows(self, job: JobRecord, shards: list[ShardRecord], pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    def _rows(self, job: JobRecord, shards: list[ShardRecord], maker: RowMaker) -> Iterator[dict[str, Any]]:
         """Each record's output row, in input order."""
+        pipeline = maker.pipeline
         for ref, result in merged_by_row(self._sent(job, shards), self._rejected(job)):
             if result is None:
                 shown = pipeline.custom_id({}, ref.row) if pipeline.id_field is None else None
                 rejection = Rejection(ref.reason or "rejected", ref.custom_id)
-                yield row(pipeline, ref.fields, rejection, record_id=shown if isinstance(shown, str) else None)
+                yield maker.row(ref.fields, rejection, record_id=shown if isinstance(shown, str) else None)
                 continue
-            values = row(pipeline, ref.fields, result)
+            values = maker.row(ref.fields, result)
             if values["id"] != ref.custom_id:
                 raise ResultsMismatchError(f"row {ref.row}: its result is {values['id']!r}'s, not {ref.custom_id!r}'s")
             yield values
