@@ -1,6 +1,7 @@
 """Test tiers come from the directory a test lives in: tests/unit, tests/integration, tests/e2e."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for tier in _TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _batchdrop_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """batchdrop's own directory ($BATCHDROP_HOME: where `batchdrop local up` writes its env file
+    and every command looks for it) is one of this session's, for the tests and the processes
+    they start: never the user's, and never that of another pytest worker (`pytest -n 2`)
+    running beside this one. A test that needs its own sets it as before."""
+    home = tmp_path_factory.mktemp("batchdrop-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BATCHDROP_HOME", str(home))
+        yield home
