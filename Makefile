@@ -60,8 +60,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# pytest on two workers (pytest-xdist); pyproject.toml's --dist loadfile keeps each test file
+# whole on one worker. `make test PYTEST_WORKERS=0` runs it in one process, as test-* below do.
+PYTEST_WORKERS ?= 2
 test: lint template-lint template-scan build-check
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 # `sam build` works here without Docker; its artifact holds both handlers and the layer.
 # (The layer is built for arm64, so it is checked by its layout, not imported on x86_64.)
