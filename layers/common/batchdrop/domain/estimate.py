@@ -120,11 +120,13 @@ class Estimator:
         self,
         counts: Mapping[str, int],
         *,
+        failed: int = 0,
         fallback: str | None = None,
         history: OutputHistory | None = None,
     ) -> dict[str, Any]:
-        """The estimate as JSON, from the sample's `counts` by custom_id (those missing failed);
-        `fallback`: why nothing could be counted, when so."""
+        """The estimate as JSON, from the sample's `counts` by custom_id (those missing were not
+        counted); `failed`: how many counts were tried and failed; `fallback`: why nothing could
+        be counted, when so."""
         counted = [s for s in self.sample() if s.custom_id in counts]
         for tally in self._models.values():
             tally.counted = tally.counted_approx = 0
@@ -135,7 +137,7 @@ class Estimator:
         bound = _bound(counted, counts, self.requests) if counted else None
         input_by_model = _input_by_model(self._models, counted=bool(counted))
         share = _output_share(history)
-        return _estimate_json(self, input_by_model, bound, share, len(counted), fallback, history)
+        return _estimate_json(self, input_by_model, bound, share, (len(counted), failed), fallback, history)
 
     def tallies(self) -> Mapping[str, _ModelTally]:
         return self._models
@@ -163,7 +165,7 @@ def estimate(
         except Exception as exc:  # noqa: BLE001 - a failed count never fails the estimate
             failures.append(f"{type(exc).__name__}: {exc}")
     fallback = None if counts or not failures else f"no count succeeded ({failures[0]})"
-    return estimator.result(counts, fallback=fallback, history=history)
+    return estimator.result(counts, failed=len(failures), fallback=fallback, history=history)
 
 
 def _bound(counted: list[Sampled], counts: Mapping[str, int], population: int) -> float | None:
@@ -228,7 +230,7 @@ def _estimate_json(
     input_by_model: Mapping[str, float],
     bound: float | None,
     share: Decimal,
-    counted: int,
+    counted: tuple[int, int],
     fallback: str | None,
     history: OutputHistory | None,
 ) -> dict[str, Any]:
@@ -259,12 +261,13 @@ def _estimate_json(
 
 def _method(
     estimator: Estimator,
-    counted: int,
+    tried: tuple[int, int],
     bound: float | None,
     share: Decimal,
     fallback: str | None,
     history: OutputHistory | None,
 ) -> dict[str, Any]:
+    counted, failed = tried
     sampled = len(estimator.sample())
     how = "approximated" if counted == 0 else "counted" if counted == estimator.requests else "sampled"
     prices = estimator.prices
@@ -272,7 +275,7 @@ def _method(
         "input": how,
         "sample_size": sampled,
         "counted": counted,
-        "count_failures": sampled - counted,
+        "count_failures": failed,
         "seed": estimator.seed,
         "input_tokens_bound": None if bound is None else math.ceil(bound),
         "bound": "half-width of a 95% interval of the ratio estimate (finite-population corrected)",
