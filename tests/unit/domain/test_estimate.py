@@ -145,3 +145,37 @@ def test_the_bound_covers_the_true_total_in_most_seeded_trials(shape: str) -> No
 
 def truth_of(truth: Mapping[str, int]) -> Callable[[Mapping[str, Any]], int]:
     return lambda params: truth[params["messages"][0]["content"]]
+
+
+def test_memory_holds_the_sample_not_the_stream() -> None:
+    # Given streams of 1,000 and 4,000 requests of 2 KB each
+    import tracemalloc
+
+    def peak(count: int) -> int:
+        tracemalloc.start()
+        try:
+            estimator = Estimator(sample_size=50)
+            for custom_id, params in requests(count, system="x" * 2000):
+                estimator.add(custom_id, params)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    # Then four times the requests take well under twice the memory (the stream is 8 MB)
+    assert peak(4000) < 1.5 * peak(1000)
+
+
+def test_a_prefix_is_what_comes_up_to_the_last_breakpoint() -> None:
+    marked = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "rules " * 10, "cache_control": marked}]
+    one = prompt_shape(request("first question", system=system))
+    two = prompt_shape(request("another question", system=system))
+    other = prompt_shape(request("first question", system=[{**system[0], "text": "other rules"}]))
+    assert one.prefix_digest is not None
+    assert one.prefix_digest == two.prefix_digest != other.prefix_digest
+    assert one.prefix_tokens == 16  # "text" + "rules " x 10: 64 characters / 4
+    assert prompt_shape(request("q")).prefix_digest is None
+    long_lived = prompt_shape({**request("q", system=[{**system[0], "cache_control": {**marked, "ttl": "1h"}}])})
+    assert long_lived.prefix_ttl == "1h"
+    whole = prompt_shape({**request("the last block"), "cache_control": marked})
+    assert whole.prefix_tokens == whole.approx_tokens

@@ -32,25 +32,24 @@ class PromptShape:
 
 def prompt_shape(params: Mapping[str, Any]) -> PromptShape:
     """The approximate tokens and the cacheable prefix of a request's `params`."""
-    digest = hashlib.sha256(str(params.get("model", "")).encode())
-    chars, flat = 0, 0
-    prefix: tuple[bytes, int, str] | None = None
     blocks = list(_blocks(params))
-    for index, (role, block) in enumerate(blocks):
-        block_chars, block_flat = _size(block)
-        chars, flat = chars + block_chars, flat + block_flat
-        control = block.get("cache_control") if isinstance(block, dict) else None
-        if control is None and index == len(blocks) - 1:
-            control = params.get("cache_control")  # a top-level breakpoint: the prompt's last block
-        bare = {k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
-        digest.update(json.dumps([role, bare], sort_keys=True, ensure_ascii=False).encode() + b"\n")
-        if isinstance(control, dict):
-            ttl = "1h" if control.get("ttl") == "1h" else "5m"
-            prefix = (digest.copy().digest()[:16], _tokens(chars, flat), ttl)
-    approx = _tokens(chars, flat)
-    if prefix is None:
+    sizes = [_size(block) for _, block in blocks]
+    approx = _tokens(sum(c for c, _ in sizes), sum(f for _, f in sizes))
+    controls = [block.get("cache_control") if isinstance(block, dict) else None for _, block in blocks]
+    if blocks and controls[-1] is None:
+        controls[-1] = params.get("cache_control")  # a top-level breakpoint: the prompt's last block
+    last = max((i for i, control in enumerate(controls) if isinstance(control, dict)), default=None)
+    if last is None:
         return PromptShape(approx)
-    return PromptShape(approx, prefix_digest=prefix[0], prefix_tokens=prefix[1], prefix_ttl=prefix[2])
+    digest = hashlib.sha256(str(params.get("model", "")).encode())
+    for role, block in blocks[: last + 1]:
+        bare = {k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
+        # The role is part of the prefix: the same words from someone else are another prompt.
+        digest.update(json.dumps([role, bare], sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    chars, flat = sum(c for c, _ in sizes[: last + 1]), sum(f for _, f in sizes[: last + 1])
+    control = controls[last]
+    ttl = "1h" if isinstance(control, dict) and control.get("ttl") == "1h" else "5m"
+    return PromptShape(approx, prefix_digest=digest.digest()[:16], prefix_tokens=_tokens(chars, flat), prefix_ttl=ttl)
 
 
 def _tokens(chars: int, flat: int) -> int:
