@@ -39,3 +39,29 @@ def test_the_manifest_is_priced_with_the_wirings_table() -> None:
     assert Decimal(shipped["standard_usd"]) > 0
     # Twice every price of the family the fakes' model is priced as: twice the cost
     assert Decimal(doubled["standard_usd"]) == 2 * Decimal(shipped["standard_usd"])
+
+
+def test_the_wiring_carries_the_override_of_its_environment() -> None:
+    from batchdrop import wiring
+    from batchdrop.config import ENV_PRICES_JSON, invocation_environment
+
+    env = {
+        "BATCHDROP_BUCKET": "b",
+        "BATCHDROP_TABLE": "t",
+        "BATCHDROP_EVENT_BUS": "e",
+        "ANTHROPIC_SECRET_ARN": "arn:aws:secretsmanager:eu-central-1:123456789012:secret:k-AbCdEf",
+        "AWS_DEFAULT_REGION": "eu-central-1",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+    }
+    override = '{"families": {"haiku-4.5": {"input": 7}}}'
+    wiring._build.cache_clear()
+    try:
+        with invocation_environment(env):
+            assert wiring.from_env().prices is None
+        with invocation_environment({**env, ENV_PRICES_JSON: override}):
+            prices = wiring.from_env().prices
+    finally:
+        wiring._build.cache_clear()
+    assert prices is not None
+    assert prices.by_name("haiku-4.5").input == Decimal(7)
