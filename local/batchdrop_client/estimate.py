@@ -87,7 +87,9 @@ def estimate_file(
     if counter is not None:
         counts, failures = _count_all(estimator, counter, workers)
     fallback = None
-    if not counts and estimator.requests:
+    if not estimator.requests:
+        fallback = "the file holds no valid request"
+    elif not counts:
         fallback = no_counter_reason if counter is None else f"no count succeeded ({failures[0]})"
     elif failures:
         found.notes.append(f"{len(failures)} of {len(failures) + len(counts)} counts failed, first: {failures[0]}")

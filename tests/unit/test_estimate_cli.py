@@ -74,3 +74,15 @@ def test_the_price_override_applies_to_the_estimate(
 def test_a_missing_file_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["estimate", str(tmp_path / "none.jsonl"), "--offline"]) == 2
     assert capsys.readouterr().err.strip() == f"batchdrop: {tmp_path / 'none.jsonl'}: no such file"
+
+
+def test_a_file_without_a_valid_request_is_estimated_at_nothing_and_says_why(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("{not json\n")
+    assert main(["estimate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: 0 requests (1 rejected, not counted)" in out
+    assert "standard $0.000000" in out
+    assert out.splitlines()[4].endswith(": the file holds no valid request")
