@@ -106,6 +106,10 @@ def add_user_commands(commands: Any) -> None:
     job_id.add_argument("--version-id", metavar="V", help="the object's version id, as S3 answered the upload")
     job_id.set_defaults(run=_job_id)
     _add_pipeline(commands, common)
+    # `batchdrop estimate` (docs/cost.md), in a module of its own.
+    from batchdrop_local.estimate_command import add_estimate
+
+    add_estimate(commands, common)
 
 
 def _add_results(commands: Any, common: argparse.ArgumentParser) -> None:

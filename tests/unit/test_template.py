@@ -1083,3 +1083,15 @@ def test_checker_has_the_ephemeral_storage_records_outputs_spill_into(template: 
     # services/outputs.py spills one shard's result lines into /tmp; docs/records.md#size
     # states the bound this size gives (Lambda's default is 512 MB).
     assert props(template, "CheckerFunction")["EphemeralStorage"] == {"Size": 2048}
+
+
+def test_the_price_table_override_reaches_the_functions_and_defaults_to_none(template: dict[str, Any]) -> None:
+    from batchdrop.config import ENV_PRICES_JSON
+
+    parameter = template["Parameters"]["PricesJson"]
+
+    for name in ("SubmitFunction", "CheckerFunction"):
+        assert props(template, name)["Environment"]["Variables"][ENV_PRICES_JSON] == {"Ref": "PricesJson"}
+    assert parameter["Default"] == ""
+    # Lambda's environment holds 4 KB in all: the override leaves room for the other variables.
+    assert parameter["MaxLength"] <= 2048

@@ -54,6 +54,9 @@ ENV_SECRET_MAX_AGE = "POWERTOOLS_PARAMETERS_MAX_AGE"  # noqa: S105 - seconds the
 # 7-day look-back and Lambda's 6 h of event retries, or a late event would start the upload again.
 ENV_JOB_RETENTION_DAYS = "BATCHDROP_JOB_RETENTION_DAYS"
 MIN_JOB_RETENTION_DAYS = 10
+# Optional. A JSON object that changes the shipped price table (batchdrop/prices.json) without a
+# code change: families replaced field by field or added (domain/prices.py, docs/cost.md).
+ENV_PRICES_JSON = "BATCHDROP_PRICES_JSON"
 
 _environment: ContextVar[Mapping[str, str] | None] = ContextVar("batchdrop_environment", default=None)
 
@@ -109,6 +112,7 @@ class Settings:
     secret_max_age: int | None = None  # None: Powertools' default
     job_retention_days: int = 0  # 0: job items are kept
     max_file_bytes: int = MAX_FILE_BYTES
+    prices_json: str | None = None  # None: the shipped price table as it is
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,6 +155,7 @@ class Settings:
             secret_max_age=secret_max_age,
             job_retention_days=_job_retention_days(env.get(ENV_JOB_RETENTION_DAYS) or "0"),
             max_file_bytes=_whole_number(ENV_MAX_FILE_BYTES, env.get(ENV_MAX_FILE_BYTES) or str(MAX_FILE_BYTES)),
+            prices_json=_prices_json(env.get(ENV_PRICES_JSON) or None),
         )
 
 
@@ -178,3 +183,16 @@ def _timings(text: str | None) -> Timings:
         return Timings.from_mapping(values)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"{ENV_TIMINGS}: {exc}") from None
+
+
+def _prices_json(text: str | None) -> str | None:
+    """The price override as given, once it is known to apply to the shipped table."""
+    if text is None or not text.strip():
+        return None
+    from batchdrop.domain.prices import PriceTableError, price_table
+
+    try:
+        price_table(text)
+    except PriceTableError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return text

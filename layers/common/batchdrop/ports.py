@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, Self
 
 from batchdrop.domain.lines import MAX_FILE_BYTES, SourceLines
+from batchdrop.domain.prices import PriceTable
 from batchdrop.domain.records import (
     CreateLease,
     JobRecord,
@@ -293,6 +294,8 @@ class Wiring:
     max_attempts: int = 3
     early_copy_bytes: int = EARLY_COPY_BYTES
     max_file_bytes: int = MAX_FILE_BYTES  # a larger file is refused unread
+    # The price table costs are figured with: the shipped one (None) or it with BATCHDROP_PRICES_JSON.
+    prices: PriceTable | None = None
 
     def stamp(self) -> str:
         """Now, as the state table stores moments."""

@@ -23,6 +23,7 @@ from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import ObjectStore
 from batchdrop.adapters.state import StateTable
 from batchdrop.config import Settings
+from batchdrop.domain.prices import price_table
 from batchdrop.domain.shards import ShardLimits
 from batchdrop.observability import quiet_libraries
 from batchdrop.ports import Wiring
@@ -50,6 +51,7 @@ def _build(settings: Settings) -> Wiring:
         limits=ShardLimits(max_requests=settings.shard_max_requests),
         max_attempts=settings.max_attempts,
         max_file_bytes=settings.max_file_bytes,
+        prices=price_table(settings.prices_json) if settings.prices_json else None,
     )
 
 

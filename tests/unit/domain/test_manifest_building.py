@@ -214,3 +214,16 @@ def test_without_rejected_lines_errors_is_null() -> None:
     built = manifest(rejected=0, rejected_key=None)
     assert built["errors"] is None
     assert "reason" not in built
+
+
+def test_the_cost_follows_the_price_table_given() -> None:
+    # Given a table where Haiku's input costs $2 per million tokens instead of $1
+    from batchdrop.domain.prices import price_table
+
+    prices = price_table('{"families": {"haiku-4.5": {"input": 2}}}')
+    # When the manifest of 1M input and 100k output tokens is built with it
+    built = manifest(prices=prices)
+    # Then: 1M x $2 + 100k x $5 = $2.50 standard, $1.25 batch
+    assert built["cost"]["standard_usd"] == "2.500000"
+    assert built["cost"]["batch_usd"] == "1.250000"
+    assert manifest()["cost"]["standard_usd"] == "1.500000"

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchdrop.domain.usage import FALLBACK_FAMILY, PRICES_PER_MTOK, Usage, cost_usd, price_family
+from batchdrop.domain.prices import PRICE_KINDS, price_table
+from batchdrop.domain.usage import FALLBACK_FAMILY, Usage, cost_usd, price_family
 
 MILLION = 1_000_000
 
@@ -91,10 +92,11 @@ def test_models_are_priced_by_family_with_older_and_unknown_ones_at_the_fallback
 
 def test_the_fallback_is_the_highest_price_in_the_table() -> None:
     # An unknown model's cost may be overstated, never understated
-    _, fallback_in, fallback_out = PRICES_PER_MTOK[FALLBACK_FAMILY]
-    assert all(
-        fallback_in >= price_in and fallback_out >= price_out for _, price_in, price_out in PRICES_PER_MTOK.values()
-    )
+    table = price_table()
+    fallback = table.by_name(FALLBACK_FAMILY)
+    assert table.fallback == FALLBACK_FAMILY
+    for kind in PRICE_KINDS:
+        assert all(fallback.price(kind) >= family.price(kind) for family in table.families)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from batchdrop.domain.prices import PriceTable
 from batchdrop.domain.states import JobStatus
 from batchdrop.domain.usage import Usage, cost_usd, price_family
 
@@ -30,11 +31,13 @@ def build_manifest(
     completed_at: str,
     reason: str | None = None,
     outputs: Mapping[str, str] | None = None,
+    prices: PriceTable | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready manifest. Raises ValueError when the outcomes do not add up to the requests
     submitted (a manifest that doesn't add up must never be written), on an unknown status or
     outcome, or on a negative count. Counts may arrive as Decimal (DynamoDB): they leave as ints.
-    `outputs`: a records-mode job's outputs files by format (csv, jsonl), named under "outputs"."""
+    `outputs`: a records-mode job's outputs files by format (csv, jsonl), named under "outputs".
+    `prices`: the price table (the shipped one by default)."""
     JobStatus(status)  # raises ValueError on a status the system does not have
     outcome_counts = _outcome_counts(counts, "counts")
     requests = _count(requested, "requested")
@@ -46,8 +49,8 @@ def build_manifest(
     total_usage = Usage()
     for usage in usage_by_model.values():
         total_usage.merge(usage)
-    batch_usd = _usd(cost_usd(usage_by_model, batch=True))
-    standard_usd = _usd(cost_usd(usage_by_model, batch=False))
+    batch_usd = _usd(cost_usd(usage_by_model, batch=True, prices=prices))
+    standard_usd = _usd(cost_usd(usage_by_model, batch=False, prices=prices))
 
     manifest: dict[str, Any] = {
         "job_id": job_id,
@@ -65,7 +68,7 @@ def build_manifest(
             "standard_usd": str(standard_usd),
             # From the rounded figures, so the three printed numbers agree with each other.
             "saved_usd": str(standard_usd - batch_usd),
-            "priced_as": {model: price_family(model) for model in sorted(usage_by_model)},
+            "priced_as": {model: price_family(model, prices) for model in sorted(usage_by_model)},
         },
         "timings": {"created_at": created_at, "completed_at": completed_at},
         "results": list(result_keys),

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from decimal import Decimal
 from typing import Any
 
-# Standard (non-batch) list prices in USD per million tokens, by model family, matched on the model
-# name. The docs' batch table (https://docs.claude.com/en/docs/build-with-claude/batch-processing#pricing)
-# lists exactly half of these: Opus 4.5-4.8 $2.50 / $12.50, Sonnet 4.x $1.50 / $7.50,
-# Haiku 4.5 $0.50 / $2.50.
-# A model no pattern matches (older or newer than this table) is priced as FALLBACK_FAMILY: the
-# highest list price any Claude model has had (Opus 4 / 4.1 / 3: $15 / $75; the same docs page lists
-# them at $7.50 / $37.50 batch), so the manifest may overstate such a model's cost, never understate
-# it. The manifest names the family each model was priced as.
-FALLBACK_FAMILY = "fallback-highest-list-price"
-PRICES_PER_MTOK: dict[str, tuple[str | None, Decimal, Decimal]] = {
-    # family: (pattern on the lower-cased model name, input, output)
-    "opus-4.5+": (r"opus-4[-.][5-9](?!\d)", Decimal("5"), Decimal("25")),
-    "sonnet-4": (r"sonnet-4(?!\d)", Decimal("3"), Decimal("15")),
-    "haiku-4.5": (r"haiku-4[-.]5(?!\d)", Decimal("1"), Decimal("5")),
-    FALLBACK_FAMILY: (None, Decimal("15"), Decimal("75")),
-}
-# Prompt-caching multipliers on the input price; the batch discount applies on top of them.
-CACHE_WRITE_5M = Decimal("1.25")
-CACHE_WRITE_1H = Decimal("2")
-CACHE_READ = Decimal("0.1")
-BATCH_DISCOUNT = Decimal("0.5")
+from batchdrop.domain.prices import PriceTable, price_table
 
+# The prices are data: batchdrop/prices.json, read by domain/prices.py (its docstring says how
+# to override them). A model no family matches is priced as the table's fallback family, at the
+# highest list price of every kind, so the manifest may overstate such a model's cost, never
+# understate it; the manifest names the family each model was priced as.
+FALLBACK_FAMILY = "fallback-highest-list-price"
 _TOKENS_PER_PRICE_UNIT = Decimal(1_000_000)
-_FAMILY_PATTERNS = [
-    (family, re.compile(pattern)) for family, (pattern, _, _) in PRICES_PER_MTOK.items() if pattern is not None
-]
 
 
 @dataclass(slots=True)
@@ -73,32 +54,31 @@ class Usage:
         return asdict(self)
 
 
-def price_family(model: str) -> str:
-    """The PRICES_PER_MTOK family a model name is priced as (FALLBACK_FAMILY when none matches)."""
-    name = model.lower()
-    for family, pattern in _FAMILY_PATTERNS:
-        if pattern.search(name):
-            return family
-    return FALLBACK_FAMILY
+def price_family(model: str, prices: PriceTable | None = None) -> str:
+    """The family a model name is priced as (the table's fallback when none matches)."""
+    return (prices or price_table()).family(model)
 
 
-def cost_usd(usage_by_model: Mapping[str, Usage], *, batch: bool) -> Decimal:
-    """Exact cost in USD (unrounded) of the usage, at the batch price or the standard price."""
-    total = sum((_standard_cost(model, usage) for model, usage in usage_by_model.items()), Decimal(0))
-    return total * BATCH_DISCOUNT if batch else total
+def cost_usd(usage_by_model: Mapping[str, Usage], *, batch: bool, prices: PriceTable | None = None) -> Decimal:
+    """Exact cost in USD (unrounded) of the usage, at the batch price or the standard price, by
+    `prices` (the shipped table by default)."""
+    table = prices or price_table()
+    total = sum((_standard_cost(table, model, usage) for model, usage in usage_by_model.items()), Decimal(0))
+    return total * table.batch_discount if batch else total
 
 
-def _standard_cost(model: str, usage: Usage) -> Decimal:
-    _, input_price, output_price = PRICES_PER_MTOK[price_family(model)]
+def _standard_cost(table: PriceTable, model: str, usage: Usage) -> Decimal:
+    family = table.prices(model)
     # Cache writes the API did not attribute to a lifetime were written with the default, 5 minutes.
     unattributed = max(usage.cache_creation_input_tokens - usage.cache_creation_5m - usage.cache_creation_1h, 0)
-    input_equivalent = (
-        usage.input_tokens
-        + (usage.cache_creation_5m + unattributed) * CACHE_WRITE_5M
-        + usage.cache_creation_1h * CACHE_WRITE_1H
-        + usage.cache_read_input_tokens * CACHE_READ
+    total = (
+        usage.input_tokens * family.input
+        + usage.output_tokens * family.output
+        + (usage.cache_creation_5m + unattributed) * family.cache_write_5m
+        + usage.cache_creation_1h * family.cache_write_1h
+        + usage.cache_read_input_tokens * family.cache_read
     )
-    return (input_equivalent * input_price + usage.output_tokens * output_price) / _TOKENS_PER_PRICE_UNIT
+    return total / _TOKENS_PER_PRICE_UNIT
 
 
 def _tokens(value: Any) -> int:

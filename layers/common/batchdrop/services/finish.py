@@ -90,6 +90,7 @@ class Finisher:
             created_at=job.created_at,
             completed_at=completed_at,
             outputs=outputs,
+            prices=self._wired.prices,
         )
         store = self._wired.store
         if not store.put_json(manifest_key(job.job_id), manifest, if_absent=True):

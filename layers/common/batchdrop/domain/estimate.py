@@ -1,0 +1,295 @@
+"""What a file of requests will cost, before anything is sent (docs/cost.md).
+
+The requests stream through an Estimator once: it keeps, per model, the request count, the sum
+of max_tokens, the local approximation of the input tokens (domain/prompt_shape.py) and the
+cacheable prefixes, and holds a seeded sample of at most `sample_size` requests: those whose
+custom_id hashes lowest with the seed, a uniform sample that the same file and seed always
+draw alike. A file no larger than the sample is counted whole.
+
+The sampled requests are counted by the API (a counter passed in). The input tokens of the
+file are then the counted ones plus, for the rest, the ratio estimate: the counted tokens per
+approximate token times the approximate tokens not counted. Its error bound is the half-width
+of a 95% interval (normal approximation, 1.96 standard errors, the residual variance of the
+sample with the finite-population correction): 0 when every request was counted. When no
+count succeeds, the input is the local approximation, and the result says so and why.
+
+Output tokens: the upper bound is the sum of max_tokens; the expected figure is a share of
+it, from earlier jobs' output and max_tokens when given, else DEFAULT_OUTPUT_SHARE.
+
+Caching, expected: per distinct prefix (same model, same blocks up to the last breakpoint,
+at least the model's minimum cacheable length by the approximation), the first request
+writes it and every later one reads it. The upper bound (`batch_max`) takes every cached
+prefix as a write, the input at the top of its interval and every max_tokens as output."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from batchdrop.domain.prices import PriceTable, price_table
+from batchdrop.domain.prompt_shape import prompt_shape
+from batchdrop.domain.usage import Usage, cost_usd
+
+DEFAULT_SAMPLE_SIZE = 200
+DEFAULT_SEED = 0
+DEFAULT_OUTPUT_SHARE = Decimal("0.5")
+Z_95 = 1.96
+MAX_DISTINCT_PREFIXES = 200_000  # beyond it, a new prefix is taken as a write (the costlier case)
+_USD_PLACES = Decimal("0.000001")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputHistory:
+    """Earlier jobs' output tokens and the max_tokens their requests allowed."""
+
+    output_tokens: int
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class _ModelTally:
+    requests: int = 0
+    approx: int = 0
+    max_tokens: int = 0
+    prefix_5m: int = 0  # approximate tokens of every cacheable prefix, by lifetime
+    prefix_1h: int = 0
+    write_5m: int = 0  # of the first request of each distinct prefix
+    write_1h: int = 0
+    counted: int = 0  # tokens counted by the API, and the approximate tokens of those requests
+    counted_approx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    custom_id: str
+    params: Mapping[str, Any]
+    model: str
+    approx_tokens: int
+
+
+@dataclass
+class Estimator:
+    sample_size: int = DEFAULT_SAMPLE_SIZE
+    seed: int = DEFAULT_SEED
+    prices: PriceTable = field(default_factory=price_table)
+    requests: int = 0
+    _models: dict[str, _ModelTally] = field(default_factory=dict)
+    _heap: list[tuple[int, str, Sampled]] = field(default_factory=list)
+    _prefixes: set[bytes] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.sample_size < 2:
+            raise ValueError("the sample holds at least 2 requests (a bound needs two)")
+
+    def add(self, custom_id: str, params: Mapping[str, Any]) -> None:
+        """One request of the file, in any order."""
+        model = str(params.get("model", ""))
+        shape = prompt_shape(params)
+        tally = self._models.setdefault(model, _ModelTally())
+        self.requests += 1
+        tally.requests += 1
+        tally.approx += shape.approx_tokens
+        tally.max_tokens += int(params.get("max_tokens") or 0)
+        minimum = self.prices.prices(model).cache_min_tokens
+        if shape.prefix_digest is not None and shape.prefix_tokens >= minimum:
+            long = shape.prefix_ttl == "1h"
+            tally.prefix_1h += shape.prefix_tokens if long else 0
+            tally.prefix_5m += 0 if long else shape.prefix_tokens
+            if shape.prefix_digest not in self._prefixes:
+                if len(self._prefixes) < MAX_DISTINCT_PREFIXES:
+                    self._prefixes.add(shape.prefix_digest)
+                tally.write_1h += shape.prefix_tokens if long else 0
+                tally.write_5m += 0 if long else shape.prefix_tokens
+        rank = int.from_bytes(hashlib.sha256(f"{self.seed}:{custom_id}".encode()).digest()[:8], "big")
+        entry = (-rank, custom_id, Sampled(custom_id, params, model, shape.approx_tokens))
+        if len(self._heap) < self.sample_size:
+            heapq.heappush(self._heap, entry)
+        elif entry > self._heap[0]:  # a lower rank than the highest kept
+            heapq.heapreplace(self._heap, entry)
+
+    def sample(self) -> list[Sampled]:
+        """The requests to count, lowest rank first."""
+        return [entry[2] for entry in sorted(self._heap, reverse=True)]
+
+    def result(
+        self,
+        counts: Mapping[str, int],
+        *,
+        failed: int = 0,
+        fallback: str | None = None,
+        history: OutputHistory | None = None,
+    ) -> dict[str, Any]:
+        """The estimate as JSON, from the sample's `counts` by custom_id (those missing were not
+        counted); `failed`: how many counts were tried and failed; `fallback`: why nothing could
+        be counted, when so."""
+        counted = [s for s in self.sample() if s.custom_id in counts]
+        for tally in self._models.values():
+            tally.counted = tally.counted_approx = 0
+        for sampled in counted:
+            tally = self._models[sampled.model]
+            tally.counted += counts[sampled.custom_id]
+            tally.counted_approx += sampled.approx_tokens
+        bound = _bound(counted, counts, self.requests) if counted else None
+        input_by_model = _input_by_model(self._models, counted=bool(counted))
+        share = _output_share(history)
+        return _estimate_json(self, input_by_model, bound, share, (len(counted), failed), fallback, history)
+
+    def tallies(self) -> Mapping[str, _ModelTally]:
+        return self._models
+
+
+def estimate(
+    requests: Iterable[tuple[str, Mapping[str, Any]]],
+    count: Callable[[Mapping[str, Any]], int],
+    *,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    seed: int = DEFAULT_SEED,
+    prices: PriceTable | None = None,
+    history: OutputHistory | None = None,
+) -> dict[str, Any]:
+    """The estimate of `requests` ((custom_id, params) pairs, streamed), each sampled request
+    counted by `count` one after the other; a count that raises is left out of the sample."""
+    estimator = Estimator(sample_size=sample_size, seed=seed, prices=prices or price_table())
+    for custom_id, params in requests:
+        estimator.add(custom_id, params)
+    counts: dict[str, int] = {}
+    failures: list[str] = []
+    for sampled in estimator.sample():
+        try:
+            counts[sampled.custom_id] = int(count(sampled.params))
+        except Exception as exc:  # noqa: BLE001 - a failed count never fails the estimate
+            failures.append(f"{type(exc).__name__}: {exc}")
+    fallback = None if counts or not failures else f"no count succeeded ({failures[0]})"
+    return estimator.result(counts, failed=len(failures), fallback=fallback, history=history)
+
+
+def _bound(counted: list[Sampled], counts: Mapping[str, int], population: int) -> float | None:
+    """Half-width of the 95% interval of the ratio estimate of the total (0: all counted)."""
+    n = len(counted)
+    if n >= population:
+        return 0.0
+    if n < 2:
+        return None
+    xs = [s.approx_tokens for s in counted]
+    ys = [counts[s.custom_id] for s in counted]
+    ratio = sum(ys) / sum(xs)
+    residual_variance = sum((y - ratio * x) ** 2 for x, y in zip(xs, ys, strict=True)) / (n - 1)
+    variance = population**2 * (1 - n / population) * residual_variance / n
+    return Z_95 * math.sqrt(variance)
+
+
+def _input_by_model(models: Mapping[str, _ModelTally], *, counted: bool) -> dict[str, float]:
+    """Each model's input tokens: the counted ones plus the ratio estimate of the rest (the
+    local approximation when nothing was counted)."""
+    if not counted:
+        return {model: float(tally.approx) for model, tally in models.items()}
+    ratio = sum(t.counted for t in models.values()) / sum(t.counted_approx for t in models.values())
+    return {model: t.counted + ratio * (t.approx - t.counted_approx) for model, t in models.items()}
+
+
+def _output_share(history: OutputHistory | None) -> Decimal:
+    if history is None or history.max_tokens <= 0:
+        return DEFAULT_OUTPUT_SHARE
+    return min(Decimal(1), Decimal(history.output_tokens) / Decimal(history.max_tokens))
+
+
+def _usages(tally: _ModelTally, input_tokens: float, upper: float, share: Decimal) -> tuple[Usage, Usage, Usage]:
+    """(plain, cached as expected, the upper bound) usage of one model."""
+    scale = input_tokens / tally.approx if tally.approx else 0.0
+    expected_out = int((share * tally.max_tokens).to_integral_value(ROUND_HALF_UP))
+    plain = Usage(input_tokens=round(input_tokens), output_tokens=expected_out)
+    write_5m, write_1h = round(tally.write_5m * scale), round(tally.write_1h * scale)
+    read = round((tally.prefix_5m + tally.prefix_1h - tally.write_5m - tally.write_1h) * scale)
+    cached = Usage(
+        input_tokens=max(0, round(input_tokens) - write_5m - write_1h - read),
+        output_tokens=expected_out,
+        cache_creation_input_tokens=write_5m + write_1h,
+        cache_read_input_tokens=read,
+        cache_creation_5m=write_5m,
+        cache_creation_1h=write_1h,
+    )
+    top = upper / tally.approx if tally.approx else 0.0
+    prefix_5m, prefix_1h = round(tally.prefix_5m * top), round(tally.prefix_1h * top)
+    most = Usage(
+        input_tokens=max(0, math.ceil(upper) - prefix_5m - prefix_1h),
+        output_tokens=tally.max_tokens,
+        cache_creation_input_tokens=prefix_5m + prefix_1h,
+        cache_creation_5m=prefix_5m,
+        cache_creation_1h=prefix_1h,
+    )
+    return plain, cached, most
+
+
+def _estimate_json(
+    estimator: Estimator,
+    input_by_model: Mapping[str, float],
+    bound: float | None,
+    share: Decimal,
+    counted: tuple[int, int],
+    fallback: str | None,
+    history: OutputHistory | None,
+) -> dict[str, Any]:
+    total = sum(input_by_model.values())
+    # The upper bound spreads the interval's half-width over the models by their share.
+    widen = (total + (bound or 0.0)) / total if total else 1.0
+    plain, cached, most = {}, {}, {}
+    for model, tally in estimator.tallies().items():
+        plain[model], cached[model], most[model] = _usages(
+            tally, input_by_model[model], input_by_model[model] * widen, share
+        )
+    prices = estimator.prices
+    costs = {
+        "standard": cost_usd(plain, batch=False, prices=prices),
+        "batch": cost_usd(plain, batch=True, prices=prices),
+        "batch_cached_expected": cost_usd(cached, batch=True, prices=prices),
+        "batch_max": cost_usd(most, batch=True, prices=prices),
+    }
+    return {
+        "requests": estimator.requests,
+        "input_tokens": round(total),
+        "output_tokens_expected": sum(u.output_tokens for u in plain.values()),
+        "output_tokens_max": sum(u.output_tokens for u in most.values()),
+        "cost_usd": {name: str(cost.quantize(_USD_PLACES, rounding=ROUND_HALF_UP)) for name, cost in costs.items()},
+        "method": _method(estimator, counted, bound, share, fallback, history),
+    }
+
+
+def _method(
+    estimator: Estimator,
+    tried: tuple[int, int],
+    bound: float | None,
+    share: Decimal,
+    fallback: str | None,
+    history: OutputHistory | None,
+) -> dict[str, Any]:
+    counted, failed = tried
+    sampled = len(estimator.sample())
+    how = "approximated" if counted == 0 else "counted" if counted == estimator.requests else "sampled"
+    prices = estimator.prices
+    return {
+        "input": how,
+        "sample_size": sampled,
+        "counted": counted,
+        "count_failures": failed,
+        "seed": estimator.seed,
+        "input_tokens_bound": None if bound is None else math.ceil(bound),
+        "bound": "half-width of a 95% interval of the ratio estimate (finite-population corrected)",
+        "fallback": fallback,
+        "approximation": "1 token per 4 characters of the prompt's strings; 1,600 per base64 source",
+        "output_expected": (
+            f"{share} x max_tokens, the share earlier jobs used"
+            if history is not None and history.max_tokens > 0
+            else f"{share} x max_tokens (default share)"
+        ),
+        "cache": "per distinct prefix of at least the model's minimum: the first request writes, the rest read",
+        "prices": {
+            "source": prices.source,
+            "as_of": prices.as_of,
+            "priced_as": {model: prices.family(model) for model in sorted(estimator.tallies())},
+        },
+    }

@@ -1,0 +1,181 @@
+"""The estimate before sending: census or seeded sample, the bound, the fallback, the costs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from batchdrop.domain.estimate import Estimator, OutputHistory, estimate
+from batchdrop.domain.prompt_shape import prompt_shape
+
+pytestmark = pytest.mark.unit
+
+KEYS = {"requests", "input_tokens", "output_tokens_expected", "output_tokens_max", "cost_usd", "method"}
+
+
+def request(text: str, *, model: str = "claude-haiku-4-5", max_tokens: int = 10, system: Any = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
+    if system is not None:
+        params["system"] = system
+    return params
+
+
+def requests(count: int, **kwargs: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    for index in range(count):
+        yield f"r-{index:06d}", request(f"question {index}", **kwargs)
+
+
+def approximation(params: Mapping[str, Any]) -> int:
+    return prompt_shape(params).approx_tokens
+
+
+def test_a_small_file_is_counted_whole_and_exactly() -> None:
+    # Given 5 requests and a counter that answers 1000 + the request's number
+    def count(params: Mapping[str, Any]) -> int:
+        return 1000 + int(params["messages"][0]["content"].split()[-1])
+
+    # When estimated
+    result = estimate(requests(5), count)
+    # Then the input is the sum of the counts, with no error, and the keys are the documented ones
+    assert set(result) == KEYS
+    assert set(result["cost_usd"]) == {"standard", "batch", "batch_cached_expected", "batch_max"}
+    assert result["requests"] == 5
+    assert result["input_tokens"] == 5010
+    assert result["method"]["input"] == "counted"
+    assert result["method"]["input_tokens_bound"] == 0
+
+
+def test_costs_of_a_plain_file_are_the_hand_computed_figures() -> None:
+    # 2 Haiku requests of 1000 input tokens and max_tokens 100: expected output 0.5 x 200 = 100
+    result = estimate(requests(2, max_tokens=100), lambda _: 1000)
+    assert result["output_tokens_expected"] == 100
+    assert result["output_tokens_max"] == 200
+    # standard: 2000 x $1 + 100 x $5 = 2,500 per million; batch half of it
+    # batch_max: (2000 x $1 + 200 x $5) x 0.5 = 1,500 per million
+    assert result["cost_usd"] == {
+        "standard": "0.002500",
+        "batch": "0.001250",
+        "batch_cached_expected": "0.001250",
+        "batch_max": "0.001500",
+    }
+
+
+def test_a_shared_cacheable_prefix_is_written_once_and_read_by_the_rest() -> None:
+    # Given 3 Haiku requests sharing a 20,000-character system prompt marked for caching
+    system = [{"type": "text", "text": "s" * 20_000, "cache_control": {"type": "ephemeral"}}]
+    result = estimate(requests(3, system=system), approximation)
+    # Then each request is 5005 tokens (20,018 characters / 4), its prefix 5001 (20,004 / 4):
+    # cached: 12 plain + 5001 written (x $1.25) + 10,002 read (x $0.10) + 15 out (x $5) = 7,338.45 / 2
+    assert result["input_tokens"] == 3 * 5005
+    assert result["cost_usd"]["batch_cached_expected"] == "0.003669"
+    # plain batch: (15,015 x $1 + 15 x $5) / 2 = 7,545; the upper bound writes every prefix:
+    # (12 + 15,003 x $1.25 + 30 x $5) / 2 = 9,457.875
+    assert result["cost_usd"]["batch"] == "0.007545"
+    assert result["cost_usd"]["batch_max"] == "0.009458"
+
+
+def test_a_prefix_shorter_than_the_models_minimum_is_not_cached() -> None:
+    system = [{"type": "text", "text": "short", "cache_control": {"type": "ephemeral"}}]
+    result = estimate(requests(3, system=system), approximation)
+    assert result["cost_usd"]["batch_cached_expected"] == result["cost_usd"]["batch"]
+
+
+def test_the_sample_is_seeded_reproducible_and_stated() -> None:
+    def sample_ids(seed: int) -> list[str]:
+        estimator = Estimator(sample_size=20, seed=seed)
+        for custom_id, params in requests(500):
+            estimator.add(custom_id, params)
+        return [s.custom_id for s in estimator.sample()]
+
+    assert sample_ids(7) == sample_ids(7)
+    assert sample_ids(7) != sample_ids(8)
+    assert len(set(sample_ids(7))) == 20
+    result = estimate(requests(500), approximation, sample_size=20, seed=7)
+    assert result["method"]["input"] == "sampled"
+    assert (result["method"]["sample_size"], result["method"]["seed"]) == (20, 7)
+
+
+def test_when_no_count_succeeds_the_local_approximation_is_used_and_said() -> None:
+    def failing(_: Mapping[str, Any]) -> int:
+        raise ConnectionError("no route")
+
+    result = estimate(requests(4), failing)
+    assert result["input_tokens"] == sum(approximation(p) for _, p in requests(4))
+    assert result["method"]["input"] == "approximated"
+    assert result["method"]["fallback"] == "no count succeeded (ConnectionError: no route)"
+    assert result["method"]["input_tokens_bound"] is None
+
+
+def test_the_expected_output_follows_earlier_jobs_when_given() -> None:
+    result = estimate(requests(4, max_tokens=100), approximation, history=OutputHistory(50, 1000))
+    assert result["output_tokens_expected"] == 20
+    assert result["method"]["output_expected"].startswith("0.05 x max_tokens, the share earlier jobs used")
+
+
+@pytest.mark.parametrize("shape", ["lognormal", "bimodal", "uncorrelated"])
+def test_the_bound_covers_the_true_total_in_most_seeded_trials(shape: str) -> None:
+    # Populations whose true tokens relate to the approximation more or less loosely; fixed
+    # seeds make each trial the same on every run. A 95% interval should cover ~95% of them.
+    covered = 0
+    trials = 30
+    for trial in range(trials):
+        rng = random.Random(f"{shape}-{trial}")
+        truth: dict[str, int] = {}
+        population = []
+        for index in range(600):
+            text = "w" * rng.randint(10, 2000) + f" {index}"
+            params = request(text)
+            approx = approximation(params)
+            if shape == "lognormal":
+                tokens = max(1, round(approx * rng.lognormvariate(0, 0.3)))
+            elif shape == "bimodal":
+                tokens = approx * (3 if rng.random() < 0.1 else 1)
+            else:
+                tokens = rng.randint(1, 2000)
+            truth[text] = tokens
+            population.append((f"r-{index}", params))
+        result = estimate(population, truth_of(truth), sample_size=100, seed=trial)
+        bound = result["method"]["input_tokens_bound"]
+        covered += abs(result["input_tokens"] - sum(truth.values())) <= bound
+    assert covered >= 0.85 * trials
+
+
+def truth_of(truth: Mapping[str, int]) -> Callable[[Mapping[str, Any]], int]:
+    return lambda params: truth[params["messages"][0]["content"]]
+
+
+def test_memory_holds_the_sample_not_the_stream() -> None:
+    # Given streams of 1,000 and 4,000 requests of 2 KB each
+    import tracemalloc
+
+    def peak(count: int) -> int:
+        tracemalloc.start()
+        try:
+            estimator = Estimator(sample_size=50)
+            for custom_id, params in requests(count, system="x" * 2000):
+                estimator.add(custom_id, params)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    # Then four times the requests take well under twice the memory (the stream is 8 MB)
+    assert peak(4000) < 1.5 * peak(1000)
+
+
+def test_a_prefix_is_what_comes_up_to_the_last_breakpoint() -> None:
+    marked = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "rules " * 10, "cache_control": marked}]
+    one = prompt_shape(request("first question", system=system))
+    two = prompt_shape(request("another question", system=system))
+    other = prompt_shape(request("first question", system=[{**system[0], "text": "other rules"}]))
+    assert one.prefix_digest is not None
+    assert one.prefix_digest == two.prefix_digest != other.prefix_digest
+    assert one.prefix_tokens == 16  # "text" + "rules " x 10: 64 characters / 4
+    assert prompt_shape(request("q")).prefix_digest is None
+    long_lived = prompt_shape({**request("q", system=[{**system[0], "cache_control": {**marked, "ttl": "1h"}}])})
+    assert long_lived.prefix_ttl == "1h"
+    whole = prompt_shape({**request("the last block"), "cache_control": marked})
+    assert whole.prefix_tokens == whole.approx_tokens
