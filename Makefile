@@ -72,6 +72,7 @@ build-check: build
 	test -f .aws-sam/build/SubmitFunction/app.py
 	test -f .aws-sam/build/CheckerFunction/app.py
 	test -f .aws-sam/build/CommonLayer/python/batchdrop/services/intake.py
+	test -f .aws-sam/build/CommonLayer/python/batchdrop/prices.json
 	test -d .aws-sam/build/CommonLayer/python/anthropic
 	test -f .aws-sam/build/SubmitFunction/__pycache__/app.cpython-312.pyc
 	test -f .aws-sam/build/CheckerFunction/__pycache__/app.cpython-312.pyc
