@@ -405,5 +405,26 @@ def _serve(args: argparse.Namespace, stack: Any, env_path: Path, stop: threading
             narrator.stop()
 
 
+# Commands that run servers until stopped: they import moto, the emulator and both handlers,
+# and tearing all that down at interpreter exit takes seconds after the stack has stopped.
+LONG_RUNNING = ("local", "emulator")
+
+
+def entry() -> None:
+    """The `batchdrop` console script: main(), then, for a command that ran servers, an exit
+    without the interpreter's teardown once everything it wrote is flushed (its stack is
+    stopped and its env file removed by then)."""
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in LONG_RUNNING:
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
