@@ -11,7 +11,8 @@ _BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 def _base58(data: bytes, length: int) -> str:
-    number = int.from_bytes(data, "big")
+    # Only the `length` lowest base-58 digits are kept: reducing first spares the loop big numbers.
+    number = int.from_bytes(data, "big") % 58**length
     chars = []
     for _ in range(length):
         number, digit = divmod(number, 58)
@@ -49,5 +50,9 @@ def error_body(error_type: str, message: str, request_id: str | None) -> bytes:
     return json.dumps(envelope).encode()
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def compact(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACT.encode(obj).encode()
