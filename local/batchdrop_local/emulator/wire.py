@@ -10,13 +10,19 @@ from datetime import UTC, datetime
 _BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
+# Every pair of base-58 digits (low digit first) for 0 <= n < 58 * 58: two digits a division.
+_PAIRS = [_BASE58[n % 58] + _BASE58[n // 58] for n in range(58 * 58)]
+
+
 def _base58(data: bytes, length: int) -> str:
-    # Only the `length` lowest base-58 digits are kept: reducing first spares the loop big numbers.
+    """The `length` lowest base-58 digits of `data` read as a number, lowest first."""
     number = int.from_bytes(data, "big") % 58**length
     chars = []
-    for _ in range(length):
-        number, digit = divmod(number, 58)
-        chars.append(_BASE58[digit])
+    for _ in range(length // 2):
+        number, pair = divmod(number, 58 * 58)
+        chars.append(_PAIRS[pair])
+    if length % 2:
+        chars.append(_BASE58[number])
     return "".join(chars)
 
 
