@@ -335,10 +335,13 @@ def _snippet(text: str) -> str:
 def _prose(lead: str, rng: random.Random) -> str:
     """`lead` plus filler words up to 8 to 60 tokens in all, so that answers vary in length."""
     words = [lead]
-    length = len(lead)
+    length = len(lead)  # that of " ".join(words)
     target = rng.randint(8, 60)
-    while math.ceil(length / CHARS_PER_TOKEN) < target:  # length: that of " ".join(words)
-        word = rng.choice(_FILLER)
+    # ceil(length / CHARS_PER_TOKEN) < target, in integers: one comparison a word
+    most = CHARS_PER_TOKEN * (target - 1)
+    choice = rng.choice
+    while length <= most:
+        word = choice(_FILLER)
         words.append(word)
         length += 1 + len(word)
     return " ".join(words)
