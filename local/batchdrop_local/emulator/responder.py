@@ -138,15 +138,16 @@ class Responder:
             signature = base64.b64encode(hashlib.sha512(b"signature:" + digest).digest())
             thought = _prose(f"Emulated thinking about '{snippet}':", rng)
             planned.append({"type": "thinking", "thinking": thought, "signature": signature.decode()})
-        # A schema's values vary with the custom_id too: records rendered alike still differ.
-        values = random.Random(digest + b":" + custom_id.encode())
         tool = _forced_tool(params)
         schema = output_schema(params)
         block = None
-        if tool is not None:
-            block = _tool_use(tool, digest, values, invalid)
-        elif schema is not None:
-            block = _structured_text(schema, values, invalid)
+        if tool is not None or schema is not None:
+            # A schema's values vary with the custom_id too: records rendered alike still differ.
+            values = random.Random(digest + b":" + custom_id.encode())
+            if tool is not None:
+                block = _tool_use(tool, digest, values, invalid)
+            elif schema is not None:
+                block = _structured_text(schema, values, invalid)
         planned.append(block or {"type": "text", "text": _prose(f"Emulated reply to: '{snippet}'.", rng)})
         return _within_limits(planned, params["max_tokens"], params.get("stop_sequences"))
 
@@ -258,8 +259,11 @@ def _digest(params: dict[str, Any], seed: int) -> bytes:
     return hashlib.sha256(f"{seed}:{_canonical(drawn_from)}".encode()).digest()
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def _text_tokens(text: str) -> int:
@@ -331,10 +335,13 @@ def _snippet(text: str) -> str:
 def _prose(lead: str, rng: random.Random) -> str:
     """`lead` plus filler words up to 8 to 60 tokens in all, so that answers vary in length."""
     words = [lead]
-    length = len(lead)
+    length = len(lead)  # that of " ".join(words)
     target = rng.randint(8, 60)
-    while math.ceil(length / CHARS_PER_TOKEN) < target:  # length: that of " ".join(words)
-        word = rng.choice(_FILLER)
+    # ceil(length / CHARS_PER_TOKEN) < target, in integers: one comparison a word
+    most = CHARS_PER_TOKEN * (target - 1)
+    choice = rng.choice
+    while length <= most:
+        word = choice(_FILLER)
         words.append(word)
         length += 1 + len(word)
     return " ".join(words)

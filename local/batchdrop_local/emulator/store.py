@@ -51,10 +51,13 @@ CREATE TABLE IF NOT EXISTS request_ids (
     PRIMARY KEY (batch_seq, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS request_ids_by_custom_id ON request_ids (custom_id, batch_seq);
+-- Results are stored in request order (appends, cheap for a 100,000-line batch) and served in
+-- shuffled order through the index.
 CREATE TABLE IF NOT EXISTS results (
     batch_seq INTEGER NOT NULL, shuffle INTEGER NOT NULL, idx INTEGER NOT NULL, line BLOB NOT NULL,
-    PRIMARY KEY (batch_seq, shuffle, idx)
+    PRIMARY KEY (batch_seq, idx)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_by_shuffle ON results (batch_seq, shuffle, idx);
 CREATE TABLE IF NOT EXISTS prompt_cache (key TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 

@@ -10,12 +10,19 @@ from datetime import UTC, datetime
 _BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
+# Every pair of base-58 digits (low digit first) for 0 <= n < 58 * 58: two digits a division.
+_PAIRS = [_BASE58[n % 58] + _BASE58[n // 58] for n in range(58 * 58)]
+
+
 def _base58(data: bytes, length: int) -> str:
-    number = int.from_bytes(data, "big")
+    """The `length` lowest base-58 digits of `data` read as a number, lowest first."""
+    number = int.from_bytes(data, "big") % 58**length
     chars = []
-    for _ in range(length):
-        number, digit = divmod(number, 58)
-        chars.append(_BASE58[digit])
+    for _ in range(length // 2):
+        number, pair = divmod(number, 58 * 58)
+        chars.append(_PAIRS[pair])
+    if length % 2:
+        chars.append(_BASE58[number])
     return "".join(chars)
 
 
@@ -49,5 +56,9 @@ def error_body(error_type: str, message: str, request_id: str | None) -> bytes:
     return json.dumps(envelope).encode()
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def compact(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACT.encode(obj).encode()
