@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 from batchdrop.domain.record_readers import Rejection
 from batchdrop.domain.requests import CUSTOM_ID_PATTERN
 from batchdrop.domain.schemas import schema_problems
+from batchdrop.domain.strict_json import STRICT_DECODER, DuplicateKeyError, NotANumberError
 
 # The columns every outputs file has, whatever the pipeline: no keep_field or answer column may take their names.
 FIXED_COLUMNS: Final = (
@@ -248,10 +249,12 @@ def parse_pipeline(name: str, text: bytes | str, *, syntax: Syntax = "json", sou
 
 def _parse_json(name: str, text: bytes | str) -> Pipeline:
     try:
-        document = json.loads(text, object_pairs_hook=_refusing_duplicates, parse_constant=_refuse_constant)
-    except _ConstantError as exc:
+        # As json.loads reads bytes: the encoding from the first bytes (UTF-8, with or without a BOM, or UTF-16/32).
+        decoded = text if isinstance(text, str) else text.decode(json.detect_encoding(text), "surrogatepass")
+        document = STRICT_DECODER.decode(decoded)
+    except NotANumberError as exc:
         raise PipelineError(name, [f"(file): {exc.args[0]} is not a JSON number"]) from exc
-    except _DuplicateKeyError as exc:
+    except DuplicateKeyError as exc:
         raise PipelineError(name, [f"{exc.args[0]}: appears twice in one object"]) from exc
     except UnicodeDecodeError as exc:
         raise PipelineError(name, [f"(file): not valid UTF-8 at byte {exc.start}"]) from exc
@@ -505,29 +508,6 @@ def _column_problems(pipeline: Pipeline) -> Iterator[str]:
 
 
 # --- wording ----------------------------------------------------------------------------
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-class _ConstantError(ValueError):
-    pass
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _ConstantError(name)
-
-
-def _refusing_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKeyError(key)
-            seen.add(key)
-    return obj
 
 
 def _is_text_block(block: Any) -> bool:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, Final
 
+from batchdrop.domain.strict_json import STRICT_DECODER, DuplicateKeyError, NotANumberError
+
 CHUNK_BYTES: Final = 64 * 1024
 # A physical line longer than this is not held: in CSV it fails the file, in JSONL it rejects the record.
 MAX_LINE_BYTES: Final = 8 * 1024 * 1024
@@ -198,32 +200,6 @@ def _csv_reason(message: str) -> str:
 # --- JSONL ----------------------------------------------------------------------------
 
 
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-class _ConstantError(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKeyError(key)
-            seen.add(key)
-    return obj
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _ConstantError(name)
-
-
-_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
-
-
 def as_text(value: Any) -> str:
     """A record value as the text a template inserts: strings as they are, anything else as compact JSON."""
     if isinstance(value, str):
@@ -251,10 +227,10 @@ def _jsonl_record(line: bytes) -> Record | Rejection:
     except UnicodeDecodeError as exc:
         return Rejection(f"not valid UTF-8: byte 0x{line[exc.start]:02x} at offset {exc.start}")
     try:
-        parsed = _DECODER.decode(text.strip())
-    except _DuplicateKeyError as exc:
+        parsed = STRICT_DECODER.decode(text.strip())
+    except DuplicateKeyError as exc:
         return Rejection(f"key {json.dumps(exc.args[0], ensure_ascii=False)} appears twice in the object")
-    except _ConstantError as exc:
+    except NotANumberError as exc:
         return Rejection(f"not valid JSON: {exc.args[0]} is not a JSON number")
     except json.JSONDecodeError as exc:
         return Rejection(f"not valid JSON: {exc.msg} at column {exc.colno}")

@@ -16,6 +16,7 @@ from itertools import accumulate
 from typing import Any
 
 from batchdrop.domain.lines import MAX_LINE_BYTES, OverlongLine
+from batchdrop.domain.strict_json import DuplicateKeyError, NotANumberError, refuse_constant, unique_keys
 
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on a create body
@@ -137,36 +138,12 @@ class _UnreadableError(ValueError):
     """A line that cannot be read as, or sent as, a JSON request; the message is the reason."""
 
 
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-class _NonStandardNumberError(ValueError):
-    pass
-
-
 class _OverflowingNumberError(ValueError):
     pass
 
 
 class _OverflowingIntegerError(ValueError):
     pass
-
-
-def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A repeated key would silently keep only its last value: the request sent would not be the one written.
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKeyError(key)
-            seen.add(key)
-    return obj
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _NonStandardNumberError(name)
 
 
 def _int64(text: str) -> int:
@@ -187,8 +164,9 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(
-    object_pairs_hook=_object_without_duplicate_keys,
-    parse_constant=_refuse_constant,
+    # A repeated key would silently keep only its last value: the request sent would not be the one written.
+    object_pairs_hook=unique_keys,
+    parse_constant=refuse_constant,
     parse_float=_finite_float,
     parse_int=_int64,
 )
@@ -203,10 +181,10 @@ def _parse(line: bytes) -> Any:
         raise _UnreadableError(f"not valid UTF-8: byte 0x{line[exc.start]:02x} at offset {exc.start}") from exc
     try:
         return _DECODER.decode(text)
-    except _DuplicateKeyError as exc:
+    except DuplicateKeyError as exc:
         reason = f"not valid JSON for a request: key {_shown(exc.args[0])} appears twice in one object"
         raise _UnreadableError(reason) from exc
-    except _NonStandardNumberError as exc:
+    except NotANumberError as exc:
         raise _UnreadableError(f"not valid JSON: {exc.args[0]} is not a JSON number") from exc
     except _OverflowingNumberError as exc:
         raise _UnreadableError(f"a number is too large to be sent ({exc.args[0]} overflows)") from exc
