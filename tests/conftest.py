@@ -1,5 +1,6 @@
 """Test tiers come from the directory a test lives in: tests/unit, tests/integration, tests/e2e."""
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,3 +42,12 @@ def _batchdrop_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BATCHDROP_HOME", str(home))
         yield home
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_what_the_module_left() -> Iterator[None]:
+    """Garbage left by a module (a client or socket never closed) is collected as the module
+    ends, so a ResourceWarning it raises fails that module's last test rather than whichever
+    test of another module the collector happens to run in."""
+    yield
+    gc.collect()

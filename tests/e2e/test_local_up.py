@@ -234,7 +234,8 @@ def test_anthropic_api_carries_a_job_with_the_key_never_shown(
     # Then the stand-in made the batch, the start-up text warned of the cost, and the key
     # shows in neither output nor the env file
     out, err = up.stdout(), up.err.read_text(encoding="utf-8")
-    made = anthropic.Anthropic(api_key=REAL_KEY, base_url=stand_in.url).messages.batches.list().data
+    with anthropic.Anthropic(api_key=REAL_KEY, base_url=stand_in.url) as sdk:  # closed: no socket left for the GC
+        made = sdk.messages.batches.list().data
     assert [batch.request_counts.succeeded for batch in made] == [2]
     assert f"{batch_line(made[0].id)}" in out
     assert f"Anthropic's API at {stand_in.url}" in out
