@@ -43,7 +43,7 @@ from batchdrop.domain.requests import RejectedLine, ValidLine, check_rendered
 from batchdrop.domain.rows import RowRef, rejected_row_record, row_line, rows_key
 from batchdrop.domain.shards import assign_shards, shard_key
 from batchdrop.ports import ObjectStore, SmallObject, Wiring, Writer
-from batchdrop.services.split import Split, _ShardOut
+from batchdrop.services.split import ShardOut, Split
 
 # A pipeline is a prompt and a schema, not data: a larger object is refused unread.
 MAX_PIPELINE_BYTES: Final = 1024 * 1024
@@ -347,7 +347,7 @@ class _ShardWithRows:
 
     def __init__(self, store: ObjectStore, source: SourceRef, job_id: str, index: int) -> None:
         self.index = index
-        self._shard = _ShardOut(store, source, index, shard_key(job_id, index), copyable=False)
+        self._shard = ShardOut(store, source, index, shard_key(job_id, index), copyable=False)
         self._rows = store.writer(rows_key(job_id, index), _JSONL, if_absent=True)
 
     def add(self, line: ValidLine, row: _Row) -> None:

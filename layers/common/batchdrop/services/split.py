@@ -73,7 +73,7 @@ def split_object(
     lines, raw_lines = start.open(wired.store, source)
     reader = _LineReader(raw_lines, start.offset)
     may_copy_early = not start.offset and wired.early_copy_bytes <= (size or 0) <= wired.limits.max_bytes
-    shard: _ShardOut | None = None
+    shard: ShardOut | None = None
     closing: list[Future[ShardPlan]] = []
     early: _EarlyCopy | None = None
     with (
@@ -93,7 +93,7 @@ def split_object(
                             break
                     # If absent: a duplicate invocation splitting at the same time (or a
                     # resumed one) writes the same bytes; the first complete copy stays.
-                    shard = _ShardOut(wired.store, source, index, shard_key(job_id, index), copyable=copyable)
+                    shard = ShardOut(wired.store, source, index, shard_key(job_id, index), copyable=copyable)
                 shard.add(line, reader.start, reader.last)
                 if may_copy_early:  # the first valid line only
                     may_copy_early = False
@@ -136,7 +136,7 @@ def _valid(lines: Iterator[ValidLine | RejectedLine], split: Split, rejects: _Re
             yield line
 
 
-def _close_last(shard: _ShardOut, reader: _LineReader, early: _EarlyCopy | None) -> ShardPlan:
+def _close_last(shard: ShardOut, reader: _LineReader, early: _EarlyCopy | None) -> ShardPlan:
     """The last shard: the early copy, when the file is this one clean shard and S3 made it."""
     whole = shard.spans(0, reader.end)
     if early is not None and whole:
@@ -198,7 +198,7 @@ class _LineReader:
             yield raw
 
 
-class _ShardOut:
+class ShardOut:
     """One shard as the split makes it, in JSON Lines. While its lines are the source's own
     bytes, one after another, it is only a range of the source, which S3 copies when the shard
     ends: the Lambda never uploads it. The first line that is not (a rejected or blank line
