@@ -3,6 +3,7 @@
     python -m bench.outputs_child seed RECORDS   # a finished records job: its shards collected
     python -m bench.outputs_child ours           # one tick of the real CheckerFunction handler
     python -m bench.outputs_child copy JOB_ID    # the job's result parts copied as they are
+    python -m bench.outputs_child floor JOB_ID   # the parts read, each line parsed, written twice
 
 The environment is the checker function's (bench.outputs sets it). The job is set up as the
 records intake writes it (tests/records_jobs.py: the pipeline version recorded with the job,
@@ -73,6 +74,27 @@ def copy(job_id: str) -> dict[str, Any]:
     return {"bytes": copied}
 
 
+def floor(job_id: str) -> dict[str, Any]:
+    """The least any path from parsed results to two output files pays: each result part read
+    (unordered), each line parsed with json.loads, and the lines written as they are to two
+    objects through the function's own writer. No order, no row, no check."""
+    sys.path.insert(0, str(ROOT / "layers" / "common"))
+    from batchdrop import wiring
+
+    store = wiring.from_env().store
+    keys = sorted({version.key for version in store.versions(f"results/{job_id}/results-")})
+    with (
+        store.writer(f"bench/floor-{job_id}.csv", "text/csv") as first,
+        store.writer(f"bench/floor-{job_id}.jsonl", "application/x-jsonl") as second,
+    ):
+        for key in keys:
+            for line in store.lines(key):
+                json.loads(line)
+                first.write(line)
+                second.write(line)
+    return {"parts": len(keys)}
+
+
 def main() -> None:
     import boto3  # noqa: F401 - libraries load before the clock, as in bench.results_child
 
@@ -84,6 +106,8 @@ def main() -> None:
         figures = seed(int(sys.argv[2]))
     elif sys.argv[1] == "ours":
         figures = ours()
+    elif sys.argv[1] == "floor":
+        figures = floor(sys.argv[2])
     else:
         figures = copy(sys.argv[2])
     report({**figures, "seconds": time.perf_counter() - started})

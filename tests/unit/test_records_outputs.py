@@ -426,3 +426,43 @@ def test_a_missing_rows_file_is_named(world: Fakes) -> None:
     # When its outputs are written, then the error names the file
     with pytest.raises(OutputOrderError, match=rf"^work/{job.job_id}/rows-00001.jsonl: cannot be read \(KeyError"):
         OutputsWriter(world.wiring()).write(found, shards, {"succeeded": 8})
+
+
+def test_results_read_through_a_map_remade_at_every_row_give_the_same_bytes(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmap
+
+    from batchdrop.services import outputs
+    from batchdrop.services.outputs import OutputsWriter
+
+    # Given a finished records job of shuffled results, and its outputs written as shipped
+    job = seed_records_job(world.wiring(), reviews(40, missing=(7,)), document=pipeline_document(), per_shard=9)
+    seed_collected(world.wiring(), job, lambda cid: classified(cid, 2), random.Random(11).shuffle)
+    found, shards = world.state.job_and_shards(job.job_id)
+    assert found is not None
+    counts: Counter[str] = Counter()
+    for shard in shards:
+        counts.update(shard.counts)
+    keys = OutputsWriter(world.wiring()).write(found, shards, counts)
+    shipped = {key: world.store.get(key) for key in keys.values()}
+    for key in keys.values():
+        del world.store._objects[key]  # as if never written: the writes are if-absent
+
+    # When they are written again with every spill file unmapped and mapped anew before each row
+    maps: list[mmap.mmap] = []
+    real_mmap = mmap.mmap
+
+    def counted(*args: Any, **options: Any) -> mmap.mmap:
+        made = real_mmap(*args, **options)
+        maps.append(made)
+        return made
+
+    monkeypatch.setattr(outputs, "_MAPPED_BYTES", 1)
+    monkeypatch.setattr(outputs.mmap, "mmap", counted)
+    OutputsWriter(world.wiring()).write(found, shards, counts)
+
+    # Then the bytes are the same, a map was made per row sent, and every one was closed
+    assert {key: world.store.get(key) for key in keys.values()} == shipped
+    assert len(maps) == 39
+    assert all(made.closed for made in maps)

@@ -41,6 +41,12 @@ def test_a_line_that_is_not_a_row_is_refused() -> None:
         parse_row(b'{"line": 3}\n')
 
 
+def test_fields_that_are_not_an_object_are_refused_and_values_that_are_not_text_made_text() -> None:
+    with pytest.raises(ValueError, match="fields must be an object"):
+        parse_row(b'{"row": 3, "id": "a", "fields": ["x"]}\n')
+    assert parse_row(b'{"row": 3, "id": "a", "fields": {"n": 7}}\n') == RowRef(3, "a", {"n": "7"})
+
+
 def test_keys() -> None:
     assert rows_key("j1", 12) == "work/j1/rows-00012.jsonl"
     assert outputs_keys("j1") == {"csv": "results/j1/outputs.csv", "jsonl": "results/j1/outputs.jsonl"}

@@ -171,7 +171,8 @@ def _text_of(content: list[Any]) -> str:
 def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(result, bytes | str):
         try:
-            result = json.loads(result)
+            # As text: json.loads would first guess the bytes' encoding (a result line is UTF-8).
+            result = json.loads(result.decode() if isinstance(result, bytes) else result)
         except json.JSONDecodeError as exc:
             raise ResultLineError(f"a result line is not valid JSON: {exc.msg} (column {exc.colno})") from exc
         except UnicodeDecodeError as exc:

@@ -72,9 +72,13 @@ def rejected_row_record(ref: RowRef, line: int, source_key: str) -> bytes:
 
 def parse_row(line: bytes) -> RowRef:
     """A line of a rows file, or of a records-mode rejected.jsonl, as a RowRef."""
-    record = json.loads(line)
+    record = json.loads(line.decode())  # text: json.loads would first guess the bytes' encoding
     if not isinstance(record, dict) or not isinstance(record.get("row"), int):
         raise ValueError(f"not a row record: {line[:80]!r}")
     custom_id = record.get("id", record.get("custom_id"))
     fields = record.get("fields") or {}
-    return RowRef(record["row"], custom_id, {str(k): str(v) for k, v in fields.items()}, record.get("reason"))
+    if not isinstance(fields, dict):
+        raise ValueError(f"a row's fields must be an object: {line[:80]!r}")
+    if not all(type(value) is str for value in fields.values()):  # the intake writes text only
+        fields = {str(k): str(v) for k, v in fields.items()}
+    return RowRef(record["row"], custom_id, fields, record.get("reason"))

@@ -5,9 +5,12 @@ The results of a shard come back in any order, across its batch's parts, its ret
 halves of a refused body, so they are never held in memory: for each shard the split made,
 its result parts are streamed once into a file under the function's /tmp, keeping only each
 custom_id's place in it; then the shard's rows file is walked in order, each record's result
-read back from that place, and its row written. Memory is bounded by one shard's ids (at
-most 100,000), the disk by one shard's result bytes; the file is unlinked as soon as it is
-opened, so nothing outlives the run, however it ends.
+read back from that place, and its row written. The file is read through a memory map (a
+slice costs no system call, where a read per row would wait on the upload threads for the
+interpreter lock each time), unmapped and mapped again once the pages its slices touched
+may reach _MAPPED_BYTES, so they leave the process's resident memory. Memory is bounded by one shard's ids
+(at most 100,000) and that window, the disk by one shard's result bytes; the file is
+unlinked as soon as it is opened, so nothing outlives the run, however it ends.
 
 Both files are written only if absent, from inputs that never change once the job's shards
 are done (the pipeline at its recorded version, the rows files, the result parts), so a
@@ -16,7 +19,7 @@ second run after a crash writes the same bytes, and the first complete copy stay
 from __future__ import annotations
 
 import errno
-import os
+import mmap
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
@@ -43,6 +46,8 @@ CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 JSONL_CONTENT_TYPE = "application/x-jsonl"
 MAX_PIPELINE_BYTES = 1024 * 1024  # a pipeline is a prompt and a schema: far less than this
 _FLUSH_CHARS = 2 * 1024 * 1024  # rows gathered (both files) before they go to the writers
+_MAPPED_BYTES = 4 * 1024 * 1024  # pages one mapping of a spill file may touch before it is remade
+_PAGE = mmap.PAGESIZE
 
 
 def pipeline_at(store: ObjectStore, ref: PipelineRef) -> Pipeline:
@@ -71,6 +76,8 @@ class _Spill:
         self.shard = shard
         self._places: dict[str, int] = {}  # custom_id: offset << 32 | length
         self.size = 0  # bytes written
+        self._map: mmap.mmap | None = None
+        self._touched = 0  # the most bytes of pages the current mapping's slices touched
 
     def add(self, line: bytes, key: str) -> None:
         line = line.rstrip(b"\r\n")
@@ -90,7 +97,19 @@ class _Spill:
         place = self._places.pop(ref.custom_id or "", None)
         if place is None:
             raise ResultsMismatchError(f"shard {self.shard}: no result for {ref.custom_id!r} (row {ref.row})")
-        return os.pread(self._file.fileno(), place & 0xFFFFFFFF, place >> 32)
+        length, start = place & 0xFFFFFFFF, place >> 32
+        if self._map is None or self._touched >= _MAPPED_BYTES:
+            self.close()
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._touched += length + 2 * _PAGE  # a slice touches its pages, one more at each end at most
+        return self._map[start : start + length]
+
+    def close(self) -> None:
+        """Unmap the file (its pages leave this process's resident memory)."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+            self._touched = 0
 
     def check_all_taken(self) -> None:
         if self._places:
@@ -151,10 +170,13 @@ class OutputsWriter:
         for index, keys in shard_families(shards):
             with tempfile.TemporaryFile(prefix=f"batchdrop-{job.job_id}-") as file:
                 spill = _Spill(file, index)
-                self._load(job, spill, keys)
-                for ref in self._read_rows(rows_key(job.job_id, index)):
-                    yield ref, spill.take(ref)
-                spill.check_all_taken()
+                try:
+                    self._load(job, spill, keys)
+                    for ref in self._read_rows(rows_key(job.job_id, index)):
+                        yield ref, spill.take(ref)
+                    spill.check_all_taken()
+                finally:
+                    spill.close()
 
     def _load(self, job: JobRecord, spill: _Spill, keys: tuple[str, ...]) -> None:
         """Stream the shard's result parts into its spill file; a full /tmp is said as such."""
