@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -25,19 +24,6 @@ if TYPE_CHECKING:
 COUNT_WORKERS = 4
 COUNT_RETRIES = 4  # the SDK's retries per count (429 and 5xx back off, honouring retry-after)
 COUNT_TIMEOUT = 30.0
-# What count_tokens takes of a Messages body (max_tokens, temperature, metadata... it does not).
-COUNTED_FIELDS = (
-    "model",
-    "messages",
-    "system",
-    "tools",
-    "tool_choice",
-    "thinking",
-    "cache_control",
-    "output_config",
-    "output_format",
-    "speed",
-)
 _GZIP_MAGIC = b"\x1f\x8b"
 
 Counter = Callable[[Mapping[str, Any]], int]
@@ -60,8 +46,7 @@ def sdk_counter(*, api_key: str, base_url: str | None) -> tuple[Counter, Callabl
     client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=COUNT_RETRIES, timeout=COUNT_TIMEOUT)
 
     def count(params: Mapping[str, Any]) -> int:
-        body = {name: params[name] for name in COUNTED_FIELDS if name in params}
-        return int(client.messages.count_tokens(**body).input_tokens)
+        return int(client.messages.count_tokens(**params).input_tokens)
 
     return count, client.close
 
@@ -76,40 +61,16 @@ def estimate_file(
     workers: int = COUNT_WORKERS,
 ) -> FileEstimate:
     """Stream `path`'s requests into the estimator, count its sample, and estimate."""
-    from batchdrop.domain.estimate import Estimator
+    from batchdrop.domain.estimate import Estimator, counted_estimate
 
     estimator = estimator or Estimator()
     found = FileEstimate(path, {})
     for custom_id, params in _requests(path, pipeline, found):
         estimator.add(custom_id, params)
-    counts: dict[str, int] = {}
-    failures: list[str] = []
-    if counter is not None:
-        counts, failures = _count_all(estimator, counter, workers)
-    fallback = None
-    if not estimator.requests:
-        fallback = "the file holds no valid request"
-    elif not counts:
-        fallback = no_counter_reason if counter is None else f"no count succeeded ({failures[0]})"
-    elif failures:
-        found.notes.append(f"{len(failures)} of {len(failures) + len(counts)} counts failed, first: {failures[0]}")
-    found.estimate = estimator.result(counts, failed=len(failures), fallback=fallback)
+    found.estimate, note = counted_estimate(estimator, counter, workers=workers, no_counter_reason=no_counter_reason)
+    if note is not None:
+        found.notes.append(note)
     return found
-
-
-def _count_all(estimator: Estimator, counter: Counter, workers: int) -> tuple[dict[str, int], list[str]]:
-    sample = estimator.sample()
-
-    def attempt(params: Mapping[str, Any]) -> int | str:
-        try:
-            return counter(params)
-        except Exception as exc:  # noqa: BLE001 - a failed count never fails the estimate
-            return f"{type(exc).__name__}: {str(exc)[:200]}"
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="count-tokens") as pool:
-        answers = list(pool.map(attempt, [s.params for s in sample]))
-    counts = {s.custom_id: a for s, a in zip(sample, answers, strict=True) if isinstance(a, int)}
-    return counts, [a for a in answers if isinstance(a, str)]
 
 
 def _requests(path: Path, pipeline: Pipeline | None, found: FileEstimate) -> Iterator[tuple[str, dict[str, Any]]]:

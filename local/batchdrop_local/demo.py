@@ -48,7 +48,7 @@ def main() -> int:
         job = client.submit(SAMPLE, pipeline=PIPELINE_NAME)
         print(f"dropped {SAMPLE.name} ({len(ids)} reviews) at s3://{stack.bucket_name}/{job.key}")
         print(f"job {job.job_id}")
-        manifest = _wait_for_manifest(stack, job.job_id, timeout=TIMEOUT_SECONDS)
+        manifest = wait_for_manifest(stack, job.job_id, timeout=TIMEOUT_SECONDS)
         header, rows = client.output_rows(job.job_id, len(ids) + 1) if manifest.get("outputs") else ([], [])
     _print_outputs(header, rows, manifest)
     _print_manifest(manifest)
@@ -90,7 +90,8 @@ def _verdict(manifest: dict[str, Any], header: list[str], rows: list[list[str]],
     return 0
 
 
-def _wait_for_manifest(stack: LocalStack, job_id: str, timeout: float) -> dict[str, Any]:
+def wait_for_manifest(stack: LocalStack, job_id: str, timeout: float) -> dict[str, Any]:
+    """The job's manifest once the job has ended, its progress printed meanwhile."""
     table = stack.client("dynamodb")
     started = time.monotonic()
     live = sys.stdout.isatty()  # redraw one line on a terminal; in a log, print each change once
@@ -139,6 +140,13 @@ def _print_manifest(manifest: dict[str, Any]) -> None:
     batch_ids = [attempt["batch_id"] for shard in manifest["batches"] for attempt in shard["attempts"]]
     print(f"  {len(batch_ids)} batch(es): " + ", ".join(str(batch_id) for batch_id in batch_ids))
     print(f"  cost ${cost['batch_usd']} at the batch price; ${cost['standard_usd']} at the standard price")
+    estimate = manifest.get("estimate")
+    if estimate:
+        error = "" if estimate["error"] is None else f" (the actual {estimate['error']:+.1%} off it)"
+        print(
+            f"  estimated before sending: ${estimate['cost_usd']['batch_cached_expected']} expected{error},"
+            f" ${estimate['cost_usd']['batch_max']} at most"
+        )
     outputs = manifest.get("outputs") or {}
     if outputs:
         print(f"  outputs: {outputs['csv']}, {outputs['jsonl']}")

@@ -26,6 +26,7 @@ from batchdrop.errors import ShardBodyError
 from batchdrop.ports import EARLY_COPY_BYTES, SourceRange
 from batchdrop.services.create import ShardCreator
 from batchdrop.services.intake import Intake
+from batchdrop.services.job_estimate import estimate_key
 from batchdrop.services.split import split_object
 from batchdrop_local.calls import CallCounter, FreshAdapters, fresh_adapters
 from batchdrop_local.runner import LocalRunner
@@ -86,7 +87,11 @@ def _submit(
         finally:
             fresh.close()
     assert outcome.status == "RUNNING"
-    return outcome.job_id, calls.of("s3")
+    # The job's cost estimate, kept beside its shards in work/, is one PutObject of its own.
+    assert read_object(stack, estimate_key(outcome.job_id))
+    s3 = calls.of("s3")
+    s3["PutObject"] -= 1
+    return outcome.job_id, s3
 
 
 def _shards(stack: LocalStack, job_id: str) -> list[bytes]:

@@ -726,6 +726,8 @@ class FakeBatchesApi:
         self.listing_complete = True  # whether list_recent reaches back past not_before
         self._script: deque[tuple[Exception, bool]] = deque()
         self.poison: str | None = None  # a create holding a line with this text is refused (400)
+        self.counted: list[Mapping[str, Any]] = []  # count_tokens bodies, in order
+        self.count_error: Exception | None = None  # every count_tokens raises it when set
 
     # what tests use
 
@@ -779,6 +781,13 @@ class FakeBatchesApi:
         self.results[batch_id] = lines
 
     # the BatchesApi port
+
+    def count_tokens(self, body: Mapping[str, Any]) -> int:
+        """As the emulator counts: a token per 4 characters of the body's JSON, at least 1."""
+        self.counted.append(body)
+        if self.count_error is not None:
+            raise self.count_error
+        return max(1, len(json.dumps(body, separators=(",", ":"))) // 4)
 
     def create(self, body: Iterable[bytes], size: int, timeout: float) -> dict[str, Any]:
         data = b"".join(body)

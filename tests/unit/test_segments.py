@@ -381,3 +381,46 @@ def test_a_file_of_records_too_large_for_one_invocation_is_refused_unread(
     assert world.batches.creates == 0
     native = upload(world)
     assert Intake(wiring(world)).submit(native, len(BODY)).status is JobStatus.RUNNING
+
+
+def _estimate_of(world: Fakes, job_id: str) -> dict[str, Any]:
+    from batchdrop.services.job_estimate import estimate_key
+
+    estimate = dict(world.store.get_json(estimate_key(job_id)))
+    for own in ("job_id", "estimated_at"):
+        del estimate[own]
+    return estimate
+
+
+def test_a_file_split_in_segments_gets_the_estimate_of_the_file_split_in_one_go(world: Fakes) -> None:
+    # Given the same file split in one go, in a world of its own
+    other = Fakes()
+    whole = upload(other)
+    in_one_go(other, whole)
+
+    # When it is split in segments here, each keeping the estimate so far beside its ids
+    source = upload(world)
+    runs = segments_to_the_end(world, source)
+
+    # Then the estimate is the same, every request counted, from the state the segments kept
+    assert runs == 4
+    assert _estimate_of(world, job_of(source)) == _estimate_of(other, job_of(whole))
+    assert _estimate_of(world, job_of(source))["requests"] == 7
+    assert len(world.store.keys(f"work/{job_of(source)}/estimate-")) == 3
+
+
+def test_a_checkpoint_without_an_estimate_state_leaves_the_job_without_an_estimate(world: Fakes) -> None:
+    from batchdrop.services.job_estimate import estimate_key
+
+    # Given a split stopped after its first segment, whose estimate state is gone
+    source = upload(world)
+    job_id = job_of(source)
+    short_of_time(world, source)
+    (state,) = world.store.keys(f"work/{job_id}/estimate-")
+    del world.store._objects[state]  # as a split made before estimates were kept leaves it
+
+    # When the sweeps finish the split, then the job goes on, with no estimate rather than half of one
+    while _next_segment(world, job_id):
+        pass
+    assert job(world.state, job_id).status is JobStatus.RUNNING
+    assert not world.store.exists(estimate_key(job_id))

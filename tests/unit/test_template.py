@@ -248,7 +248,7 @@ def test_bucket_policy_denies_requests_without_tls_1_2(template: dict[str, Any])
 
 # --- the bucket's writers ------------------------------------------------------------------
 
-PIPELINE_PREFIXES = ("work/", "results/", "errors/", "pipelines/")
+PIPELINE_PREFIXES = ("work/", "results/", "errors/", "pipelines/", "history/")
 
 
 def bucket_policy_statements(template: dict[str, Any]) -> list[Any]:
@@ -756,8 +756,9 @@ def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[st
     submit = template["Resources"]["SubmitFunction"]
     checker = template["Resources"]["CheckerFunction"]
 
-    # pipelines/: records mode's pipelines, read by version
-    assert s3_object_patterns(submit, "s3:GetObject") == {"inbox/*", "work/*", "pipelines/*"}
+    # pipelines/: records mode's pipelines, read by version; history/: the output a pipeline's
+    # last job used, which a job's estimate expects
+    assert s3_object_patterns(submit, "s3:GetObject") == {"inbox/*", "work/*", "pipelines/*", "history/*"}
     assert s3_object_patterns(submit, "s3:GetObjectVersion") == {"inbox/*", "work/*", "pipelines/*"}
     assert s3_object_patterns(submit, "s3:PutObject") == {
         "work/*",
@@ -766,8 +767,9 @@ def test_s3_object_access_is_scoped_to_each_functions_prefixes(template: dict[st
     }
     # errors/ and pipelines/: a records-mode job's rejected records and its pipeline version, for its outputs.
     assert s3_object_patterns(checker, "s3:GetObject") == {"work/*", "results/*", "errors/*", "pipelines/*"}
-    # Retry bodies go to work/<job_id>/..., result parts and manifests to results/.
-    assert s3_object_patterns(checker, "s3:PutObject") == {"work/*", "results/*"}
+    # Retry bodies go to work/<job_id>/..., result parts and manifests to results/, a
+    # pipeline's output history to history/.
+    assert s3_object_patterns(checker, "s3:PutObject") == {"work/*", "results/*", "history/*"}
     for function in (submit, checker):
         # A Lambda killed mid-upload must be able to abort what it started.
         assert s3_object_patterns(function, "s3:AbortMultipartUpload") == s3_object_patterns(function, "s3:PutObject")
@@ -781,7 +783,8 @@ def test_submit_may_list_inbox_versions_for_the_sweeper_and_nothing_else(templat
     assert may_list(submit, "s3:ListBucketVersions", "inbox/")
     assert may_list(submit, "s3:ListBucket", "inbox/")
     assert not may_list(submit, "s3:ListBucketVersions", "results/")
-    assert listable_prefixes(submit, "s3:ListBucket") == {"inbox/*", "work/*", "errors/*", "pipelines/*"}
+    # history/: a pipeline with no finished job yet has no history, which must read as 404
+    assert listable_prefixes(submit, "s3:ListBucket") == {"inbox/*", "work/*", "errors/*", "pipelines/*", "history/*"}
     # A cancel request is its key: nothing under cancel/ is read or listed.
     for action in ("s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"):
         assert not any(p.startswith("cancel/") for p in s3_object_patterns(submit, action))

@@ -179,3 +179,64 @@ def test_a_prefix_is_what_comes_up_to_the_last_breakpoint() -> None:
     assert long_lived.prefix_ttl == "1h"
     whole = prompt_shape({**request("the last block"), "cache_control": marked})
     assert whole.prefix_tokens == whole.approx_tokens
+
+
+def _line(custom_id: str, params: Mapping[str, Any]) -> bytes:
+    import json
+
+    return json.dumps({"custom_id": custom_id, "params": params}).encode()
+
+
+def test_lines_are_approximated_by_their_bytes_and_a_snapshot_restores_the_same_estimate() -> None:
+    import json
+
+    from batchdrop.domain.estimate import SAMPLE_LINE_BYTES, counted_estimate
+
+    # Given request lines, some sharing a cached system prefix long enough to cache, one too long to hold
+    cached = [{"type": "text", "text": "policy " * 4000, "cache_control": {"type": "ephemeral"}}]
+    lines = [_line(f"r-{n}", request(f"question {n}", system=cached if n % 2 else None)) for n in range(30)]
+    lines.append(_line("huge", request("x" * (SAMPLE_LINE_BYTES + 10))))
+
+    def fed(estimator: Estimator, part: list[bytes]) -> Estimator:
+        for line in part:
+            params = json.loads(line)["params"]
+            estimator.add_line(json.loads(line)["custom_id"], line, params["model"], params["max_tokens"])
+        return estimator
+
+    def count(body: Mapping[str, Any]) -> int:
+        assert "max_tokens" not in body
+        return len(json.dumps(body)) // 3
+
+    # When fed whole, and fed in two parts with a snapshot (through JSON) between them
+    whole = fed(Estimator(sample_size=10, seed=3), lines)
+    first = fed(Estimator(sample_size=10, seed=3), lines[:13])
+    resumed = fed(Estimator.restored(json.loads(json.dumps(first.snapshot()))), lines[13:])
+
+    # Then both give the same state and the same estimate
+    assert resumed.snapshot() == whole.snapshot()
+    assert counted_estimate(resumed, count) == counted_estimate(whole, count)
+    # ...each request approximated by its line's bytes / 4
+    assert sum(t.approx for t in whole.tallies().values()) == sum(len(line) // 4 for line in lines)
+    # ...the cached prefix written once and read by the other 14 requests holding it (each one's
+    # prefix on its own line's scale, so within a percent of one another)
+    tally = whole.tallies()["claude-haiku-4-5"]
+    assert tally.write_5m > 0
+    assert tally.prefix_5m == pytest.approx(15 * tally.write_5m, rel=0.01)
+    # ...and a sampled line too long to hold is not counted, and says so
+    estimate, _ = counted_estimate(Estimator(sample_size=2, seed=0), count)
+    assert estimate["method"]["fallback"] == "the file holds no valid request"
+    lone = fed(Estimator(sample_size=2), [lines[-1]])
+    estimate, _ = counted_estimate(lone, count)
+    assert estimate["method"]["input"] == "approximated"
+    assert "longer than a sampled line may be" in estimate["method"]["fallback"]
+
+
+def test_counting_stops_when_its_time_is_spent() -> None:
+    from batchdrop.domain.estimate import counted_estimate
+
+    estimator = Estimator(sample_size=5)
+    for custom_id, params in requests(5):
+        estimator.add(custom_id, params)
+    estimate, _ = counted_estimate(estimator, lambda body: 100, seconds=0)
+    assert estimate["method"]["input"] == "approximated"
+    assert "the 0 s given to counting were spent" in estimate["method"]["fallback"]

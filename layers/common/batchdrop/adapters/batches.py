@@ -34,6 +34,8 @@ LIST_PAGE = 100
 LIST_PAGE_MAX = 1000
 # The SDK's own default, made explicit: results are fetched only from this host (or the one configured).
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+COUNT_RETRIES = 2  # a count is worth a short wait, never a job's: the estimate falls back without it
+COUNT_TIMEOUT = 10.0
 # authentication_error and permission_error: the key is wrong, revoked or not allowed.
 KEY_REFUSED_STATUSES = frozenset({401, 403})
 
@@ -121,6 +123,20 @@ class BatchesApi:
         except anthropic.APIConnectionError as exc:  # includes timeouts
             raise ProviderOutcomeUnknownError(f"create got no answer: {type(exc).__name__}") from exc
         return _as_dict(batch)
+
+    def count_tokens(self, body: Mapping[str, Any]) -> int:
+        """The input tokens of one request (`body`: what count_tokens takes of its params), with
+        the SDK's retries (a 429 waits as its retry-after says) within COUNT_TIMEOUT a try."""
+        return int(
+            self._call(
+                "count_tokens",
+                lambda client: (
+                    client.with_options(max_retries=COUNT_RETRIES, timeout=COUNT_TIMEOUT)
+                    .messages.count_tokens(**body)
+                    .input_tokens
+                ),
+            )
+        )
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         import anthropic

@@ -13,6 +13,12 @@ of a 95% interval (normal approximation, 1.96 standard errors, the residual vari
 sample with the finite-population correction): 0 when every request was counted. When no
 count succeeds, the input is the local approximation, and the result says so and why.
 
+The submit function estimates every job from the lines it checks, without parsing them again
+(add_line): a request's approximation is its line's bytes / 4, its model and max_tokens are
+read as the line was checked, and only a line marked for caching is parsed again, for its
+prefix. The sample keeps such a line's bytes, parsed when it is counted; the whole state can
+be saved between the invocations of a split that continues (snapshot, restored).
+
 Output tokens: the upper bound is the sum of max_tokens; the expected figure is a share of
 it, from earlier jobs' output and max_tokens when given, else DEFAULT_OUTPUT_SHARE.
 
@@ -25,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -40,6 +48,22 @@ DEFAULT_SEED = 0
 DEFAULT_OUTPUT_SHARE = Decimal("0.5")
 Z_95 = 1.96
 MAX_DISTINCT_PREFIXES = 200_000  # beyond it, a new prefix is taken as a write (the costlier case)
+SAMPLE_LINE_BYTES = 256 * 1024  # a sampled line longer than this is not held to be counted
+_CACHE_MARK = b'"cache_control"'
+_SNAPSHOT_VERSION = 1
+# What count_tokens takes of a Messages body (max_tokens, temperature, metadata... it does not).
+COUNTED_FIELDS = (
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "cache_control",
+    "output_config",
+    "output_format",
+    "speed",
+)
 _USD_PLACES = Decimal("0.000001")
 
 
@@ -67,9 +91,19 @@ class _ModelTally:
 @dataclass(frozen=True, slots=True)
 class Sampled:
     custom_id: str
-    params: Mapping[str, Any]
+    params: Mapping[str, Any] | None  # None: read from `line` when counted
     model: str
     approx_tokens: int
+    line: bytes | None = None  # the request line (None with params, or when too long to hold)
+
+    def counted_body(self) -> dict[str, Any] | None:
+        """What count_tokens is sent for this request (None: it cannot be counted)."""
+        params = self.params
+        if params is None:
+            if self.line is None:
+                return None
+            params = json.loads(self.line)["params"]
+        return {name: params[name] for name in COUNTED_FIELDS if name in params}
 
 
 @dataclass
@@ -90,27 +124,80 @@ class Estimator:
         """One request of the file, in any order."""
         model = str(params.get("model", ""))
         shape = prompt_shape(params)
-        tally = self._models.setdefault(model, _ModelTally())
+        prefix = None
+        if shape.prefix_digest is not None and shape.prefix_tokens >= self.prices.prices(model).cache_min_tokens:
+            prefix = (shape.prefix_digest, shape.prefix_tokens, shape.prefix_ttl)
+        sampled = Sampled(custom_id, params, model, shape.approx_tokens)
+        self._add(sampled, int(params.get("max_tokens") or 0), prefix)
+
+    def add_line(self, custom_id: str, line: bytes, model: str, max_tokens: int) -> None:
+        """One checked request line, its approximation its bytes / 4 (see the module's doc)."""
+        approx = len(line) // 4
+        prefix = None
+        if _CACHE_MARK in line:
+            shape = prompt_shape(json.loads(line).get("params") or {})
+            minimum = self.prices.prices(model).cache_min_tokens
+            if shape.prefix_digest is not None and shape.prefix_tokens >= minimum and shape.approx_tokens:
+                # The prefix's share of the request, on this approximation's scale.
+                prefix = (shape.prefix_digest, shape.prefix_tokens * approx // shape.approx_tokens, shape.prefix_ttl)
+        held = line if len(line) <= SAMPLE_LINE_BYTES else None
+        self._add(Sampled(custom_id, None, model, approx, held), max_tokens, prefix)
+
+    def _add(self, sampled: Sampled, max_tokens: int, prefix: tuple[bytes, int, str] | None) -> None:
+        tally = self._models.setdefault(sampled.model, _ModelTally())
         self.requests += 1
         tally.requests += 1
-        tally.approx += shape.approx_tokens
-        tally.max_tokens += int(params.get("max_tokens") or 0)
-        minimum = self.prices.prices(model).cache_min_tokens
-        if shape.prefix_digest is not None and shape.prefix_tokens >= minimum:
-            long = shape.prefix_ttl == "1h"
-            tally.prefix_1h += shape.prefix_tokens if long else 0
-            tally.prefix_5m += 0 if long else shape.prefix_tokens
-            if shape.prefix_digest not in self._prefixes:
+        tally.approx += sampled.approx_tokens
+        tally.max_tokens += max_tokens
+        if prefix is not None:
+            digest, tokens, ttl = prefix
+            long = ttl == "1h"
+            tally.prefix_1h += tokens if long else 0
+            tally.prefix_5m += 0 if long else tokens
+            if digest not in self._prefixes:
                 if len(self._prefixes) < MAX_DISTINCT_PREFIXES:
-                    self._prefixes.add(shape.prefix_digest)
-                tally.write_1h += shape.prefix_tokens if long else 0
-                tally.write_5m += 0 if long else shape.prefix_tokens
+                    self._prefixes.add(digest)
+                tally.write_1h += tokens if long else 0
+                tally.write_5m += 0 if long else tokens
+        custom_id = sampled.custom_id
         rank = int.from_bytes(hashlib.sha256(f"{self.seed}:{custom_id}".encode()).digest()[:8], "big")
-        entry = (-rank, custom_id, Sampled(custom_id, params, model, shape.approx_tokens))
+        entry = (-rank, custom_id, sampled)
         if len(self._heap) < self.sample_size:
             heapq.heappush(self._heap, entry)
         elif entry > self._heap[0]:  # a lower rank than the highest kept
             heapq.heapreplace(self._heap, entry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as JSON, for `restored` (a split that goes on in another invocation)."""
+        return {
+            "version": _SNAPSHOT_VERSION,
+            "sample_size": self.sample_size,
+            "seed": self.seed,
+            "requests": self.requests,
+            "models": {
+                model: [getattr(tally, name) for name in _TALLY_FIELDS] for model, tally in self._models.items()
+            },
+            "prefixes": sorted(digest.hex() for digest in self._prefixes),
+            "sample": [
+                [-rank, s.custom_id, s.model, s.approx_tokens, _held_text(s)] for rank, _, s in sorted(self._heap)
+            ],
+        }
+
+    @classmethod
+    def restored(cls, data: Mapping[str, Any], prices: PriceTable | None = None) -> Estimator:
+        """The estimator a snapshot was taken of (ValueError: not a snapshot of this version)."""
+        if not isinstance(data, Mapping) or data.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError("not an estimator snapshot of this version")
+        made = cls(sample_size=int(data["sample_size"]), seed=int(data["seed"]), prices=prices or price_table())
+        made.requests = int(data["requests"])
+        for model, figures in data["models"].items():
+            made._models[model] = _ModelTally(**dict(zip(_TALLY_FIELDS, figures, strict=True)))
+        made._prefixes = {bytes.fromhex(digest) for digest in data["prefixes"]}
+        for rank, custom_id, model, approx, text in data["sample"]:
+            line = None if text is None else text.encode()
+            made._heap.append((-int(rank), custom_id, Sampled(custom_id, None, model, int(approx), line)))
+        heapq.heapify(made._heap)
+        return made
 
     def sample(self) -> list[Sampled]:
         """The requests to count, lowest rank first."""
@@ -143,6 +230,18 @@ class Estimator:
         return self._models
 
 
+_TALLY_FIELDS = tuple(_ModelTally.__dataclass_fields__)
+
+
+def _held_text(sampled: Sampled) -> str | None:
+    """A sampled request as the text a snapshot keeps: its line, or its params as one."""
+    if sampled.line is not None:
+        return sampled.line.decode()
+    if sampled.params is not None:
+        return json.dumps({"params": sampled.params}, ensure_ascii=False, separators=(",", ":"))
+    return None
+
+
 def estimate(
     requests: Iterable[tuple[str, Mapping[str, Any]]],
     count: Callable[[Mapping[str, Any]], int],
@@ -160,12 +259,63 @@ def estimate(
     counts: dict[str, int] = {}
     failures: list[str] = []
     for sampled in estimator.sample():
+        body = sampled.counted_body()
+        if body is None:
+            continue
         try:
-            counts[sampled.custom_id] = int(count(sampled.params))
+            counts[sampled.custom_id] = int(count(body))
         except Exception as exc:  # noqa: BLE001 - a failed count never fails the estimate
             failures.append(f"{type(exc).__name__}: {exc}")
     fallback = None if counts or not failures else f"no count succeeded ({failures[0]})"
     return estimator.result(counts, failed=len(failures), fallback=fallback, history=history)
+
+
+def counted_estimate(
+    estimator: Estimator,
+    counter: Callable[[Mapping[str, Any]], int] | None,
+    *,
+    workers: int = 4,
+    seconds: float | None = None,
+    no_counter_reason: str | None = None,
+    history: OutputHistory | None = None,
+) -> tuple[dict[str, Any], str | None]:
+    """The estimate, its sample counted by `counter` (a count_tokens call), `workers` at a
+    time, for at most `seconds` (None: no limit): a count that fails or finds the time spent
+    is left out of the sample, and when none succeeds the estimate is the approximation,
+    saying why. Also a note for people when some counts failed (None when none did)."""
+    from concurrent.futures import ThreadPoolExecutor  # only a count needs it
+
+    sample = estimator.sample()
+    ends = None if seconds is None else time.monotonic() + seconds
+
+    def attempt(sampled: Sampled) -> int | str:
+        body = sampled.counted_body()
+        if body is None:
+            return "not held: the request is longer than a sampled line may be"
+        if ends is not None and time.monotonic() >= ends:
+            return f"not counted: the {seconds:g} s given to counting were spent"
+        try:
+            return int(counter(body)) if counter is not None else "no counter"
+        except Exception as exc:  # noqa: BLE001 - a failed count never fails the estimate
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    counts: dict[str, int] = {}
+    failures: list[str] = []
+    if counter is not None and sample:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="count-tokens") as pool:
+            for sampled, answer in zip(sample, pool.map(attempt, sample), strict=True):
+                if isinstance(answer, int):
+                    counts[sampled.custom_id] = answer
+                else:
+                    failures.append(answer)
+    fallback, note = None, None
+    if not estimator.requests:
+        fallback = "the file holds no valid request"
+    elif not counts:
+        fallback = no_counter_reason if counter is None else f"no count succeeded ({failures[0]})"
+    elif failures:
+        note = f"{len(failures)} of {len(failures) + len(counts)} counts failed, first: {failures[0]}"
+    return estimator.result(counts, failed=len(failures), fallback=fallback, history=history), note
 
 
 def _bound(counted: list[Sampled], counts: Mapping[str, int], population: int) -> float | None:

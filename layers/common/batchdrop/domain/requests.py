@@ -11,7 +11,7 @@ import math
 import re
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -51,6 +51,11 @@ class ValidLine:
     line: int  # 1-based line number in the input file
     custom_id: str
     body: bytes  # the line as written (less a BOM and surrounding whitespace): what will be sent
+    # What the cost estimate needs of params, read as the line was checked (None and 0 for a
+    # line that was not parsed: a rendered line whose pipeline gives them).
+    # Derived from body, so equal lines are equal whether they were read or not.
+    model: str | None = field(default=None, compare=False)
+    max_tokens: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +133,8 @@ def _check_line(number: int, line: bytes, first_seen: dict[str, int], max_line_b
         return RejectedLine(number, readable_id, reason)
     if line[:1].isspace() or line[-1:].isspace():
         line = line.strip()
-    return ValidLine(number, readable_id, line)
+    params = parsed["params"]
+    return ValidLine(number, readable_id, line, params["model"], params["max_tokens"])
 
 
 # --- parsing and encoding -------------------------------------------------------------

@@ -15,6 +15,7 @@ from batchdrop.domain.states import DONE_SHARD_STATES, SENT_SHARD_STATES, JobSta
 from batchdrop.domain.usage import Usage
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
+from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, beside_actual, estimate_key, note_history, read_json
 from batchdrop.services.outputs import OutputsWriter
 
 
@@ -93,6 +94,11 @@ class Finisher:
             prices=self._wired.prices,
         )
         store = self._wired.store
+        estimate = read_json(store, estimate_key(job.job_id), MAX_ESTIMATE_BYTES)
+        if estimate is not None:
+            manifest["estimate"] = beside_actual(estimate, manifest["cost"]["batch_usd"])
+            if job.pipeline is not None:  # the pipeline's next job expects this job's output share
+                note_history(store, job.pipeline, estimate, manifest["usage"]["total"]["output_tokens"])
         if not store.put_json(manifest_key(job.job_id), manifest, if_absent=True):
             manifest = store.get_json(manifest_key(job.job_id))
             status, completed_at = JobStatus(manifest["status"]), manifest["timings"]["completed_at"]

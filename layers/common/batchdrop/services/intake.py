@@ -25,6 +25,7 @@ from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
+from batchdrop.services.job_estimate import ESTIMATE_SECONDS, keep_estimate
 from batchdrop.services.records_intake import (
     FileRefusedError,
     RecordsMode,
@@ -142,7 +143,7 @@ class Intake:
         and record its shards; an outcome when the job does not go on to its creates here:
         it failed, or the split stopped short of time (services/segments.py). A file of
         records is rendered in one go: only request lines are split in segments."""
-        resume = resume_from(self._wired.store, checkpoint)
+        resume = resume_from(self._wired.store, checkpoint, self._wired.prices)
         if isinstance(mode, RecordsMode) and (too_large := records_too_large(size)):
             return self._fail(job_id, source, Split(), too_large)
         try:
@@ -160,6 +161,10 @@ class Intake:
             return SubmitOutcome(job_id, JobStatus.RECEIVED)
         if not split.shards and not resume.next_shard:
             return self._fail(job_id, source, split, hint=mode.hint)
+        if split.estimator is not None:  # before the shards are recorded: before any create
+            keep_estimate(
+                self._wired, job_id, source, split.estimator, pipeline=mode.pipeline_ref, seconds=self._count_seconds()
+            )
         recorded = self._state.record_shards(
             job_id,
             split.shards,
@@ -172,6 +177,13 @@ class Intake:
         if not recorded:
             logger.info("another invocation recorded this job's shards, or moved its checkpoint, first")
         return None
+
+    def _count_seconds(self) -> float:
+        """How long the estimate's counts may take: ESTIMATE_SECONDS at most, and a quarter
+        of this invocation's time left at most (the rest is the recording's and the creates')."""
+        if self._seconds_left is None:
+            return ESTIMATE_SECONDS
+        return min(ESTIMATE_SECONDS, self._seconds_left() / 4)
 
     def _deadline(self) -> str:
         """When this invocation ends at the latest: the lease of a checkpoint it writes."""

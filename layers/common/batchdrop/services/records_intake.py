@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final, NamedTuple
 
+from batchdrop.domain.estimate import Estimator
 from batchdrop.domain.jobs import rejected_key
 from batchdrop.domain.lines import OverlongLine, SourceLines
 from batchdrop.domain.pipelines import Pipeline, PipelineError, json_string_body, parse_pipeline
+from batchdrop.domain.prices import price_table
 from batchdrop.domain.record_files import INBOX, PIPELINE_SUFFIXES, RecordFile, RecordFormat, record_file
 from batchdrop.domain.record_readers import (
     MAX_LINE_BYTES as MAX_RECORD_LINE_BYTES,
@@ -258,7 +260,9 @@ def split_records(wired: Wiring, job_id: str, source: SourceRef, mode: RecordsMo
     fills; all are done before this returns."""
     from concurrent.futures import Future, ThreadPoolExecutor  # not at import: a cold start does not need it
 
-    split = Split()
+    estimator = Estimator(prices=wired.prices or price_table())
+    split = Split(estimator=estimator)
+    model, max_tokens = mode.pipeline.model, mode.pipeline.max_tokens
     rejects = _RejectedRows(wired.store, rejected_key(job_id), source.key, fail=mode.pipeline.on_bad_record == "fail")
     shard: _ShardWithRows | None = None
     closing: list[Future[ShardPlan]] = []
@@ -272,6 +276,7 @@ def split_records(wired: Wiring, job_id: str, source: SourceRef, mode: RecordsMo
                         closing.append(closer.submit(shard.close))
                     shard = _ShardWithRows(wired.store, source, job_id, index)
                 shard.add(line, rendered.current)
+                estimator.add_line(line.custom_id, line.body, model, max_tokens)
             last = shard.close() if shard is not None else None
             shard = None
             split.shards = [done.result() for done in closing] + ([last] if last else [])

@@ -22,13 +22,16 @@ skipped unchecked (inflating runs several times faster than the check)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
+from batchdrop.domain.estimate import Estimator
 from batchdrop.domain.jobs import rejected_key
 from batchdrop.domain.lines import SourceLines, UnreadableFileError, line_size
+from batchdrop.domain.prices import PriceTable, price_table
 from batchdrop.domain.records import SourceRef, SplitCheckpoint
 from batchdrop.observability import logger
 from batchdrop.ports import ObjectStore, SourceRange, Wiring
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
     from batchdrop.services.split import Split
 
 IDS_CONTENT_TYPE = "text/plain"
+# An estimate's state is its tallies, its distinct cached prefixes (at most 200,000 of 64
+# characters) and its sample (at most 200 lines of 256 KiB): far less than this.
+MAX_ESTIMATE_STATE_BYTES = 128 * 1024 * 1024
 # The largest file of records taken: records mode renders a file in one invocation (it is
 # not split in segments), and at the split's measured rate a larger one could not be.
 RECORDS_MAX_BYTES = 25_000_000_000
@@ -59,6 +65,9 @@ class Resume:
     checkpoint: SplitCheckpoint | None = None
     seen: dict[str, int] = field(default_factory=dict)  # filled further by the segment itself
     seeded: int = 0  # how many of `seen` the segments before it saw
+    # The cost estimate of the lines before it (a fresh one at the file's start; None when a
+    # checkpoint has none: the job then goes without an estimate rather than with half of one).
+    estimator: Estimator | None = field(default_factory=Estimator)
 
     @property
     def offset(self) -> int:
@@ -114,15 +123,34 @@ def _skipped(lines: Iterable[bytes], offset: int, key: str) -> Iterator[bytes]:
     return iterator
 
 
-def resume_from(store: ObjectStore, checkpoint: SplitCheckpoint | None) -> Resume:
+def resume_from(store: ObjectStore, checkpoint: SplitCheckpoint | None, prices: PriceTable | None = None) -> Resume:
     """The segment that goes on from `checkpoint`, with the custom_ids every segment before
-    it saw first, read back from their objects in order."""
+    it saw first, read back from their objects in order, and the estimate of their lines."""
     seen: dict[str, int] = {}
     for key in checkpoint.ids_keys if checkpoint else ():
         for raw in store.lines(key):
             custom_id, _, line = raw.rstrip(b"\n").decode().partition(" ")
             seen[custom_id] = int(line)
-    return Resume(checkpoint, seen, len(seen))
+    if checkpoint is None or not checkpoint.ids_keys:
+        return Resume(checkpoint, seen, len(seen), Estimator(prices=prices or price_table()))
+    return Resume(checkpoint, seen, len(seen), _estimator_at(store, checkpoint.ids_keys[-1], prices))
+
+
+def _estimator_at(store: ObjectStore, ids: str, prices: PriceTable | None) -> Estimator | None:
+    """The estimate as the segment that wrote `ids` left it (None when it left none)."""
+    key = estimate_state_key(ids)
+    found = store.read_small(key, max_bytes=MAX_ESTIMATE_STATE_BYTES)
+    if found is None or found.data is None:
+        logger.warning("no estimate state beside the checkpoint: the job goes without an estimate", extra={"key": key})
+        return None
+    return Estimator.restored(json.loads(found.data), prices or price_table())
+
+
+def estimate_state_key(ids: str) -> str:
+    """Where the estimate of the lines up to a segment's end is kept: beside its ids object,
+    work/<job_id>/estimate-<start>-<end>.json."""
+    folder, _, name = ids.rpartition("/")
+    return f"{folder}/estimate-{name.removeprefix('ids-').removesuffix('.txt')}.json"
 
 
 def ids_key(job_id: str, start: int, end: int) -> str:
@@ -147,6 +175,8 @@ def record_stop(wired: Wiring, job_id: str, split: Split, resume: Resume, lease:
         raise ValueError(f"job {job_id}: the split did not stop, there is no checkpoint to record")
     key = ids_key(job_id, resume.offset, stop.offset)
     _write_ids(wired.store, key, islice(split.seen.items(), resume.seeded, None))
+    if split.estimator is not None:  # the same lines give the same state, whichever run writes it
+        wired.store.put_json(estimate_state_key(key), split.estimator.snapshot(), if_absent=True)
     for plan in split.shards:
         wired.state.add_missing_shard(job_id, plan, wired.max_attempts)
     checkpoint = SplitCheckpoint(

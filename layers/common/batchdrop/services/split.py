@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from batchdrop.domain.estimate import Estimator
 from batchdrop.domain.jobs import IdsDigest, rejected_key, rejected_record
 from batchdrop.domain.lines import line_size
+from batchdrop.domain.prices import price_table
 from batchdrop.domain.records import ShardPlan, SourceRef
 from batchdrop.domain.requests import RejectedLine, ValidLine, check_lines
 from batchdrop.domain.shards import (
@@ -44,6 +46,8 @@ class Split:
     seen: dict[str, int] = field(default_factory=dict)
     rejected_version: str | None = None
     rejected_bytes: int = 0
+    # The cost estimate of every request in the shards so far (None: the job goes without).
+    estimator: Estimator | None = None
 
 
 def _never() -> bool:
@@ -67,8 +71,9 @@ def split_object(
     boundary where `stop_now()` holds, the split stops there (`Split.stopped`)."""
     from concurrent.futures import ThreadPoolExecutor  # not at import: a cold start does not need it
 
-    start = resume or Resume()
-    split = Split(requested=start.requested, rejected=start.rejected, seen=start.seen)
+    start = resume or Resume(estimator=Estimator(prices=wired.prices or price_table()))
+    split = Split(requested=start.requested, rejected=start.rejected, seen=start.seen, estimator=start.estimator)
+    estimator = split.estimator
     rejects = _RejectSink(wired.store, rejected_key(job_id), source.key, start.rejected_range(source.bucket, job_id))
     lines, raw_lines = start.open(wired.store, source)
     reader = _LineReader(raw_lines, start.offset)
@@ -95,6 +100,8 @@ def split_object(
                     # resumed one) writes the same bytes; the first complete copy stays.
                     shard = ShardOut(wired.store, source, index, shard_key(job_id, index), copyable=copyable)
                 shard.add(line, reader.start, reader.last)
+                if estimator is not None:
+                    estimator.add_line(line.custom_id, line.body, line.model or "", line.max_tokens)
                 if may_copy_early:  # the first valid line only
                     may_copy_early = False
                     if copyable and shard.spans(0, reader.end):
