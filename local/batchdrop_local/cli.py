@@ -224,6 +224,13 @@ def _add_emulator(commands: Any) -> None:
     p.add_argument("--results-url", choices=("absolute", "relative"), default="absolute")
     p.add_argument("--max-output-tokens", type=int, default=64_000, metavar="N")
     p.add_argument("--responder", metavar="MODULE:CALLABLE", help="your own responder")
+    p.add_argument(
+        "--cache-visibility",
+        type=float,
+        default=0.1,
+        metavar="P",
+        help="chance a batch request sees a prompt cache entry written after its batch was created (0.1)",
+    )
     faults = p.add_argument_group("faults (docs/local.md, Faults)")
     faults.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:STATUS:RATE[:TIMES]")
     faults.add_argument("--stall", action="append", default=[], metavar="ENDPOINT:SECONDS:RATE[:TIMES]")
@@ -279,6 +286,7 @@ def _emulator_settings(args: argparse.Namespace) -> Any:
         results_url=args.results_url,
         max_output_tokens=args.max_output_tokens,
         responder=args.responder,
+        cache_visibility=args.cache_visibility,
         faults=faults,
     )
 

@@ -22,7 +22,8 @@ SCHEMA = {
     "additionalProperties": False,
 }
 TOOL = {"name": "lookup", "description": "Look a word up.", "input_schema": {"type": "object", "properties": {}}}
-SYSTEM = [{"type": "text", "text": "You label reviews carefully. " * 60, "cache_control": {"type": "ephemeral"}}]
+# Long enough to be cached: Claude Haiku 4.5 caches prefixes from 4096 tokens
+SYSTEM = [{"type": "text", "text": "You label reviews carefully. " * 600, "cache_control": {"type": "ephemeral"}}]
 
 BODIES: dict[str, dict[str, Any]] = {
     "plain": {"messages": [{"role": "user", "content": "Hello there, how are you?"}]},

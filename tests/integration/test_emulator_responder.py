@@ -30,7 +30,8 @@ USAGE_FIELDS = {
     "server_tool_use",
     "service_tier",
 }
-LONG_SYSTEM = "You are a careful reviewer of product feedback. " * 40
+# Long enough to be cached: Claude Haiku 4.5 caches prefixes from 4096 tokens
+LONG_SYSTEM = "You are a careful reviewer of product feedback. " * 400
 
 
 def run_one(client: anthropic.Anthropic, control: EmulatorControl, custom_id: str, **overrides: Any) -> Message:

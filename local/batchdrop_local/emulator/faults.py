@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchdrop_local.emulator.structured import InvalidKind
 
-Endpoint = Literal["create", "retrieve", "list", "cancel", "delete", "results", "count_tokens", "*"]
-ENDPOINTS: tuple[str, ...] = ("create", "retrieve", "list", "cancel", "delete", "results", "count_tokens", "*")
+Endpoint = Literal["create", "retrieve", "list", "cancel", "delete", "results", "count_tokens", "messages", "*"]
+ENDPOINTS: tuple[str, ...] = (
+    "create", "retrieve", "list", "cancel", "delete", "results", "count_tokens", "messages", "*",
+)  # fmt: skip
 TransientError = Literal["api_error", "overloaded_error"]
 
 # The error type the real API pairs with each status it sends.

@@ -2,8 +2,9 @@
 
 The built-in answer is deterministic (a digest of the params and the seed drives every choice,
 with the custom_id for a schema's values) and its `usage` is faithful in shape: tokens are
-estimated at ~4 characters each, and prompt caching is emulated with a shared set of prefixes
-seen so far. A request asking for structured outputs (`output_config.format`) or forcing a tool
+estimated at ~4 characters each, and prompt caching is emulated through the cache the caller
+gives (caching.py: per workspace, with ttls, as a batch's parallel requests see it). A
+request asking for structured outputs (`output_config.format`) or forcing a tool
 gets JSON or a tool input that conforms to its schema (structured.py draws the values). A user
 responder (`--responder MODULE:CALLABLE`) may supply the content or the whole result instead;
 usage is computed the same way.
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from batchdrop_local.emulator.caching import minimum_cacheable_tokens
 from batchdrop_local.emulator.structured import InvalidKind, SchemaSampler, output_schema, violation
 from batchdrop_local.emulator.wire import derived_id
 
@@ -36,10 +38,21 @@ _SNIPPET_CHARS = 40
 
 
 class PromptCache(Protocol):
-    """The prefixes (`model:prefix_hash`) the emulator has seen, shared by every request."""
+    """The cached prefixes (`model:prefix_hash`) as one request sees them: whether it reads
+    `key`, and `add`, called for every breakpoint the request read or wrote, with its ttl."""
 
     def __contains__(self, key: str) -> bool: ...
-    def add(self, key: str) -> None: ...
+    def add(self, key: str, ttl: str) -> None: ...
+
+
+class _NoCache:
+    """Nothing cached and nothing kept: every breakpoint is written."""
+
+    def __contains__(self, key: str) -> bool:
+        return False
+
+    def add(self, key: str, ttl: str) -> None:
+        pass
 
 
 UserResponder = Callable[[dict[str, Any], str], str | list[dict[str, Any]] | dict[str, Any]]
@@ -69,35 +82,53 @@ class _Answer:
     stop_sequence: str | None = None
 
 
-class Responder:
-    """Answers one request at a time; the cache is shared, so usage depends on what came before."""
+@dataclass(frozen=True)
+class _Billing:
+    """What a request's usage depends on beyond its params: the cache it sees, its tier."""
 
-    def __init__(self, *, cache: PromptCache, seed: int = 0, user: UserResponder | None = None) -> None:
-        self._cache = cache
+    cache: PromptCache
+    service_tier: str
+
+
+class Responder:
+    """Answers one request at a time; usage depends on the cache the caller gives for it (or
+    the one given here), so on what came before."""
+
+    def __init__(self, *, cache: PromptCache | None = None, seed: int = 0, user: UserResponder | None = None) -> None:
+        self._cache = cache or _NoCache()
         self._seed = seed
         self._user = user
 
     def result(
-        self, params: dict[str, Any], *, custom_id: str, message_id: str, invalid_output: InvalidKind | None = None
+        self,
+        params: dict[str, Any],
+        *,
+        custom_id: str,
+        message_id: str,
+        invalid_output: InvalidKind | None = None,
+        cache: PromptCache | None = None,
+        service_tier: str = "batch",
     ) -> dict[str, Any]:
         """The MessageBatchResult for one request, as a JSON-ready dict; `invalid_output` spoils a
-        structured answer of the built-in responder (not JSON, or not conforming)."""
+        structured answer of the built-in responder (not JSON, or not conforming). `cache` is
+        the cache as this request sees it; `service_tier` goes into its usage."""
+        billing = _Billing(cache if cache is not None else self._cache, service_tier)
         if self._user is None:
-            return self._succeeded(params, message_id, self._generate(params, custom_id, invalid_output))
+            return self._succeeded(params, message_id, self._generate(params, custom_id, invalid_output), billing)
         answer = self._user(params, custom_id)
         if isinstance(answer, str):
             answer = [{"type": "text", "text": answer}]
         if isinstance(answer, list):
-            return self._succeeded(params, message_id, _user_answer(answer))
+            return self._succeeded(params, message_id, _user_answer(answer), billing)
         if isinstance(answer, dict) and answer.get("type") in RESULT_TYPES:
-            return self._custom_result(params, custom_id, message_id, answer)
+            return self._custom_result(params, custom_id, message_id, answer, billing)
         raise TypeError(
             "a responder must return a str, a list of content blocks or a result dict whose "
             f"type is one of {', '.join(RESULT_TYPES)}; got {answer!r:.200}"
         )
 
     def _custom_result(
-        self, params: dict[str, Any], custom_id: str, message_id: str, result: dict[str, Any]
+        self, params: dict[str, Any], custom_id: str, message_id: str, result: dict[str, Any], billing: _Billing
     ) -> dict[str, Any]:
         kind = result["type"]
         if kind == "errored":
@@ -106,11 +137,11 @@ class Responder:
             return {"type": kind}
         given = result.get("message") or {}
         answer = _user_answer(given["content"]) if "content" in given else self._generate(params, custom_id)
-        message = self._succeeded(params, message_id, answer)["message"]
+        message = self._succeeded(params, message_id, answer, billing)["message"]
         usage = message["usage"] | (given.get("usage") or {})
         return {"type": "succeeded", "message": message | given | {"usage": usage}}
 
-    def _succeeded(self, params: dict[str, Any], message_id: str, answer: _Answer) -> dict[str, Any]:
+    def _succeeded(self, params: dict[str, Any], message_id: str, answer: _Answer, billing: _Billing) -> dict[str, Any]:
         message = {
             "id": message_id,
             "type": "message",
@@ -119,7 +150,7 @@ class Responder:
             "content": answer.content,
             "stop_reason": answer.stop_reason,
             "stop_sequence": answer.stop_sequence,
-            "usage": self._usage(params, answer.content),
+            "usage": _usage(params, answer.content, billing),
             "container": None,
         }
         return {"type": "succeeded", "message": message}
@@ -151,53 +182,57 @@ class Responder:
         planned.append(block or {"type": "text", "text": _prose(f"Emulated reply to: '{snippet}'.", rng)})
         return _within_limits(planned, params["max_tokens"], params.get("stop_sequences"))
 
-    def _usage(self, params: dict[str, Any], content: list[dict[str, Any]]) -> dict[str, Any]:
-        total, read, created = self._cache_input_tokens(params)
-        creation = created["5m"] + created["1h"]
-        return {
-            "input_tokens": total - read - creation,
-            "output_tokens": sum(_block_tokens(block) for block in content),
-            "cache_creation_input_tokens": creation,
-            "cache_read_input_tokens": read,
-            "cache_creation": {
-                "ephemeral_5m_input_tokens": created["5m"],
-                "ephemeral_1h_input_tokens": created["1h"],
-            },
-            "server_tool_use": None,
-            "service_tier": "batch",
-        }
 
-    def _cache_input_tokens(self, params: dict[str, Any]) -> tuple[int, int, dict[str, int]]:
-        """(all input tokens, tokens read from the cache, tokens written to it by ttl)."""
-        model = params["model"]
-        blocks = list(_prompt_blocks(params))
-        prefix = hashlib.sha256()
-        total = 0
-        breakpoints: list[tuple[str, int, str]] = []  # (cache key, tokens up to here, ttl)
-        for index, (role, block) in enumerate(blocks):
-            control = block.get("cache_control") if isinstance(block, dict) else None
-            if control is None and index == len(blocks) - 1:
-                control = params.get("cache_control")
-            bare = _without_cache_control(block)
-            # The role is part of the prefix: the same words from someone else are another prompt.
-            prefix.update(_canonical([role, bare]).encode() + b"\n")
-            total += _block_tokens(bare)
-            if isinstance(control, dict):
-                ttl = "1h" if control.get("ttl") == "1h" else "5m"
-                breakpoints.append((f"{model}:{prefix.hexdigest()}", total, ttl))
+def _usage(params: dict[str, Any], content: list[dict[str, Any]], billing: _Billing) -> dict[str, Any]:
+    total, read, created = _cache_input_tokens(params, billing.cache)
+    creation = created["5m"] + created["1h"]
+    return {
+        "input_tokens": total - read - creation,
+        "output_tokens": sum(_block_tokens(block) for block in content),
+        "cache_creation_input_tokens": creation,
+        "cache_read_input_tokens": read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": created["5m"],
+            "ephemeral_1h_input_tokens": created["1h"],
+        },
+        "server_tool_use": None,
+        "service_tier": billing.service_tier,
+    }
 
-        hits = [i for i, (key, _, _) in enumerate(breakpoints) if key in self._cache]
-        first_miss = hits[-1] + 1 if hits else 0
-        read = breakpoints[first_miss - 1][1] if hits else 0
-        created = {"5m": 0, "1h": 0}
-        # Each segment between two breakpoints is written with the ttl of the breakpoint ending it.
-        previous = read
-        for _, tokens, ttl in breakpoints[first_miss:]:
-            created[ttl] += tokens - previous
-            previous = tokens
-        for key, _, _ in breakpoints:
-            self._cache.add(key)
-        return total, read, created
+
+def _cache_input_tokens(params: dict[str, Any], cache: PromptCache) -> tuple[int, int, dict[str, int]]:
+    """(all input tokens, tokens read from the cache, tokens written to it by ttl). A breakpoint
+    whose prefix is shorter than the model's minimum is no breakpoint: its tokens are input."""
+    model = params["model"]
+    minimum = minimum_cacheable_tokens(model)
+    blocks = list(_prompt_blocks(params))
+    prefix = hashlib.sha256()
+    total = 0
+    breakpoints: list[tuple[str, int, str]] = []  # (cache key, tokens up to here, ttl)
+    for index, (role, block) in enumerate(blocks):
+        control = block.get("cache_control") if isinstance(block, dict) else None
+        if control is None and index == len(blocks) - 1:
+            control = params.get("cache_control")
+        bare = _without_cache_control(block)
+        # The role is part of the prefix: the same words from someone else are another prompt.
+        prefix.update(_canonical([role, bare]).encode() + b"\n")
+        total += _block_tokens(bare)
+        if isinstance(control, dict) and total >= minimum:
+            ttl = "1h" if control.get("ttl") == "1h" else "5m"
+            breakpoints.append((f"{model}:{prefix.hexdigest()}", total, ttl))
+
+    hits = [i for i, (key, _, _) in enumerate(breakpoints) if key in cache]
+    first_miss = hits[-1] + 1 if hits else 0
+    read = breakpoints[first_miss - 1][1] if hits else 0
+    created = {"5m": 0, "1h": 0}
+    # Each segment between two breakpoints is written with the ttl of the breakpoint ending it.
+    previous = read
+    for _, tokens, ttl in breakpoints[first_miss:]:
+        created[ttl] += tokens - previous
+        previous = tokens
+    for key, _, ttl in breakpoints:
+        cache.add(key, ttl)
+    return total, read, created
 
 
 def prompt_tokens(params: dict[str, Any]) -> int:

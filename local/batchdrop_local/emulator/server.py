@@ -1,4 +1,5 @@
-"""The emulator's HTTP server: the Message Batches API on the real paths, plus the
+"""The emulator's HTTP server: the Message Batches API on the real paths, synchronous
+`POST /v1/messages` (answered whole, never streamed), token counting, plus the
 `/_emulator/` control endpoint. Standard library only, so the emulator owns its sockets
 and can drop a connection exactly where a real network would."""
 
@@ -21,8 +22,9 @@ from urllib.parse import parse_qs, urlsplit
 import ijson
 from pydantic import ValidationError
 
+from batchdrop_local.emulator.caching import workspace_of
 from batchdrop_local.emulator.faults import ERROR_TYPE_BY_STATUS, FaultInjector, FaultSettings
-from batchdrop_local.emulator.responder import PromptCache, Responder, load_responder, prompt_tokens
+from batchdrop_local.emulator.responder import Responder, load_responder, prompt_tokens
 from batchdrop_local.emulator.settings import EmulatorSettings
 from batchdrop_local.emulator.store import ApiError, Store
 from batchdrop_local.emulator.validation import (
@@ -30,16 +32,20 @@ from batchdrop_local.emulator.validation import (
     count_error,
     count_tokens_error,
     envelope_error,
+    params_error,
     poison_error,
 )
-from batchdrop_local.emulator.wire import compact, error_body, new_request_id
+from batchdrop_local.emulator.wire import compact, derived_id, error_body, new_request_id
 
 _BATCHES = re.compile(r"^/v1/messages/batches/?$")
 _BATCH = re.compile(r"^/v1/messages/batches/(?P<id>[^/]+)(?P<action>/cancel|/results)?/?$")
 _COUNT_TOKENS = re.compile(r"^/v1/messages/count_tokens/?$")
+_MESSAGES = re.compile(r"^/v1/messages/?$")
 _CONTROL_PREFIX = "/_emulator/"
 _READ_SIZE = 1 << 20
 _log = logging.getLogger(__name__)
+# The first status the API pairs with each error type: api_error is a 500, timeout_error a 408.
+_STATUS_BY_ERROR_TYPE = {error_type: status for status, error_type in reversed(ERROR_TYPE_BY_STATUS.items())}
 
 
 class _BodyTooLarge(Exception):
@@ -124,8 +130,8 @@ class Emulator:
         self._count_lock = threading.Lock()
         user = load_responder(settings.responder) if settings.responder else None
 
-        def make_answerer(cache: PromptCache) -> Responder:
-            return Responder(cache=cache, seed=settings.seed, user=user)
+        def make_answerer() -> Responder:
+            return Responder(seed=settings.seed, user=user)
 
         self.store = Store(settings, lambda: self.faults, make_answerer, time.time)
         try:
@@ -216,6 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
     # client's delayed ACK and every call takes 40 ms.
     disable_nagle_algorithm = True
     server: _Server
+    workspace: str  # whose prompt cache a request uses: set once its key is checked
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests and the demo read the emulator's behaviour, not its access log."""
@@ -271,6 +278,9 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "count_tokens":
             self._count_tokens()
             return
+        if endpoint == "messages":
+            self._message()
+            return
         self.body.drain()
         self._maybe_inject(endpoint)
         time.sleep(self.emu.faults.stall(endpoint))
@@ -293,6 +303,9 @@ class _Handler(BaseHTTPRequestHandler):
             batch_id = ""
         elif _COUNT_TOKENS.match(path):
             allowed = {"POST": "count_tokens"}
+            batch_id = ""
+        elif _MESSAGES.match(path):
+            allowed = {"POST": "messages"}
             batch_id = ""
         elif match := _BATCH.match(path):
             batch_id = match["id"]
@@ -321,6 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.body.drain()
             message = "invalid x-api-key" if key else "x-api-key header is required"
             raise ApiError(401, "authentication_error", message)
+        self.workspace = workspace_of(key)
 
     # --- endpoints --------------------------------------------------------------------
 
@@ -340,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "Number of requests in the processing queue would exceed your organization's limit "
                     f"of {emu.faults.settings.queue_limit}",
                 )
-            batch = emu.store.add_batch(spool, custom_ids)
+            batch = emu.store.add_batch(spool, custom_ids, self.workspace)
         except ApiError:
             emu.count(emu.creates, "rejected")
             raise
@@ -417,6 +431,43 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _count_tokens(self) -> None:
         """`{"input_tokens": N}` for a Messages body, as the responder would count its prompt."""
+        body = self._small_json_body("count_tokens")
+        problem = count_tokens_error(body)
+        if problem is not None:
+            raise ApiError(400, "invalid_request_error", problem)
+        self._json({"input_tokens": prompt_tokens(body)})
+
+    def _message(self) -> None:
+        """A synchronous Message: the params checked as a batch request's are (a problem is a
+        400 here, not an errored result), answered by the same responder from the key's prompt
+        cache, with `service_tier` "standard"; what it caches is there for the next batch."""
+        body = self._small_json_body("messages")
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_request_error", "Input should be a valid dictionary")
+        if body.get("stream") is True:
+            raise ApiError(400, "invalid_request_error", "stream: the emulator does not stream; send stream=false")
+        problem = params_error(body, self.emu.settings.max_output_tokens, in_batch=False)
+        if problem is not None:
+            raise ApiError(400, "invalid_request_error", problem)
+        message_id = derived_id("msg_", self.emu.settings.seed, self.request_id)
+        try:
+            result = self.emu.store.message(body, self.workspace, message_id)
+        except Exception as exc:  # a user's responder failing answers as the API would  # noqa: BLE001
+            raise ApiError(500, "api_error", f"emulator responder failed: {type(exc).__name__}: {exc}") from None
+        if result["type"] == "succeeded":
+            self._json(result["message"])
+            return
+        if result["type"] == "errored":
+            error = result["error"]["error"]
+            status = _STATUS_BY_ERROR_TYPE.get(error["type"], 500)
+            raise ApiError(status, error["type"], error["message"])
+        raise ApiError(
+            500, "api_error", f"the responder answered {result['type']!r}, which only a batch request can be"
+        )
+
+    def _small_json_body(self, endpoint: str) -> Any:
+        """The whole body of a token-counting or synchronous Messages request (both limited to
+        `max_count_tokens_bytes`), parsed, after any fault set for `endpoint`."""
         limit = self.emu.settings.max_count_tokens_bytes
         if self.body.declared is not None and self.body.declared > limit:
             self.body.drain()
@@ -429,17 +480,13 @@ class _Handler(BaseHTTPRequestHandler):
             if received > limit:
                 self.body.drain()
                 self._reject_too_large()
-        self._maybe_inject("count_tokens")
-        time.sleep(self.emu.faults.stall("count_tokens"))
+        self._maybe_inject(endpoint)
+        time.sleep(self.emu.faults.stall(endpoint))
         try:
-            body = json.loads(b"".join(chunks))
+            return json.loads(b"".join(chunks))
         except ValueError as exc:
             message = f"There was an error parsing the body of your request: {exc}"
             raise ApiError(400, "invalid_request_error", message) from None
-        problem = count_tokens_error(body)
-        if problem is not None:
-            raise ApiError(400, "invalid_request_error", problem)
-        self._json({"input_tokens": prompt_tokens(body)})
 
     def _reject_too_large(self) -> None:
         raise ApiError(413, "request_too_large", "Request exceeds the maximum allowed number of bytes.")

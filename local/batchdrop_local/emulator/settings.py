@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from batchdrop_local.emulator.caching import REAL_TTL_SECONDS
 from batchdrop_local.emulator.faults import FaultSettings
 
 DAY = 86400.0
@@ -32,6 +33,7 @@ class EmulatorSettings:
     results_url: Literal["absolute", "relative"] = "absolute"
     max_output_tokens: int = 64_000
     responder: str | None = None
+    cache_visibility: float = 0.1
     faults: FaultSettings = field(default_factory=FaultSettings)
 
     def __post_init__(self) -> None:
@@ -43,6 +45,8 @@ class EmulatorSettings:
             raise ValueError("--max-requests and --max-body-bytes must be positive")
         if self.max_count_tokens_bytes < 1:
             raise ValueError(f"max_count_tokens_bytes must be positive, got {self.max_count_tokens_bytes}")
+        if not 0.0 <= self.cache_visibility <= 1.0:
+            raise ValueError(f"--cache-visibility must be between 0 and 1, got {self.cache_visibility}")
 
     # Real batches mostly end within an hour and expire after 24 h, with results kept 29
     # days: the defaults keep those ratios to the latency, or the real spans at latency 0.
@@ -61,3 +65,10 @@ class EmulatorSettings:
     @property
     def cancel_seconds(self) -> float:
         return self.cancel_latency if self.cancel_latency is not None else min(1.0, self.latency)
+
+    # A batch's latency stands for the hour real batches mostly take (as in expiry_seconds), so
+    # a prompt cache entry's ttl shrinks with it: "1h" lives `latency`, "5m" a twelfth of it.
+    @property
+    def cache_ttl_seconds(self) -> dict[str, float]:
+        scale = self.latency / 3600 if self.latency else 1.0
+        return {ttl: seconds * scale for ttl, seconds in REAL_TTL_SECONDS.items()}

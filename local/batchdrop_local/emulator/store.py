@@ -23,7 +23,9 @@ from typing import Any, Protocol
 
 import ijson
 
+from batchdrop_local.emulator.caching import BatchRequestView, PromptCacheTable, SynchronousView, request_rng_seed
 from batchdrop_local.emulator.faults import FaultInjector
+from batchdrop_local.emulator.responder import PromptCache
 from batchdrop_local.emulator.settings import EmulatorSettings
 from batchdrop_local.emulator.structured import InvalidKind
 from batchdrop_local.emulator.validation import params_error
@@ -58,8 +60,18 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (batch_seq, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_by_shuffle ON results (batch_seq, shuffle, idx);
-CREATE TABLE IF NOT EXISTS prompt_cache (key TEXT PRIMARY KEY) WITHOUT ROWID;
+-- The workspace (a digest of the API key) each batch was created with: its prompt cache.
+CREATE TABLE IF NOT EXISTS batch_workspaces (batch_seq INTEGER PRIMARY KEY, workspace TEXT NOT NULL);
 """
+# Databases made before the cache had owners and lifetimes hold a `prompt_cache (key)` table:
+# those entries cannot be given either, so the table is made again, empty.
+_PROMPT_CACHE = """
+CREATE TABLE prompt_cache (
+    workspace TEXT NOT NULL, key TEXT NOT NULL, written_at REAL NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (workspace, key)
+) WITHOUT ROWID
+"""
+_PROMPT_CACHE_COLUMNS = ["workspace", "key", "written_at", "expires_at"]
 
 _CHUNK = 2000
 _COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
@@ -79,7 +91,14 @@ class ApiError(Exception):
 
 class Answerer(Protocol):
     def result(
-        self, params: dict[str, Any], *, custom_id: str, message_id: str, invalid_output: InvalidKind | None = None
+        self,
+        params: dict[str, Any],
+        *,
+        custom_id: str,
+        message_id: str,
+        invalid_output: InvalidKind | None = None,
+        cache: PromptCache | None = None,
+        service_tier: str = "batch",
     ) -> dict[str, Any]: ...
 
     def structured(self, params: dict[str, Any]) -> bool: ...
@@ -137,32 +156,12 @@ class Batch:
         }
 
 
-class _PromptCache:
-    """Prefixes seen so far, loaded once; new ones are saved with the results they came from."""
-
-    def __init__(self, keys: set[str]) -> None:
-        self._keys = keys
-        self.unsaved: list[str] = []
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
-
-    def add(self, key: str) -> None:
-        if key not in self._keys:
-            self._keys.add(key)
-            self.unsaved.append(key)
-
-    def clear(self) -> None:
-        self._keys.clear()
-        self.unsaved.clear()
-
-
 class Store:
     def __init__(
         self,
         settings: EmulatorSettings,
         faults: Callable[[], FaultInjector],
-        make_answerer: Callable[[_PromptCache], Answerer],
+        make_answerer: Callable[[], Answerer],
         clock: Callable[[], float],
     ) -> None:
         self.settings = settings
@@ -183,8 +182,8 @@ class Store:
         self._finalize_lock = threading.Lock()
         conn = self._conn()
         conn.executescript(_SCHEMA)
-        self._cache = _PromptCache({key for (key,) in conn.execute("SELECT key FROM prompt_cache")})
-        self._answerer = make_answerer(self._cache)
+        self._cache = _open_prompt_cache(conn)
+        self._answerer = make_answerer()
         for leftover in self.bodies.glob(".incoming-*"):
             leftover.unlink()
 
@@ -246,8 +245,9 @@ class Store:
         )
         return int(row[0])
 
-    def add_batch(self, spool: Path, custom_ids: list[str]) -> Batch:
-        """Record a validated batch whose body is in `spool`; the body moves beside the db."""
+    def add_batch(self, spool: Path, custom_ids: list[str], workspace: str = "") -> Batch:
+        """Record a validated batch whose body is in `spool`; the body moves beside the db.
+        `workspace` owns the prompt cache its requests read and write."""
         now = self._clock()
         settings = self.settings
         batch_id = new_batch_id()
@@ -268,6 +268,7 @@ class Store:
                     ),
                 )
                 seq = cursor.lastrowid
+                conn.execute("INSERT INTO batch_workspaces (batch_seq, workspace) VALUES (?, ?)", (seq, workspace))
                 conn.executemany(
                     "INSERT INTO request_ids (batch_seq, idx, custom_id) VALUES (?, ?, ?)",
                     ((seq, idx, cid) for idx, cid in enumerate(custom_ids)),
@@ -491,6 +492,7 @@ class Store:
                 return False
             ended_at, how, processed = self._ending(batch, forced)
             attempts = self._prior_submissions(batch.seq)
+            workspace = self._workspace_of(batch.seq)
             counts: Counter[str] = Counter()
             rows: list[tuple[int, int, int, bytes]] = []
             with self._body_path(batch_id).open("rb") as body:
@@ -498,7 +500,8 @@ class Store:
                 for idx, item in enumerate(items):
                     custom_id = item["custom_id"]
                     if idx < processed:
-                        result = self._outcome(batch_id, custom_id, item["params"], attempts[idx])
+                        cache = self._batch_view(batch, workspace, ended_at, custom_id)
+                        result = self._outcome(batch_id, custom_id, item["params"], attempts[idx], cache)
                     else:
                         result = {"type": how}
                     counts[result["type"]] += 1
@@ -513,7 +516,47 @@ class Store:
                     "UPDATE batches SET status = 'ended', ended_at = ?, counts = ? WHERE seq = ? AND status != 'ended'",
                     (ended_at, json.dumps(final_counts), batch.seq),
                 )
+            self._forget_expired_cache()
             return True
+
+    def _workspace_of(self, seq: int) -> str:
+        row = self._conn().execute("SELECT workspace FROM batch_workspaces WHERE batch_seq = ?", (seq,)).fetchone()
+        return "" if row is None else str(row[0])  # a batch from before workspaces: the shared one
+
+    def _batch_view(self, batch: Batch, workspace: str, moment: float, custom_id: str) -> BatchRequestView:
+        """The prompt cache as one request of `batch` sees it, processed at `moment`."""
+        settings = self.settings
+        return BatchRequestView(
+            self._cache,
+            workspace,
+            moment,
+            settings.cache_ttl_seconds,
+            created_at=batch.created_at,
+            visibility=settings.cache_visibility,
+            rng_seed=request_rng_seed(settings.seed, batch.seq, custom_id),
+        )
+
+    def _forget_expired_cache(self) -> None:
+        """Entries that expired longer ago than a batch can stay open can never be read again."""
+        before = self._clock() - self.settings.expiry_seconds
+        self._cache.forget_expired(before)
+        with self._write() as conn:
+            conn.execute("DELETE FROM prompt_cache WHERE expires_at < ?", (before,))
+
+    # --- synchronous messages ---------------------------------------------------------
+
+    def message(self, params: dict[str, Any], workspace: str, message_id: str) -> dict[str, Any]:
+        """A synchronous request's result (validated by the caller): it reads the workspace's
+        cache as it is now, and what it writes is saved before it answers, so that a batch
+        created next reads it."""
+        settings = self.settings
+        cache = SynchronousView(self._cache, workspace, self._clock(), settings.cache_ttl_seconds)
+        result = self._answerer.result(
+            params, custom_id=message_id, message_id=message_id, cache=cache, service_tier="standard"
+        )
+        with self._write() as conn:
+            self._save_cache(conn)
+        return result
 
     def _save_results(self, rows: list[tuple[int, int, int, bytes]]) -> None:
         with self._write() as conn:
@@ -521,13 +564,16 @@ class Store:
                 "INSERT OR REPLACE INTO results (batch_seq, shuffle, idx, line) VALUES (?, ?, ?, ?)",
                 rows,
             )
-            if self._cache.unsaved:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO prompt_cache (key) VALUES (?)",
-                    ((k,) for k in self._cache.unsaved),
-                )
+            self._save_cache(conn)
         rows.clear()
-        self._cache.unsaved.clear()
+
+    def _save_cache(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO prompt_cache (workspace, key, written_at, expires_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (workspace, key) DO UPDATE SET written_at = excluded.written_at,"
+            " expires_at = excluded.expires_at",
+            self._cache.take_unsaved(),
+        )
 
     def _prior_submissions(self, seq: int) -> list[int]:
         """For each request of the batch, how many earlier batches carried its custom_id."""
@@ -543,7 +589,9 @@ class Store:
         )
         return [r[0] for r in rows]
 
-    def _outcome(self, batch_id: str, custom_id: str, params: dict[str, Any], attempt: int) -> dict[str, Any]:
+    def _outcome(
+        self, batch_id: str, custom_id: str, params: dict[str, Any], attempt: int, cache: PromptCache
+    ) -> dict[str, Any]:
         problem = params_error(params, self.settings.max_output_tokens)
         if problem is not None:
             return _errored("invalid_request_error", problem)
@@ -557,7 +605,9 @@ class Store:
         message_id = derived_id("msg_", self.settings.seed, batch_id, custom_id)
         try:
             spoil = self._faults().invalid_output(custom_id, attempt) if self._answerer.structured(params) else None
-            return self._answerer.result(params, custom_id=custom_id, message_id=message_id, invalid_output=spoil)
+            return self._answerer.result(
+                params, custom_id=custom_id, message_id=message_id, invalid_output=spoil, cache=cache
+            )
         except Exception as exc:  # a user's responder failing must not wedge the batch  # noqa: BLE001
             return _errored("api_error", f"emulator responder failed: {type(exc).__name__}: {exc}")
 
@@ -593,12 +643,21 @@ class Store:
 
     def reset(self) -> None:
         with self._finalize_lock, self._write() as conn:
-            for table in ("batches", "request_ids", "results", "prompt_cache"):
+            for table in ("batches", "request_ids", "results", "batch_workspaces", "prompt_cache"):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             conn.execute("DELETE FROM sqlite_sequence WHERE name = 'batches'")
             self._cache.clear()
         for body in self.bodies.iterdir():
             body.unlink(missing_ok=True)
+
+
+def _open_prompt_cache(conn: sqlite3.Connection) -> PromptCacheTable:
+    """The saved prompt cache; a table of an earlier shape is made again, empty."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(prompt_cache)")]
+    if columns != _PROMPT_CACHE_COLUMNS:
+        conn.execute("DROP TABLE IF EXISTS prompt_cache")
+        conn.execute(_PROMPT_CACHE)
+    return PromptCacheTable(conn.execute("SELECT workspace, key, written_at, expires_at FROM prompt_cache"))
 
 
 def _errored(error_type: str, message: str) -> dict[str, Any]:

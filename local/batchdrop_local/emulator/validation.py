@@ -77,8 +77,9 @@ def count_error(count: int, max_requests: int) -> str | None:
     return None
 
 
-def params_error(params: dict[str, Any], max_output_tokens: int) -> str | None:
-    """The asynchronous validation of one request's params, or None when it may run."""
+def params_error(params: dict[str, Any], max_output_tokens: int, *, in_batch: bool = True) -> str | None:
+    """The asynchronous validation of one request's params, or None when it may run; with
+    `in_batch` False, a synchronous request's (the batch-only refusals left out)."""
     problem = _model_error(params)
     if problem is not None:
         return problem
@@ -95,9 +96,9 @@ def params_error(params: dict[str, Any], max_output_tokens: int) -> str | None:
             f"max_tokens: {max_tokens} > {max_output_tokens}, which is the maximum allowed "
             f"number of output tokens for {model}"
         )
-    if params.get("stream") is True:
+    if in_batch and params.get("stream") is True:
         return "stream: batch requests cannot be streamed; results come back as a single file"
-    for key, reason in _REFUSED_IN_BATCHES.items():
+    for key, reason in _REFUSED_IN_BATCHES.items() if in_batch else ():
         if key in params:
             return f"{key}: not supported in batch requests ({reason})"
     return _messages_error(params.get("messages", _MISSING)) or output_config_error(params)

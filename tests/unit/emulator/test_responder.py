@@ -50,16 +50,16 @@ CLOCK_TOOL = {"name": "get_time", "input_schema": {"type": "object", "properties
 
 
 class SetCache:
-    """The PromptCache protocol over a plain set, so tests can look inside."""
+    """The PromptCache protocol over a plain dict (key -> last ttl), so tests can look inside."""
 
     def __init__(self) -> None:
-        self.keys: set[str] = set()
+        self.keys: dict[str, str] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self.keys
 
-    def add(self, key: str) -> None:
-        self.keys.add(key)
+    def add(self, key: str, ttl: str) -> None:
+        self.keys[key] = ttl
 
 
 def make_params(**overrides: Any) -> dict[str, Any]:
@@ -391,8 +391,9 @@ def test_built_in_answer_never_exceeds_max_tokens_and_is_a_prefix_of_the_full_on
 
 # --- prompt caching ---------------------------------------------------------------------------
 
-# 100 tokens, with a 5-minute breakpoint
-BIG_SYSTEM = {"type": "text", "text": "s" * 400, "cache_control": {"type": "ephemeral"}}
+# 1100 tokens (Sonnet caches from 1024), with a 5-minute breakpoint
+BIG_TOKENS = 1100
+BIG_SYSTEM = {"type": "text", "text": "s" * 4 * BIG_TOKENS, "cache_control": {"type": "ephemeral"}}
 
 
 def test_first_request_with_a_breakpoint_writes_the_cache_and_the_next_reads_it() -> None:
@@ -406,14 +407,14 @@ def test_first_request_with_a_breakpoint_writes_the_cache_and_the_next_reads_it(
 
     # Then the first writes the prefix (5 minutes by default) and the second reads it
     written = sdk_message(first).usage
-    assert written.cache_creation_input_tokens == 100
+    assert written.cache_creation_input_tokens == BIG_TOKENS
     assert written.cache_read_input_tokens == 0
     assert written.cache_creation is not None
-    assert written.cache_creation.ephemeral_5m_input_tokens == 100
+    assert written.cache_creation.ephemeral_5m_input_tokens == BIG_TOKENS
     assert written.input_tokens == tokens(QUESTION)
     read = sdk_message(second).usage
     assert read.cache_creation_input_tokens == 0
-    assert read.cache_read_input_tokens == 100
+    assert read.cache_read_input_tokens == BIG_TOKENS
     assert read.input_tokens == tokens(QUESTION)
 
 
@@ -421,7 +422,7 @@ def test_cache_writes_are_split_by_the_ttl_of_each_breakpoint() -> None:
     # Given a 1-hour breakpoint followed by a 5-minute one
     one_hour = {
         "type": "text",
-        "text": "h" * 400,
+        "text": "h" * 4400,
         "cache_control": {"type": "ephemeral", "ttl": "1h"},
     }
     five_minutes = {"type": "text", "text": "m" * 200, "cache_control": {"type": "ephemeral"}}
@@ -430,10 +431,10 @@ def test_cache_writes_are_split_by_the_ttl_of_each_breakpoint() -> None:
     usage = usage_of(make_params(system=[one_hour, five_minutes]))
 
     # Then each segment is written with the ttl of the breakpoint that ends it
-    assert usage["cache_creation_input_tokens"] == 150
+    assert usage["cache_creation_input_tokens"] == 1150
     assert usage["cache_creation"] == {
         "ephemeral_5m_input_tokens": 50,
-        "ephemeral_1h_input_tokens": 100,
+        "ephemeral_1h_input_tokens": 1100,
     }
 
 
@@ -452,7 +453,7 @@ def test_longer_prompt_reads_the_cached_prefix_and_writes_the_rest() -> None:
     usage = usage_of(make_params(system=[BIG_SYSTEM], messages=messages), responder)
 
     # Then the shared prefix is read and only the new part is written
-    assert usage["cache_read_input_tokens"] == 100
+    assert usage["cache_read_input_tokens"] == BIG_TOKENS
     assert usage["cache_creation_input_tokens"] == 20
     assert usage["cache_creation"]["ephemeral_1h_input_tokens"] == 20
     assert usage["input_tokens"] == tokens(QUESTION)
@@ -461,27 +462,28 @@ def test_longer_prompt_reads_the_cached_prefix_and_writes_the_rest() -> None:
 def test_top_level_cache_control_marks_the_last_block() -> None:
     # Given a request with automatic caching and no block-level breakpoint
     responder = Responder(cache=SetCache())
-    params = make_params(system="s" * 40, cache_control={"type": "ephemeral"})
+    params = make_params(system="s" * 4096, cache_control={"type": "ephemeral"})
 
     # When it is answered twice
     first = usage_of(params, responder)
     second = usage_of(params, responder)
 
     # Then the whole prompt is written, then read
-    whole_prompt = 10 + tokens(QUESTION)
+    whole_prompt = 1024 + tokens(QUESTION)
     assert (first["cache_creation_input_tokens"], first["input_tokens"]) == (whole_prompt, 0)
     assert (second["cache_read_input_tokens"], second["input_tokens"]) == (whole_prompt, 0)
 
 
 def test_tools_can_carry_a_breakpoint() -> None:
-    # Given a tool marked as cached
-    tool = WEATHER_TOOL | {"cache_control": {"type": "ephemeral"}}
+    # Given a tool, long enough to be cached, marked as cached
+    long_tool = WEATHER_TOOL | {"description": "The forecast for a city. " * 200}
+    tool = long_tool | {"cache_control": {"type": "ephemeral"}}
 
     # When the request is answered
     usage = usage_of(make_params(tools=[tool]))
 
     # Then the tool's tokens, not counting its cache_control, are written
-    assert usage["cache_creation_input_tokens"] == json_tokens(WEATHER_TOOL)
+    assert usage["cache_creation_input_tokens"] == json_tokens(long_tool)
 
 
 def test_cache_keys_are_the_model_and_a_hash_ignoring_cache_control() -> None:
@@ -493,13 +495,43 @@ def test_cache_keys_are_the_model_and_a_hash_ignoring_cache_control() -> None:
     # When the same prefix comes with a 1-hour ttl, and again for another model
     ttl_changed = BIG_SYSTEM | {"cache_control": {"type": "ephemeral", "ttl": "1h"}}
     same_prefix = usage_of(make_params(system=[ttl_changed]), responder)
-    other_model = answer(make_params(system=[BIG_SYSTEM], model="claude-haiku-4-5"), responder)
+    other_model = answer(make_params(system=[BIG_SYSTEM], model="claude-opus-4-1"), responder)
 
     # Then the first reads the cache, the other model writes its own entry
-    assert same_prefix["cache_read_input_tokens"] == 100
-    assert other_model["message"]["usage"]["cache_creation_input_tokens"] == 100
-    assert all(re.fullmatch(r"claude-(sonnet|haiku)-4-5:[0-9a-f]{64}", key) for key in cache.keys)
+    assert same_prefix["cache_read_input_tokens"] == BIG_TOKENS
+    assert other_model["message"]["usage"]["cache_creation_input_tokens"] == BIG_TOKENS
+    assert all(re.fullmatch(r"claude-(sonnet-4-5|opus-4-1):[0-9a-f]{64}", key) for key in cache.keys)
     assert len(cache.keys) == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "minimum"),
+    [
+        ("claude-sonnet-4-5", 1024),
+        ("claude-opus-4-1-20250805", 1024),
+        ("claude-opus-4-5-20251101", 4096),
+        ("claude-haiku-4-5", 4096),
+        ("claude-3-5-haiku-20241022", 2048),
+        ("claude-3-haiku-20240307", 2048),
+        ("claude-unknown-9", 1024),
+    ],
+)
+def test_a_breakpoint_below_the_models_minimum_caches_nothing(model: str, minimum: int) -> None:
+    # Given a responder, and the same system prompt one token short of the minimum and at it
+    responder = Responder(cache=SetCache())
+    below = make_params(model=model, system=[BIG_SYSTEM | {"text": "b" * 4 * (minimum - 1)}])
+    at = make_params(model=model, system=[BIG_SYSTEM | {"text": "a" * 4 * minimum}])
+
+    # When each is answered twice
+    below_usages = [usage_of(below, responder) for _ in range(2)]
+    at_usages = [usage_of(at, responder) for _ in range(2)]
+
+    # Then the short prefix is plain input both times; the one at the minimum is written, then read
+    for usage in below_usages:
+        assert (usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"]) == (0, 0)
+        assert usage["input_tokens"] == minimum - 1 + tokens(QUESTION)
+    assert at_usages[0]["cache_creation_input_tokens"] == minimum
+    assert at_usages[1]["cache_read_input_tokens"] == minimum
 
 
 def test_without_breakpoints_every_cache_field_is_zero() -> None:
@@ -876,8 +908,8 @@ def test_user_responder_usage_includes_prompt_caching() -> None:
     second = usage_of(params, responder)
 
     # Then caching is accounted as for the built-in responder
-    assert (first["cache_creation_input_tokens"], first["cache_read_input_tokens"]) == (100, 0)
-    assert (second["cache_creation_input_tokens"], second["cache_read_input_tokens"]) == (0, 100)
+    assert (first["cache_creation_input_tokens"], first["cache_read_input_tokens"]) == (BIG_TOKENS, 0)
+    assert (second["cache_creation_input_tokens"], second["cache_read_input_tokens"]) == (0, BIG_TOKENS)
 
 
 # --- loading a user responder -----------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchdrop_local.emulator.faults import FaultInjector, FaultSettings
-from batchdrop_local.emulator.responder import PromptCache, Responder
+from batchdrop_local.emulator.responder import Responder
 from batchdrop_local.emulator.settings import EmulatorSettings
 from batchdrop_local.emulator.store import Store
 
@@ -26,8 +26,8 @@ CREATE TABLE results (
 def _store(db: Path) -> Store:
     faults = FaultInjector(FaultSettings(), 0)
 
-    def answerer(cache: PromptCache) -> Responder:
-        return Responder(cache=cache, seed=0)
+    def answerer() -> Responder:
+        return Responder(seed=0)
 
     return Store(EmulatorSettings(port=0, latency=3600, db=db), lambda: faults, answerer, lambda: 1_000.0)
 

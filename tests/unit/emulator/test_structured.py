@@ -57,7 +57,7 @@ class SetCache:
     def __contains__(self, key: str) -> bool:
         return key in self.keys
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, ttl: str) -> None:
         self.keys.add(key)
 
 
@@ -467,7 +467,8 @@ def test_a_count_tokens_body_is_checked_without_max_tokens(body: Any, problem: s
 
 def test_count_tokens_needs_no_max_tokens_and_equals_every_input_token_a_result_reports() -> None:
     # Given params with tools, a system prompt, an output format and cache breakpoints
-    system = [{"type": "text", "text": "Grade reviews. " * 50, "cache_control": {"type": "ephemeral"}}]
+    # (long enough for Haiku 4.5, which caches from 4096 tokens)
+    system = [{"type": "text", "text": "Grade reviews. " * 1100, "cache_control": {"type": "ephemeral"}}]
     params = tool_params(REVIEW, system=system) | {
         "output_config": {"format": {"type": "json_schema", "schema": REVIEW}}
     }
