@@ -304,11 +304,23 @@ def _print_job(view: JobView) -> None:
     if view.finished and view.total:
         print("  " + ", ".join(f"{n} {outcome}" for outcome, n in view.counts.items()))
     if view.cost is not None:
-        print(f"  cost ${view.cost['batch_usd']} at the batch price (${view.cost['standard_usd']} standard)")
+        print(f"  cost {format_cost(view.cost)}")
     if view.reason:
         print(f"  reason: {view.reason}")
     if view.manifest_key:
         print(f"  manifest: {view.manifest_key}  (`batchdrop results {view.job_id}` downloads it all)")
+
+
+def format_cost(cost: Mapping[str, str]) -> str:
+    """`$0.000103 at the batch price ($0.000206 standard; caching saved $0.000040)`: what caching
+    saved only when the manifest has it; a negative saving says what caching cost more."""
+    line = f"${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard"
+    saved = cost.get("saved_by_caching_usd")
+    if saved is None:
+        return line + ")"
+    if saved.startswith("-"):
+        return line + f"; caching cost ${saved[1:]} more)"
+    return line + f"; caching saved ${saved})"
 
 
 # --- status -------------------------------------------------------------------------

@@ -239,7 +239,7 @@ JOB_SCHEMA: dict[str, Any] = {
     "reason": (str, None),
     "manifest_key": (str, None),
     "result_keys": list,
-    "cost": ({"batch_usd": str, "standard_usd": str}, None),
+    "cost": ({"batch_usd": str, "standard_usd": str, "saved_by_caching_usd": str}, None),
     # added in schema 1: what the open batches have processed, how many are open, the nearest expiry
     "progress": {"in_flight": int, "batches_open": int, "expires_at": (str, None)},
 }
@@ -303,12 +303,32 @@ def test_json_of_an_open_job_and_a_finished_one_share_one_schema(
     manifest = json.loads(
         stack.client("s3").get_object(Bucket=stack.bucket_name, Key=finished["manifest_key"])["Body"].read()
     )
-    assert finished["cost"] == {name: manifest["cost"][name] for name in ("batch_usd", "standard_usd")}
+    assert finished["cost"] == {
+        name: manifest["cost"][name] for name in ("batch_usd", "standard_usd", "saved_by_caching_usd")
+    }
 
     assert open_job["status"] == "SUBMITTING"
     assert open_job["requests"] == {"total": SAMPLE_REQUESTS, "done": 0, "rejected": 0}
     assert open_job["timings"]["completed_at"] is None
     assert (open_job["manifest_key"], open_job["result_keys"], open_job["cost"]) == (None, [], None)
+
+
+def test_status_of_a_finished_job_shows_its_cost_and_what_caching_saved(
+    jobs: dict[str, str], stack: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest_key = f"results/{jobs['a']}/manifest.json"
+    cost = json.loads(stack.client("s3").get_object(Bucket=stack.bucket_name, Key=manifest_key)["Body"].read())["cost"]
+    capsys.readouterr()
+
+    assert main(["status", jobs["a"]]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    # The emulator's requests use no cache: caching saved exactly nothing
+    assert cost["saved_by_caching_usd"] == "0.000000"
+    assert (
+        f"  cost ${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard; caching saved $0.000000)"
+        in lines
+    )
 
 
 def test_json_of_one_job_lists_its_batches(jobs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

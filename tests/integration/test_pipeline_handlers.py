@@ -7,6 +7,7 @@ import copy
 import gzip
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -102,12 +103,61 @@ def test_checker_tick_collects_ended_batches_and_finishes_the_job(stack: LocalSt
     assert sorted(json.loads(line)["custom_id"] for line in lines) == sorted(r["custom_id"] for r in SAMPLE)
     messages = stack.client("sqs").receive_message(QueueUrl=completions, WaitTimeSeconds=1, MaxNumberOfMessages=10)
     details = [json.loads(m["Body"])["detail"] for m in messages["Messages"]]  # other tests' jobs may end too
-    assert {"job_id": job_id, "status": "COMPLETED"}.items() <= next(
-        d for d in details if d["job_id"] == job_id
-    ).items()
+    detail = next(d for d in details if d["job_id"] == job_id)
+    assert detail == {
+        "job_id": job_id,
+        "status": "COMPLETED",
+        "source_key": "inbox/tick.jsonl",
+        "counts": manifest["counts"],
+        "manifest_key": f"results/{job_id}/manifest.json",
+        "bucket": stack.bucket_name,
+        # the manifest's figures, as strings
+        "cost": {name: manifest["cost"][name] for name in ("batch_usd", "standard_usd", "saved_by_caching_usd")},
+    }
+    assert Decimal(detail["cost"]["batch_usd"]) > 0
 
     # And an idle tick afterwards finds nothing to do
     assert _invoke(stack, "CheckerFunction", load_event("scheduled-tick"))["open_batches"] == 0
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_a_job_whose_requests_share_a_cached_prompt_says_what_caching_saved(stack: LocalStack) -> None:
+    # Given a job of four requests behind one long system prompt marked for caching: the first
+    # writes it, the three after it read it (the emulator caches as the API does)
+    system = [{"type": "text", "text": "Rules of the review desk. " * 400, "cache_control": {"type": "ephemeral"}}]
+    requests = [
+        {
+            "custom_id": f"c-{i}",
+            "params": {"model": "claude-haiku-4-5", "max_tokens": 8, "system": system, "messages": [
+                {"role": "user", "content": f"review {i}"}]},
+        }
+        for i in range(4)
+    ]  # fmt: skip
+    completions = _completion_queue(stack)
+    version = _upload(stack, "inbox/cached.jsonl", requests)
+    _invoke(stack, "SubmitFunction", _s3_event(stack, "inbox/cached.jsonl", version))
+    stack.emulator_control().end()
+
+    # When the checker finishes it
+    job_id = job_id_for(stack.bucket_name, "inbox/cached.jsonl", version)
+    assert job_id in _invoke(stack, "CheckerFunction", load_event("scheduled-tick"))["finished_jobs"]
+
+    # Then its manifest says the reads saved more than the write cost, and its event says the same
+    s3 = stack.client("s3")
+    manifest = json.loads(s3.get_object(Bucket=stack.bucket_name, Key=f"results/{job_id}/manifest.json")["Body"].read())
+    usage = manifest["usage"]["total"]
+    assert usage["cache_read_input_tokens"] == 3 * usage["cache_creation_input_tokens"] > 0
+    cost = manifest["cost"]
+    assert Decimal(cost["saved_by_caching_usd"]) > 0
+    assert Decimal(cost["saved_vs_standard_usd"]) == Decimal(cost["standard_usd"]) - Decimal(cost["batch_usd"])
+    messages = stack.client("sqs").receive_message(QueueUrl=completions, WaitTimeSeconds=1, MaxNumberOfMessages=10)
+    detail = next(d for d in (json.loads(m["Body"])["detail"] for m in messages["Messages"]) if d["job_id"] == job_id)
+    assert detail["bucket"] == stack.bucket_name
+    assert detail["cost"] == {
+        "batch_usd": cost["batch_usd"],
+        "standard_usd": cost["standard_usd"],
+        "saved_by_caching_usd": cost["saved_by_caching_usd"],
+    }
 
 
 @pytest.mark.usefixtures("lambda_env")
@@ -127,6 +177,10 @@ def test_a_job_that_fails_at_intake_is_announced_like_any_other(stack: LocalStac
     assert detail["status"] == "FAILED"
     assert detail["counts"]["rejected"] == 2
     assert detail["manifest_key"] == f"results/{job_id}/manifest.json"
+    assert detail["source_key"] == "inbox/all-bad.jsonl"
+    assert detail["bucket"] == stack.bucket_name
+    # Nothing was sent, so nothing was spent
+    assert detail["cost"] == {"batch_usd": "0.000000", "standard_usd": "0.000000", "saved_by_caching_usd": "0.000000"}
 
 
 @pytest.mark.usefixtures("lambda_env")

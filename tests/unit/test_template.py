@@ -634,6 +634,7 @@ def test_own_metric_alarms_read_the_namespace_and_service_the_functions_emit(tem
         "BatchesPastExpiry",
         "ApiKeyRefused",
         "StuckJobsFailed",
+        "JobCostUsd",
     }
     for metric in own:
         assert metric["Namespace"] == namespace

@@ -14,6 +14,7 @@ key) among them, and the HTTP libraries log requests and their headers."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
@@ -25,6 +26,11 @@ SERVICE_KEY = "service"
 LIBRARY_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "httpx", "httpx2", "httpcore", "anthropic")
 # One count each time the Anthropic API refused the key even after it was fetched anew.
 KEY_REFUSED_METRIC = "ApiKeyRefused"
+# One value per job the checker finishes: its cost at the batch price, and what caching saved
+# (negative when caching cost more). In USD; CloudWatch has no currency unit. The daily cost
+# alarm (DailyCostAlarm in template.yaml) sums the first.
+JOB_COST_METRIC = "JobCostUsd"
+CACHING_SAVED_METRIC = "CostSavedByCachingUsd"
 
 
 class InvocationService(logging.Filter):
@@ -56,6 +62,14 @@ def quiet_libraries() -> None:
 
 def count_key_refused() -> None:
     metrics.add_metric(KEY_REFUSED_METRIC, MetricUnit.Count, 1)
+
+
+def record_job_cost(cost: Mapping[str, str]) -> None:
+    """Emit a finished job's cost (the manifest's `batch_usd`, and `saved_by_caching_usd` when
+    the manifest has it)."""
+    metrics.add_metric(JOB_COST_METRIC, MetricUnit.NoUnit, float(cost["batch_usd"]))
+    if "saved_by_caching_usd" in cost:
+        metrics.add_metric(CACHING_SAVED_METRIC, MetricUnit.NoUnit, float(cost["saved_by_caching_usd"]))
 
 
 quiet_libraries()

@@ -114,6 +114,8 @@ def test_tiny_costs_are_rounded_half_up_to_six_decimals_and_saved_matches_the_pr
         "batch_usd": "0.000008",
         "standard_usd": "0.000015",
         "saved_usd": "0.000007",
+        "saved_vs_standard_usd": "0.000007",
+        "saved_by_caching_usd": "0.000000",
         "priced_as": {"claude-haiku-4-5": "haiku-4.5"},
     }
 

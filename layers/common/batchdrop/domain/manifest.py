@@ -9,10 +9,12 @@ from typing import Any
 
 from batchdrop.domain.prices import PriceTable
 from batchdrop.domain.states import JobStatus
-from batchdrop.domain.usage import Usage, cost_usd, price_family
+from batchdrop.domain.usage import Usage, cost_usd, price_family, uncached_cost_usd
 
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
 _USD_PLACES = Decimal("0.000001")
+# The part of the manifest's cost the completion event carries (and `batchdrop status` shows).
+COST_SUMMARY = ("batch_usd", "standard_usd", "saved_by_caching_usd")
 
 
 def build_manifest(
@@ -51,6 +53,7 @@ def build_manifest(
         total_usage.merge(usage)
     batch_usd = _usd(cost_usd(usage_by_model, batch=True, prices=prices))
     standard_usd = _usd(cost_usd(usage_by_model, batch=False, prices=prices))
+    uncached_batch_usd = _usd(uncached_cost_usd(usage_by_model, batch=True, prices=prices))
 
     manifest: dict[str, Any] = {
         "job_id": job_id,
@@ -66,8 +69,10 @@ def build_manifest(
         "cost": {
             "batch_usd": str(batch_usd),
             "standard_usd": str(standard_usd),
-            # From the rounded figures, so the three printed numbers agree with each other.
+            # From the rounded figures, so the printed numbers agree with each other.
             "saved_usd": str(standard_usd - batch_usd),
+            "saved_vs_standard_usd": str(standard_usd - batch_usd),
+            "saved_by_caching_usd": str(uncached_batch_usd - batch_usd),
             "priced_as": {model: price_family(model, prices) for model in sorted(usage_by_model)},
         },
         "timings": {"created_at": created_at, "completed_at": completed_at},
@@ -79,6 +84,13 @@ def build_manifest(
     if outputs is not None:
         manifest["outputs"] = dict(outputs)
     return manifest
+
+
+def cost_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The manifest's batch and standard cost and what caching saved, as decimal strings; a
+    manifest written before `saved_by_caching_usd` existed gives the two it has."""
+    cost = manifest.get("cost") or {}
+    return {name: str(cost[name]) for name in COST_SUMMARY if name in cost}
 
 
 def _batch(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,21 @@ class Usage:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    @property
+    def unattributed_cache_writes(self) -> int:
+        """Cache writes the API did not attribute to a lifetime: written with the default, 5 minutes."""
+        return max(self.cache_creation_input_tokens - self.cache_creation_5m - self.cache_creation_1h, 0)
+
+    def without_caching(self) -> Usage:
+        """The same tokens had nothing been cached: every cache write and read sent as plain
+        input. Its cost minus the usage's own is what caching saved (negative when it cost
+        more: prefixes written and never read)."""
+        written = self.cache_creation_5m + self.unattributed_cache_writes + self.cache_creation_1h
+        return Usage(
+            input_tokens=self.input_tokens + written + self.cache_read_input_tokens,
+            output_tokens=self.output_tokens,
+        )
+
 
 def price_family(model: str, prices: PriceTable | None = None) -> str:
     """The family a model name is priced as (the table's fallback when none matches)."""
@@ -67,14 +82,18 @@ def cost_usd(usage_by_model: Mapping[str, Usage], *, batch: bool, prices: PriceT
     return total * table.batch_discount if batch else total
 
 
+def uncached_cost_usd(usage_by_model: Mapping[str, Usage], *, batch: bool, prices: PriceTable | None = None) -> Decimal:
+    """What `cost_usd` would be had nothing been cached (see `Usage.without_caching`)."""
+    uncached = {model: usage.without_caching() for model, usage in usage_by_model.items()}
+    return cost_usd(uncached, batch=batch, prices=prices)
+
+
 def _standard_cost(table: PriceTable, model: str, usage: Usage) -> Decimal:
     family = table.prices(model)
-    # Cache writes the API did not attribute to a lifetime were written with the default, 5 minutes.
-    unattributed = max(usage.cache_creation_input_tokens - usage.cache_creation_5m - usage.cache_creation_1h, 0)
     total = (
         usage.input_tokens * family.input
         + usage.output_tokens * family.output
-        + (usage.cache_creation_5m + unattributed) * family.cache_write_5m
+        + (usage.cache_creation_5m + usage.unattributed_cache_writes) * family.cache_write_5m
         + usage.cache_creation_1h * family.cache_write_1h
         + usage.cache_read_input_tokens * family.cache_read
     )

@@ -9,11 +9,11 @@ from collections import Counter
 from typing import Any
 
 from batchdrop.domain.jobs import final_status, manifest_key, rejected_key
-from batchdrop.domain.manifest import build_manifest
+from batchdrop.domain.manifest import build_manifest, cost_summary
 from batchdrop.domain.records import JobRecord, ShardRecord
 from batchdrop.domain.states import DONE_SHARD_STATES, SENT_SHARD_STATES, JobStatus
 from batchdrop.domain.usage import Usage
-from batchdrop.observability import logger
+from batchdrop.observability import logger, record_job_cost
 from batchdrop.ports import Wiring
 from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, beside_actual, estimate_key, note_history, read_json
 from batchdrop.services.outputs import OutputsWriter
@@ -50,10 +50,14 @@ class Finisher:
                 "source_key": job.source.key,
                 "counts": manifest["counts"],
                 "manifest_key": manifest_key(job_id),
+                "bucket": job.source.bucket,
+                "cost": cost_summary(manifest),
             }
         )
         if not state.finish_job(job_id, status, manifest_key(job_id), completed_at):
             return False  # another checker finished it first
+        # Counted by the call that closed the job only, so a job is never counted twice.
+        record_job_cost(cost_summary(manifest))
         logger.info("job finished", extra={"job_id": job_id, "status": status})
         return True
 

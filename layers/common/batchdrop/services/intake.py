@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.lines import UnreadableFileError
-from batchdrop.domain.manifest import build_manifest
+from batchdrop.domain.manifest import build_manifest, cost_summary
 from batchdrop.domain.records import ShardPlan, SourceRef, SplitCheckpoint, is_folder_marker
 from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
@@ -262,6 +262,8 @@ class Intake:
                 "source_key": source.key,
                 "counts": manifest["counts"],
                 "manifest_key": manifest_key(job_id),
+                "bucket": source.bucket,
+                "cost": cost_summary(manifest),
             }
         )
         self._state.fail_job(job_id, reason, requested=0, rejected=split.rejected, manifest_key=manifest_key(job_id))
