@@ -16,9 +16,6 @@ FINAL = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"})
 SUCCEEDED = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS"})
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
 PROGRESS_COUNTS = ("processing", *OUTCOMES)
-# The manifest's cost figures a view carries: saved_by_caching_usd is absent from manifests
-# written before it existed.
-COST_FIGURES = ("batch_usd", "standard_usd", "saved_by_caching_usd")
 _OPEN = "SUBMITTED"  # a shard whose batch is open
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -146,7 +143,9 @@ def job_view(
     if manifest is not None:
         counts = {name: int(manifest["counts"].get(name, 0)) for name in OUTCOMES}
         result_keys = list(manifest.get("results") or [])
-        cost = {name: manifest["cost"][name] for name in COST_FIGURES if name in manifest["cost"]}
+        from batchdrop.domain.manifest import cost_summary  # the figures the completion event carries
+
+        cost = cost_summary(manifest)
     else:
         counts = {name: sum(int(shard.counts.get(name, 0)) for shard in shards) for name in OUTCOMES}
         result_keys = [key for shard in shards for key in shard.result_keys]

@@ -312,15 +312,16 @@ def _print_job(view: JobView) -> None:
 
 
 def format_cost(cost: Mapping[str, str]) -> str:
-    """`$0.000103 at the batch price ($0.000206 standard; caching saved $0.000040)`: what caching
-    saved only when the manifest has it; a negative saving says what caching cost more."""
+    """`$0.000103 at the batch price ($0.000206 standard; caching saved $0.000040; estimated
+    $0.000120, at most $0.000300)`: what caching saved and the estimate only when the manifest
+    has them; a negative saving says what caching cost more."""
     line = f"${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard"
     saved = cost.get("saved_by_caching_usd")
-    if saved is None:
-        return line + ")"
-    if saved.startswith("-"):
-        return line + f"; caching cost ${saved[1:]} more)"
-    return line + f"; caching saved ${saved})"
+    if saved is not None:
+        line += f"; caching cost ${saved[1:]} more" if saved.startswith("-") else f"; caching saved ${saved}"
+    if "estimated_usd" in cost:
+        line += f"; estimated ${cost['estimated_usd']}, at most ${cost['estimated_max_usd']}"
+    return line + ")"
 
 
 # --- status -------------------------------------------------------------------------

@@ -239,7 +239,16 @@ JOB_SCHEMA: dict[str, Any] = {
     "reason": (str, None),
     "manifest_key": (str, None),
     "result_keys": list,
-    "cost": ({"batch_usd": str, "standard_usd": str, "saved_by_caching_usd": str}, None),
+    "cost": (
+        {
+            "batch_usd": str,
+            "standard_usd": str,
+            "saved_by_caching_usd": str,
+            "estimated_usd": str,
+            "estimated_max_usd": str,
+        },
+        None,
+    ),
     # added in schema 1: what the open batches have processed, how many are open, the nearest expiry
     "progress": {"in_flight": int, "batches_open": int, "expires_at": (str, None)},
 }
@@ -304,7 +313,9 @@ def test_json_of_an_open_job_and_a_finished_one_share_one_schema(
         stack.client("s3").get_object(Bucket=stack.bucket_name, Key=finished["manifest_key"])["Body"].read()
     )
     assert finished["cost"] == {
-        name: manifest["cost"][name] for name in ("batch_usd", "standard_usd", "saved_by_caching_usd")
+        **{name: manifest["cost"][name] for name in ("batch_usd", "standard_usd", "saved_by_caching_usd")},
+        "estimated_usd": manifest["estimate"]["cost_usd"]["batch_cached_expected"],
+        "estimated_max_usd": manifest["estimate"]["cost_usd"]["batch_max"],
     }
 
     assert open_job["status"] == "SUBMITTING"
@@ -313,11 +324,12 @@ def test_json_of_an_open_job_and_a_finished_one_share_one_schema(
     assert (open_job["manifest_key"], open_job["result_keys"], open_job["cost"]) == (None, [], None)
 
 
-def test_status_of_a_finished_job_shows_its_cost_and_what_caching_saved(
+def test_status_of_a_finished_job_shows_its_cost_what_caching_saved_and_its_estimate(
     jobs: dict[str, str], stack: LocalStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest_key = f"results/{jobs['a']}/manifest.json"
-    cost = json.loads(stack.client("s3").get_object(Bucket=stack.bucket_name, Key=manifest_key)["Body"].read())["cost"]
+    manifest = json.loads(stack.client("s3").get_object(Bucket=stack.bucket_name, Key=manifest_key)["Body"].read())
+    cost, estimated = manifest["cost"], manifest["estimate"]["cost_usd"]
     capsys.readouterr()
 
     assert main(["status", jobs["a"]]) == 0
@@ -325,10 +337,11 @@ def test_status_of_a_finished_job_shows_its_cost_and_what_caching_saved(
     lines = capsys.readouterr().out.splitlines()
     # The emulator's requests use no cache: caching saved exactly nothing
     assert cost["saved_by_caching_usd"] == "0.000000"
+    # ...and the estimate made before the job was sent, expected and at most
     assert (
-        f"  cost ${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard; caching saved $0.000000)"
-        in lines
-    )
+        f"  cost ${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard; caching saved $0.000000;"
+        f" estimated ${estimated['batch_cached_expected']}, at most ${estimated['batch_max']})"
+    ) in lines
 
 
 def test_json_of_one_job_lists_its_batches(jobs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,3 +61,17 @@ def test_an_older_manifest_gives_the_two_figures_it_has() -> None:
 def test_the_cost_line_says_what_caching_saved_or_what_it_cost_more(saved: str, line: str) -> None:
     cost = {"batch_usd": "0.000100", "standard_usd": "0.000200", "saved_by_caching_usd": saved}
     assert format_cost(cost) == line
+
+
+def test_the_cost_line_gives_the_estimate_made_before_sending() -> None:
+    cost = {
+        "batch_usd": "0.000100",
+        "standard_usd": "0.000200",
+        "saved_by_caching_usd": "0.000000",
+        "estimated_usd": "0.000120",
+        "estimated_max_usd": "0.000300",
+    }
+    assert format_cost(cost) == (
+        "$0.000100 at the batch price ($0.000200 standard; caching saved $0.000000;"
+        " estimated $0.000120, at most $0.000300)"
+    )

@@ -167,3 +167,16 @@ def test_the_cost_summary_carries_batch_standard_and_caching_figures() -> None:
     # A manifest written before saved_by_caching_usd existed gives what it has.
     older = {"cost": {"batch_usd": "0.050000", "standard_usd": "0.100000", "saved_usd": "0.050000"}}
     assert cost_summary(older) == {"batch_usd": "0.050000", "standard_usd": "0.100000"}
+
+
+def test_the_cost_summary_carries_the_estimate_made_before_sending() -> None:
+    manifest = {
+        "cost": {"batch_usd": "0.050000", "standard_usd": "0.100000"},
+        "estimate": {"cost_usd": {"batch_cached_expected": "0.060000", "batch_max": "0.200000", "batch": "0.06"}},
+    }
+    assert cost_summary(manifest) == {
+        "batch_usd": "0.050000",
+        "standard_usd": "0.100000",
+        "estimated_usd": "0.060000",
+        "estimated_max_usd": "0.200000",
+    }

@@ -87,10 +87,16 @@ def build_manifest(
 
 
 def cost_summary(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """The manifest's batch and standard cost and what caching saved, as decimal strings; a
-    manifest written before `saved_by_caching_usd` existed gives the two it has."""
+    """The manifest's batch and standard cost and what caching saved, as decimal strings, and
+    what the job was estimated to cost before it was sent (expected and at most) when the
+    manifest has its estimate; a manifest written before a figure existed gives those it has."""
     cost = manifest.get("cost") or {}
-    return {name: str(cost[name]) for name in COST_SUMMARY if name in cost}
+    summary = {name: str(cost[name]) for name in COST_SUMMARY if name in cost}
+    estimated = (manifest.get("estimate") or {}).get("cost_usd") or {}
+    for name, figure in (("estimated_usd", "batch_cached_expected"), ("estimated_max_usd", "batch_max")):
+        if figure in estimated:
+            summary[name] = str(estimated[figure])
+    return summary
 
 
 def _batch(batch: Mapping[str, Any]) -> dict[str, Any]:
