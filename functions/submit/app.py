@@ -1,7 +1,9 @@
 """SubmitFunction: an object created under inbox/ becomes a job and its batches; one created
-at cancel/<job_id> cancels that job; the sweeper's schedule starts a job for any inbox/
-object whose event was lost. A record that is not S3 telling of an object in our bucket's
-inbox/ or cancel/ (services/intake.check_record) is refused and logged, and runs nothing.
+at cancel/<job_id> cancels that job, and one at approve/<job_id> sends a job that waits over
+its budget; the sweeper's schedule starts a job for any inbox/ object whose event was lost,
+and drops a job not approved in time. A record that is not S3 telling of an object in our
+bucket's inbox/, cancel/ or approve/ (services/intake.check_record) is refused and logged,
+and runs nothing.
 
 S3 records are read as the plain dicts they are, the way Powertools' S3Event reads them:
 importing S3Event loads its whole data_classes package, some thirty modules of event
@@ -19,6 +21,7 @@ from batchdrop.domain.records import SourceRef
 from batchdrop.errors import BadEventError
 from batchdrop.observability import logger, metrics, tracer
 from batchdrop.ports import Wiring
+from batchdrop.services.approval import Approver
 from batchdrop.services.cancel import Canceler
 from batchdrop.services.intake import Intake, RefusedRecord, check_record
 from batchdrop.services.sweeper import Sweeper
@@ -52,6 +55,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             metrics.add_metric("CancelRequests", MetricUnit.Count, 1)
             outcomes.append({"job_id": canceled.job_id, "status": canceled.status, "cancel": True})
             continue
+        if upload.is_approval:
+            approved = Approver(wired, intake).approve_from_key(upload.key)
+            metrics.add_metric("Approvals", MetricUnit.Count, 1)
+            metrics.add_metric("BatchesCreated", MetricUnit.Count, approved.submitted)
+            outcomes.append({"job_id": approved.job_id, "status": approved.status, "approve": True})
+            continue
         if not upload.version_id:
             # The bucket is versioned: without a version id the job's identity is unknown.
             raise BadEventError(f"S3 record for {upload.key!r} has no versionId; refusing to guess the object version")
@@ -70,6 +79,7 @@ def _sweep(wired: Wiring, intake: Intake, context: LambdaContext) -> dict[str, A
     )
     metrics.add_metric("SplitsContinued", MetricUnit.Count, len(report.redrive.continued))
     metrics.add_metric("StuckJobsFailed", MetricUnit.Count, len(report.redrive.failed))
+    metrics.add_metric("ApprovalsExpired", MetricUnit.Count, len(report.expired))
     return {
         "seen": report.seen,
         "started": report.started,
@@ -77,4 +87,5 @@ def _sweep(wired: Wiring, intake: Intake, context: LambdaContext) -> dict[str, A
         "redriven": report.redrive.redriven,
         "continued": report.redrive.continued,
         "stuck_failed": report.redrive.failed,
+        "approval_expired": report.expired,
     }

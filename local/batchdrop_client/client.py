@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from batchdrop_client.errors import (
     JobNotFound,
     ManifestMissing,
     NoOutputs,
+    NotAwaitingApproval,
     NotConfigured,
     NotFinished,
     PipelineConflict,
@@ -479,6 +481,30 @@ class Batchdrop:
         key = f"{CANCEL_PREFIX}{job_id}"
         version_id = self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"").get("VersionId")
         return CancelRequest(view, key, version_id)
+
+    def approve(self, job: Job | JobView | str) -> CancelRequest:
+        """Send a job that waits over its budget (an empty object at approve/JOB_ID); with the
+        reason it waited (`budget`); JobNotFound, or NotAwaitingApproval for any other job."""
+        from batchdrop.domain.budget import approve_key
+
+        job_id = job_id_of(job)
+        view = self.status(job_id)
+        if view.status != "AWAITING_APPROVAL":
+            raise NotAwaitingApproval(job_id, view.status)
+        key = approve_key(job_id)
+        version_id = self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"").get("VersionId")
+        return CancelRequest(view, key, version_id)
+
+    def budget(self, job: Job | JobView | str) -> dict[str, Any] | None:
+        """Why a job waits for approval: its errors/<job_id>/budget.json (None: it has none)."""
+        from batchdrop.domain.budget import budget_key
+
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=budget_key(job_id_of(job)))["Body"]
+        except self._s3.exceptions.NoSuchKey:
+            return None
+        with closing(body):
+            return dict(json.loads(body.read()))
 
 
 def _statuses(status: str | Iterable[str] | None) -> set[str] | None:

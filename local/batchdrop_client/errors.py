@@ -57,6 +57,14 @@ class AlreadyEnded(BatchdropError):
         self.job_id, self.status = job_id, status
 
 
+class NotAwaitingApproval(BatchdropError):
+    """Approval of a job that is not waiting for one."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} is {status}, not AWAITING_APPROVAL: nothing to approve")
+        self.job_id, self.status = job_id, status
+
+
 class ManifestMissing(BatchdropError):
     def __init__(self, job_id: str, status: str, uri: str) -> None:
         super().__init__(f"job {job_id} ended {status} but {uri} is missing")

@@ -1,4 +1,4 @@
-"""The user's commands: `batchdrop submit`, `status`, `results` and `cancel`, against the local
+"""The user's commands: `batchdrop submit`, `status`, `results`, `cancel` and `approve`, against the local
 stack or a deployed one, and `batchdrop job-id`. They are argument parsing, printing and exit
 codes around the batchdrop_client library, which does the work: it finds the bucket and table
 (flags, `--stack NAME`'s Outputs, the environment, or the local stack's env file on its own).
@@ -93,6 +93,19 @@ def add_user_commands(commands: Any) -> None:
     )
     cancel.add_argument("job_id", help="the job, as `batchdrop submit` and `batchdrop status` print it")
     cancel.set_defaults(run=_cancel)
+
+    approve = commands.add_parser(
+        "approve",
+        parents=[common],
+        help="send a job that waits over its budget (AWAITING_APPROVAL)",
+        description=(
+            "Put an empty object at approve/JOB_ID in the bucket: a job whose estimate is over the "
+            "job budget (JobBudgetUsd) and waits as AWAITING_APPROVAL is sent. `batchdrop cancel` drops "
+            "it instead; not approved in time, it is dropped (ApprovalHours)."
+        ),
+    )
+    approve.add_argument("job_id", help="the job, as `batchdrop status` prints it")
+    approve.set_defaults(run=_approve)
 
     job_id = commands.add_parser(
         "job-id",
@@ -387,6 +400,13 @@ def _status_of_one(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         print(json.dumps(view.as_dict(), indent=2))
         return EXIT_OK
     _print_job(view)
+    if view.status == "AWAITING_APPROVAL":
+        budget = client.budget(job_id) or {}
+        print(f"  waiting for approval: {budget.get('reason', 'over its budget')}")
+        print(
+            f"  `batchdrop approve {job_id}` sends it, `batchdrop cancel {job_id}` drops it;"
+            f" unapproved, it is dropped at {budget.get('expires_at', 'its expiry')}"
+        )
     for batch in view.batches or []:
         line = (
             f"  shard {batch.shard:>3}  {batch.state:<10} {batch.batch_id or '-':<36} "
@@ -476,6 +496,19 @@ def _cancel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     job = request.job
     print(f"cancel requested for job {job_id} ({job.status}, source {job.source['key']}): wrote {written}")
     print(f"the job will end CANCELED with its results so far; follow it with `batchdrop status {job_id}`")
+    return EXIT_OK
+
+
+def _approve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    job_id = _job_id_arg(args.job_id, parser)
+    client = _client(args, parser)
+    budget = client.budget(job_id) or {}
+    request = client.approve(job_id)
+    written = f"s3://{client.bucket}/{request.key}" + (f" (version {request.version_id})" if request.version_id else "")
+    print(f"approved job {job_id} (source {request.job.source['key']}): wrote {written}")
+    if budget.get("reason"):
+        print(f"it waited because {budget['reason']}")
+    print(f"its batches go out now; follow it with `batchdrop status {job_id}`")
     return EXIT_OK
 
 

@@ -239,7 +239,9 @@ def test_submit_wait_prints_a_plain_line_per_change_then_the_summary(
         f"  {REQUESTS} succeeded, 0 errored, 0 canceled, 0 expired",
     ]
     assert re.fullmatch(
-        r"  cost \$\d+\.\d{6} at the batch price \(\$\d+\.\d{6} standard; caching saved \$\d+\.\d{6}\)", summary[3]
+        r"  cost \$\d+\.\d{6} at the batch price \(\$\d+\.\d{6} standard; caching saved \$\d+\.\d{6};"
+        r" estimated \$\d+\.\d{6}, at most \$\d+\.\d{6}\)",
+        summary[3],
     )
     assert summary[4] == f"  manifest: results/{job_id}/manifest.json  (`batchdrop results {job_id}` downloads it all)"
 

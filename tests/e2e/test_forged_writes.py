@@ -107,7 +107,7 @@ def test_forged_s3_records_run_no_job_and_leave_the_real_upload_to_run(
     # Then each forged record is refused with its reason, and only the real upload is a job
     assert [outcome.get("refused") for outcome in answer["jobs"]] == [
         f"bucket 'another-bucket' is not this stack's {stack.bucket_name!r}",
-        "the key is under neither inbox/ nor cancel/",
+        "the key is under none of inbox/, cancel/, approve/",
         "eventSource is 'aws:sqs', not 'aws:s3'",
         None,
     ]

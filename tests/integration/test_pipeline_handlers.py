@@ -111,8 +111,12 @@ def test_checker_tick_collects_ended_batches_and_finishes_the_job(stack: LocalSt
         "counts": manifest["counts"],
         "manifest_key": f"results/{job_id}/manifest.json",
         "bucket": stack.bucket_name,
-        # the manifest's figures, as strings
-        "cost": {name: manifest["cost"][name] for name in ("batch_usd", "standard_usd", "saved_by_caching_usd")},
+        # the manifest's figures, as strings, and the estimate made before sending
+        "cost": {
+            **{name: manifest["cost"][name] for name in ("batch_usd", "standard_usd", "saved_by_caching_usd")},
+            "estimated_usd": manifest["estimate"]["cost_usd"]["batch_cached_expected"],
+            "estimated_max_usd": manifest["estimate"]["cost_usd"]["batch_max"],
+        },
     }
     assert Decimal(detail["cost"]["batch_usd"]) > 0
 
@@ -122,9 +126,17 @@ def test_checker_tick_collects_ended_batches_and_finishes_the_job(stack: LocalSt
 
 @pytest.mark.usefixtures("lambda_env")
 def test_a_job_whose_requests_share_a_cached_prompt_says_what_caching_saved(stack: LocalStack) -> None:
-    # Given a job of four requests behind one long system prompt marked for caching: the first
-    # writes it, the three after it read it (the emulator caches as the API does)
-    system = [{"type": "text", "text": "Rules of the review desk. " * 400, "cache_control": {"type": "ephemeral"}}]
+    # Given a job of four requests behind one long system prompt marked for caching (1 hour),
+    # written to the cache before the batch by one synchronous request: all four read it (the
+    # emulator caches as the API does: above Haiku 4.5's 4,096-token minimum, per API key, and
+    # a batch reads what was there when it was created)
+    rules = "Rules of the review desk. " * 1000
+    system = [{"type": "text", "text": rules, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    provider = Anthropic(api_key=stack.api_key, base_url=stack.emulator_url)
+    warm = provider.messages.create(
+        model="claude-haiku-4-5", max_tokens=1, system=system, messages=[{"role": "user", "content": "warm"}]
+    )
+    assert warm.usage.cache_creation_input_tokens
     requests = [
         {
             "custom_id": f"c-{i}",
@@ -146,7 +158,8 @@ def test_a_job_whose_requests_share_a_cached_prompt_says_what_caching_saved(stac
     s3 = stack.client("s3")
     manifest = json.loads(s3.get_object(Bucket=stack.bucket_name, Key=f"results/{job_id}/manifest.json")["Body"].read())
     usage = manifest["usage"]["total"]
-    assert usage["cache_read_input_tokens"] == 3 * usage["cache_creation_input_tokens"] > 0
+    assert usage["cache_read_input_tokens"] == 4 * warm.usage.cache_creation_input_tokens
+    assert usage["cache_creation_input_tokens"] == 0
     cost = manifest["cost"]
     assert Decimal(cost["saved_by_caching_usd"]) > 0
     assert Decimal(cost["saved_vs_standard_usd"]) == Decimal(cost["standard_usd"]) - Decimal(cost["batch_usd"])
@@ -157,6 +170,8 @@ def test_a_job_whose_requests_share_a_cached_prompt_says_what_caching_saved(stac
         "batch_usd": cost["batch_usd"],
         "standard_usd": cost["standard_usd"],
         "saved_by_caching_usd": cost["saved_by_caching_usd"],
+        "estimated_usd": manifest["estimate"]["cost_usd"]["batch_cached_expected"],
+        "estimated_max_usd": manifest["estimate"]["cost_usd"]["batch_max"],
     }
 
 
@@ -253,7 +268,7 @@ def test_submit_handler_sweeps_with_the_sweep_event(stack: LocalStack) -> None:
     # Given the sweep event file (every object here has its job already, or is too young)
     # When the submit function gets it / Then it reports what it looked at and starts nothing
     report = _invoke(stack, "SubmitFunction", load_event("scheduled-sweep"))
-    assert set(report) == {"seen", "started", "left", "redriven", "continued", "stuck_failed"}
+    assert set(report) == {"seen", "started", "left", "redriven", "continued", "stuck_failed", "approval_expired"}
     assert (report["started"], report["redriven"], report["continued"], report["stuck_failed"]) == ([], [], [], [])
 
 

@@ -416,10 +416,12 @@ class FakeStateStore:
         max_attempts: int,
         shard_count: int | None = None,
         resumed_from: int | None = None,
+        hold: bool = False,
     ) -> bool:
         count = len(shards) if shard_count is None else shard_count
         values = {"requested": requested, "rejected": rejected, "shard_count": count}
-        job = self._job_move(job_id, JobStatus.RECEIVED, JobStatus.SUBMITTING, values, open_index=True)
+        status = JobStatus.AWAITING_APPROVAL if hold else JobStatus.SUBMITTING
+        job = self._job_move(job_id, JobStatus.RECEIVED, status, values, open_index=True)
         recorded = self.jobs.get(job_id)
         if recorded is None or not _checkpoint_at(recorded, resumed_from):
             job = None
@@ -439,6 +441,9 @@ class FakeStateStore:
 
     def mark_job_running(self, job_id: str) -> bool:
         return self._apply(self._job_move(job_id, JobStatus.SUBMITTING, JobStatus.RUNNING))
+
+    def release_job(self, job_id: str) -> bool:
+        return self._apply(self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING))
 
     def reopen_job(self, job_id: str) -> bool:
         return self._apply(self._job_move(job_id, JobStatus.RUNNING, JobStatus.SUBMITTING))
@@ -851,9 +856,13 @@ class FakeBatchesApi:
 @dataclass
 class FakeEventBus:
     published: list[dict[str, Any]] = field(default_factory=list)
+    awaiting: list[dict[str, Any]] = field(default_factory=list)  # jobs held for approval
 
     def job_completed(self, detail: Mapping[str, Any]) -> None:
         self.published.append(dict(detail))
+
+    def job_awaiting_approval(self, detail: Mapping[str, Any]) -> None:
+        self.awaiting.append(dict(detail))
 
 
 # --- all of them -------------------------------------------------------------------------

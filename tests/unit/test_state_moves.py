@@ -575,6 +575,9 @@ JOB_MOVES = [
             lambda st, job: st.record_shards(job, [PLAN], requested=2, rejected=1, max_attempts=3)),
     JobMove("fail_job", frozenset({J.RECEIVED, J.SUBMITTING}), J.FAILED,
             lambda st, job: st.fail_job(job, "empty", requested=0, rejected=3, manifest_key="results/m.json")),
+    JobMove("record_shards(hold)", frozenset({J.RECEIVED}), J.AWAITING_APPROVAL,
+            lambda st, job: st.record_shards(job, [PLAN], requested=2, rejected=1, max_attempts=3, hold=True)),
+    JobMove("release_job", frozenset({J.AWAITING_APPROVAL}), J.SUBMITTING, lambda st, job: st.release_job(job)),
     JobMove("mark_job_running", frozenset({J.SUBMITTING}), J.RUNNING, lambda st, job: st.mark_job_running(job)),
     JobMove("reopen_job", frozenset({J.RUNNING}), J.SUBMITTING, lambda st, job: st.reopen_job(job)),
     JobMove("finish_job(COMPLETED)", frozenset({J.SUBMITTING, J.RUNNING}), J.COMPLETED,
@@ -679,7 +682,7 @@ def test_a_cancel_is_requested_once_and_only_of_an_unfinished_job(both: Both, st
     first = both.same(lambda store: store.request_cancel(both.job_id, SENT_AT))
     again = both.same(lambda store: store.request_cancel(both.job_id, ANOTHER_INTENT))
 
-    unfinished = status in (JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStatus.RUNNING)
+    unfinished = status in (JobStatus.RECEIVED, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING, JobStatus.RUNNING)
     assert first.cancel_requested_at == again.cancel_requested_at == (SENT_AT if unfinished else None)
 
 

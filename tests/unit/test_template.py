@@ -20,7 +20,7 @@ TEMPLATE_PATH = ROOT / "template.yaml"
 ASYNC_EVENT_TYPES = {"S3", "SNS", "ScheduleV2", "Schedule", "EventBridgeRule", "CloudWatchEvent"}
 # Prefixes whose new objects trigger work (a new job, a cancel request); everything the
 # functions write lies elsewhere.
-TRIGGER_PREFIXES = {"inbox/", "cancel/"}
+TRIGGER_PREFIXES = {"inbox/", "cancel/", "approve/"}
 WRITTEN_PREFIXES = ("work/", "errors/", "results/")
 # The secret the functions read: the one given, or the one the stack makes when none is.
 SECRET_PARAMETER = {"Fn::If": ["CreateSecret", {"Ref": "AnthropicSecret"}, {"Ref": "AnthropicSecretArn"}]}
@@ -337,7 +337,7 @@ def test_lifecycle_cleans_up_uploads_versions_and_shards(template: dict[str, Any
     assert cancel["ExpirationInDays"] >= 1
 
 
-def test_only_inbox_and_cancel_objects_trigger_work(template: dict[str, Any]) -> None:
+def test_only_inbox_cancel_and_approve_objects_trigger_work(template: dict[str, Any]) -> None:
     s3_events = {
         (function_name, event_name): event["Properties"]
         for function_name, function in functions(template).items()

@@ -115,9 +115,9 @@ def s3_record(key: str, bucket: str = "bucket", source: str = "aws:s3", version_
         (s3_record("inbox/a.jsonl", source="aws:sqs"), "eventSource is 'aws:sqs', not 'aws:s3'"),
         ({**s3_record("inbox/a.jsonl"), "eventSource": None}, "eventSource is None, not 'aws:s3'"),
         (s3_record("inbox/a.jsonl", bucket="elsewhere"), "bucket 'elsewhere' is not this stack's 'bucket'"),
-        (s3_record("work/j/shard-00000.jsonl"), "the key is under neither inbox/ nor cancel/"),
-        (s3_record("results/j/manifest.json"), "the key is under neither inbox/ nor cancel/"),
-        (s3_record("inboxes/a.jsonl"), "the key is under neither inbox/ nor cancel/"),
+        (s3_record("work/j/shard-00000.jsonl"), "the key is under none of inbox/, cancel/, approve/"),
+        (s3_record("results/j/manifest.json"), "the key is under none of inbox/, cancel/, approve/"),
+        (s3_record("inboxes/a.jsonl"), "the key is under none of inbox/, cancel/, approve/"),
         ({"eventSource": "aws:s3"}, "the record names no S3 object"),
         (
             {"eventSource": "aws:s3", "s3": {"bucket": {"name": "bucket"}, "object": {}}},
@@ -187,7 +187,7 @@ def test_submit_refuses_forged_records_and_takes_the_others(
     assert refusals == [
         ("WARNING", "inbox/real.jsonl", "bucket 'elsewhere' is not this stack's 'bucket'"),
         ("WARNING", "inbox/real.jsonl", "eventSource is 'aws:sqs', not 'aws:s3'"),
-        ("WARNING", "work/forged.jsonl", "the key is under neither inbox/ nor cancel/"),
+        ("WARNING", "work/forged.jsonl", "the key is under none of inbox/, cancel/, approve/"),
     ]
 
 

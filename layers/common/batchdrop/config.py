@@ -17,8 +17,10 @@ import os
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import MappingProxyType
 
+from batchdrop.domain.budget import parse_budget
 from batchdrop.domain.lines import MAX_FILE_BYTES
 from batchdrop.domain.requests import MAX_BATCH_REQUESTS
 from batchdrop.domain.timings import Timings
@@ -57,6 +59,12 @@ MIN_JOB_RETENTION_DAYS = 10
 # Optional. A JSON object that changes the shipped price table (batchdrop/prices.json) without a
 # code change: families replaced field by field or added (domain/prices.py, docs/cost.md).
 ENV_PRICES_JSON = "BATCHDROP_PRICES_JSON"
+# A job whose upper-bound estimate is over this many dollars waits for approval (0: no budget),
+# for at most ENV_APPROVAL_HOURS before it is dropped (domain/budget.py).
+ENV_JOB_BUDGET_USD = "BATCHDROP_JOB_BUDGET_USD"
+ENV_APPROVAL_HOURS = "BATCHDROP_APPROVAL_HOURS"
+DEFAULT_APPROVAL_HOURS = 72.0
+MAX_APPROVAL_HOURS = 24 * 6.0  # within the sweep's 7-day window, which expires them, and WorkRetentionDays
 
 _environment: ContextVar[Mapping[str, str] | None] = ContextVar("batchdrop_environment", default=None)
 
@@ -113,6 +121,8 @@ class Settings:
     job_retention_days: int = 0  # 0: job items are kept
     max_file_bytes: int = MAX_FILE_BYTES
     prices_json: str | None = None  # None: the shipped price table as it is
+    job_budget_usd: Decimal | None = None  # None: no budget
+    approval_hours: float = DEFAULT_APPROVAL_HOURS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,7 +166,26 @@ class Settings:
             job_retention_days=_job_retention_days(env.get(ENV_JOB_RETENTION_DAYS) or "0"),
             max_file_bytes=_whole_number(ENV_MAX_FILE_BYTES, env.get(ENV_MAX_FILE_BYTES) or str(MAX_FILE_BYTES)),
             prices_json=_prices_json(env.get(ENV_PRICES_JSON) or None),
+            job_budget_usd=_budget(ENV_JOB_BUDGET_USD, env.get(ENV_JOB_BUDGET_USD)),
+            approval_hours=_approval_hours(env.get(ENV_APPROVAL_HOURS) or str(DEFAULT_APPROVAL_HOURS)),
         )
+
+
+def _budget(name: str, value: str | None) -> Decimal | None:
+    try:
+        return parse_budget(name, value)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _approval_hours(value: str) -> float:
+    try:
+        hours = float(value)
+    except ValueError:
+        raise ConfigurationError(f"{ENV_APPROVAL_HOURS} must be a number of hours") from None
+    if not 0 < hours <= MAX_APPROVAL_HOURS:
+        raise ConfigurationError(f"{ENV_APPROVAL_HOURS} must be more than 0 and at most {MAX_APPROVAL_HOURS}")
+    return hours
 
 
 def _whole_number(name: str, value: str) -> int:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol, Self
 
 from batchdrop.domain.lines import MAX_FILE_BYTES, SourceLines
@@ -175,6 +176,7 @@ class StateStore(Protocol):
         max_attempts: int,
         shard_count: int | None = None,
         resumed_from: int | None = None,
+        hold: bool = False,
     ) -> bool: ...
 
     def add_missing_shard(self, job_id: str, shard: ShardPlan, max_attempts: int) -> bool: ...
@@ -182,6 +184,8 @@ class StateStore(Protocol):
     def fail_job(self, job_id: str, reason: str, *, requested: int, rejected: int, manifest_key: str) -> bool: ...
 
     def mark_job_running(self, job_id: str) -> bool: ...
+
+    def release_job(self, job_id: str) -> bool: ...
 
     def reopen_job(self, job_id: str) -> bool: ...
 
@@ -280,6 +284,8 @@ class BatchesApi(Protocol):
 class EventBus(Protocol):
     def job_completed(self, detail: Mapping[str, Any]) -> None: ...
 
+    def job_awaiting_approval(self, detail: Mapping[str, Any]) -> None: ...
+
 
 # --- the wiring ------------------------------------------------------------------------
 
@@ -300,6 +306,10 @@ class Wiring:
     max_file_bytes: int = MAX_FILE_BYTES  # a larger file is refused unread
     # The price table costs are figured with: the shipped one (None) or it with BATCHDROP_PRICES_JSON.
     prices: PriceTable | None = None
+    # A job whose upper-bound estimate is over this waits for approval (None: no budget), for
+    # at most approval_hours (domain/budget.py).
+    job_budget_usd: Decimal | None = None
+    approval_hours: float = 72.0
 
     def stamp(self) -> str:
         """Now, as the state table stores moments."""

@@ -52,6 +52,8 @@ def _build(settings: Settings) -> Wiring:
         max_attempts=settings.max_attempts,
         max_file_bytes=settings.max_file_bytes,
         prices=price_table(settings.prices_json) if settings.prices_json else None,
+        job_budget_usd=settings.job_budget_usd,
+        approval_hours=settings.approval_hours,
     )
 
 

@@ -84,6 +84,7 @@ def test_an_object_without_bucket_or_key_is_refused(bucket: str, key: str) -> No
 def test_every_status_is_its_own_name() -> None:
     assert [str(status) for status in JobStatus] == [
         "RECEIVED",
+        "AWAITING_APPROVAL",
         "SUBMITTING",
         "RUNNING",
         "COMPLETED",

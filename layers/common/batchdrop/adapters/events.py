@@ -10,6 +10,7 @@ from batchdrop.errors import EventNotPublishedError
 
 SOURCE = "batchdrop"
 DETAIL_TYPE = "Batchdrop Job Completed"
+AWAITING_DETAIL_TYPE = "Batchdrop Job Awaiting Approval"
 
 
 class EventPublisher:
@@ -26,15 +27,22 @@ class EventPublisher:
         return self._client
 
     def job_completed(self, detail: Mapping[str, Any]) -> None:
+        self._put(DETAIL_TYPE, detail, "completion")
+
+    def job_awaiting_approval(self, detail: Mapping[str, Any]) -> None:
+        """A job over its budget waits for approval: said to whoever approves."""
+        self._put(AWAITING_DETAIL_TYPE, detail, "awaiting-approval")
+
+    def _put(self, detail_type: str, detail: Mapping[str, Any], what: str) -> None:
         response = self.client.put_events(
             Entries=[
                 {
                     "Source": SOURCE,
-                    "DetailType": DETAIL_TYPE,
+                    "DetailType": detail_type,
                     "Detail": json.dumps(detail),
                     "EventBusName": self._bus,
                 }
             ]
         )
         if response.get("FailedEntryCount"):
-            raise EventNotPublishedError(f"completion event not accepted: {response['Entries']}")
+            raise EventNotPublishedError(f"{what} event not accepted: {response['Entries']}")

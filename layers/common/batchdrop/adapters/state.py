@@ -420,8 +420,10 @@ class _Jobs(_Table):
         max_attempts: int,
         shard_count: int | None = None,
         resumed_from: int | None = None,
+        hold: bool = False,
     ) -> bool:
-        """RECEIVED → SUBMITTING, with the job's shards as PENDING items, all at once (the
+        """RECEIVED → SUBMITTING (with `hold`, AWAITING_APPROVAL: a job over its budget),
+        with the job's shards as PENDING items, all at once (the
         first transaction holds the job and up to 99 shards: 9.9M requests; more spill into
         further transactions, which a resumed run completes with add_missing_shard). A split
         in segments records here its last segment's shards, with the job's `shard_count`
@@ -435,7 +437,7 @@ class _Jobs(_Table):
         }
         job_update = {
             "Update": _checkpoint_held(
-                self._job_move(job_id, JobStatus.RECEIVED, JobStatus.SUBMITTING, values), resumed_from
+                self._job_move(job_id, JobStatus.RECEIVED, _recorded_status(hold), values), resumed_from
             )
         }
         puts = [
@@ -477,6 +479,11 @@ class _Jobs(_Table):
 
     def mark_job_running(self, job_id: str) -> bool:
         return self._conditional(**self._job_move(job_id, JobStatus.SUBMITTING, JobStatus.RUNNING))
+
+    def release_job(self, job_id: str) -> bool:
+        """AWAITING_APPROVAL → SUBMITTING: approved (its shards go out), or canceled or expired
+        (its cancel recorded first: the checker closes its shards unsent)."""
+        return self._conditional(**self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING))
 
     def reopen_job(self, job_id: str) -> bool:
         """RUNNING → SUBMITTING for a job that has a shard without its batch again."""
@@ -911,3 +918,8 @@ class StateTable(_ShardSplits):
         )
         job = self._job_move(shard.job_id, (JobStatus.SUBMITTING, JobStatus.RUNNING), JobStatus.SUBMITTING)
         return self._transact([{"Update": update}, {"Update": job}], "retry not scheduled")
+
+
+def _recorded_status(hold: bool) -> JobStatus:
+    """The status a job takes as its shards are recorded."""
+    return JobStatus.AWAITING_APPROVAL if hold else JobStatus.SUBMITTING

@@ -11,6 +11,8 @@ from typing import cast
 
 class JobStatus(StrEnum):
     RECEIVED = "RECEIVED"  # the object version has a job; its lines are being read
+    # Its shards are recorded; its estimate is over a budget: nothing is sent until approved.
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
     SUBMITTING = "SUBMITTING"  # its shards are recorded; some have no batch yet
     RUNNING = "RUNNING"  # every shard has its batch, or its results
     COMPLETED = "COMPLETED"  # every request succeeded and no line was rejected
@@ -33,7 +35,10 @@ class ShardState(StrEnum):
 _FINAL_JOB = frozenset({JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELED})
 
 JOB_NEXT: Mapping[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.RECEIVED: frozenset({JobStatus.SUBMITTING, JobStatus.FAILED}),
+    JobStatus.RECEIVED: frozenset({JobStatus.SUBMITTING, JobStatus.FAILED, JobStatus.AWAITING_APPROVAL}),
+    # Approved, canceled or expired: SUBMITTING either way (a canceled job's unsent shards are
+    # closed `canceled` by the checker, as any canceled job's).
+    JobStatus.AWAITING_APPROVAL: frozenset({JobStatus.SUBMITTING}),
     # Straight to a final status too: a job whose shards were all closed unsent (canceled,
     # refused) never had every batch open at once.
     JobStatus.SUBMITTING: frozenset({JobStatus.RUNNING, JobStatus.FAILED, *_FINAL_JOB}),
@@ -67,7 +72,9 @@ SHARD_NEXT: Mapping[ShardState, frozenset[ShardState]] = {
 }
 
 # Jobs the pipeline still works on: they stay in the table's open index.
-OPEN_JOB_STATUSES = frozenset({JobStatus.RECEIVED, JobStatus.SUBMITTING, JobStatus.RUNNING})
+OPEN_JOB_STATUSES = frozenset(
+    {JobStatus.RECEIVED, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING, JobStatus.RUNNING}
+)
 # Shards whose create may have made a batch the table does not know of yet.
 UNSETTLED_SHARD_STATES = frozenset({ShardState.SUBMITTING, ShardState.UNKNOWN})
 # Shards that have their batch, or need none any more.

@@ -10,13 +10,14 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from batchdrop.domain.states import OPEN_JOB_STATUSES, ShardState
+from batchdrop.domain.states import OPEN_JOB_STATUSES, JobStatus, ShardState
 from batchdrop.errors import ProviderUnavailableError
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 
 CANCEL_PREFIX = "cancel/"
-_JOB_ID = re.compile(r"j[0-9a-f]{24}")
+JOB_ID_PATTERN = r"j[0-9a-f]{24}"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 _ERRORS_PREFIX = "errors/cancel/"
 MAX_KEY_BYTES = 1024  # S3's longest object key, in UTF-8 bytes
 
@@ -63,6 +64,12 @@ class Canceler:
         if job.status not in OPEN_JOB_STATUSES:
             logger.info("cancel of a job that has finished: nothing to do", extra={"job_id": job_id})
             return CancelOutcome(job_id, "FINISHED")
+        if job.status is JobStatus.AWAITING_APPROVAL:
+            # Its cancel recorded, it is released to SUBMITTING as a canceled job: the checker
+            # closes its shards unsent, none of them is ever created.
+            self._state.release_job(job_id)
+            logger.info("job awaiting approval canceled: nothing was sent", extra={"job_id": job_id})
+            return CancelOutcome(job_id, "CANCELING")
         canceled = 0
         for shard in self._state.shards(job_id):
             if shard.state is not ShardState.SUBMITTED or shard.batch_id is None:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
+from batchdrop.domain.budget import APPROVE_PREFIX, budget_key, held_for_budget
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.lines import UnreadableFileError
 from batchdrop.domain.manifest import build_manifest, cost_summary
@@ -63,6 +64,10 @@ class S3Upload:
     def is_cancel(self) -> bool:
         return self.key.startswith(CANCEL_PREFIX)
 
+    @property
+    def is_approval(self) -> bool:
+        return self.key.startswith(APPROVE_PREFIX)
+
 
 @dataclass(frozen=True)
 class RefusedRecord:
@@ -89,8 +94,8 @@ def check_record(record: Any, bucket: str) -> S3Upload | RefusedRecord:
         return RefusedRecord(key, f"eventSource is {source!r}, not {S3_EVENT_SOURCE!r}")
     if named_bucket != bucket:
         return RefusedRecord(key, f"bucket {named_bucket!r} is not this stack's {bucket!r}")
-    if not key.startswith((INBOX_PREFIX, CANCEL_PREFIX)):
-        return RefusedRecord(key, f"the key is under neither {INBOX_PREFIX} nor {CANCEL_PREFIX}")
+    if not key.startswith((INBOX_PREFIX, CANCEL_PREFIX, APPROVE_PREFIX)):
+        return RefusedRecord(key, f"the key is under none of {INBOX_PREFIX}, {CANCEL_PREFIX}, {APPROVE_PREFIX}")
     size = obj.get("size")
     return S3Upload(key, obj.get("versionId"), size if isinstance(size, int) else None)
 
@@ -134,7 +139,7 @@ class Intake:
             self._complete_recording(job_id)
             # A run that died holding the create lease would stall every create until it ran out.
             self._creator.free_stale_lease()
-        return self._submit_pending(job_id)
+        return self.send_pending(job_id)
 
     def _split(
         self, job_id: str, source: SourceRef, size: int | None, mode: UploadMode, checkpoint: SplitCheckpoint | None
@@ -161,10 +166,12 @@ class Intake:
             return SubmitOutcome(job_id, JobStatus.RECEIVED)
         if not split.shards and not resume.next_shard:
             return self._fail(job_id, source, split, hint=mode.hint)
+        estimate = None
         if split.estimator is not None:  # before the shards are recorded: before any create
-            keep_estimate(
+            estimate = keep_estimate(
                 self._wired, job_id, source, split.estimator, pipeline=mode.pipeline_ref, seconds=self._count_seconds()
             )
+        held = self._hold(job_id, estimate)
         recorded = self._state.record_shards(
             job_id,
             split.shards,
@@ -173,10 +180,26 @@ class Intake:
             max_attempts=self._wired.max_attempts,
             shard_count=resume.next_shard + len(split.shards),
             resumed_from=checkpoint.offset if checkpoint else None,
+            hold=held is not None,
         )
         if not recorded:
             logger.info("another invocation recorded this job's shards, or moved its checkpoint, first")
+        elif held is not None:
+            self._wired.events.job_awaiting_approval(
+                {"job_id": job_id, "bucket": source.bucket, "source_key": source.key, **held}
+            )
+            logger.warning("JobAwaitingApproval: over its budget, the job waits", extra={"reason": held["reason"]})
         return None
+
+    def _hold(self, job_id: str, estimate: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """Why the job waits for approval, kept at errors/<job_id>/budget.json before its
+        shards are recorded (None: it goes)."""
+        wired = self._wired
+        expires_at = stamp(wired.clock.now() + timedelta(hours=wired.approval_hours))
+        held = held_for_budget(job_id, estimate, wired.job_budget_usd, expires_at=expires_at)
+        if held is not None and not wired.store.put_json(budget_key(job_id), held, if_absent=True):
+            held = dict(wired.store.get_json(budget_key(job_id)))  # an earlier run's, with its expiry
+        return held
 
     def _count_seconds(self) -> float:
         """How long the estimate's counts may take: ESTIMATE_SECONDS at most, and a quarter
@@ -270,12 +293,16 @@ class Intake:
         logger.warning("job failed", extra={"reason": reason})
         return SubmitOutcome(job_id, JobStatus.FAILED)
 
-    def _submit_pending(self, job_id: str) -> SubmitOutcome:
+    def send_pending(self, job_id: str) -> SubmitOutcome:
+        """Create a batch for each PENDING shard of a job that may send them (not one awaiting
+        approval, nor one whose split is still under way); the job's status after."""
         job, shards = self._state.job_and_shards(job_id)
         if job is None or job.status is JobStatus.RECEIVED:
             # Its split is still under way in segments (a run of an earlier segment lost the
             # recording): no shard is sent before every one is recorded.
             return SubmitOutcome(job_id, JobStatus.RECEIVED)
+        if job.status is JobStatus.AWAITING_APPROVAL:  # over its budget: nothing goes before approval
+            return SubmitOutcome(job_id, JobStatus.AWAITING_APPROVAL)
         submitted = 0
         for shard in shards:
             if shard.state is not ShardState.PENDING:

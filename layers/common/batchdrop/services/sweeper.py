@@ -15,6 +15,7 @@ from batchdrop.domain.jobs import job_id_for
 from batchdrop.domain.records import SourceRef, is_folder_marker
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
+from batchdrop.services.approval import expire_unapproved
 from batchdrop.services.intake import INBOX_PREFIX, Intake
 from batchdrop.services.redrive import Redriver, RedriveReport
 
@@ -25,6 +26,7 @@ class SweepReport:
     started: list[str] = field(default_factory=list)  # jobs started for versions without one
     left: int = 0  # versions without a job left to the next sweep (time ran short)
     redrive: RedriveReport = field(default_factory=RedriveReport)  # jobs left RECEIVED
+    expired: list[str] = field(default_factory=list)  # jobs over budget not approved in time, dropped
 
 
 class Sweeper:
@@ -61,4 +63,5 @@ class Sweeper:
         # After the lost ones: a re-drive that kills its process must not hold them back.
         stuck = {job_id: (job, candidates[job_id][1]) for job_id, job in known.items()}
         report.redrive = Redriver(self._wired, self._intake, self._seconds_left).redrive(stuck)
+        report.expired = expire_unapproved(self._wired, list(known.values()))
         return report
