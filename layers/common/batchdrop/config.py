@@ -57,6 +57,9 @@ MIN_JOB_RETENTION_DAYS = 10
 # Optional. A JSON object that changes the shipped price table (batchdrop/prices.json) without a
 # code change: families replaced field by field or added (domain/prices.py, docs/cost.md).
 ENV_PRICES_JSON = "BATCHDROP_PRICES_JSON"
+# Optional. "true": a job warms the prompt cache before its first batch unless its upload or
+# pipeline says otherwise (services/priming.py, the stack parameter PrimeCache); "false" or unset: not.
+ENV_PRIME_CACHE = "BATCHDROP_PRIME_CACHE"
 
 _environment: ContextVar[Mapping[str, str] | None] = ContextVar("batchdrop_environment", default=None)
 
@@ -113,6 +116,7 @@ class Settings:
     job_retention_days: int = 0  # 0: job items are kept
     max_file_bytes: int = MAX_FILE_BYTES
     prices_json: str | None = None  # None: the shipped price table as it is
+    prime_cache: bool = False  # the stack's default for priming (services/priming.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,6 +160,7 @@ class Settings:
             job_retention_days=_job_retention_days(env.get(ENV_JOB_RETENTION_DAYS) or "0"),
             max_file_bytes=_whole_number(ENV_MAX_FILE_BYTES, env.get(ENV_MAX_FILE_BYTES) or str(MAX_FILE_BYTES)),
             prices_json=_prices_json(env.get(ENV_PRICES_JSON) or None),
+            prime_cache=_flag(ENV_PRIME_CACHE, env.get(ENV_PRIME_CACHE) or "false"),
         )
 
 
@@ -164,6 +169,12 @@ def _whole_number(name: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise ConfigurationError(f"{name} must be a whole number") from None
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.strip().lower() not in ("true", "false"):
+        raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+    return value.strip().lower() == "true"
 
 
 def _job_retention_days(value: str) -> int:

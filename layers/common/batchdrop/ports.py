@@ -138,6 +138,10 @@ class ObjectStore(Protocol):
         version read; None when there is no such object or version."""
         ...
 
+    def metadata(self, key: str, version_id: str | None = None) -> dict[str, str]:
+        """An object version's user metadata (`x-amz-meta-*`, names lower-cased, without the prefix)."""
+        ...
+
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool: ...
 
     def get_json(self, key: str) -> Any: ...
@@ -264,6 +268,12 @@ class BatchesApi(Protocol):
         """The input tokens count_tokens gives for one request's countable fields."""
         ...
 
+    def prime(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Send one request's `params` synchronously (the Messages API, standard price) so that
+        its cached prefixes are written before a batch reads them; its `usage`. Raises
+        ProviderUnavailableError when no answer came, ApiKeyRefusedError on a refused key."""
+        ...
+
     def retrieve(self, batch_id: str) -> dict[str, Any]: ...
 
     def list_recent(self, not_before: datetime) -> RecentBatches: ...
@@ -300,6 +310,9 @@ class Wiring:
     max_file_bytes: int = MAX_FILE_BYTES  # a larger file is refused unread
     # The price table costs are figured with: the shipped one (None) or it with BATCHDROP_PRICES_JSON.
     prices: PriceTable | None = None
+    # Whether a job warms the prompt cache before its first batch when neither its upload's
+    # metadata nor its pipeline says (services/priming.py; the stack parameter PrimeCache).
+    prime_cache: bool = False
 
     def stamp(self) -> str:
         """Now, as the state table stores moments."""

@@ -52,6 +52,7 @@ def _build(settings: Settings) -> Wiring:
         max_attempts=settings.max_attempts,
         max_file_bytes=settings.max_file_bytes,
         prices=price_table(settings.prices_json) if settings.prices_json else None,
+        prime_cache=settings.prime_cache,
     )
 
 

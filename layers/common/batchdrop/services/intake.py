@@ -26,6 +26,7 @@ from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
 from batchdrop.services.job_estimate import ESTIMATE_SECONDS, keep_estimate
+from batchdrop.services.priming import prime_before_first_create
 from batchdrop.services.records_intake import (
     FileRefusedError,
     RecordsMode,
@@ -276,6 +277,7 @@ class Intake:
             # Its split is still under way in segments (a run of an earlier segment lost the
             # recording): no shard is sent before every one is recorded.
             return SubmitOutcome(job_id, JobStatus.RECEIVED)
+        prime_before_first_create(self._wired, job, shards)  # does nothing once a shard was sent
         submitted = 0
         for shard in shards:
             if shard.state is not ShardState.PENDING:
