@@ -14,7 +14,8 @@ is judged against a baseline of the same run (bench.goals):
   flat from 10,000 to 100,000 records, in at most 2x the time of a plain copy of its result
   parts (bench.outputs);
 - and, as set in each section, the memory peaks, the checker's ticks and calls, the cold
-  start and the cost.
+  start and the cost. The priming section (bench.priming) prints figures only: a records job's
+  cache reads, writes and cost without and with cache priming.
 
     .venv/bin/python -m bench [--only submit --only results …] [--out FILE]
     .venv/bin/python -m bench --quick [--only …] [--out FILE]
@@ -52,6 +53,7 @@ SECTIONS = {
     "stack": "bench.stack",
     "outputs": "bench.outputs",
     "records": "bench.records",
+    "priming": "bench.priming",
 }
 
 

@@ -198,10 +198,14 @@ class Batchdrop:
 
     # --- submit -------------------------------------------------------------------------
 
-    def submit(self, path: str | Path, key: str | None = None, *, pipeline: str | None = None) -> Job:
+    def submit(
+        self, path: str | Path, key: str | None = None, *, pipeline: str | None = None, prime_cache: bool | None = None
+    ) -> Job:
         """Upload a .jsonl (or .jsonl.gz) file to `key` (default inbox/<file name>): the upload
         starts its job. With `pipeline` (records mode), a file of records goes to
-        inbox/<pipeline>/<file name>, once the bucket is seen to hold that pipeline."""
+        inbox/<pipeline>/<file name>, once the bucket is seen to hold that pipeline. With
+        `prime_cache` True or False, the upload's metadata turns cache priming on or off for its
+        job, whatever the pipeline or the stack's PrimeCache say (None: they decide)."""
         from batchdrop.domain.jobs import job_id_for
 
         path = Path(path)
@@ -215,7 +219,8 @@ class Batchdrop:
         if not path.exists():
             raise InputFileError(f"{path}: no such file")
         with path.open("rb") as body:  # an unreadable file fails here, before any upload
-            version_id = str(self._s3.put_object(Bucket=self.bucket, Key=key, Body=body)["VersionId"])
+            metadata = {} if prime_cache is None else {"Metadata": {"prime-cache": str(prime_cache).lower()}}
+            version_id = str(self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **metadata)["VersionId"])
         return Job(job_id_for(self.bucket, key, version_id), self.bucket, key, version_id)
 
     # --- status -------------------------------------------------------------------------

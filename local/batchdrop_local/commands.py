@@ -75,6 +75,13 @@ def add_user_commands(commands: Any) -> None:
         metavar="NAME",
         help="records mode: a .csv or .jsonl of records, to inbox/NAME/<file name> (docs/records.md)",
     )
+    submit.add_argument(
+        "--prime-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="warm the prompt cache before the job's first batch, or not (--no-prime-cache), whatever the "
+        "stack or the pipeline says: the upload's x-amz-meta-prime-cache (docs/cost.md)",
+    )
     submit.add_argument("--wait", action="store_true", help="show the job's progress until it ends, then its summary")
     submit.add_argument("--timeout", type=float, default=3600, metavar="SECONDS", help="how long --wait waits")
     submit.set_defaults(run=_submit)
@@ -262,7 +269,7 @@ def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.key is not None and args.pipeline is not None:
         parser.error("--key or --pipeline, not both: a pipeline's files go to inbox/NAME/")
     client = _client(args, parser)
-    job = client.submit(args.file, key=args.key, pipeline=args.pipeline)
+    job = client.submit(args.file, key=args.key, pipeline=args.pipeline, prime_cache=args.prime_cache)
     print(f"uploaded s3://{job.bucket}/{job.key} (version {job.version_id})")
     print(f"job {job.job_id}: follow it with `batchdrop status {job.job_id}`", flush=True)
     if not args.wait:

@@ -82,6 +82,7 @@ class StoredVersion:
     data: bytes
     last_modified: datetime
     content_type: str
+    metadata: Mapping[str, str] = field(default_factory=dict)  # user metadata, as S3 gives it back
 
 
 class FakeBody:
@@ -153,10 +154,17 @@ class FakeObjectStore:
 
     # what tests use
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        """Store a new version of `key`, as an upload does; its version id."""
-        self.store(key, data, content_type, if_absent=False)
-        return self._objects[key][-1].version_id
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Store a new version of `key`, as an upload does (with its user `metadata`); its version id."""
+        version_id = self.store_version(key, data, content_type, if_absent=False, metadata=metadata)
+        assert version_id is not None
+        return version_id
 
     def get(self, key: str) -> bytes:
         return self._current(key).data
@@ -171,14 +179,17 @@ class FakeObjectStore:
         """Write `key`; with `if_absent`, only if it holds no object yet (False: it stays)."""
         return self.store_version(key, data, content_type, if_absent=if_absent) is not None
 
-    def store_version(self, key: str, data: bytes, content_type: str, *, if_absent: bool) -> str | None:
+    def store_version(
+        self, key: str, data: bytes, content_type: str, *, if_absent: bool, metadata: Mapping[str, str] | None = None
+    ) -> str | None:
         """Write `key` as `store` does; the version written, None when `if_absent` lost."""
         if len(key.encode()) > 1024:  # as S3 answers a longer key
             raise ValueError(f"KeyTooLongError: {len(key.encode())} bytes in {key[:40]!r}...")
         with self._lock:
             if if_absent and key in self._objects:
                 return None
-            version = StoredVersion(f"v{next(self._versions)}", data, self._clock.now(), content_type)
+            now = self._clock.now()
+            version = StoredVersion(f"v{next(self._versions)}", data, now, content_type, dict(metadata or {}))
             self._objects.setdefault(key, []).append(version)
             return version.version_id
 
@@ -222,6 +233,9 @@ class FakeObjectStore:
             return None
         data = version.data if len(version.data) <= max_bytes else None
         return SmallObject(version.version_id, len(version.data), data)
+
+    def metadata(self, key: str, version_id: str | None = None) -> dict[str, str]:
+        return {name.lower(): value for name, value in self._version(key, version_id).metadata.items()}
 
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool:
         body = json.dumps(document, indent=2, ensure_ascii=False).encode()
@@ -733,6 +747,8 @@ class FakeBatchesApi:
         self.poison: str | None = None  # a create holding a line with this text is refused (400)
         self.counted: list[Mapping[str, Any]] = []  # count_tokens bodies, in order
         self.count_error: Exception | None = None  # every count_tokens raises it when set
+        self.primed: list[Mapping[str, Any]] = []  # prime calls' params, in order
+        self.prime_error: Exception | None = None  # every prime raises it when set
 
     # what tests use
 
@@ -793,6 +809,21 @@ class FakeBatchesApi:
         if self.count_error is not None:
             raise self.count_error
         return max(1, len(json.dumps(body, separators=(",", ":"))) // 4)
+
+    def prime(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """As a first synchronous request with a cached prefix: its tokens (a token per 4
+        characters, as count_tokens here) written to the cache for 5 minutes, one output token."""
+        self.primed.append(params)
+        if self.prime_error is not None:
+            raise self.prime_error
+        written = max(1, len(json.dumps(params, separators=(",", ":"))) // 4)
+        return {
+            "input_tokens": 0,
+            "output_tokens": 1,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": written, "ephemeral_1h_input_tokens": 0},
+        }
 
     def create(self, body: Iterable[bytes], size: int, timeout: float) -> dict[str, Any]:
         data = b"".join(body)

@@ -65,6 +65,9 @@ ENV_JOB_BUDGET_USD = "BATCHDROP_JOB_BUDGET_USD"
 ENV_APPROVAL_HOURS = "BATCHDROP_APPROVAL_HOURS"
 DEFAULT_APPROVAL_HOURS = 72.0
 MAX_APPROVAL_HOURS = 24 * 6.0  # within the sweep's 7-day window, which expires them, and WorkRetentionDays
+# Optional. "true": a job warms the prompt cache before its first batch unless its upload or
+# pipeline says otherwise (services/priming.py, the stack parameter PrimeCache); "false" or unset: not.
+ENV_PRIME_CACHE = "BATCHDROP_PRIME_CACHE"
 
 _environment: ContextVar[Mapping[str, str] | None] = ContextVar("batchdrop_environment", default=None)
 
@@ -123,6 +126,7 @@ class Settings:
     prices_json: str | None = None  # None: the shipped price table as it is
     job_budget_usd: Decimal | None = None  # None: no budget
     approval_hours: float = DEFAULT_APPROVAL_HOURS
+    prime_cache: bool = False  # the stack's default for priming (services/priming.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -168,6 +172,7 @@ class Settings:
             prices_json=_prices_json(env.get(ENV_PRICES_JSON) or None),
             job_budget_usd=_budget(ENV_JOB_BUDGET_USD, env.get(ENV_JOB_BUDGET_USD)),
             approval_hours=_approval_hours(env.get(ENV_APPROVAL_HOURS) or str(DEFAULT_APPROVAL_HOURS)),
+            prime_cache=_flag(ENV_PRIME_CACHE, env.get(ENV_PRIME_CACHE) or "false"),
         )
 
 
@@ -193,6 +198,12 @@ def _whole_number(name: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise ConfigurationError(f"{name} must be a whole number") from None
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.strip().lower() not in ("true", "false"):
+        raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+    return value.strip().lower() == "true"
 
 
 def _job_retention_days(value: str) -> int:

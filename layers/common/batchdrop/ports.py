@@ -139,6 +139,10 @@ class ObjectStore(Protocol):
         version read; None when there is no such object or version."""
         ...
 
+    def metadata(self, key: str, version_id: str | None = None) -> dict[str, str]:
+        """An object version's user metadata (`x-amz-meta-*`, names lower-cased, without the prefix)."""
+        ...
+
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool: ...
 
     def get_json(self, key: str) -> Any: ...
@@ -268,6 +272,12 @@ class BatchesApi(Protocol):
         """The input tokens count_tokens gives for one request's countable fields."""
         ...
 
+    def prime(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Send one request's `params` synchronously (the Messages API, standard price) so that
+        its cached prefixes are written before a batch reads them; its `usage`. Raises
+        ProviderUnavailableError when no answer came, ApiKeyRefusedError on a refused key."""
+        ...
+
     def retrieve(self, batch_id: str) -> dict[str, Any]: ...
 
     def list_recent(self, not_before: datetime) -> RecentBatches: ...
@@ -310,6 +320,9 @@ class Wiring:
     # at most approval_hours (domain/budget.py).
     job_budget_usd: Decimal | None = None
     approval_hours: float = 72.0
+    # Whether a job warms the prompt cache before its first batch when neither its upload's
+    # metadata nor its pipeline says (services/priming.py; the stack parameter PrimeCache).
+    prime_cache: bool = False
 
     def stamp(self) -> str:
         """Now, as the state table stores moments."""

@@ -36,6 +36,9 @@ LIST_PAGE_MAX = 1000
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 COUNT_RETRIES = 2  # a count is worth a short wait, never a job's: the estimate falls back without it
 COUNT_TIMEOUT = 10.0
+# A priming request is worth a short wait, never a job's: a job whose priming fails goes on unprimed.
+PRIME_RETRIES = 2
+PRIME_TIMEOUT = 60.0
 # authentication_error and permission_error: the key is wrong, revoked or not allowed.
 KEY_REFUSED_STATUSES = frozenset({401, 403})
 
@@ -137,6 +140,26 @@ class BatchesApi:
                 ),
             )
         )
+
+    def prime(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Send one request's `params` through `messages.create` (the SDK's retries, within
+        PRIME_TIMEOUT a try); the answer's `usage`. The fields `create` names go as arguments,
+        any other as they are in the body (`extra_body`), so nothing of the prefix changes.
+        Raises ProviderUnavailableError when the API refused it or gave no answer."""
+        import anthropic
+
+        known, extra = _create_arguments(params)
+        try:
+            message = self._call(
+                "prime",
+                lambda client: client.with_options(max_retries=PRIME_RETRIES, timeout=PRIME_TIMEOUT).messages.create(
+                    **known, extra_body=extra or None
+                ),
+            )
+        except (anthropic.APIConnectionError, anthropic.APIStatusError) as exc:
+            raise ProviderUnavailableError(f"prime: {type(exc).__name__}: {_message(exc)}") from exc
+        usage: dict[str, Any] = message.usage.model_dump(mode="json", exclude_none=True)
+        return usage
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         import anthropic
@@ -265,6 +288,18 @@ def _sdk_client(key: str, base_url: str) -> Any:
 
     quiet_libraries()  # the SDK sets its loggers' levels from ANTHROPIC_LOG at import
     return anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=READ_RETRIES)
+
+
+def _create_arguments(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`params` split into the keyword arguments the SDK's `messages.create` names and the rest."""
+    import inspect
+
+    import anthropic
+
+    named = inspect.signature(anthropic.resources.messages.Messages.create).parameters
+    taken = {name for name in named if name not in ("self", "extra_headers", "extra_query", "extra_body", "timeout")}
+    known = {name: value for name, value in params.items() if name in taken}
+    return known, {name: value for name, value in params.items() if name not in taken}
 
 
 def _port(scheme: str, port: int | None) -> int | None:

@@ -99,6 +99,11 @@ class ObjectStore:
             body.close()
         return SmallObject(_version_id(response), size, data)
 
+    def metadata(self, key: str, version_id: str | None = None) -> dict[str, str]:
+        """An object version's user metadata, as S3 gives it (names lower-cased, no x-amz-meta-)."""
+        extra = {"VersionId": version_id} if version_id else {}
+        return dict(self.client.head_object(Bucket=self.bucket, Key=key, **extra).get("Metadata") or {})
+
     def put_json(self, key: str, document: Any, *, if_absent: bool = False) -> bool:
         """Write a JSON document; with `if_absent`, only if the key holds no object yet (S3's
         conditional write): False when one was there first, and it stays."""

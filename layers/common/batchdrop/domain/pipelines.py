@@ -40,7 +40,18 @@ FIXED_COLUMNS: Final = (
 TEXT_COLUMN: Final = "text"
 RAW_COLUMN: Final = "raw"  # a structured answer's text, kept when it is invalid_output
 _KEYS: Final = frozenset(
-    {"model", "max_tokens", "params", "system", "prompt", "id_field", "output", "keep_fields", "on_bad_record"}
+    {
+        "model",
+        "max_tokens",
+        "params",
+        "system",
+        "prompt",
+        "id_field",
+        "output",
+        "keep_fields",
+        "on_bad_record",
+        "prime_cache",
+    }
 )
 _OPTIONAL_NOTE_KEYS: Final = frozenset({"description"})
 _SET_BY_PIPELINE: Final = ("messages", "system", "model", "max_tokens", "stream")
@@ -109,6 +120,9 @@ class Pipeline:
     tool_name: str | None = None
     keep_fields: tuple[str, ...] = ()
     on_bad_record: Literal["skip", "fail"] = "skip"
+    # Whether a job warms the prompt cache before its first batch (services/priming.py); None:
+    # not written, so the upload's metadata or the stack's default decides.
+    prime_cache: bool | None = None
     _templates: tuple[Template, ...] = field(default=(), repr=False)
     # The request line around what a record fills (domain docstring), UTF-8: the text before
     # the custom_id, the text after it, then after each template's filled text what follows.
@@ -364,6 +378,7 @@ def _built(name: str, document: Mapping[str, Any]) -> Pipeline:
         tool_name=tool_name,
         keep_fields=tuple(document.get("keep_fields", ())),
         on_bad_record=document.get("on_bad_record", "skip"),
+        prime_cache=document.get("prime_cache"),
         _templates=tuple(Template.of(text) for text in texts),
     )
 
@@ -447,6 +462,8 @@ def _small_field_problems(document: Mapping[str, Any]) -> Iterator[str]:
         yield "keep_fields: names a field more than once"
     if document.get("on_bad_record", "skip") not in ("skip", "fail"):
         yield f'on_bad_record: must be "skip" or "fail", got {_shown(document["on_bad_record"])}'
+    if "prime_cache" in document and not isinstance(document["prime_cache"], bool):
+        yield f"prime_cache: must be true or false, got {_shown(document['prime_cache'])}"
 
 
 def _output_problems(output: Any, params: Any) -> Iterator[str]:

@@ -17,6 +17,7 @@ from batchdrop.observability import logger, record_job_cost
 from batchdrop.ports import Wiring
 from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, beside_actual, estimate_key, note_history, read_json
 from batchdrop.services.outputs import OutputsWriter
+from batchdrop.services.priming import priming_summary
 
 
 class Finisher:
@@ -103,6 +104,8 @@ class Finisher:
             manifest["estimate"] = beside_actual(estimate, manifest["cost"]["batch_usd"])
             if job.pipeline is not None:  # the pipeline's next job expects this job's output share
                 note_history(store, job.pipeline, estimate, manifest["usage"]["total"]["output_tokens"])
+        if (priming := priming_summary(store, job.job_id)) is not None:  # beside the cost: not part of it
+            manifest["priming"] = priming
         if not store.put_json(manifest_key(job.job_id), manifest, if_absent=True):
             manifest = store.get_json(manifest_key(job.job_id))
             status, completed_at = JobStatus(manifest["status"]), manifest["timings"]["completed_at"]

@@ -27,6 +27,7 @@ from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
 from batchdrop.services.job_estimate import ESTIMATE_SECONDS, keep_estimate
+from batchdrop.services.priming import prime_before_first_create
 from batchdrop.services.records_intake import (
     FileRefusedError,
     RecordsMode,
@@ -303,6 +304,7 @@ class Intake:
             return SubmitOutcome(job_id, JobStatus.RECEIVED)
         if job.status is JobStatus.AWAITING_APPROVAL:  # over its budget: nothing goes before approval
             return SubmitOutcome(job_id, JobStatus.AWAITING_APPROVAL)
+        prime_before_first_create(self._wired, job, shards)  # does nothing once a shard was sent
         submitted = 0
         for shard in shards:
             if shard.state is not ShardState.PENDING:
