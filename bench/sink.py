@@ -1,5 +1,5 @@
 """The smallest create endpoint there is: reads a `POST /v1/messages/batches` body to the
-end, throws it away and answers with a batch. Benchmarks send the submit paths here, so
+end, throws it away and answers with a batch (and a count_tokens call with 100 tokens). Benchmarks send the submit paths here, so
 their times are the client's own work, not a server's parsing.
 
     python -m bench.sink [--port N]"""
@@ -25,6 +25,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not data:
                 break
             left -= len(data)
+        if self.path.startswith("/v1/messages/count_tokens"):  # the estimate's counts, before the create
+            self._answer(json.dumps({"input_tokens": 100}).encode())
+            return
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         body = json.dumps(
             {
@@ -40,6 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "results_url": None,
             }
         ).encode()
+        self._answer(body)
+
+    def _answer(self, body: bytes) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

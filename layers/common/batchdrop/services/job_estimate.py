@@ -30,7 +30,7 @@ from batchdrop.observability import logger
 from batchdrop.ports import ObjectStore, Wiring
 
 ESTIMATE_SECONDS = 60.0  # the most counting may take of an invocation
-COUNT_WORKERS = 4
+COUNT_WORKERS = 8  # counts are round trips: the time they take is the API's latency, not work
 MAX_ESTIMATE_BYTES = 1024 * 1024
 MAX_HISTORY_BYTES = 64 * 1024
 
