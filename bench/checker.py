@@ -516,8 +516,11 @@ def _collect_figures(tick: Tick, batches: int, jobs: int, timeout: float) -> lis
             f"{what}: S3 and EventBridge calls (S3: {_ops(tick.of('s3'))}; events: {_ops(tick.of('events'))})",
             tick.total("s3") + tick.total("events"),
             "calls",
-            goal="1 PUT per batch (parts under 8 MiB) + per job a manifest PUT and an event",
-            met=tick.of("s3") == Counter({"PutObject": batches + jobs})
+            goal=(
+                "1 PUT per batch (parts under 8 MiB) + per job a manifest PUT, an event and 2 GETs"
+                " (its estimate and its priming record, set in the manifest)"
+            ),
+            met=tick.of("s3") == Counter({"PutObject": batches + jobs, "GetObject": 2 * jobs})
             and tick.of("events") == Counter({"PutEvents": jobs}),
         ),
         Figure(

@@ -1,6 +1,7 @@
 """The smallest create endpoint there is: reads a `POST /v1/messages/batches` body to the
-end, throws it away and answers with a batch (and a count_tokens call with 100 tokens). Benchmarks send the submit paths here, so
-their times are the client's own work, not a server's parsing.
+end, throws it away and answers with a batch (and a count_tokens call with 100 tokens).
+Benchmarks send the submit paths here, so their times are the client's own work, not a
+server's parsing.
 
     python -m bench.sink [--port N]"""
 
