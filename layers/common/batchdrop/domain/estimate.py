@@ -131,7 +131,9 @@ class Estimator:
         self._add(sampled, int(params.get("max_tokens") or 0), prefix)
 
     def add_line(self, custom_id: str, line: bytes, model: str, max_tokens: int) -> None:
-        """One checked request line, its approximation its bytes / 4 (see the module's doc)."""
+        """One checked request line, its approximation its bytes / 4 (see the module's doc).
+        The submit function calls this for every line it splits: only a line that enters the
+        sample is held (its Sampled made), and only a line marked for caching parsed again."""
         approx = len(line) // 4
         prefix = None
         if _CACHE_MARK in line:
@@ -140,14 +142,27 @@ class Estimator:
             if shape.prefix_digest is not None and shape.prefix_tokens >= minimum and shape.approx_tokens:
                 # The prefix's share of the request, on this approximation's scale.
                 prefix = (shape.prefix_digest, shape.prefix_tokens * approx // shape.approx_tokens, shape.prefix_ttl)
-        held = line if len(line) <= SAMPLE_LINE_BYTES else None
-        self._add(Sampled(custom_id, None, model, approx, held), max_tokens, prefix)
+        self._count(model, approx, max_tokens, prefix)
+        key = (-self._rank(custom_id), custom_id)
+        heap = self._heap
+        if len(heap) < self.sample_size or key > heap[0][:2]:
+            held = line if len(line) <= SAMPLE_LINE_BYTES else None
+            self._keep(key, Sampled(custom_id, None, model, approx, held))
 
     def _add(self, sampled: Sampled, max_tokens: int, prefix: tuple[bytes, int, str] | None) -> None:
-        tally = self._models.setdefault(sampled.model, _ModelTally())
+        self._count(sampled.model, sampled.approx_tokens, max_tokens, prefix)
+        key = (-self._rank(sampled.custom_id), sampled.custom_id)
+        if len(self._heap) < self.sample_size or key > self._heap[0][:2]:
+            self._keep(key, sampled)
+
+    def _count(self, model: str, approx: int, max_tokens: int, prefix: tuple[bytes, int, str] | None) -> None:
+        """Tally one request of `model` (the sample aside)."""
+        tally = self._models.get(model)
+        if tally is None:
+            tally = self._models[model] = _ModelTally()
         self.requests += 1
         tally.requests += 1
-        tally.approx += sampled.approx_tokens
+        tally.approx += approx
         tally.max_tokens += max_tokens
         if prefix is not None:
             digest, tokens, ttl = prefix
@@ -159,12 +174,17 @@ class Estimator:
                     self._prefixes.add(digest)
                 tally.write_1h += tokens if long else 0
                 tally.write_5m += 0 if long else tokens
-        custom_id = sampled.custom_id
-        rank = int.from_bytes(hashlib.sha256(f"{self.seed}:{custom_id}".encode()).digest()[:8], "big")
-        entry = (-rank, custom_id, sampled)
+
+    def _rank(self, custom_id: str) -> int:
+        """Where a request falls in the seeded order the sample takes the lowest of."""
+        return int.from_bytes(hashlib.sha256(f"{self.seed}:{custom_id}".encode()).digest()[:8], "big")
+
+    def _keep(self, key: tuple[int, str], sampled: Sampled) -> None:
+        """Hold `sampled` in the sample, dropping the highest-ranked one when it is full."""
+        entry = (*key, sampled)
         if len(self._heap) < self.sample_size:
             heapq.heappush(self._heap, entry)
-        elif entry > self._heap[0]:  # a lower rank than the highest kept
+        else:  # the caller saw it rank lower than the highest kept
             heapq.heapreplace(self._heap, entry)
 
     def snapshot(self) -> dict[str, Any]:
