@@ -194,3 +194,47 @@ def test_an_approve_object_is_an_upload_the_submit_function_takes() -> None:
     assert isinstance(upload, S3Upload)
     assert upload.is_approval
     assert not upload.is_cancel
+
+
+@pytest.mark.parametrize(
+    ("stack_budget", "pipeline_budget", "held"),
+    [(None, 0.000001, True), (TINY, 1000, False), (TINY, None, True)],
+    ids=["pipeline-over", "pipeline-above-stack", "stack-only"],
+)
+def test_a_pipelines_budget_stands_in_for_the_stacks(
+    world: Fakes, stack_budget: Decimal | None, pipeline_budget: float | None, held: bool
+) -> None:
+    import json
+
+    from tests.records_jobs import pipeline_document
+
+    # Given a pipeline with (or without) its own budget_usd, and the stack's budget
+    document = pipeline_document()
+    if pipeline_budget is not None:
+        document["budget_usd"] = pipeline_budget
+    world.store.put("pipelines/reviews.json", json.dumps(document).encode())
+    key = "inbox/reviews/a.csv"
+    source = SourceRef(world.store.bucket, key, world.store.put(key, b"product,review\nlamp,bright\n"))
+
+    # When a file of it is dropped
+    Intake(wiring(world, stack_budget)).submit(source)
+
+    # Then the pipeline's budget decides when it has one, and budget.json says whose it was
+    job_id = job_id_for(source.bucket, source.key, source.version_id)
+    assert (status(world, job_id) is JobStatus.AWAITING_APPROVAL) is held
+    if held:
+        whose = "budget_usd of pipelines/reviews.json" if pipeline_budget else "the stack's JobBudgetUsd"
+        assert world.store.get_json(budget_key(job_id))["budget_from"] == whose
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True, None])
+def test_a_pipelines_budget_must_be_a_positive_amount(bad: Any) -> None:
+    import json
+
+    from batchdrop.domain.pipelines import PipelineError, parse_pipeline
+    from tests.records_jobs import pipeline_document
+
+    with pytest.raises(PipelineError, match="budget_usd: must be a positive amount"):
+        parse_pipeline("p", json.dumps({**pipeline_document(), "budget_usd": bad}).encode())
+    good = parse_pipeline("p", json.dumps({**pipeline_document(), "budget_usd": 2.5}).encode())
+    assert good.budget_usd == Decimal("2.5")

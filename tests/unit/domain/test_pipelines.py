@@ -94,8 +94,8 @@ def test_every_problem_is_named_with_its_field_at_once() -> None:
     problems = problems_of(doc)
     # Then each problem names its field path and reason, all in one error
     assert problems == [
-        "colour: not a pipeline field (fields: id_field, keep_fields, max_tokens, model, on_bad_record, output, "
-        "params, prime_cache, prompt, system)",
+        "colour: not a pipeline field (fields: budget_usd, id_field, keep_fields, max_tokens, model, on_bad_record, "
+        "output, params, prime_cache, prompt, system)",
         'model: must be a non-empty string, got ""',
         "max_tokens: must be an integer >= 1, got 0",
         "params.messages: set by the pipeline itself, not under params (the user message is the prompt)",

@@ -15,9 +15,11 @@ cost."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from json.encoder import encode_basestring
 from typing import Any, Final, Literal
 
@@ -51,6 +53,7 @@ _KEYS: Final = frozenset(
         "keep_fields",
         "on_bad_record",
         "prime_cache",
+        "budget_usd",
     }
 )
 _OPTIONAL_NOTE_KEYS: Final = frozenset({"description"})
@@ -123,6 +126,9 @@ class Pipeline:
     # Whether a job warms the prompt cache before its first batch (services/priming.py); None:
     # not written, so the upload's metadata or the stack's default decides.
     prime_cache: bool | None = None
+    # A job of this pipeline whose upper-bound estimate is over this waits for approval; None:
+    # the stack's JobBudgetUsd decides (domain/budget.py).
+    budget_usd: Decimal | None = None
     _templates: tuple[Template, ...] = field(default=(), repr=False)
     # The request line around what a record fills (domain docstring), UTF-8: the text before
     # the custom_id, the text after it, then after each template's filled text what follows.
@@ -379,6 +385,7 @@ def _built(name: str, document: Mapping[str, Any]) -> Pipeline:
         keep_fields=tuple(document.get("keep_fields", ())),
         on_bad_record=document.get("on_bad_record", "skip"),
         prime_cache=document.get("prime_cache"),
+        budget_usd=_budget(document.get("budget_usd")),
         _templates=tuple(Template.of(text) for text in texts),
     )
 
@@ -464,6 +471,11 @@ def _small_field_problems(document: Mapping[str, Any]) -> Iterator[str]:
         yield f'on_bad_record: must be "skip" or "fail", got {_shown(document["on_bad_record"])}'
     if "prime_cache" in document and not isinstance(document["prime_cache"], bool):
         yield f"prime_cache: must be true or false, got {_shown(document['prime_cache'])}"
+    budget = document.get("budget_usd")
+    if "budget_usd" in document and (
+        isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget) or budget <= 0
+    ):
+        yield f"budget_usd: must be a positive amount in US dollars, such as 25 or 2.5, got {_shown(budget)}"
 
 
 def _output_problems(output: Any, params: Any) -> Iterator[str]:
@@ -543,6 +555,11 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     return json.dumps(value)
+
+
+def _budget(value: Any) -> Decimal | None:
+    """budget_usd as checked (a positive number), exactly as written: 2.5 is Decimal("2.5")."""
+    return None if value is None else Decimal(str(value))
 
 
 def _shown(value: Any) -> str:

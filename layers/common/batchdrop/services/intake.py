@@ -172,7 +172,7 @@ class Intake:
             estimate = keep_estimate(
                 self._wired, job_id, source, split.estimator, pipeline=mode.pipeline_ref, seconds=self._count_seconds()
             )
-        held = self._hold(job_id, estimate)
+        held = self._hold(job_id, estimate, mode)
         recorded = self._state.record_shards(
             job_id,
             split.shards,
@@ -192,12 +192,18 @@ class Intake:
             logger.warning("JobAwaitingApproval: over its budget, the job waits", extra={"reason": held["reason"]})
         return None
 
-    def _hold(self, job_id: str, estimate: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    def _hold(self, job_id: str, estimate: Mapping[str, Any] | None, mode: UploadMode) -> dict[str, Any] | None:
         """Why the job waits for approval, kept at errors/<job_id>/budget.json before its
-        shards are recorded (None: it goes)."""
+        shards are recorded (None: it goes). A records-mode job's pipeline may set its own
+        budget (budget_usd), which stands in for the stack's JobBudgetUsd."""
         wired = self._wired
         expires_at = stamp(wired.clock.now() + timedelta(hours=wired.approval_hours))
-        held = held_for_budget(job_id, estimate, wired.job_budget_usd, expires_at=expires_at)
+        budget, budget_from = wired.job_budget_usd, "the stack's JobBudgetUsd"
+        if isinstance(mode, RecordsMode) and mode.pipeline.budget_usd is not None:
+            budget, budget_from = mode.pipeline.budget_usd, f"budget_usd of {mode.pipeline_ref.key}"
+        held = held_for_budget(job_id, estimate, budget, expires_at=expires_at)
+        if held is not None:
+            held["budget_from"] = budget_from
         if held is not None and not wired.store.put_json(budget_key(job_id), held, if_absent=True):
             held = dict(wired.store.get_json(budget_key(job_id)))  # an earlier run's, with its expiry
         return held
