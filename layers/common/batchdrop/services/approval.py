@@ -6,7 +6,6 @@ says why: in the log and, for a dropped object, at errors/approve/<job_id>.json.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import JOB_ID_PATTERN, Canceler
 from batchdrop.services.intake import Intake
+from batchdrop.services.job_estimate import read_json
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 MAX_BUDGET_BYTES = 64 * 1024
@@ -76,10 +76,10 @@ def expire_unapproved(wired: Wiring, jobs: list[JobRecord]) -> list[str]:
     for job in jobs:
         if job.status is not JobStatus.AWAITING_APPROVAL:
             continue
-        found = wired.store.read_small(budget_key(job.job_id), max_bytes=MAX_BUDGET_BYTES)
-        if found is None or found.data is None:
+        held = read_json(wired.store, budget_key(job.job_id), MAX_BUDGET_BYTES)
+        if held is None:
             continue  # written before the job was held: a job held has one
-        expires_at = json.loads(found.data).get("expires_at")
+        expires_at = held.get("expires_at")
         if not isinstance(expires_at, str) or parse_stamp(expires_at) > now:
             continue
         logger.warning("ApprovalExpired: a job over its budget was not approved in time", extra={"job_id": job.job_id})
