@@ -17,6 +17,7 @@ read a finished job's outputs.csv.
 from batchdrop_client.client import Batchdrop, CancelRequest, Job, JobList, Outputs, PipelineObject, PutPipeline
 from batchdrop_client.errors import (
     AlreadyEnded,
+    AwaitingApproval,
     BatchdropError,
     InputFileError,
     InvalidJobId,
@@ -36,6 +37,7 @@ from batchdrop_client.views import BatchView, JobView, Progress
 
 __all__ = [
     "AlreadyEnded",
+    "AwaitingApproval",
     "BatchView",
     "Batchdrop",
     "BatchdropError",

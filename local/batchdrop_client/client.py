@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from batchdrop_client import environment
 from batchdrop_client.errors import (
     AlreadyEnded,
+    AwaitingApproval,
     BatchdropError,
     InputFileError,
     InvalidJobId,
@@ -284,9 +285,13 @@ class Batchdrop:
         job: Job | JobView | str,
         timeout: float = 3600,
         on_progress: Callable[[Progress], None] | None = None,
+        *,
+        through_approval: bool = False,
     ) -> JobView:
         """The job's view once it has ended; WaitTimeout after `timeout` seconds. `on_progress`
-        gets a Progress at each poll (status WAITING until the submit function records the job)."""
+        gets a Progress at each poll (status WAITING until the submit function records the job).
+        A job held over a budget raises AwaitingApproval, with the reason, unless
+        `through_approval`: then it waits on for someone to approve or cancel it."""
         job_id = job_id_of(job)
         started = time.monotonic()
         deadline = started + timeout
@@ -300,6 +305,9 @@ class Batchdrop:
                 return view
             if on_progress:
                 on_progress(view.progress(elapsed) if view else Progress("WAITING", 0, None, 0, None, elapsed))
+            if view is not None and view.status == "AWAITING_APPROVAL" and not through_approval:
+                held = self.budget(job_id)
+                raise AwaitingApproval(job_id, None if held is None else held.get("reason"))
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(job_id, timeout)

@@ -65,6 +65,21 @@ class NotAwaitingApproval(BatchdropError):
         self.job_id, self.status = job_id, status
 
 
+class AwaitingApproval(BatchdropError):
+    """`wait` stopped at a job that waits for approval, over a budget: nothing of it runs until
+    someone approves it (or cancels it, or it expires), so waiting on would only wait."""
+
+    exit_code = 5
+
+    def __init__(self, job_id: str, reason: str | None) -> None:
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"job {job_id} waits for approval{why}; `batchdrop approve {job_id}` sends it, "
+            f"`batchdrop cancel {job_id}` drops it"
+        )
+        self.job_id, self.reason = job_id, reason
+
+
 class ManifestMissing(BatchdropError):
     def __init__(self, job_id: str, status: str, uri: str) -> None:
         super().__init__(f"job {job_id} ended {status} but {uri} is missing")

@@ -33,6 +33,7 @@ EPILOG = """exit codes:
   3    the target could not be reached: the local stack not running, an unknown --stack,
        no AWS credentials, a missing bucket or table, no answer in time
   4    submit --wait, status --watch: gave up waiting after --timeout (the job goes on)
+  5    submit --wait, status --watch: the job waits for approval, over a budget (approve or cancel it)
   70   an unexpected error, a bug in batchdrop (--debug shows its traceback)
   130  stopped by Ctrl-C (a job already submitted goes on)
 

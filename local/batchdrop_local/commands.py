@@ -36,6 +36,7 @@ EXIT_JOB_FAILED = 1  # submit --wait, status --watch: the job ended FAILED or CA
 EXIT_USAGE = 2  # usage or input error (argparse's own errors are 2 as well)
 EXIT_UNREACHABLE = 3  # the stack, its bucket or its table could not be reached
 EXIT_TIMEOUT = 4  # submit --wait, status --watch: gave up waiting after --timeout
+EXIT_AWAITING_APPROVAL = 5  # submit --wait, status --watch: the job waits for approval (AwaitingApproval)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as the shell reports a process SIGINT ended (128 + 2)
 _LIST_ONLY = ("--limit", "--status", "--key", "--since")
 SHOW_ROWS = 10  # results --show, without --rows

@@ -604,7 +604,7 @@ def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert exited.value.code == 0
     codes = re.findall(r"^  (\d+) ", capsys.readouterr().out.split("exit codes:", 1)[1], re.MULTILINE)
-    assert codes == ["0", "1", "2", "3", "4", "70", "130"]
+    assert codes == ["0", "1", "2", "3", "4", "5", "70", "130"]
 
 
 # --------------------------------------------------------------------------- job-id

@@ -17,8 +17,10 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Self
 
+from batchdrop.domain.budget import DailyBudgetTaken, DaySpend
 from batchdrop.domain.lines import SourceLines
 from batchdrop.domain.records import (
     CreateLease,
@@ -274,6 +276,8 @@ class FakeStateStore:
         self.jobs: dict[str, JobRecord] = {}
         self.shard_items: dict[tuple[str, int], ShardRecord] = {}
         self.open_index: set[tuple[str, int | None]] = set()  # (job, None) for a job, (job, index) for a shard
+        self.spent: dict[str, Decimal] = {}  # a UTC day's spend (domain/budget.py)
+        self.day_jobs: dict[str, int] = {}
         self.batch_owners: dict[str, tuple[str, int]] = {}  # the PBATCH#<id> guard items
         self.lease: CreateLease | None = None
         self.progress_writes = 0  # note_progress calls that wrote
@@ -338,6 +342,21 @@ class FakeStateStore:
 
         return write
 
+    def _spend(self, spend: DaySpend, *, sent: bool) -> _Write | None:
+        """The write adding `spend` to its day's spend, or None when it would cross its cap."""
+        spent = self.spent.get(spend.day, Decimal(0))
+        if spend.cap is not None and spent > spend.cap - spend.usd:
+            return None
+
+        def write() -> None:
+            self.spent[spend.day] = self.spent.get(spend.day, Decimal(0)) + spend.usd
+            self.day_jobs[spend.day] = self.day_jobs.get(spend.day, 0) + sent
+
+        return write
+
+    def spent_on(self, day: str) -> Decimal:
+        return self.spent.get(day, Decimal(0))
+
     def _index(self, key: tuple[str, int | None], open_index: bool | None) -> None:
         if open_index is True:
             self.open_index.add(key)
@@ -398,7 +417,7 @@ class FakeStateStore:
         job = self.jobs.get(job_id)
         if job is None or job.status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING) or job.redrives != seen:
             return False
-        leased = {"split_lease": lease} if lease is not None else {}
+        leased: dict[str, Any] = {"split_lease": lease} if lease is not None else {}
         self.jobs[job_id] = replace(job, redrives=seen + 1, redriven_at=at, **leased)
         return True
 
@@ -431,19 +450,27 @@ class FakeStateStore:
         shard_count: int | None = None,
         resumed_from: int | None = None,
         hold: bool = False,
+        spend: DaySpend | None = None,
     ) -> bool:
         count = len(shards) if shard_count is None else shard_count
-        values = {"requested": requested, "rejected": rejected, "shard_count": count}
+        values: dict[str, Any] = {"requested": requested, "rejected": rejected, "shard_count": count}
+        if spend is not None:
+            values |= {"spend_day": spend.day, "spend_usd": spend.usd}
         status = JobStatus.AWAITING_APPROVAL if hold else JobStatus.SUBMITTING
         job = self._job_move(job_id, JobStatus.RECEIVED, status, values, open_index=True)
         recorded = self.jobs.get(job_id)
         if recorded is None or not _checkpoint_at(recorded, resumed_from):
             job = None
+        head = [job] if spend is None else [self._spend(spend, sent=True), job]
+        if spend is not None and head[0] is None:
+            raise DailyBudgetTaken()
         puts = [self._put_shard(job_id, shard, max_attempts) for shard in shards]
-        # As the adapter: the job and 99 shards in the first transaction, 100 in each further one.
-        if not self._apply(job, *puts[:99]):
+        # As the adapter: the job (and its day's spend) and 99 (98) shards in the first
+        # transaction, 100 in each further one.
+        first = 100 - len(head)
+        if not self._apply(*head, *puts[:first]):
             return False
-        return all(self._apply(*puts[start : start + 100]) for start in range(99, len(puts), 100))
+        return all(self._apply(*puts[start : start + 100]) for start in range(first, len(puts), 100))
 
     def add_missing_shard(self, job_id: str, shard: ShardPlan, max_attempts: int) -> bool:
         return self._apply(self._put_shard(job_id, shard, max_attempts))
@@ -456,19 +483,26 @@ class FakeStateStore:
     def mark_job_running(self, job_id: str) -> bool:
         return self._apply(self._job_move(job_id, JobStatus.SUBMITTING, JobStatus.RUNNING))
 
-    def release_job(self, job_id: str) -> bool:
-        return self._apply(self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING))
+    def release_job(self, job_id: str, spend: DaySpend | None = None) -> bool:
+        if spend is None:
+            return self._apply(self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING))
+        values = {"spend_day": spend.day, "spend_usd": spend.usd}
+        move = self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING, values)
+        return self._apply(move, self._spend(spend, sent=True))
 
     def reopen_job(self, job_id: str) -> bool:
         return self._apply(self._job_move(job_id, JobStatus.RUNNING, JobStatus.SUBMITTING))
 
-    def finish_job(self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str) -> bool:
+    def finish_job(
+        self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str, settle: DaySpend | None = None
+    ) -> bool:
         final = (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELED)
         if status not in final:
             raise ValueError(f"a job finishes as one of {[str(s) for s in final]}, not {status}")
         values = {"manifest_key": manifest_key, "completed_at": completed_at}
         expected = (JobStatus.SUBMITTING, JobStatus.RUNNING)
-        return self._apply(self._job_move(job_id, expected, status, values, open_index=False))
+        move = self._job_move(job_id, expected, status, values, open_index=False)
+        return self._apply(move) if settle is None else self._apply(move, self._spend(settle, sent=False))
 
     def request_cancel(self, job_id: str, requested_at: str) -> JobRecord | None:
         job = self.jobs.get(job_id)

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from cfnlint.decode import decode_str
 from moto import mock_aws
 
 from batchdrop.adapters.state import StateTable
+from batchdrop.domain.budget import DailyBudgetTaken, DaySpend
 from batchdrop.domain.records import (
     JobRecord,
     NextAttempt,
@@ -807,3 +809,45 @@ def test_the_last_segment_records_its_shards_only_from_the_checkpoint_it_started
     assert job is not None
     assert (job.status, job.shard_count, job.requested, job.rejected) == (JobStatus.SUBMITTING, 2, 3, 1)
     assert [shard.index for shard in shards] == [0, 1]
+
+
+def test_a_days_spend_grows_within_its_cap_and_takes_each_jobs_actual_cost_as_it_closes(both: Both) -> None:
+    day = f"day-of-{both.job_id}"  # the table is the module's: a day of this test's own
+
+    def record(spend: DaySpend) -> Callable[[StateStore], bool]:
+        return lambda store: store.record_shards(
+            both.job_id, [PLAN], requested=2, rejected=0, max_attempts=3, spend=spend
+        )
+
+    # A job sent adds its upper bound to the day, with the move that sends it
+    both.given(JobStatus.RECEIVED)
+    assert both.same(record(DaySpend(day, Decimal("0.75"), cap=Decimal("1")))) is True
+    for store in both.stores:
+        assert store.spent_on(day) == Decimal("0.75")
+        job = store.get_job(both.job_id)
+        assert job is not None
+        assert (job.spend_day, job.spend_usd) == (day, Decimal("0.75"))
+
+    # One the day has no room for is refused as such, and nothing of it is written
+    both.given(JobStatus.RECEIVED)
+    for store in both.stores:
+        with pytest.raises(DailyBudgetTaken):
+            record(DaySpend(day, Decimal("0.26"), cap=Decimal("1")))(store)
+    # ...one that fits exactly is not refused for the day's sake, but the whole transaction
+    # fails with its shard (recorded already), and the day is left as it was
+    assert both.same(record(DaySpend(day, Decimal("0.25"), cap=Decimal("1")))) is False
+    assert [store.spent_on(day) for store in both.stores] == [Decimal("0.75")] * 2
+
+    # Closing a job swaps its upper bound for its actual cost, once
+    both.given(JobStatus.RUNNING)
+    settle = DaySpend(day, Decimal("-0.5"))
+    finish = lambda store: store.finish_job(both.job_id, JobStatus.COMPLETED, "m.json", SENT_AT, settle=settle)  # noqa: E731
+    assert both.same(finish) is True
+    assert both.same(finish) is False
+    assert [store.spent_on(day) for store in both.stores] == [Decimal("0.25")] * 2
+
+    # An approved job is added whatever the cap: someone chose to pay it
+    both.given(JobStatus.AWAITING_APPROVAL)
+    assert both.same(lambda store: store.release_job(both.job_id, DaySpend(day, Decimal("2")))) is True
+    assert [store.spent_on(day) for store in both.stores] == [Decimal("2.25")] * 2
+    assert [store.spent_on("another-day") for store in both.stores] == [Decimal(0)] * 2

@@ -63,6 +63,9 @@ ENV_PRICES_JSON = "BATCHDROP_PRICES_JSON"
 # for at most ENV_APPROVAL_HOURS before it is dropped (domain/budget.py).
 ENV_JOB_BUDGET_USD = "BATCHDROP_JOB_BUDGET_USD"
 ENV_APPROVAL_HOURS = "BATCHDROP_APPROVAL_HOURS"
+# A budget across jobs for a UTC day (the stack's DailyBudgetUsd): a job that would take the
+# day's spend past it waits for approval as well.
+ENV_DAILY_BUDGET_USD = "BATCHDROP_DAILY_BUDGET_USD"
 DEFAULT_APPROVAL_HOURS = 72.0
 MAX_APPROVAL_HOURS = 24 * 6.0  # within the sweep's 7-day window, which expires them, and WorkRetentionDays
 # Optional. "true": a job warms the prompt cache before its first batch unless its upload or
@@ -125,6 +128,7 @@ class Settings:
     max_file_bytes: int = MAX_FILE_BYTES
     prices_json: str | None = None  # None: the shipped price table as it is
     job_budget_usd: Decimal | None = None  # None: no budget
+    daily_budget_usd: Decimal | None = None  # None: no budget
     approval_hours: float = DEFAULT_APPROVAL_HOURS
     prime_cache: bool = False  # the stack's default for priming (services/priming.py)
 
@@ -171,6 +175,7 @@ class Settings:
             max_file_bytes=_whole_number(ENV_MAX_FILE_BYTES, env.get(ENV_MAX_FILE_BYTES) or str(MAX_FILE_BYTES)),
             prices_json=_prices_json(env.get(ENV_PRICES_JSON) or None),
             job_budget_usd=_budget(ENV_JOB_BUDGET_USD, env.get(ENV_JOB_BUDGET_USD)),
+            daily_budget_usd=_budget(ENV_DAILY_BUDGET_USD, env.get(ENV_DAILY_BUDGET_USD)),
             approval_hours=_approval_hours(env.get(ENV_APPROVAL_HOURS) or str(DEFAULT_APPROVAL_HOURS)),
             prime_cache=_flag(ENV_PRIME_CACHE, env.get(ENV_PRIME_CACHE) or "false"),
         )

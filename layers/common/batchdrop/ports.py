@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol, Self
 
+from batchdrop.domain.budget import DaySpend
 from batchdrop.domain.lines import MAX_FILE_BYTES, SourceLines
 from batchdrop.domain.prices import PriceTable
 from batchdrop.domain.records import (
@@ -181,6 +182,7 @@ class StateStore(Protocol):
         shard_count: int | None = None,
         resumed_from: int | None = None,
         hold: bool = False,
+        spend: DaySpend | None = None,
     ) -> bool: ...
 
     def add_missing_shard(self, job_id: str, shard: ShardPlan, max_attempts: int) -> bool: ...
@@ -189,11 +191,15 @@ class StateStore(Protocol):
 
     def mark_job_running(self, job_id: str) -> bool: ...
 
-    def release_job(self, job_id: str) -> bool: ...
+    def release_job(self, job_id: str, spend: DaySpend | None = None) -> bool: ...
 
     def reopen_job(self, job_id: str) -> bool: ...
 
-    def finish_job(self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str) -> bool: ...
+    def finish_job(
+        self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str, settle: DaySpend | None = None
+    ) -> bool: ...
+
+    def spent_on(self, day: str) -> Decimal: ...
 
     def request_cancel(self, job_id: str, requested_at: str) -> JobRecord | None: ...
 
@@ -320,6 +326,9 @@ class Wiring:
     # at most approval_hours (domain/budget.py).
     job_budget_usd: Decimal | None = None
     approval_hours: float = 72.0
+    # A job whose upper-bound estimate would take its UTC day's spend over this waits for
+    # approval too (None: no daily budget).
+    daily_budget_usd: Decimal | None = None
     # Whether a job warms the prompt cache before its first batch when neither its upload's
     # metadata nor its pipeline says (services/priming.py; the stack parameter PrimeCache).
     prime_cache: bool = False

@@ -53,6 +53,7 @@ def _build(settings: Settings) -> Wiring:
         max_file_bytes=settings.max_file_bytes,
         prices=price_table(settings.prices_json) if settings.prices_json else None,
         job_budget_usd=settings.job_budget_usd,
+        daily_budget_usd=settings.daily_budget_usd,
         approval_hours=settings.approval_hours,
         prime_cache=settings.prime_cache,
     )

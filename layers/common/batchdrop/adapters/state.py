@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from batchdrop.domain.budget import DailyBudgetTaken, DaySpend
 from batchdrop.domain.records import (
     CreateLease,
     JobRecord,
@@ -55,6 +56,10 @@ def _job_key(job_id: str) -> dict[str, str]:
 
 def _shard_key(job_id: str, index: int) -> dict[str, str]:
     return {"PK": f"JOB#{job_id}", "SK": f"{_SHARD_SK}{index:05d}"}
+
+
+def _spend_key(day: str) -> dict[str, str]:
+    return {"PK": f"DAY#{day}", "SK": "SPEND"}
 
 
 def _guard_key(batch_id: str) -> dict[str, str]:
@@ -102,6 +107,8 @@ def _job_record(item: Mapping[str, Any]) -> JobRecord:
         pipeline=PipelineRef(item["pipeline_key"], item["pipeline_version_id"]) if "pipeline_key" in item else None,
         checkpoint=_checkpoint_record(item.get("split")),
         split_lease=item.get("split_lease"),
+        spend_day=item.get("spend_day"),
+        spend_usd=Decimal(item["spend_usd"]) if "spend_usd" in item else None,
     )
 
 
@@ -293,14 +300,19 @@ class _Table:
             return False
         return True
 
-    def _transact(self, items: Sequence[Mapping[str, Any]], what: str) -> bool:
-        """One transaction; False when one of its conditions did not hold."""
+    def _transact(
+        self, items: Sequence[Mapping[str, Any]], what: str, *, first_lost: type[Exception] | None = None
+    ) -> bool:
+        """One transaction; False when one of its conditions did not hold (`first_lost` raised
+        instead when the first item's did: the caller decides something else then)."""
         client = self.table.meta.client
         try:
             client.transact_write_items(TransactItems=list(items))
         except client.exceptions.TransactionCanceledException as exc:
             _raise_unless_condition_lost(exc)
             reasons = exc.response.get("CancellationReasons")
+            if first_lost is not None and reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                raise first_lost() from None
             logger.info("a transaction's condition did not hold", extra={"write": what, "reasons": reasons})
             return False
         return True
@@ -313,6 +325,26 @@ class _Table:
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _spend_update(self, spend: DaySpend, *, sent: bool) -> dict[str, Any]:
+        """The UpdateItem arguments that add `spend` to its day's spend (and, for a job `sent`,
+        one to the day's jobs), within its cap if it has one."""
+        update: dict[str, Any] = {
+            "TableName": self._name,
+            "Key": _spend_key(spend.day),
+            "UpdateExpression": "ADD spent_usd :usd" + (", jobs :one" if sent else ""),
+            "ExpressionAttributeValues": {":usd": spend.usd, **({":one": 1} if sent else {})},
+        }
+        if spend.cap is not None:
+            update["ConditionExpression"] = "attribute_not_exists(spent_usd) OR spent_usd <= :room"
+            update["ExpressionAttributeValues"][":room"] = spend.cap - spend.usd
+        return update
+
+    def spent_on(self, day: str) -> Decimal:
+        """A UTC day's spend: the upper-bound estimates of the open jobs sent that day plus the
+        actual cost of those that finished (domain/budget.py)."""
+        item = self.table.get_item(Key=_spend_key(day), ConsistentRead=True).get("Item")
+        return Decimal(item["spent_usd"]) if item and "spent_usd" in item else Decimal(0)
 
     def _job_move(
         self,
@@ -421,8 +453,10 @@ class _Jobs(_Table):
         shard_count: int | None = None,
         resumed_from: int | None = None,
         hold: bool = False,
+        spend: DaySpend | None = None,
     ) -> bool:
         """RECEIVED → SUBMITTING (with `hold`, AWAITING_APPROVAL: a job over its budget),
+        adding `spend` to its day's spend (DailyBudgetTaken when that day has no room for it),
         with the job's shards as PENDING items, all at once (the
         first transaction holds the job and up to 99 shards: 9.9M requests; more spill into
         further transactions, which a resumed run completes with add_missing_shard). A split
@@ -435,6 +469,8 @@ class _Jobs(_Table):
             "GSI1PK": OPEN,
             "GSI1SK": f"JOB#{job_id}",
         }
+        if spend is not None:
+            values |= {"spend_day": spend.day, "spend_usd": str(spend.usd)}
         job_update = {
             "Update": _checkpoint_held(
                 self._job_move(job_id, JobStatus.RECEIVED, _recorded_status(hold), values), resumed_from
@@ -450,8 +486,11 @@ class _Jobs(_Table):
             }
             for shard in shards
         ]
-        first = _TRANSACTION_ITEMS - 1
-        if not self._transact([job_update, *puts[:first]], "shards not recorded"):
+        head = [job_update] if spend is None else [{"Update": self._spend_update(spend, sent=True)}, job_update]
+        first = _TRANSACTION_ITEMS - len(head)
+        capped = spend is not None and spend.cap is not None
+        lost = DailyBudgetTaken if capped else None
+        if not self._transact([*head, *puts[:first]], "shards not recorded", first_lost=lost):
             return False
         for start in range(first, len(puts), _TRANSACTION_ITEMS):
             if not self._transact(puts[start : start + _TRANSACTION_ITEMS], "shards not recorded"):
@@ -480,21 +519,34 @@ class _Jobs(_Table):
     def mark_job_running(self, job_id: str) -> bool:
         return self._conditional(**self._job_move(job_id, JobStatus.SUBMITTING, JobStatus.RUNNING))
 
-    def release_job(self, job_id: str) -> bool:
-        """AWAITING_APPROVAL → SUBMITTING: approved (its shards go out), or canceled or expired
-        (its cancel recorded first: the checker closes its shards unsent)."""
-        return self._conditional(**self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING))
+    def release_job(self, job_id: str, spend: DaySpend | None = None) -> bool:
+        """AWAITING_APPROVAL → SUBMITTING: approved (its shards go out, `spend` added to its
+        day's spend, over the day's budget or not: someone chose to pay it), or canceled or
+        expired (its cancel recorded first: the checker closes its shards unsent)."""
+        if spend is None:
+            return self._conditional(**self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING))
+        values = {"spend_day": spend.day, "spend_usd": str(spend.usd)}
+        move = self._job_move(job_id, JobStatus.AWAITING_APPROVAL, JobStatus.SUBMITTING, values)
+        return self._transact([{"Update": move}, {"Update": self._spend_update(spend, sent=True)}], "job not released")
 
     def reopen_job(self, job_id: str) -> bool:
         """RUNNING → SUBMITTING for a job that has a shard without its batch again."""
         return self._conditional(**self._job_move(job_id, JobStatus.RUNNING, JobStatus.SUBMITTING))
 
-    def finish_job(self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str) -> bool:
+    def finish_job(
+        self, job_id: str, status: JobStatus, manifest_key: str, completed_at: str, settle: DaySpend | None = None
+    ) -> bool:
+        """Close the job, and with `settle` swap its estimate in its day's spend for its actual
+        cost, in the same transaction: once, by the call that closes it."""
         if status not in _FINAL_JOB:
             raise ValueError(f"a job finishes as one of {[str(s) for s in _FINAL_JOB]}, not {status}")
         values: dict[str, Any] = {"manifest_key": manifest_key, "completed_at": completed_at, **self._expiry()}
         expected = (JobStatus.SUBMITTING, JobStatus.RUNNING)
-        return self._conditional(**self._job_move(job_id, expected, status, values, remove=_OPEN_KEYS))
+        move = self._job_move(job_id, expected, status, values, remove=_OPEN_KEYS)
+        if settle is None:
+            return self._conditional(**move)
+        settled = self._spend_update(settle, sent=False)
+        return self._transact([{"Update": move}, {"Update": settled}], "job not finished")
 
     def request_cancel(self, job_id: str, requested_at: str) -> JobRecord | None:
         """Mark an unfinished job as to be canceled (once: a repeated request keeps the first

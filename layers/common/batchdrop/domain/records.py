@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from batchdrop.domain.states import JobStatus, ShardState
@@ -64,6 +65,10 @@ class JobRecord:
     # segment starts, and the deadline of the last invocation that ran or claimed one.
     checkpoint: SplitCheckpoint | None = None
     split_lease: str | None = None
+    # The UTC day whose spend the job counts in, and what it added there as it was sent (its
+    # upper-bound estimate), swapped for its actual cost as it finishes (domain/budget.py).
+    spend_day: str | None = None
+    spend_usd: Decimal | None = None
 
     @property
     def cancel_requested(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from batchdrop.domain.budget import APPROVE_PREFIX, budget_key
+from batchdrop.domain.budget import APPROVE_PREFIX, DaySpend, budget_key, estimate_max, spend_day
 from batchdrop.domain.records import JobRecord
 from batchdrop.domain.states import JobStatus
 from batchdrop.domain.timings import parse_stamp
@@ -17,7 +17,7 @@ from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import JOB_ID_PATTERN, Canceler
 from batchdrop.services.intake import Intake
-from batchdrop.services.job_estimate import read_json
+from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, estimate_key, read_json
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 MAX_BUDGET_BYTES = 64 * 1024
@@ -46,19 +46,26 @@ class Approver:
         job = self._wired.state.get_job(job_id)
         if job is None:
             return self._refuse(key, job_id, "UNKNOWN_JOB", f"no job {job_id} in this stack")
-        if job.status is not JobStatus.AWAITING_APPROVAL and not self._released_by_approval(job):
-            return self._refuse(key, job_id, "NOT_AWAITING", f"job {job_id} is {job.status}, not AWAITING_APPROVAL")
         if job.cancel_requested:
             return self._refuse(key, job_id, "NOT_AWAITING", f"job {job_id} was canceled (or its approval expired)")
-        self._wired.state.release_job(job_id)  # False when an earlier approval released it: go on alike
+        held = read_json(self._wired.store, budget_key(job_id), MAX_BUDGET_BYTES)
+        if held is None:
+            return self._refuse(
+                key, job_id, "NOT_AWAITING", f"job {job_id} is {job.status}, not AWAITING_APPROVAL: it was never held"
+            )
+        if job.status is not JobStatus.AWAITING_APPROVAL and not self._released_by_approval(job):
+            return self._refuse(key, job_id, "NOT_AWAITING", f"job {job_id} is {job.status}, not AWAITING_APPROVAL")
+        estimate = read_json(self._wired.store, estimate_key(job_id), MAX_ESTIMATE_BYTES)
+        spend = DaySpend(spend_day(self._wired.clock.now()), estimate_max(estimate))
+        self._wired.state.release_job(job_id, spend)  # False when an earlier approval released it: go on alike
         logger.info("job approved: its batches go out", extra={"job_id": job_id})
         outcome = self._intake.send_pending(job_id)
         return ApprovalOutcome(job_id, str(outcome.status), outcome.submitted)
 
     @staticmethod
     def _released_by_approval(job: JobRecord) -> bool:
-        """A job an approval released already, whose creates a crash may have cut short:
-        the same approval delivered again sends what is left (creates stay idempotent)."""
+        """A job held, that an approval released already, whose creates a crash may have cut
+        short: the same approval delivered again sends what is left (creates stay idempotent)."""
         return job.status is JobStatus.SUBMITTING and not job.cancel_requested
 
     def _refuse(self, key: str | None, job_id: str | None, status: str, reason: str) -> ApprovalOutcome:

@@ -6,8 +6,10 @@ before its manifest, which names them."""
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
+from batchdrop.domain.budget import DaySpend
 from batchdrop.domain.jobs import final_status, manifest_key, rejected_key
 from batchdrop.domain.manifest import build_manifest, cost_summary
 from batchdrop.domain.records import JobRecord, ShardRecord
@@ -55,7 +57,7 @@ class Finisher:
                 "cost": cost_summary(manifest),
             }
         )
-        if not state.finish_job(job_id, status, manifest_key(job_id), completed_at):
+        if not state.finish_job(job_id, status, manifest_key(job_id), completed_at, settle=_settlement(job, manifest)):
             return False  # another checker finished it first
         # Counted by the call that closed the job only, so a job is never counted twice.
         record_job_cost(cost_summary(manifest))
@@ -110,3 +112,16 @@ class Finisher:
             manifest = store.get_json(manifest_key(job.job_id))
             status, completed_at = JobStatus(manifest["status"]), manifest["timings"]["completed_at"]
         return status, completed_at, manifest
+
+
+def _settlement(job: JobRecord, manifest: dict[str, Any]) -> DaySpend | None:
+    """What closing the job changes in its day's spend: its actual cost (the batches' and its
+    priming request's) in place of the upper bound it added as it was sent. None for a job
+    that added nothing: one sent before days were counted, or one canceled while it waited."""
+    if job.spend_day is None or job.spend_usd is None:
+        return None
+    actual = Decimal(manifest["cost"]["batch_usd"])
+    priming = manifest.get("priming") or {}
+    if priming.get("cost_usd") is not None:
+        actual += Decimal(str(priming["cost_usd"]))
+    return DaySpend(job.spend_day, actual - job.spend_usd)

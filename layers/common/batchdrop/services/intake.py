@@ -11,10 +11,19 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote_plus
 
-from batchdrop.domain.budget import APPROVE_PREFIX, budget_key, held_for_budget
+from batchdrop.domain.budget import (
+    APPROVE_PREFIX,
+    DailyBudgetTaken,
+    DaySpend,
+    budget_key,
+    estimate_max,
+    held_for_budget,
+    spend_day,
+)
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.lines import UnreadableFileError
 from batchdrop.domain.manifest import build_manifest, cost_summary
@@ -43,6 +52,9 @@ from batchdrop.services.split import Split, split_object
 # Where uploads become jobs; with cancel/, the prefixes template.yaml's S3 events notify.
 INBOX_PREFIX = "inbox/"
 S3_EVENT_SOURCE = "aws:s3"
+# How often a job is weighed again against the daily budget when other jobs sent at the same
+# moment keep taking the day's room first, before the invocation fails (and is retried).
+_SPEND_RACES = 3
 
 
 @dataclass(frozen=True)
@@ -172,17 +184,25 @@ class Intake:
             estimate = keep_estimate(
                 self._wired, job_id, source, split.estimator, pipeline=mode.pipeline_ref, seconds=self._count_seconds()
             )
-        held = self._hold(job_id, estimate, mode)
-        recorded = self._state.record_shards(
-            job_id,
-            split.shards,
-            requested=split.requested,
-            rejected=split.rejected,
-            max_attempts=self._wired.max_attempts,
-            shard_count=resume.next_shard + len(split.shards),
-            resumed_from=checkpoint.offset if checkpoint else None,
-            hold=held is not None,
-        )
+        for _ in range(_SPEND_RACES):
+            held, spend = self._hold(job_id, estimate, mode)
+            try:
+                recorded = self._state.record_shards(
+                    job_id,
+                    split.shards,
+                    requested=split.requested,
+                    rejected=split.rejected,
+                    max_attempts=self._wired.max_attempts,
+                    shard_count=resume.next_shard + len(split.shards),
+                    resumed_from=checkpoint.offset if checkpoint else None,
+                    hold=held is not None,
+                    spend=None if held is not None else spend,
+                )
+                break
+            except DailyBudgetTaken:  # another job took the day's room first: weigh this one again
+                logger.info("the day's spend moved as the job was recorded: its budget is weighed again")
+        else:
+            raise RuntimeError(f"the day's spend kept moving while job {job_id} was recorded; the retry goes on")
         if not recorded:
             logger.info("another invocation recorded this job's shards, or moved its checkpoint, first")
         elif held is not None:
@@ -192,21 +212,31 @@ class Intake:
             logger.warning("JobAwaitingApproval: over its budget, the job waits", extra={"reason": held["reason"]})
         return None
 
-    def _hold(self, job_id: str, estimate: Mapping[str, Any] | None, mode: UploadMode) -> dict[str, Any] | None:
+    def _hold(
+        self, job_id: str, estimate: Mapping[str, Any] | None, mode: UploadMode
+    ) -> tuple[dict[str, Any] | None, DaySpend]:
         """Why the job waits for approval, kept at errors/<job_id>/budget.json before its
-        shards are recorded (None: it goes). A records-mode job's pipeline may set its own
-        budget (budget_usd), which stands in for the stack's JobBudgetUsd."""
+        shards are recorded (None: it goes), and what it adds to today's spend if it goes. A
+        records-mode job's pipeline may set its own budget (budget_usd), which stands in for
+        the stack's JobBudgetUsd; the stack's DailyBudgetUsd bounds the day across jobs."""
         wired = self._wired
-        expires_at = stamp(wired.clock.now() + timedelta(hours=wired.approval_hours))
+        now = wired.clock.now()
+        expires_at = stamp(now + timedelta(hours=wired.approval_hours))
         budget, budget_from = wired.job_budget_usd, "the stack's JobBudgetUsd"
         if isinstance(mode, RecordsMode) and mode.pipeline.budget_usd is not None:
             budget, budget_from = mode.pipeline.budget_usd, f"budget_usd of {mode.pipeline_ref.key}"
-        held = held_for_budget(job_id, estimate, budget, expires_at=expires_at)
-        if held is not None:
-            held["budget_from"] = budget_from
-        if held is not None and not wired.store.put_json(budget_key(job_id), held, if_absent=True):
+        day, daily = spend_day(now), wired.daily_budget_usd
+        spent = wired.state.spent_on(day) if daily is not None else Decimal(0)
+        spend = DaySpend(day, estimate_max(estimate), cap=daily)
+        held = held_for_budget(
+            job_id, estimate, budget, expires_at=expires_at, daily_budget=daily, spent=spent, day=day
+        )
+        if held is None:
+            return None, spend
+        held["budget_from"] = "the stack's DailyBudgetUsd" if held["held_by"] == "daily_budget" else budget_from
+        if not wired.store.put_json(budget_key(job_id), held, if_absent=True):
             held = dict(wired.store.get_json(budget_key(job_id)))  # an earlier run's, with its expiry
-        return held
+        return held, spend
 
     def _count_seconds(self) -> float:
         """How long the estimate's counts may take: ESTIMATE_SECONDS at most, and a quarter
