@@ -16,6 +16,7 @@ STAMP := $(VENV)/.installed
 
 include mk/sam.mk
 include mk/iac.mk
+include mk/deploy.mk
 
 help:
 	@echo "make demo   - run a batch through the local emulator and print the results"

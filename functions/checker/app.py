@@ -24,6 +24,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_metric("RequestsRetried", MetricUnit.Count, report.retried)
     metrics.add_metric("DuplicateBatches", MetricUnit.Count, len(report.canceled))
     metrics.add_metric("BatchesPastExpiry", MetricUnit.Count, len(report.past_expiry))
+    if report.oldest_batch_age is not None:
+        metrics.add_metric("OldestOpenBatchAge", MetricUnit.Seconds, report.oldest_batch_age)
     return {
         "open_batches": report.open_batches,
         "collected": report.collected,

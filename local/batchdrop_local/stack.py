@@ -70,6 +70,10 @@ SKIPPED_TYPES: Mapping[str, str] = {
     "AWS::Events::EventBusPolicy": "moto does not enforce an event bus's resource policy",
     "AWS::Logs::LogGroup": "handlers log to the local process",
     "AWS::CloudWatch::Alarm": "nothing evaluates alarms locally",
+    "AWS::CloudWatch::Dashboard": "nothing draws a dashboard locally",
+    # Only with AlarmEmail, and no alarm fires locally.
+    "AWS::SNS::Topic": "nothing evaluates alarms locally, so nothing notifies",
+    "AWS::SNS::Subscription": "nothing evaluates alarms locally, so nothing notifies",
     # The policy denies plain HTTP (aws:SecureTransport false), and the local endpoint is HTTP.
     "AWS::S3::BucketPolicy": "it denies non-TLS access and the local endpoint is plain HTTP",
     "AWS::Scheduler::Schedule": "the local runner ticks the checker itself",

@@ -55,7 +55,8 @@ def test_the_budget_is_off_by_default_and_takes_only_zero_or_a_positive_amount(t
     # "0.0" would pass the condition's test for "0" and set a budget of nothing: refused.
     for refused in ("0.0", "00", "-1", "1.", ".5", "1e3", "12 USD", ""):
         assert not pattern.fullmatch(refused), refused
-    assert "later version will also refuse jobs" in " ".join(budget["Description"].split())
+    # It both gates jobs (the submit function reads it) and drives the alarm.
+    assert "waits as AWAITING_APPROVAL" in " ".join(budget["Description"].split())
 
 
 def test_the_share_defaults_to_four_fifths_and_lies_above_zero_up_to_the_whole_budget(

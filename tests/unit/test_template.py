@@ -45,7 +45,11 @@ SWEEP_PAYLOAD = {
     "scheduled_time": "<aws.scheduler.scheduled-time>",
     "execution_id": "<aws.scheduler.execution-id>",
 }
-ALARM_TOPIC_ACTIONS = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+# AlarmTopicArn when given, and the topic the stack makes for AlarmEmail when that is given.
+ALARM_TOPIC_ACTIONS = [
+    {"Fn::If": ["HasAlarmTopic", {"Ref": "AlarmTopicArn"}, {"Ref": "AWS::NoValue"}]},
+    {"Fn::If": ["HasAlarmEmail", {"Ref": "AlarmEmailTopic"}, {"Ref": "AWS::NoValue"}]},
+]
 
 
 # ---------------------------------------------------------------- helpers
@@ -891,7 +895,7 @@ def test_outputs_name_everything_an_operator_needs(template: dict[str, Any]) -> 
     outputs = template["Outputs"]
     # SAM names each schedule it generates <function><event>; Subs may use pseudo parameters.
     schedules = {"CheckerFunctionTick", "SubmitFunctionSweep"}
-    known = set(template["Resources"]) | set(template["Parameters"]) | schedules | {"AWS::StackName"}
+    known = set(template["Resources"]) | set(template["Parameters"]) | schedules | {"AWS::StackName", "AWS::Region"}
 
     assert set(outputs) >= OPERATOR_OUTPUTS
     for output in outputs.values():
@@ -971,7 +975,8 @@ def test_schedules_run_as_our_own_roles_trusted_only_from_this_account(template:
 
 
 def test_only_our_function_roles_may_put_events_on_the_bus(template: dict[str, Any]) -> None:
-    (policy,) = resources_of_type(template, "AWS::Events::EventBusPolicy").values()
+    # The bus's other statement (EventConsumerAccounts) allows rules only: test_template_ops.py.
+    policy = template["Resources"]["EventBusPolicy"]
     statement = policy["Properties"]["Statement"]
 
     assert policy["Properties"]["EventBusName"] == {"Ref": "EventBus"}

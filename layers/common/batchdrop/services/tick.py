@@ -56,6 +56,7 @@ class TickReport:
     cancel_sent: list[str] = field(default_factory=list)  # batches of canceled jobs asked to stop
     failed: list[str] = field(default_factory=list)  # items whose step raised: re-raised at the end
     key_refused: str | None = None  # why the API refused the key: no more API calls this tick, raised at the end
+    oldest_batch_age: float | None = None  # seconds since the oldest open batch was sent; None when none is open
 
 
 class Checker:
@@ -84,6 +85,7 @@ class Checker:
         batches = list(work.batches)
         random.shuffle(batches)
         report.open_batches = len(batches)
+        report.oldest_batch_age = self._oldest_batch_age(batches)
         self._advance_submitting(work.jobs, report)
         touched = self._follow_batches(batches, work.jobs, report)
         still_open = {shard.job_id for shard in batches} - touched
@@ -97,6 +99,12 @@ class Checker:
         if report.failed:
             raise CheckerItemsFailedError(f"{len(report.failed)} item(s) failed this tick: {', '.join(report.failed)}")
         return report
+
+    def _oldest_batch_age(self, batches: list[ShardRecord]) -> float | None:
+        """How long ago the oldest open batch was sent: a batch expires 24 h after it was
+        created, so this age against 24 h says how close the slowest one is to expiring."""
+        sent = [parse_stamp(shard.sent_at) for shard in batches if shard.sent_at]
+        return (self._wired.clock.now() - min(sent)).total_seconds() if sent else None
 
     # --- jobs still submitting -----------------------------------------------------------
 
