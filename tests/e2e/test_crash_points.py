@@ -19,6 +19,7 @@ from batchdrop.adapters.batches import BatchesApi
 from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import MultipartWriter
 from batchdrop.adapters.state import StateTable
+from batchdrop.domain.job_events import ENDED, JobEvent
 from batchdrop.domain.timings import Timings
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
@@ -115,13 +116,14 @@ CASES = {
 @pytest.fixture
 def events_published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     published: list[dict[str, Any]] = []
-    original = EventPublisher.job_completed
+    original = EventPublisher.publish
 
-    def counting(publisher: EventPublisher, detail: dict[str, Any]) -> None:
-        original(publisher, detail)
-        published.append(dict(detail))
+    def counting(publisher: EventPublisher, event: JobEvent) -> None:
+        original(publisher, event)
+        if event.detail_type in ENDED:
+            published.append(dict(event.detail))
 
-    monkeypatch.setattr(EventPublisher, "job_completed", counting)
+    monkeypatch.setattr(EventPublisher, "publish", counting)
     return published
 
 

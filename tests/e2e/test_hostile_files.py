@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from batchdrop.config import ENV_MAX_FILE_BYTES
+from batchdrop.domain.job_events import ENDED
 from batchdrop.domain.jobs import job_id_for
 from batchdrop.domain.lines import GZIP_FREE_BYTES, MAX_GZIP_RATIO, MAX_LINE_BYTES
 from batchdrop_local.pipeline_settings import pipeline_settings
@@ -61,14 +62,15 @@ class Ended:
 
 
 class Bus:
-    """batchdrop's events on the stack's bus, copied by a rule into a queue, by job id."""
+    """batchdrop's job-ended events on the stack's bus, copied by a rule into a queue, by job id."""
 
     def __init__(self, stack: LocalStack) -> None:
         self._sqs, events = stack.client("sqs"), stack.client("events")
         self._url = self._sqs.create_queue(QueueName="hostile-events")["QueueUrl"]
         arn = self._sqs.get_queue_attributes(QueueUrl=self._url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         bus = stack.event_bus_name
-        events.put_rule(Name="hostile-events", EventBusName=bus, EventPattern=json.dumps({"source": ["batchdrop"]}))
+        pattern = json.dumps({"source": ["batchdrop"], "detail-type": list(ENDED)})
+        events.put_rule(Name="hostile-events", EventBusName=bus, EventPattern=pattern)
         events.put_targets(Rule="hostile-events", EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}])
         self._seen: dict[str, list[dict[str, Any]]] = {}
 

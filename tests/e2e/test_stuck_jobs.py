@@ -13,6 +13,7 @@ import pytest
 
 import batchdrop.services.intake
 from batchdrop.adapters.events import EventPublisher
+from batchdrop.domain.job_events import ENDED, JobEvent
 from batchdrop.domain.timings import Timings
 from batchdrop.services.redrive import NO_ERROR, REDRIVE_TRIES
 from batchdrop_local.runner import LocalRunner
@@ -78,13 +79,14 @@ def survive(handler: Any) -> Any:
 @pytest.fixture
 def events_published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     published: list[dict[str, Any]] = []
-    original = EventPublisher.job_completed
+    original = EventPublisher.publish
 
-    def counting(publisher: EventPublisher, detail: dict[str, Any]) -> None:
-        original(publisher, detail)
-        published.append(dict(detail))
+    def counting(publisher: EventPublisher, event: JobEvent) -> None:
+        original(publisher, event)
+        if event.detail_type in ENDED:
+            published.append(dict(event.detail))
 
-    monkeypatch.setattr(EventPublisher, "job_completed", counting)
+    monkeypatch.setattr(EventPublisher, "publish", counting)
     return published
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from anthropic import Anthropic
 
+from batchdrop.domain.job_events import ENDED
 from batchdrop.domain.jobs import job_id_for
 from batchdrop.errors import BadEventError
 from batchdrop_local.lambda_context import LocalLambdaContext
@@ -105,11 +106,14 @@ def test_checker_tick_collects_ended_batches_and_finishes_the_job(stack: LocalSt
     details = [json.loads(m["Body"])["detail"] for m in messages["Messages"]]  # other tests' jobs may end too
     detail = next(d for d in details if d["job_id"] == job_id)
     assert detail == {
+        "schema_version": 1,
         "job_id": job_id,
         "status": "COMPLETED",
         "source_key": "inbox/tick.jsonl",
         "counts": manifest["counts"],
         "manifest_key": f"results/{job_id}/manifest.json",
+        "outputs": None,
+        "report_key": f"results/{job_id}/report.html",
         "bucket": stack.bucket_name,
         # the manifest's figures, as strings, and the estimate made before sending
         "cost": {
@@ -207,12 +211,13 @@ def test_an_event_without_a_version_id_fails_closed(stack: LocalStack) -> None:
 
 
 def _completion_queue(stack: LocalStack) -> str:
-    """A rule on the bus that copies batchdrop's events into a queue the test can read."""
+    """A rule on the bus that copies batchdrop's job-ended events into a queue the test can read."""
     sqs, events = stack.client("sqs"), stack.client("events")
     url = sqs.create_queue(QueueName="completions")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     bus = stack.env["BATCHDROP_EVENT_BUS"]
-    events.put_rule(Name="completions", EventBusName=bus, EventPattern=json.dumps({"source": ["batchdrop"]}))
+    pattern = json.dumps({"source": ["batchdrop"], "detail-type": list(ENDED)})
+    events.put_rule(Name="completions", EventBusName=bus, EventPattern=pattern)
     events.put_targets(Rule="completions", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
     return str(url)
 

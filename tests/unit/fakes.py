@@ -20,7 +20,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Self
 
+from batchdrop.domain import job_events
 from batchdrop.domain.budget import DailyBudgetTaken, DaySpend
+from batchdrop.domain.job_events import JobEvent
 from batchdrop.domain.lines import SourceLines
 from batchdrop.domain.records import (
     CreateLease,
@@ -920,14 +922,28 @@ class FakeBatchesApi:
 
 @dataclass
 class FakeEventBus:
-    published: list[dict[str, Any]] = field(default_factory=list)
-    awaiting: list[dict[str, Any]] = field(default_factory=list)  # jobs held for approval
+    sent: list[JobEvent] = field(default_factory=list)  # every event, in the order sent
 
-    def job_completed(self, detail: Mapping[str, Any]) -> None:
-        self.published.append(dict(detail))
+    def publish(self, event: JobEvent) -> None:
+        self.sent.append(JobEvent(event.detail_type, dict(event.detail)))
 
-    def job_awaiting_approval(self, detail: Mapping[str, Any]) -> None:
-        self.awaiting.append(dict(detail))
+    def of(self, *detail_types: str) -> list[dict[str, Any]]:
+        """The details of the events of these detail-types, in the order sent."""
+        return [event.detail for event in self.sent if event.detail_type in detail_types]
+
+    @property
+    def published(self) -> list[dict[str, Any]]:
+        """The events that say a job ended: Completed, Failed or Canceled."""
+        return self.of(*job_events.ENDED)
+
+    def ends(self) -> list[tuple[str, str, str]]:
+        """(detail-type, job id, status) of each job-ended event, in the order sent."""
+        ended = [event for event in self.sent if event.detail_type in job_events.ENDED]
+        return [(event.detail_type, event.detail["job_id"], event.detail["status"]) for event in ended]
+
+    @property
+    def awaiting(self) -> list[dict[str, Any]]:  # jobs held for approval
+        return self.of(job_events.AWAITING_APPROVAL)
 
 
 # --- all of them -------------------------------------------------------------------------

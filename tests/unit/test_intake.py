@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from batchdrop.domain.job_events import FAILED
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.records import SourceRef
 from batchdrop.domain.shards import ShardLimits, create_body_bytes, shard_key
@@ -127,7 +128,7 @@ def test_a_file_with_no_valid_line_fails_with_its_manifest_and_sends_nothing(wor
     assert (job.status, job.manifest_key) == (JobStatus.FAILED, manifest_key(outcome.job_id))
     # ...it leaves the checker's open index, and its end is announced like any other's
     assert world.state.open_work().jobs == []
-    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
+    assert world.events.ends() == [(FAILED, outcome.job_id, "FAILED")]
 
 
 def test_an_empty_file_fails_with_a_reason_beside_it(world: Fakes) -> None:
@@ -168,7 +169,7 @@ def test_a_file_that_cannot_be_read_fails_at_once_with_its_reason_and_event(
     assert manifest["reason"].startswith("the file cannot be read: ")
     assert reason in manifest["reason"]
     assert world.store.get_json(f"errors/{outcome.job_id}/failure.json")["reason"] == manifest["reason"]
-    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
+    assert world.events.ends() == [(FAILED, outcome.job_id, "FAILED")]
     job = world.state.get_job(outcome.job_id)
     assert job is not None
     assert job.status is JobStatus.FAILED
@@ -201,7 +202,7 @@ def test_a_file_over_the_size_taken_is_refused_unread_with_its_reason_and_event(
     assert world.batches.creates == 0
     reason = world.store.get_json(manifest_key(outcome.job_id))["reason"]
     assert reason == f"the file is {size} bytes, over the 100 bytes taken"
-    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
+    assert world.events.ends() == [(FAILED, outcome.job_id, "FAILED")]
 
 
 def test_a_folder_marker_starts_no_job(world: Fakes) -> None:

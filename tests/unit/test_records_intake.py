@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from batchdrop.domain.job_events import FAILED
 from batchdrop.domain.jobs import job_id_for, manifest_key, rejected_key
 from batchdrop.domain.record_files import RecordFile, record_file
 from batchdrop.domain.records import PipelineRef, SourceRef
@@ -74,7 +75,7 @@ def failure(world: Fakes, outcome: SubmitOutcome) -> str:
     manifest = world.store.get_json(manifest_key(outcome.job_id))
     assert manifest["status"] == "FAILED"
     assert world.store.get_json(f"errors/{outcome.job_id}/failure.json")["reason"] == manifest["reason"]
-    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(outcome.job_id, "FAILED")]
+    assert world.events.ends() == [(FAILED, outcome.job_id, "FAILED")]
     job = world.state.get_job(outcome.job_id)
     assert job is not None
     assert (job.status, job.reason) == (JobStatus.FAILED, manifest["reason"])
@@ -122,7 +123,7 @@ def test_a_jsonl_in_a_folder_without_pipeline_is_native_and_its_job_has_no_pipel
     assert job is not None
     assert job.pipeline is None
     assert not world.store.exists(rows_key(outcome.job_id, 0))
-    assert [key for key, _ in world.store.small_reads if not key.startswith("results/")] == [
+    assert [key for key, _ in world.store.small_reads if not key.startswith(("results/", "work/"))] == [
         "pipelines/nightly.json",
         "pipelines/nightly.yaml",
     ]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from batchdrop.domain.job_events import JobEvent
 from batchdrop.domain.jobs import manifest_key
 from batchdrop.domain.outputs import csv_line, header, row
 from batchdrop.domain.record_readers import Rejection
@@ -297,10 +298,10 @@ def test_a_rerun_after_a_crash_writes_the_same_bytes(world: Fakes, monkeypatch: 
     monkeypatch.setattr(FakeWriter, "close", recording)
 
     # When the first finish dies at its event (after outputs and manifest), and the next tick finishes it
-    def unpublished(detail: Mapping[str, Any]) -> None:
+    def unpublished(event: JobEvent) -> None:
         raise RuntimeError("EventBridge is away")
 
-    monkeypatch.setattr(world.events, "job_completed", unpublished)
+    monkeypatch.setattr(world.events, "publish", unpublished)
     with pytest.raises(CheckerItemsFailedError):
         Checker(world.wiring(), seconds_left=lambda: 900.0).tick()
     assert world.store.exists(manifest_key(job.job_id))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import batchdrop.services.intake
+from batchdrop.domain.job_events import FAILED
 from batchdrop.domain.jobs import job_id_for, manifest_key, results_part_key
 from batchdrop.domain.records import JobRecord, ShardPlan, SourceRef
 from batchdrop.domain.shards import ShardLimits
@@ -111,7 +112,7 @@ def test_a_job_whose_every_try_dies_is_failed_after_its_tries_with_manifest_erro
     manifest = world.store.get_json(manifest_key(job_id))
     assert (manifest["status"], manifest["reason"]) == ("FAILED", reason)
     assert world.store.get_json(f"errors/{job_id}/failure.json") == {"job_id": job_id, "reason": reason}
-    assert [(event["job_id"], event["status"]) for event in world.events.published] == [(job_id, "FAILED")]
+    assert world.events.ends() == [(FAILED, job_id, "FAILED")]
     world.clock.advance(TIMINGS.redrive_every)
     assert sweep(world).redrive.failed == []  # a FAILED job is never driven again
 

@@ -45,7 +45,7 @@ class CheckerItemsFailedError(BatchdropError):
 
 
 class EventNotPublishedError(BatchdropError):
-    """EventBridge did not accept the completion event."""
+    """EventBridge did not accept a job event (domain/job_events.py)."""
 
 
 class ShardBodyError(BatchdropError):

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any, Protocol, Self
 
 from batchdrop.domain.budget import DaySpend
+from batchdrop.domain.job_events import JobEvent
 from batchdrop.domain.lines import MAX_FILE_BYTES, SourceLines
 from batchdrop.domain.prices import PriceTable
 from batchdrop.domain.records import (
@@ -298,9 +299,9 @@ class BatchesApi(Protocol):
 
 
 class EventBus(Protocol):
-    def job_completed(self, detail: Mapping[str, Any]) -> None: ...
-
-    def job_awaiting_approval(self, detail: Mapping[str, Any]) -> None: ...
+    def publish(self, event: JobEvent) -> None:
+        """Put one job event (domain/job_events.py) on the stack's bus; raises if not taken."""
+        ...
 
 
 # --- the wiring ------------------------------------------------------------------------

@@ -1,16 +1,13 @@
-"""The completion event on EventBridge, so downstream systems need no polling."""
+"""batchdrop's job events on the stack's EventBridge bus, so downstream systems need no
+polling. What each says is built in domain/job_events.py; this sends one."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
+from batchdrop.domain.job_events import SOURCE, JobEvent
 from batchdrop.errors import EventNotPublishedError
-
-SOURCE = "batchdrop"
-DETAIL_TYPE = "Batchdrop Job Completed"
-AWAITING_DETAIL_TYPE = "Batchdrop Job Awaiting Approval"
 
 
 class EventPublisher:
@@ -26,23 +23,17 @@ class EventPublisher:
             self._client = boto3.client("events")
         return self._client
 
-    def job_completed(self, detail: Mapping[str, Any]) -> None:
-        self._put(DETAIL_TYPE, detail, "completion")
-
-    def job_awaiting_approval(self, detail: Mapping[str, Any]) -> None:
-        """A job over its budget waits for approval: said to whoever approves."""
-        self._put(AWAITING_DETAIL_TYPE, detail, "awaiting-approval")
-
-    def _put(self, detail_type: str, detail: Mapping[str, Any], what: str) -> None:
+    def publish(self, event: JobEvent) -> None:
+        """Put one event on the bus; EventNotPublishedError if the bus did not take it."""
         response = self.client.put_events(
             Entries=[
                 {
                     "Source": SOURCE,
-                    "DetailType": detail_type,
-                    "Detail": json.dumps(detail),
+                    "DetailType": event.detail_type,
+                    "Detail": json.dumps(event.detail),
                     "EventBusName": self._bus,
                 }
             ]
         )
         if response.get("FailedEntryCount"):
-            raise EventNotPublishedError(f"{what} event not accepted: {response['Entries']}")
+            raise EventNotPublishedError(f"{event.detail_type!r} event not accepted: {response['Entries']}")

@@ -9,6 +9,7 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
+from batchdrop.domain import job_events
 from batchdrop.domain.budget import DaySpend
 from batchdrop.domain.jobs import final_status, manifest_key, rejected_key
 from batchdrop.domain.manifest import build_manifest, cost_summary
@@ -45,18 +46,8 @@ class Finisher:
             return False
         status, completed_at, manifest = self._manifest(job, shards)
         # The event goes out before the job leaves the open index, so a failed publish is
-        # retried on the next tick: at least once (consumers dedupe on job_id), never lost.
-        self._wired.events.job_completed(
-            {
-                "job_id": job_id,
-                "status": str(status),
-                "source_key": job.source.key,
-                "counts": manifest["counts"],
-                "manifest_key": manifest_key(job_id),
-                "bucket": job.source.bucket,
-                "cost": cost_summary(manifest),
-            }
-        )
+        # retried on the next tick: at least once (consumers dedupe on job_id and detail-type).
+        self._wired.events.publish(job_events.ended(manifest))
         if not state.finish_job(job_id, status, manifest_key(job_id), completed_at, settle=_settlement(job, manifest)):
             return False  # another checker finished it first
         # Counted by the call that closed the job only, so a job is never counted twice.

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote_plus
 
+from batchdrop.domain import job_events
 from batchdrop.domain.budget import (
     APPROVE_PREFIX,
     DailyBudgetTaken,
@@ -26,7 +27,7 @@ from batchdrop.domain.budget import (
 )
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.lines import UnreadableFileError
-from batchdrop.domain.manifest import build_manifest, cost_summary
+from batchdrop.domain.manifest import build_manifest
 from batchdrop.domain.records import ShardPlan, SourceRef, SplitCheckpoint, is_folder_marker
 from batchdrop.domain.shards import create_body_bytes, request_lines, shard_key
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
@@ -35,7 +36,7 @@ from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
-from batchdrop.services.job_estimate import ESTIMATE_SECONDS, keep_estimate
+from batchdrop.services.job_estimate import ESTIMATE_SECONDS, MAX_ESTIMATE_BYTES, estimate_key, keep_estimate, read_json
 from batchdrop.services.priming import prime_before_first_create
 from batchdrop.services.records_intake import (
     FileRefusedError,
@@ -131,7 +132,9 @@ class Intake:
             return SubmitOutcome(job_id, None)
         status, job = JobStatus.RECEIVED, None
         mode = choose_mode(self._wired.store, source.key)  # records mode: the pipeline version it pins
-        if not self._state.create_job(job_id, source, self._wired.stamp(), pipeline=mode.pipeline_ref):
+        if self._state.create_job(job_id, source, self._wired.stamp(), pipeline=mode.pipeline_ref):
+            self._wired.events.publish(job_events.received(job_id, source))  # by the one call that created it
+        else:
             job = self._state.get_job(job_id)
             status = job.status if job else JobStatus.RECEIVED
             if status not in (JobStatus.RECEIVED, JobStatus.SUBMITTING):
@@ -206,9 +209,8 @@ class Intake:
         if not recorded:
             logger.info("another invocation recorded this job's shards, or moved its checkpoint, first")
         elif held is not None:
-            self._wired.events.job_awaiting_approval(
-                {"job_id": job_id, "bucket": source.bucket, "source_key": source.key, **held}
-            )
+            event = job_events.awaiting_approval(job_id, source, split.requested, split.rejected, estimate, held)
+            self._wired.events.publish(event)
             logger.warning("JobAwaitingApproval: over its budget, the job waits", extra={"reason": held["reason"]})
         return None
 
@@ -315,17 +317,7 @@ class Intake:
         store.put_json(manifest_key(job_id), manifest)
         # Announced before the job is closed, as a finished job is: a failed publish fails
         # the invocation, and Lambda's retry finds the job still RECEIVED and fails it again.
-        self._wired.events.job_completed(
-            {
-                "job_id": job_id,
-                "status": str(JobStatus.FAILED),
-                "source_key": source.key,
-                "counts": manifest["counts"],
-                "manifest_key": manifest_key(job_id),
-                "bucket": source.bucket,
-                "cost": cost_summary(manifest),
-            }
-        )
+        self._wired.events.publish(job_events.ended(manifest, with_report=False))
         self._state.fail_job(job_id, reason, requested=0, rejected=split.rejected, manifest_key=manifest_key(job_id))
         logger.warning("job failed", extra={"reason": reason})
         return SubmitOutcome(job_id, JobStatus.FAILED)
@@ -354,6 +346,9 @@ class Intake:
         job, shards = self._state.job_and_shards(job_id)
         recorded = job is not None and len(shards) >= job.shard_count  # none left out (_complete_recording)
         if recorded and all(shard.state in SENT_SHARD_STATES for shard in shards):
-            self._state.mark_job_running(job_id)
+            moved = self._state.mark_job_running(job_id)
             job = self._state.get_job(job_id)
+            if moved and job is not None:  # announced by the one call that moved it
+                estimate = read_json(self._wired.store, estimate_key(job_id), MAX_ESTIMATE_BYTES)
+                self._wired.events.publish(job_events.submitted(job, estimate))
         return SubmitOutcome(job_id, job.status if job else JobStatus.RECEIVED, submitted=submitted)
