@@ -17,6 +17,7 @@ STAMP := $(VENV)/.installed
 include mk/sam.mk
 include mk/iac.mk
 include mk/deploy.mk
+include mk/browser.mk
 
 help:
 	@echo "make demo   - run a batch through the local emulator and print the results"
@@ -29,6 +30,7 @@ help:
 	@echo "make build-native - the same artifact for this machine's architecture (bench/cold_start.py imports it)"
 	@echo "make lock   - recompile requirements/dev.txt, then the layer's hashed lock from the same versions"
 	@echo "make template-scan - checkov and cfn-lint's serverless rules on template.yaml (own venv, .tools/iac)"
+	@echo "make browser - install headless Chromium (Debian's chromium) for the report's browser test, if missing"
 	@echo "make clean  - remove the venv and caches"
 
 $(STAMP): requirements/dev.txt pyproject.toml
@@ -64,7 +66,7 @@ lint: $(STAMP)
 # pytest on two workers (pytest-xdist); pyproject.toml's --dist loadfile keeps each test file
 # whole on one worker. `make test PYTEST_WORKERS=0` runs it in one process, as test-* below do.
 PYTEST_WORKERS ?= 2
-test: lint template-lint template-scan build-check
+test: lint template-lint template-scan build-check browser
 	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 # `sam build` works here without Docker; its artifact holds both handlers and the layer.

@@ -4,6 +4,7 @@ the local stack or a deployed one. The `batchdrop` command is built on it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,12 +24,14 @@ from batchdrop_client.errors import (
     JobNotFound,
     ManifestMissing,
     NoOutputs,
+    NoReport,
     NotAwaitingApproval,
     NotConfigured,
     NotFinished,
     PipelineConflict,
     PipelineInvalid,
     PipelineNotFound,
+    ReportNotReady,
     StackNotFound,
     StackNotRunning,
     WaitTimeout,
@@ -361,6 +364,35 @@ class Batchdrop:
             self._s3.download_file(self.bucket, key, str(path))
             paths.append(path)
         return paths
+
+    def report(self, job: Job | JobView | str, path: str | Path | None = None) -> Path:
+        """A finished job's report (results/JOB_ID/report.html, docs/report.md) downloaded to
+        `path` (default ./JOB_ID-report.html; a directory, or a path ending in /, gets that name
+        inside it); the file.
+        JobNotFound, ReportNotReady for a job that has not ended, NoReport for one without."""
+        from batchdrop.domain.jobs import report_key
+
+        job_id = job_id_of(job)
+        record = self._state.get_job(job_id)
+        if record is None:
+            raise JobNotFound(job_id, self.table)
+        if str(record.status) not in FINAL:
+            raise ReportNotReady(job_id, str(record.status))
+        key = report_key(job_id)
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except self._s3.exceptions.NoSuchKey:
+            raise NoReport(job_id, str(record.status), f"s3://{self.bucket}/{key}") from None
+        name = f"{job_id}-report.html"
+        target = Path(path) if path is not None else Path(name)
+        if target.is_dir() or str(path).endswith(("/", os.sep)):  # a directory, made if need be
+            target = target / name
+        with closing(body):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                for chunk in body.iter_chunks(64 * 1024):
+                    out.write(chunk)
+        return target
 
     # --- records mode: pipelines and outputs -----------------------------------------------
 

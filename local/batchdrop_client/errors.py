@@ -80,6 +80,30 @@ class AwaitingApproval(BatchdropError):
         self.job_id, self.reason = job_id, reason
 
 
+class ReportNotReady(BatchdropError):
+    """The report of a job that has not ended: it is written when the job ends."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id} is {status}: its report is written when it ends; follow it with `batchdrop status {job_id}`"
+        )
+        self.job_id, self.status = job_id, status
+
+
+class NoReport(BatchdropError):
+    """A job that ended without a report: failed at intake, or finished before reports were
+    written (or its report could not be rendered; the checker's log says why)."""
+
+    def __init__(self, job_id: str, status: str, uri: str) -> None:
+        why = (
+            "a job that failed at intake sent nothing and has no report; `batchdrop status` shows its reason"
+            if status == "FAILED"
+            else f"`batchdrop results {job_id}` downloads its manifest and results instead"
+        )
+        super().__init__(f"job {job_id} ended {status} without a report ({uri} is missing): {why}")
+        self.job_id, self.status = job_id, status
+
+
 class ManifestMissing(BatchdropError):
     def __init__(self, job_id: str, status: str, uri: str) -> None:
         super().__init__(f"job {job_id} ended {status} but {uri} is missing")

@@ -1,4 +1,4 @@
-"""The user's commands: `batchdrop submit`, `status`, `results`, `cancel` and `approve`, against the local
+"""The user's commands: `batchdrop submit`, `status`, `results`, `report`, `cancel` and `approve`, against the local
 stack or a deployed one, and `batchdrop job-id`. They are argument parsing, printing and exit
 codes around the batchdrop_client library, which does the work: it finds the bucket and table
 (flags, `--stack NAME`'s Outputs, the environment, or the local stack's env file on its own).
@@ -89,6 +89,7 @@ def add_user_commands(commands: Any) -> None:
     _add_status(commands, common)
 
     _add_results(commands, common)
+    _add_report(commands, common)
 
     cancel = commands.add_parser(
         "cancel",
@@ -155,6 +156,22 @@ def _add_results(commands: Any, common: argparse.ArgumentParser) -> None:
     which.add_argument("--show", action="store_true", help="print the first rows of outputs.csv as a table")
     results.add_argument("--rows", type=_limit, metavar="N", help=f"how many rows --show prints ({SHOW_ROWS})")
     results.set_defaults(run=_results)
+
+
+def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        help="download a finished job's report: one HTML page of its outcomes, tokens, cost and timeline",
+        description=(
+            "Download results/JOB_ID/report.html, the page the checker writes when the job ends "
+            "(docs/report.md), and print where it went. It needs no network to open."
+        ),
+    )
+    report.add_argument("job_id")
+    report.add_argument("--out", metavar="PATH", help="the file, or a directory (default ./JOB_ID-report.html)")
+    report.add_argument("--open", action="store_true", help="open it in the default browser")
+    report.set_defaults(run=_report)
 
 
 def _add_pipeline(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -493,6 +510,18 @@ def _results(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cost = manifest["cost"]
         print(f"  cost ${cost['batch_usd']} at the batch price (${cost['standard_usd']} standard)")
     print(f"  {len(paths)} files in {out / job_id}/")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    job_id = _job_id_arg(args.job_id, parser)
+    path = _client(args, parser).report(job_id, args.out)
+    print(path)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"batchdrop: no browser could be started; open {path} yourself", file=sys.stderr)
     return EXIT_OK
 
 

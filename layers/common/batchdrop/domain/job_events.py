@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchdrop.domain.jobs import manifest_key
+from batchdrop.domain.jobs import manifest_key, report_key
 from batchdrop.domain.manifest import cost_summary
 from batchdrop.domain.records import JobRecord, SourceRef
 from batchdrop.domain.states import JobStatus
@@ -45,11 +45,6 @@ class JobEvent:
 
     detail_type: str
     detail: dict[str, Any]
-
-
-def report_key(job_id: str) -> str:
-    """Where the checker writes a finished job's readable report."""
-    return f"results/{job_id}/report.html"
 
 
 def received(job_id: str, source: SourceRef) -> JobEvent:

@@ -111,6 +111,11 @@ def manifest_key(job_id: str) -> str:
     return f"results/{job_id}/manifest.json"
 
 
+def report_key(job_id: str) -> str:
+    """Where the checker writes a finished job's readable report (domain/report.py)."""
+    return f"results/{job_id}/report.html"
+
+
 def rejected_key(job_id: str) -> str:
     return f"errors/{job_id}/rejected.jsonl"
 

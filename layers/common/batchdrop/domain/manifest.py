@@ -34,12 +34,14 @@ def build_manifest(
     reason: str | None = None,
     outputs: Mapping[str, str] | None = None,
     prices: PriceTable | None = None,
+    report_key: str | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready manifest. Raises ValueError when the outcomes do not add up to the requests
     submitted (a manifest that doesn't add up must never be written), on an unknown status or
     outcome, or on a negative count. Counts may arrive as Decimal (DynamoDB): they leave as ints.
     `outputs`: a records-mode job's outputs files by format (csv, jsonl), named under "outputs".
-    `prices`: the price table (the shipped one by default)."""
+    `prices`: the price table (the shipped one by default). `report_key`: where the job's report
+    (domain/report.py) goes, named under "report"; the checker's jobs have one, a failed one none."""
     JobStatus(status)  # raises ValueError on a status the system does not have
     outcome_counts = _outcome_counts(counts, "counts")
     requests = _count(requested, "requested")
@@ -83,6 +85,8 @@ def build_manifest(
         manifest["reason"] = reason
     if outputs is not None:
         manifest["outputs"] = dict(outputs)
+    if report_key is not None:
+        manifest["report"] = report_key
     return manifest
 
 
@@ -127,6 +131,8 @@ def _attempt(attempt: Mapping[str, Any]) -> dict[str, Any]:
         entry["creates"] = _count(attempt["creates"], "attempts[].creates")
     if attempt.get("refused"):
         entry["refused"] = str(attempt["refused"])
+    if attempt.get("ended_at"):  # when its batch ended (the report's timeline); none for an unsent one
+        entry["ended_at"] = str(attempt["ended_at"])
     return entry
 
 

@@ -1,7 +1,8 @@
-"""Finishing a job once every shard is collected: its manifest, its completion event, and
-its final status, in that order, so a crash between any two steps is finished by the next
-tick with the same figures. A records-mode job's outputs (services/outputs.py) are written
-before its manifest, which names them."""
+"""Finishing a job once every shard is collected: its manifest, its report, its completion
+event, and its final status, in that order, so a crash between any two steps is finished by
+the next tick with the same figures. A records-mode job's outputs (services/outputs.py) are
+written before its manifest, which names them. The report (services/report.py) is for people:
+a failure to write it is logged and never holds the job open."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from batchdrop.domain import job_events
 from batchdrop.domain.budget import DaySpend
-from batchdrop.domain.jobs import final_status, manifest_key, rejected_key
+from batchdrop.domain.jobs import final_status, manifest_key, rejected_key, report_key
 from batchdrop.domain.manifest import build_manifest, cost_summary
 from batchdrop.domain.records import JobRecord, ShardRecord
 from batchdrop.domain.states import DONE_SHARD_STATES, SENT_SHARD_STATES, JobStatus
@@ -21,6 +22,7 @@ from batchdrop.ports import Wiring
 from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, beside_actual, estimate_key, note_history, read_json
 from batchdrop.services.outputs import OutputsWriter
 from batchdrop.services.priming import priming_summary
+from batchdrop.services.report import write_report
 
 
 class Finisher:
@@ -45,6 +47,7 @@ class Finisher:
             logger.error("job has fewer shards than recorded", extra={"job_id": job_id, "found": len(shards)})
             return False
         status, completed_at, manifest = self._manifest(job, shards)
+        self._report(manifest)
         # The event goes out before the job leaves the open index, so a failed publish is
         # retried on the next tick: at least once (consumers dedupe on job_id and detail-type).
         self._wired.events.publish(job_events.ended(manifest))
@@ -54,6 +57,13 @@ class Finisher:
         record_job_cost(cost_summary(manifest))
         logger.info("job finished", extra={"job_id": job_id, "status": status})
         return True
+
+    def _report(self, manifest: dict[str, Any]) -> None:
+        """Write the job's report; an error is logged, and the job finishes without it."""
+        try:
+            write_report(self._wired.store, manifest)
+        except Exception:  # noqa: BLE001 - a report is never worth a job left open
+            logger.exception("the job's report was not written", extra={"job_id": manifest.get("job_id")})
 
     def _manifest(self, job: JobRecord, shards: list[ShardRecord]) -> tuple[JobStatus, str, dict[str, Any]]:
         """The job's manifest, written if absent: its status, completion time and content as
@@ -90,6 +100,7 @@ class Finisher:
             completed_at=completed_at,
             outputs=outputs,
             prices=self._wired.prices,
+            report_key=report_key(job.job_id),
         )
         store = self._wired.store
         estimate = read_json(store, estimate_key(job.job_id), MAX_ESTIMATE_BYTES)
