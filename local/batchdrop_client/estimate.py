@@ -59,15 +59,19 @@ def estimate_file(
     pipeline: Pipeline | None = None,
     estimator: Estimator | None = None,
     workers: int = COUNT_WORKERS,
+    primed: bool = False,
 ) -> FileEstimate:
-    """Stream `path`'s requests into the estimator, count its sample, and estimate."""
+    """Stream `path`'s requests into the estimator, count its sample, and estimate
+    (`primed`: as a job that primes its cache, services/priming.py)."""
     from batchdrop.domain.estimate import Estimator, counted_estimate
 
     estimator = estimator or Estimator()
     found = FileEstimate(path, {})
     for custom_id, params in _requests(path, pipeline, found):
         estimator.add(custom_id, params)
-    found.estimate, note = counted_estimate(estimator, counter, workers=workers, no_counter_reason=no_counter_reason)
+    found.estimate, note = counted_estimate(
+        estimator, counter, workers=workers, no_counter_reason=no_counter_reason, primed=primed
+    )
     if note is not None:
         found.notes.append(note)
     return found
@@ -138,6 +142,11 @@ def summary_lines(found: FileEstimate) -> list[str]:
         f"at most {result['output_tokens_max']:,}",
         f"  cost (USD)     standard ${cost['standard']}   batch ${cost['batch']}   "
         f"batch with caching ${cost['batch_cached_expected']} (expected)   batch at most ${cost['batch_max']}",
+        *(
+            [f"  priming        ${cost['priming']} at the standard price, in both of the last two"]
+            if "priming" in cost
+            else []
+        ),
         f"  method: {_method_sentence(method)}",
         f"  prices: {_families(method['prices']['priced_as'])}; {method['prices']['source']}, "
         f"as of {method['prices']['as_of']}",

@@ -50,6 +50,12 @@ def add_estimate(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     estimate.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"the sample's seed ({DEFAULT_SEED})")
     estimate.add_argument("--offline", action="store_true", help="count nothing: the local approximation only")
+    estimate.add_argument(
+        "--prime-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="price the job as primed: its cached prefix written once before the batch (default: the pipeline's)",
+    )
     real = estimate.add_argument_group("Anthropic's API (count_tokens is free, rate-limited)")
     real.add_argument("--anthropic-api", action="store_true", help="count with Anthropic's API, not the emulator")
     real.add_argument("--api-key-file", type=Path, metavar="FILE", help="the key's file (default $ANTHROPIC_API_KEY)")
@@ -72,8 +78,9 @@ def _estimate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     counter, close, reason = _counter(args)
     try:
+        primed = args.prime_cache if args.prime_cache is not None else bool(pipeline and pipeline.prime_cache)
         found = estimate_file(
-            args.file, counter=counter, no_counter_reason=reason, pipeline=pipeline, estimator=estimator
+            args.file, counter=counter, no_counter_reason=reason, pipeline=pipeline, estimator=estimator, primed=primed
         )
     finally:
         close()

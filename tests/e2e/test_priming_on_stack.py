@@ -99,6 +99,31 @@ def test_a_primed_records_job_reads_the_cache_in_every_request_and_saves_more(
     assert (kept["custom_id"], kept["cost_usd"]) == (priming["custom_id"], priming["cost_usd"])
 
 
+def test_a_cached_prefix_jobs_estimate_is_within_15_percent_once_its_pipeline_has_a_finished_job(
+    stack: LocalStack, runner: LocalRunner
+) -> None:
+    """The estimate expects a cached prefix written once and read by every other request, what
+    a primed batch does: the second job of a primed pipeline with a long cached system prompt
+    (its output share known from the first) costs what it expected, within 15 %."""
+    first = run_records_job(stack, runner, "estimated", prime_cache=True)
+    stack.emulator_control().reset()  # the cache expired before the next run: its priming writes again
+    second = run_to_the_end(stack, runner, upload_bytes(stack, "inbox/estimated/again.csv", records()))
+
+    for manifest in (first, second):
+        estimate = manifest["estimate"]
+        assert estimate["input"] == "counted"
+        assert estimate["within_max"] is True
+        # The cached prefix is most of the input: the estimate priced it as read, not as plain input
+        costs = estimate["cost_usd"]
+        assert Decimal(costs["batch_cached_expected"]) < Decimal(costs["batch"]) / 2
+        # ...and as written once by the priming request, at the standard price, which it then cost
+        primed = Decimal(estimate["actual_usd"]) - Decimal(estimate["actual_batch_usd"])
+        assert primed == Decimal(manifest["priming"]["cost_usd"])
+        assert abs(Decimal(costs["priming"]) / primed - 1) < Decimal("0.01")
+    assert "earlier jobs" in second["estimate"]["output_expected"]
+    assert abs(second["estimate"]["error"]) <= 0.15
+
+
 def test_batchdrop_submit_prime_cache_primes_a_native_file(
     stack: LocalStack, runner: LocalRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

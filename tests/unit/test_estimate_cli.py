@@ -43,6 +43,43 @@ def test_the_summary_names_requests_tokens_costs_and_method(capsys: pytest.Captu
     assert "claude-haiku-4-5 as haiku-4.5" in out[5]
 
 
+def test_prime_cache_prices_the_prefix_as_the_priming_request_writes_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Given requests sharing a long cached system prompt
+    system = [{"type": "text", "text": "rubric " * 4000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    path = tmp_path / "cached.jsonl"
+    lines = [
+        {
+            "custom_id": f"r{n}",
+            "params": {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 8,
+                "system": system,
+                "messages": [{"role": "user", "content": f"essay {n}"}],
+            },
+        }
+        for n in range(20)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    # When estimated primed and not
+    assert main(["estimate", str(path), "--offline", "--json", "--prime-cache"]) == 0
+    primed = json.loads(capsys.readouterr().out)
+    assert main(["estimate", str(path), "--offline", "--json", "--no-prime-cache"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["estimate", str(path), "--offline", "--prime-cache"]) == 0
+    summary = capsys.readouterr().out
+
+    # Then primed, the priming request is priced apart and counted in the expected figure
+    assert "priming" not in plain["cost_usd"]
+    priming = float(primed["cost_usd"]["priming"])
+    assert priming > 0
+    assert primed["method"]["cache"].startswith("primed:")
+    assert float(primed["cost_usd"]["batch_max"]) == pytest.approx(float(plain["cost_usd"]["batch_max"]) + priming)
+    assert f"priming        ${primed['cost_usd']['priming']} at the standard price" in summary
+
+
 def test_without_a_stack_or_api_the_estimate_says_it_approximated(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -77,6 +77,30 @@ def test_a_shared_cacheable_prefix_is_written_once_and_read_by_the_rest() -> Non
     assert result["cost_usd"]["batch_max"] == "0.009458"
 
 
+def test_a_primed_job_pays_its_prefix_written_once_at_the_standard_price_and_reads_it_in_every_request() -> None:
+    # Given the same 3 requests sharing a 5001-token cached prefix, in a job that primes its cache
+    system = [{"type": "text", "text": "s" * 20_000, "cache_control": {"type": "ephemeral"}}]
+    estimator = Estimator(sample_size=10)
+    for custom_id, params in requests(3, system=system):
+        estimator.add(custom_id, params)
+    counts = {sampled.custom_id: approximation(sampled.params) for sampled in estimator.sample()}
+    result = estimator.result(counts, primed=True)
+    costs = result["cost_usd"]
+    # Then priming writes the prefix at the standard price with one output token:
+    # 5001 x $1.25 + 1 x $5 = 6,256.25 per million
+    assert costs["priming"] == "0.006256"
+    # ...the batch reads it in all 3: (12 plain + 15,003 read x $0.10 + 15 out x $5) / 2 = 793.65,
+    # and the job's expected cost is both: 7,049.9 per million
+    assert costs["batch_cached_expected"] == "0.007050"
+    # ...and the upper bound (every prefix written in the batch) pays the priming as well
+    assert costs["batch_max"] == "0.015714"
+    assert result["method"]["cache"].startswith("primed:")
+    # Unprimed, the same job writes once in the batch and has no priming cost
+    unprimed = estimator.result(counts)["cost_usd"]
+    assert "priming" not in unprimed
+    assert unprimed["batch_cached_expected"] == "0.003669"
+
+
 def test_a_prefix_shorter_than_the_models_minimum_is_not_cached() -> None:
     system = [{"type": "text", "text": "short", "cache_control": {"type": "ephemeral"}}]
     result = estimate(requests(3, system=system), approximation)

@@ -25,7 +25,14 @@ it, from earlier jobs' output and max_tokens when given, else DEFAULT_OUTPUT_SHA
 Caching, expected: per distinct prefix (same model, same blocks up to the last breakpoint,
 at least the model's minimum cacheable length by the approximation), the first request
 writes it and every later one reads it. The upper bound (`batch_max`) takes every cached
-prefix as a write, the input at the top of its interval and every max_tokens as output."""
+prefix as a write, the input at the top of its interval and every max_tokens as output.
+
+A job that primes its cache (services/priming.py) writes its prefix with one synchronous
+request, at the standard price, before its batch: then every request of the batch reads it,
+and the priming request is a cost of its own (`priming`: the prefix written, at the standard
+price, and one output token), counted in `batch_cached_expected` and in `batch_max`, since the
+job pays it as well. Priming warms one prefix: a job with several distinct ones is estimated as
+if each were primed (the expected figure is then low by their writes in the batch)."""
 
 from __future__ import annotations
 
@@ -230,10 +237,11 @@ class Estimator:
         failed: int = 0,
         fallback: str | None = None,
         history: OutputHistory | None = None,
+        primed: bool = False,
     ) -> dict[str, Any]:
         """The estimate as JSON, from the sample's `counts` by custom_id (those missing were not
         counted); `failed`: how many counts were tried and failed; `fallback`: why nothing could
-        be counted, when so."""
+        be counted, when so; `primed`: whether the job primes its cache."""
         counted = [s for s in self.sample() if s.custom_id in counts]
         for tally in self._models.values():
             tally.counted = tally.counted_approx = 0
@@ -244,7 +252,7 @@ class Estimator:
         bound = _bound(counted, counts, self.requests) if counted else None
         input_by_model = _input_by_model(self._models, counted=bool(counted))
         share = _output_share(history)
-        return _estimate_json(self, input_by_model, bound, share, (len(counted), failed), fallback, history)
+        return _estimate_json(self, input_by_model, bound, share, (len(counted), failed), fallback, history, primed)
 
     def tallies(self) -> Mapping[str, _ModelTally]:
         return self._models
@@ -298,6 +306,7 @@ def counted_estimate(
     seconds: float | None = None,
     no_counter_reason: str | None = None,
     history: OutputHistory | None = None,
+    primed: bool = False,
 ) -> tuple[dict[str, Any], str | None]:
     """The estimate, its sample counted by `counter` (a count_tokens call), `workers` at a
     time, for at most `seconds` (None: no limit): a count that fails or finds the time spent
@@ -335,7 +344,8 @@ def counted_estimate(
         fallback = no_counter_reason if counter is None else f"no count succeeded ({failures[0]})"
     elif failures:
         note = f"{len(failures)} of {len(failures) + len(counts)} counts failed, first: {failures[0]}"
-    return estimator.result(counts, failed=len(failures), fallback=fallback, history=history), note
+    result = estimator.result(counts, failed=len(failures), fallback=fallback, history=history, primed=primed)
+    return result, note
 
 
 def _bound(counted: list[Sampled], counts: Mapping[str, int], population: int) -> float | None:
@@ -368,13 +378,24 @@ def _output_share(history: OutputHistory | None) -> Decimal:
     return min(Decimal(1), Decimal(history.output_tokens) / Decimal(history.max_tokens))
 
 
-def _usages(tally: _ModelTally, input_tokens: float, upper: float, share: Decimal) -> tuple[Usage, Usage, Usage]:
-    """(plain, cached as expected, the upper bound) usage of one model."""
+def _usages(
+    tally: _ModelTally, input_tokens: float, upper: float, share: Decimal, *, primed: bool = False
+) -> tuple[Usage, Usage, Usage, Usage]:
+    """(plain, cached as expected, the upper bound, the priming request's) usage of one model."""
     scale = input_tokens / tally.approx if tally.approx else 0.0
     expected_out = int((share * tally.max_tokens).to_integral_value(ROUND_HALF_UP))
     plain = Usage(input_tokens=round(input_tokens), output_tokens=expected_out)
     write_5m, write_1h = round(tally.write_5m * scale), round(tally.write_1h * scale)
     read = round((tally.prefix_5m + tally.prefix_1h - tally.write_5m - tally.write_1h) * scale)
+    priming = Usage()
+    if primed and write_5m + write_1h:  # the priming request writes; the batch reads it all
+        priming = Usage(
+            output_tokens=1,
+            cache_creation_input_tokens=write_5m + write_1h,
+            cache_creation_5m=write_5m,
+            cache_creation_1h=write_1h,
+        )
+        read, write_5m, write_1h = read + write_5m + write_1h, 0, 0
     cached = Usage(
         input_tokens=max(0, round(input_tokens) - write_5m - write_1h - read),
         output_tokens=expected_out,
@@ -392,7 +413,7 @@ def _usages(tally: _ModelTally, input_tokens: float, upper: float, share: Decima
         cache_creation_5m=prefix_5m,
         cache_creation_1h=prefix_1h,
     )
-    return plain, cached, most
+    return plain, cached, most, priming
 
 
 def _estimate_json(
@@ -403,29 +424,33 @@ def _estimate_json(
     counted: tuple[int, int],
     fallback: str | None,
     history: OutputHistory | None,
+    primed: bool = False,
 ) -> dict[str, Any]:
     total = sum(input_by_model.values())
     # The upper bound spreads the interval's half-width over the models by their share.
     widen = (total + (bound or 0.0)) / total if total else 1.0
-    plain, cached, most = {}, {}, {}
+    plain, cached, most, priming = {}, {}, {}, {}
     for model, tally in estimator.tallies().items():
-        plain[model], cached[model], most[model] = _usages(
-            tally, input_by_model[model], input_by_model[model] * widen, share
+        plain[model], cached[model], most[model], priming[model] = _usages(
+            tally, input_by_model[model], input_by_model[model] * widen, share, primed=primed
         )
     prices = estimator.prices
+    primed_usd = cost_usd(priming, batch=False, prices=prices)
     costs = {
         "standard": cost_usd(plain, batch=False, prices=prices),
         "batch": cost_usd(plain, batch=True, prices=prices),
-        "batch_cached_expected": cost_usd(cached, batch=True, prices=prices),
-        "batch_max": cost_usd(most, batch=True, prices=prices),
+        "batch_cached_expected": cost_usd(cached, batch=True, prices=prices) + primed_usd,
+        "batch_max": cost_usd(most, batch=True, prices=prices) + primed_usd,
     }
+    if primed:
+        costs["priming"] = primed_usd
     return {
         "requests": estimator.requests,
         "input_tokens": round(total),
         "output_tokens_expected": sum(u.output_tokens for u in plain.values()),
         "output_tokens_max": sum(u.output_tokens for u in most.values()),
         "cost_usd": {name: str(cost.quantize(_USD_PLACES, rounding=ROUND_HALF_UP)) for name, cost in costs.items()},
-        "method": _method(estimator, counted, bound, share, fallback, history),
+        "method": _method(estimator, counted, bound, share, fallback, history, primed),
     }
 
 
@@ -436,6 +461,7 @@ def _method(
     share: Decimal,
     fallback: str | None,
     history: OutputHistory | None,
+    primed: bool,
 ) -> dict[str, Any]:
     counted, failed = tried
     sampled = len(estimator.sample())
@@ -456,7 +482,11 @@ def _method(
             if history is not None and history.max_tokens > 0
             else f"{share} x max_tokens (default share)"
         ),
-        "cache": "per distinct prefix of at least the model's minimum: the first request writes, the rest read",
+        "cache": (
+            "primed: one request writes each prefix at the standard price before the batch, every request reads"
+            if primed
+            else "per distinct prefix of at least the model's minimum: the first request writes, the rest read"
+        ),
         "prices": {
             "source": prices.source,
             "as_of": prices.as_of,

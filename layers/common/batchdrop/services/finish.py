@@ -103,13 +103,15 @@ class Finisher:
             report_key=report_key(job.job_id),
         )
         store = self._wired.store
+        priming = priming_summary(store, job.job_id)
+        if priming is not None:  # beside the cost: not part of it
+            manifest["priming"] = priming
         estimate = read_json(store, estimate_key(job.job_id), MAX_ESTIMATE_BYTES)
-        if estimate is not None:
-            manifest["estimate"] = beside_actual(estimate, manifest["cost"]["batch_usd"])
+        if estimate is not None:  # against the whole spend: the batches' and the priming request's
+            primed_usd = None if priming is None or priming.get("cost_usd") is None else str(priming["cost_usd"])
+            manifest["estimate"] = beside_actual(estimate, manifest["cost"]["batch_usd"], primed_usd)
             if job.pipeline is not None:  # the pipeline's next job expects this job's output share
                 note_history(store, job.pipeline, estimate, manifest["usage"]["total"]["output_tokens"])
-        if (priming := priming_summary(store, job.job_id)) is not None:  # beside the cost: not part of it
-            manifest["priming"] = priming
         if not store.put_json(manifest_key(job.job_id), manifest, if_absent=True):
             manifest = store.get_json(manifest_key(job.job_id))
             status, completed_at = JobStatus(manifest["status"]), manifest["timings"]["completed_at"]

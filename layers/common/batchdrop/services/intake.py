@@ -37,7 +37,7 @@ from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
 from batchdrop.services.create import CreateResult, ShardCreator
 from batchdrop.services.job_estimate import ESTIMATE_SECONDS, MAX_ESTIMATE_BYTES, estimate_key, keep_estimate, read_json
-from batchdrop.services.priming import prime_before_first_create
+from batchdrop.services.priming import prime_before_first_create, priming_wanted
 from batchdrop.services.records_intake import (
     FileRefusedError,
     RecordsMode,
@@ -185,7 +185,13 @@ class Intake:
         estimate = None
         if split.estimator is not None:  # before the shards are recorded: before any create
             estimate = keep_estimate(
-                self._wired, job_id, source, split.estimator, pipeline=mode.pipeline_ref, seconds=self._count_seconds()
+                self._wired,
+                job_id,
+                source,
+                split.estimator,
+                pipeline=mode.pipeline_ref,
+                seconds=self._count_seconds(),
+                primed=self._primed(source, mode),
             )
         for _ in range(_SPEND_RACES):
             held, spend = self._hold(job_id, estimate, mode)
@@ -239,6 +245,16 @@ class Intake:
         if not wired.store.put_json(budget_key(job_id), held, if_absent=True):
             held = dict(wired.store.get_json(budget_key(job_id)))  # an earlier run's, with its expiry
         return held, spend
+
+    def _primed(self, source: SourceRef, mode: UploadMode) -> bool:
+        """Whether the job will prime its cache, as its first create will decide it: its
+        estimate prices the prefix as the priming request writes it. A failure to tell is
+        logged, and the job is estimated unprimed."""
+        try:
+            return priming_wanted(self._wired, source, mode.pipeline_ref)[0]
+        except Exception:  # noqa: BLE001 - the estimate is worth a log line, never the job
+            logger.warning("whether the job primes its cache could not be told", exc_info=True)
+            return False
 
     def _count_seconds(self) -> float:
         """How long the estimate's counts may take: ESTIMATE_SECONDS at most, and a quarter

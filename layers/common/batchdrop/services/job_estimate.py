@@ -53,15 +53,21 @@ def keep_estimate(
     *,
     pipeline: PipelineRef | None = None,
     seconds: float = ESTIMATE_SECONDS,
+    primed: bool = False,
 ) -> dict[str, Any] | None:
     """The job's estimate, made now (its sample counted for at most `seconds`) and kept if
     absent: the one kept first when another run got there first. None, logged, when it
-    cannot be made."""
+    cannot be made. `primed`: the job primes its cache before its batch (services/priming.py)."""
     key = estimate_key(job_id)
     try:
         history = _history(wired.store, pipeline) if pipeline is not None else None
         estimate, note = counted_estimate(
-            estimator, wired.batches.count_tokens, workers=COUNT_WORKERS, seconds=max(0.0, seconds), history=history
+            estimator,
+            wired.batches.count_tokens,
+            workers=COUNT_WORKERS,
+            seconds=max(0.0, seconds),
+            history=history,
+            primed=primed,
         )
         document = {"job_id": job_id, "source_key": source.key, "estimated_at": wired.stamp(), **estimate}
         if note is not None:
@@ -87,9 +93,11 @@ def note_history(store: ObjectStore, pipeline: PipelineRef, estimate: Mapping[st
     )
 
 
-def beside_actual(estimate: Mapping[str, Any], actual_batch_usd: str) -> dict[str, Any]:
-    """The manifest's `estimate`: what was estimated before sending, the actual batch cost,
-    and the error of the expected figure (actual / expected - 1; None when nothing was expected)."""
+def beside_actual(estimate: Mapping[str, Any], actual_batch_usd: str, priming_usd: str | None = None) -> dict[str, Any]:
+    """The manifest's `estimate`: what was estimated before sending, the actual cost (the
+    batches', and the priming request's when the job primed its cache, as the estimate counts
+    it), and the error of the expected figure (actual / expected - 1; None when nothing was
+    expected)."""
     costs = estimate.get("cost_usd") or {}
     method = estimate.get("method") or {}
     expected, most, actual = (
@@ -97,6 +105,8 @@ def beside_actual(estimate: Mapping[str, Any], actual_batch_usd: str) -> dict[st
         _decimal(costs.get("batch_max")),
         _decimal(actual_batch_usd),
     )
+    if actual is not None and priming_usd is not None and (primed := _decimal(priming_usd)) is not None:
+        actual += primed
     error = None
     if expected is not None and actual is not None and expected > 0:
         error = float(((actual / expected) - 1).quantize(Decimal("0.0001")))
@@ -106,6 +116,7 @@ def beside_actual(estimate: Mapping[str, Any], actual_batch_usd: str) -> dict[st
         "input": method.get("input"),
         "output_expected": method.get("output_expected"),
         "actual_batch_usd": actual_batch_usd,
+        **({"actual_usd": str(actual)} if priming_usd is not None and actual is not None else {}),
         "error": error,
         "within_max": None if most is None or actual is None else actual <= most,
     }

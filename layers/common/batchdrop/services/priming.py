@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
-from batchdrop.domain.records import JobRecord, ShardRecord
+from batchdrop.domain.records import JobRecord, PipelineRef, ShardRecord, SourceRef
 from batchdrop.domain.shards import request_lines
 from batchdrop.domain.states import ShardState
 from batchdrop.domain.usage import Usage, cost_usd
@@ -54,7 +54,7 @@ def prime_before_first_create(wired: Wiring, job: JobRecord, shards: Sequence[Sh
     if job.cancel_requested or not shards or not all(_never_sent(shard) for shard in shards):
         return None
     try:
-        wanted, said_by = priming_wanted(wired, job)
+        wanted, said_by = priming_wanted(wired, job.source, job.pipeline)
         if not wanted:
             return None
         if wired.store.read_small(priming_key(job.job_id), max_bytes=MAX_PRIMING_BYTES) is not None:
@@ -66,10 +66,10 @@ def prime_before_first_create(wired: Wiring, job: JobRecord, shards: Sequence[Sh
         return None
 
 
-def priming_wanted(wired: Wiring, job: JobRecord) -> tuple[bool, str]:
-    """Whether the job is primed, and what said so: its upload's metadata first, then its
-    pipeline's `prime_cache` (records mode), then the stack's default."""
-    source = job.source
+def priming_wanted(wired: Wiring, source: SourceRef, pipeline_ref: PipelineRef | None) -> tuple[bool, str]:
+    """Whether the job of `source` (records mode: of that pipeline) is primed, and what said
+    so: its upload's metadata first, then its pipeline's `prime_cache`, then the stack's
+    default. The estimate asks before the job is recorded; the first create asks again."""
     value = wired.store.metadata(source.key, source.version_id).get(PRIME_CACHE_METADATA)
     if value is not None:
         flag = value.strip().lower()
@@ -79,16 +79,17 @@ def priming_wanted(wired: Wiring, job: JobRecord) -> tuple[bool, str]:
             "the upload's prime-cache metadata is neither true nor false: ignored",
             extra={"key": source.key, "value": value[:40]},
         )
-    if job.pipeline is not None:
+    if pipeline_ref is not None:
         # Here, not at the top: the checker imports this module (the manifest) and needs no pipeline parser.
         from batchdrop.services.records_intake import MAX_PIPELINE_BYTES, PIPELINE_PARSERS
 
-        read = wired.store.read_small(job.pipeline.key, job.pipeline.version_id, max_bytes=MAX_PIPELINE_BYTES)
+        key = pipeline_ref.key
+        read = wired.store.read_small(key, pipeline_ref.version_id, max_bytes=MAX_PIPELINE_BYTES)
         if read is not None and read.data is not None:
-            parse = next(parse for suffix, parse in PIPELINE_PARSERS.items() if job.pipeline.key.endswith(suffix))
-            pipeline = parse(job.pipeline.key, read.data)
+            parse = next(parse for suffix, parse in PIPELINE_PARSERS.items() if key.endswith(suffix))
+            pipeline = parse(key, read.data)
             if pipeline.prime_cache is not None:
-                return pipeline.prime_cache, f"the pipeline's prime_cache ({job.pipeline.key})"
+                return pipeline.prime_cache, f"the pipeline's prime_cache ({key})"
     return wired.prime_cache, "the stack's PrimeCache"
 
 
