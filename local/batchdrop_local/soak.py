@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchdrop.domain.jobs import manifest_key, report_key
 from batchdrop.domain.timings import Timings
 from batchdrop_local.pipeline_settings import pipeline_settings
 from batchdrop_local.synth import request
@@ -222,7 +223,8 @@ def _audit_job(
     # Results: the parts the manifest names and no others, every request exactly once.
     s3 = stack.client("s3")
     listed = s3.list_objects_v2(Bucket=stack.bucket_name, Prefix=f"results/{job_id}/").get("Contents", [])
-    parts = sorted(item["Key"] for item in listed if not item["Key"].endswith("/manifest.json"))
+    named = {manifest_key(job_id), report_key(job_id)}  # the job's own files beside its parts
+    parts = sorted(item["Key"] for item in listed if item["Key"] not in named)
     if parts != sorted(manifest["results"]):
         problems.append(f"{where}: parts in S3 {parts}, manifest names {manifest['results']}")
     found: dict[str, list[tuple[str, dict[str, Any]]]] = {}

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from batchdrop.adapters.events import EventPublisher
+from batchdrop.domain.job_events import ENDED, JobEvent
 from batchdrop_local.runner import LocalRunner, load_handler
 from batchdrop_local.stack import LocalStack
 from tests.e2e.support import CHECKER, SUBMIT
@@ -56,3 +58,19 @@ def handlers(stack: LocalStack) -> dict[str, Any]:
     """The real handlers, imported once as Lambda would on a cold start."""
     functions = stack.template.functions()
     return {name: load_handler(functions[name], stack.template_root) for name in (SUBMIT, CHECKER)}
+
+
+@pytest.fixture
+def events_published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The detail of each job-ended event the stack's functions publish (Completed, Failed,
+    Canceled), in order, as they reach the bus."""
+    published: list[dict[str, Any]] = []
+    original = EventPublisher.publish
+
+    def counting(publisher: EventPublisher, event: JobEvent) -> None:
+        original(publisher, event)
+        if event.detail_type in ENDED:
+            published.append(dict(event.detail))
+
+    monkeypatch.setattr(EventPublisher, "publish", counting)
+    return published

@@ -16,10 +16,8 @@ import pytest
 
 import batchdrop.adapters.objects
 from batchdrop.adapters.batches import BatchesApi
-from batchdrop.adapters.events import EventPublisher
 from batchdrop.adapters.objects import MultipartWriter
 from batchdrop.adapters.state import StateTable
-from batchdrop.domain.job_events import ENDED, JobEvent
 from batchdrop.domain.timings import Timings
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
@@ -111,20 +109,6 @@ CASES = {
     # again and sends the event again (at least once; consumers dedupe on job_id).
     "checker-after-manifest-before-job-closed": Case(StateTable, "finish_job", "before", in_checker=True, events=2),
 }
-
-
-@pytest.fixture
-def events_published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    published: list[dict[str, Any]] = []
-    original = EventPublisher.publish
-
-    def counting(publisher: EventPublisher, event: JobEvent) -> None:
-        original(publisher, event)
-        if event.detail_type in ENDED:
-            published.append(dict(event.detail))
-
-    monkeypatch.setattr(EventPublisher, "publish", counting)
-    return published
 
 
 def _prepare(case: Case, stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:

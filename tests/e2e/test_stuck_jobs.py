@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 
 import batchdrop.services.intake
-from batchdrop.adapters.events import EventPublisher
-from batchdrop.domain.job_events import ENDED, JobEvent
 from batchdrop.domain.timings import Timings
 from batchdrop.services.redrive import NO_ERROR, REDRIVE_TRIES
 from batchdrop_local.runner import LocalRunner
@@ -74,20 +72,6 @@ def survive(handler: Any) -> Any:
             raise RuntimeExited(f"Runtime exited: simulated crash {crash}") from None
 
     return invoke
-
-
-@pytest.fixture
-def events_published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    published: list[dict[str, Any]] = []
-    original = EventPublisher.publish
-
-    def counting(publisher: EventPublisher, event: JobEvent) -> None:
-        original(publisher, event)
-        if event.detail_type in ENDED:
-            published.append(dict(event.detail))
-
-    monkeypatch.setattr(EventPublisher, "publish", counting)
-    return published
 
 
 @pytest.fixture

@@ -179,16 +179,17 @@ def test_a_tick_that_collects_costs_the_same_for_ten_times_the_requests(stack: L
     # Then both cost the same calls: the open-index query and one list call, then per batch a
     # consistent read of the shard, the results download, one S3 PUT of the part and the
     # fenced update; per job its items' query, the GETs of its estimate and of its priming
-    # record (set in the manifest; this job was not primed: a 404), the manifest PUT, the event
-    # and the close.
+    # record (set in the manifest; this job was not primed: a 404), the manifest PUT, its
+    # report's PUT, the event, and the close (a transaction: the job's move and its day's spend).
     # (An S3 part grows with bytes, one UploadPart per 8 MiB: these parts are one PUT each,
     # checked below, so a call per request or per line would show here.)
     expected_aws = {
         ("dynamodb", "Query"): 2,
         ("dynamodb", "GetItem"): 2,
-        ("dynamodb", "UpdateItem"): 2 + 1,
+        ("dynamodb", "UpdateItem"): 2,
+        ("dynamodb", "TransactWriteItems"): 1,
         ("s3", "GetObject"): 2,
-        ("s3", "PutObject"): 2 + 1,
+        ("s3", "PutObject"): 2 + 2,
         ("events", "PutEvents"): 1,
     }
     assert small.aws == large.aws == expected_aws

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -327,6 +328,10 @@ def test_make_deploy_asks_for_the_key_and_puts_it_into_the_secret_the_stack_made
     config.write_text('[default.deploy.parameters]\nstack_name = "bd"\nregion = "eu-west-1"\n', encoding="utf-8")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
+    # moto's in-process mock answers AWS's own endpoints only: an endpoint another test left in
+    # the environment (the local stack's) would send these calls to the network.
+    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL")]:
+        monkeypatch.delenv(name)
     typed = iter(["  sk-ant-api03-first\n", "sk-ant second"])
     monkeypatch.setattr(stack_config.getpass, "getpass", lambda prompt: next(typed))
     with mock_aws():
