@@ -402,3 +402,12 @@ def test_cache_priming_is_shown_beside_the_cost_not_in_it() -> None:
     assert "primed before the first batch (request req-1 ), at the standard price: $0.001250" in text
     manifest["priming"] = {"key": "work/j/priming.json", "custom_id": "req-1", "error": "overloaded <i>"}
     assert "Priming the prompt cache failed: overloaded <i>" in " ".join(parsed(render_report(manifest)).text)
+
+
+def test_a_primed_jobs_estimate_is_set_beside_its_whole_cost_priming_included() -> None:
+    manifest = every_outcome()
+    manifest["estimate"] = {**manifest["estimate"], "actual_batch_usd": "0.006998", "actual_usd": "0.019011"}
+    text = " ".join(" ".join(parsed(render_report(manifest)).text).split())
+    assert "actual, priming included $0.019011" in text
+    del manifest["estimate"]["actual_usd"]
+    assert "actual $0.006998" in " ".join(" ".join(parsed(render_report(manifest)).text).split())

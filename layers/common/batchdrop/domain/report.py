@@ -219,11 +219,13 @@ def _estimate(manifest: Mapping[str, Any]) -> str:
         return '<p class="muted">No estimate was kept for this job.</p>'
     costs = estimate.get("cost_usd") or {}
     expected, most = _usd(costs.get("batch_cached_expected")), _usd(costs.get("batch_max"))
-    actual = _usd(estimate.get("actual_batch_usd"))
+    # A primed job's actual cost is its batches' and its priming request's, as its estimate counts it.
+    primed = estimate.get("actual_usd") is not None
+    actual = _usd(estimate.get("actual_usd") if primed else estimate.get("actual_batch_usd"))
     rows = [
         ("estimated (expected)", _money(expected)),
         ("estimated (at most)", _money(most)),
-        ("actual", _money(actual)),
+        ("actual, priming included" if primed else "actual", _money(actual)),
     ]
     error = estimate.get("error")
     if isinstance(error, int | float) and not isinstance(error, bool):
