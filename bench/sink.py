@@ -1,5 +1,5 @@
 """The smallest create endpoint there is: reads a `POST /v1/messages/batches` body to the
-end, throws it away and answers with a batch (and a count_tokens call with 100 tokens).
+end, throws it away and answers with a batch (and a count_tokens call with a quarter of its bytes in tokens).
 Benchmarks send the submit paths here, so their times are the client's own work, not a
 server's parsing.
 
@@ -27,14 +27,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_POST(self) -> None:
-        left = int(self.headers.get("Content-Length", "0"))
+        left = size = int(self.headers.get("Content-Length", "0"))
         while left:
             data = self.rfile.read(min(CHUNK, left))
             if not data:
                 break
             left -= len(data)
         if self.path.startswith("/v1/messages/count_tokens"):  # the estimate's counts, before the create
-            self._answer(json.dumps({"input_tokens": 100}).encode())
+            # In step with the request's size, as the API's counts are with its content.
+            self._answer(json.dumps({"input_tokens": max(1, size // 4)}).encode())
             return
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         body = json.dumps(

@@ -264,3 +264,41 @@ def test_counting_stops_when_its_time_is_spent() -> None:
     estimate, _ = counted_estimate(estimator, lambda body: 100, seconds=0)
     assert estimate["method"]["input"] == "approximated"
     assert "the 0 s given to counting were spent" in estimate["method"]["fallback"]
+
+
+def test_with_a_precision_target_counting_stops_once_the_bound_is_within_it() -> None:
+    from batchdrop.domain.estimate import COUNT_ROUND, counted_estimate
+
+    def fill() -> Estimator:
+        estimator = Estimator(sample_size=200)
+        for custom_id, params in requests(1000):
+            estimator.add(custom_id, params)
+        return estimator
+
+    calls: list[str] = []
+
+    def alike(params: Mapping[str, Any]) -> int:  # every request's count in step with its approximation
+        calls.append("x")
+        return 3 * approximation(params)
+
+    # Given requests whose counts follow their approximation: one round is enough
+    result, _ = counted_estimate(fill(), alike, workers=4, precision=0.005)
+    assert len(calls) == COUNT_ROUND
+    assert result["method"]["counted"] == COUNT_ROUND
+    assert result["method"]["input"] == "sampled"
+    assert (
+        result["method"]["counting_stopped"]
+        == f"after {COUNT_ROUND} counts: the input's 95% bound was within 0.5% of it"
+    )
+    assert result["input_tokens"] == 3 * sum(approximation(params) for _, params in requests(1000))
+
+    # Given requests whose counts scatter widely: the whole sample is counted, and no stop is stated
+    rng = random.Random(7)
+    scattered, _ = counted_estimate(fill(), lambda params: rng.randint(1, 5000), workers=4, precision=0.005)
+    assert scattered["method"]["counted"] == 200
+    assert scattered["method"]["counting_stopped"] is None
+    # ...as it is without a target
+    calls.clear()
+    whole, _ = counted_estimate(fill(), alike, workers=4)
+    assert len(calls) == 200
+    assert whole["method"]["counting_stopped"] is None

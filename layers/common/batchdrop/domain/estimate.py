@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from batchdrop.domain.jobs import id_hash
 from batchdrop.domain.prices import PriceTable, price_table
 from batchdrop.domain.prompt_shape import prompt_shape
 from batchdrop.domain.usage import Usage, cost_usd
@@ -54,10 +55,12 @@ DEFAULT_SAMPLE_SIZE = 200
 DEFAULT_SEED = 0
 DEFAULT_OUTPUT_SHARE = Decimal("0.5")
 Z_95 = 1.96
+# Counting with a precision target goes in rounds of this many requests (at least the workers).
+COUNT_ROUND = 32
 MAX_DISTINCT_PREFIXES = 200_000  # beyond it, a new prefix is taken as a write (the costlier case)
 SAMPLE_LINE_BYTES = 256 * 1024  # a sampled line longer than this is not held to be counted
 _CACHE_MARK = b'"cache_control"'
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # 2: ranks from the id's SHA-256 and the seed's mask
 # What count_tokens takes of a Messages body (max_tokens, temperature, metadata... it does not).
 COUNTED_FIELDS = (
     "model",
@@ -122,10 +125,12 @@ class Estimator:
     _models: dict[str, _ModelTally] = field(default_factory=dict)
     _heap: list[tuple[int, str, Sampled]] = field(default_factory=list)
     _prefixes: set[bytes] = field(default_factory=set)
+    _mask: int = 0  # the seed's: ranks are an id's hash XOR it (_rank)
 
     def __post_init__(self) -> None:
         if self.sample_size < 2:
             raise ValueError("the sample holds at least 2 requests (a bound needs two)")
+        self._mask = int.from_bytes(hashlib.sha256(f"seed:{self.seed}".encode()).digest()[:8], "big")
 
     def add(self, custom_id: str, params: Mapping[str, Any]) -> None:
         """One request of the file, in any order."""
@@ -137,10 +142,11 @@ class Estimator:
         sampled = Sampled(custom_id, params, model, shape.approx_tokens)
         self._add(sampled, int(params.get("max_tokens") or 0), prefix)
 
-    def add_line(self, custom_id: str, line: bytes, model: str, max_tokens: int) -> None:
+    def add_line(self, custom_id: str, line: bytes, model: str, max_tokens: int, hashed: bytes | None = None) -> None:
         """One checked request line, its approximation its bytes / 4 (see the module's doc).
         The submit function calls this for every line it splits: only a line that enters the
-        sample is held (its Sampled made), and only a line marked for caching parsed again."""
+        sample is held (its Sampled made), and only a line marked for caching parsed again.
+        `hashed`: the custom_id's id_hash, when the caller has it already."""
         approx = len(line) // 4
         prefix = None
         if _CACHE_MARK in line:
@@ -149,12 +155,20 @@ class Estimator:
             if shape.prefix_digest is not None and shape.prefix_tokens >= minimum and shape.approx_tokens:
                 # The prefix's share of the request, on this approximation's scale.
                 prefix = (shape.prefix_digest, shape.prefix_tokens * approx // shape.approx_tokens, shape.prefix_ttl)
-        self._count(model, approx, max_tokens, prefix)
-        key = (-self._rank(custom_id), custom_id)
+        tally = self._models.get(model)
+        if prefix is None and tally is not None:  # _count's common case, inline: it runs for every line
+            self.requests += 1
+            tally.requests += 1
+            tally.approx += approx
+            tally.max_tokens += max_tokens
+        else:
+            self._count(model, approx, max_tokens, prefix)
+        minus_rank = -(int.from_bytes((hashed or id_hash(custom_id))[16:24], "big") ^ self._mask)  # _rank, inline
         heap = self._heap
-        if len(heap) < self.sample_size or key > heap[0][:2]:
+        top = heap[0] if len(heap) >= self.sample_size else None
+        if top is None or minus_rank > top[0] or (minus_rank == top[0] and custom_id > top[1]):
             held = line if len(line) <= SAMPLE_LINE_BYTES else None
-            self._keep(key, Sampled(custom_id, None, model, approx, held))
+            self._keep((minus_rank, custom_id), Sampled(custom_id, None, model, approx, held))
 
     def _add(self, sampled: Sampled, max_tokens: int, prefix: tuple[bytes, int, str] | None) -> None:
         self._count(sampled.model, sampled.approx_tokens, max_tokens, prefix)
@@ -183,8 +197,10 @@ class Estimator:
                 tally.write_5m += 0 if long else tokens
 
     def _rank(self, custom_id: str) -> int:
-        """Where a request falls in the seeded order the sample takes the lowest of."""
-        return int.from_bytes(hashlib.sha256(f"{self.seed}:{custom_id}".encode()).digest()[:8], "big")
+        """Where a request falls in the seeded order the sample takes the lowest of: 8 bytes of
+        its id's SHA-256 XOR the seed's mask. Each seed orders the ids uniformly at random, each
+        differently; the same file and seed always alike."""
+        return int.from_bytes(id_hash(custom_id)[16:24], "big") ^ self._mask
 
     def _keep(self, key: tuple[int, str], sampled: Sampled) -> None:
         """Hold `sampled` in the sample, dropping the highest-ranked one when it is full."""
@@ -254,6 +270,17 @@ class Estimator:
         share = _output_share(history)
         return _estimate_json(self, input_by_model, bound, share, (len(counted), failed), fallback, history, primed)
 
+    def relative_bound(self, counts: Mapping[str, int]) -> float | None:
+        """The input's 95% half-width as a share of the input, from the sample's `counts` so far
+        (None: too few counted to tell)."""
+        counted = [s for s in self.sample() if s.custom_id in counts]
+        bound = _bound(counted, counts, self.requests) if counted else None
+        approx = sum(s.approx_tokens for s in counted)
+        if bound is None or not approx:
+            return None
+        total = sum(counts[s.custom_id] for s in counted) / approx * sum(t.approx for t in self._models.values())
+        return bound / total if total else None
+
     def tallies(self) -> Mapping[str, _ModelTally]:
         return self._models
 
@@ -307,11 +334,17 @@ def counted_estimate(
     no_counter_reason: str | None = None,
     history: OutputHistory | None = None,
     primed: bool = False,
+    precision: float | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The estimate, its sample counted by `counter` (a count_tokens call), `workers` at a
     time, for at most `seconds` (None: no limit): a count that fails or finds the time spent
     is left out of the sample, and when none succeeds the estimate is the approximation,
-    saying why. Also a note for people when some counts failed (None when none did)."""
+    saying why. Also a note for people when some counts failed (None when none did).
+
+    With `precision`, the sample is counted in rounds, lowest rank first (the first requests of
+    the seeded order are a uniform sample too), and counting stops after the round whose
+    input bound is within that share of the input: a file whose requests are alike, as most
+    batch jobs' are, needs a few dozen counts, not the whole sample."""
     from concurrent.futures import ThreadPoolExecutor  # only a count needs it
 
     sample = estimator.sample()
@@ -330,13 +363,23 @@ def counted_estimate(
 
     counts: dict[str, int] = {}
     failures: list[str] = []
+    stopped = None
     if counter is not None and sample:
+        step = len(sample) if precision is None else max(COUNT_ROUND, workers)
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="count-tokens") as pool:
-            for sampled, answer in zip(sample, pool.map(attempt, sample), strict=True):
-                if isinstance(answer, int):
-                    counts[sampled.custom_id] = answer
-                else:
-                    failures.append(answer)
+            for start in range(0, len(sample), step):
+                chunk = sample[start : start + step]
+                for sampled, answer in zip(chunk, pool.map(attempt, chunk), strict=True):
+                    if isinstance(answer, int):
+                        counts[sampled.custom_id] = answer
+                    else:
+                        failures.append(answer)
+                if precision is None or start + step >= len(sample):
+                    continue
+                within = estimator.relative_bound(counts)
+                if within is not None and within <= precision:
+                    stopped = f"after {len(counts)} counts: the input's 95% bound was within {precision:.1%} of it"
+                    break
     fallback, note = None, None
     if not estimator.requests:
         fallback = "the file holds no valid request"
@@ -345,6 +388,7 @@ def counted_estimate(
     elif failures:
         note = f"{len(failures)} of {len(failures) + len(counts)} counts failed, first: {failures[0]}"
     result = estimator.result(counts, failed=len(failures), fallback=fallback, history=history, primed=primed)
+    result["method"]["counting_stopped"] = stopped
     return result, note
 
 
@@ -476,6 +520,7 @@ def _method(
         "input_tokens_bound": None if bound is None else math.ceil(bound),
         "bound": "half-width of a 95% interval of the ratio estimate (finite-population corrected)",
         "fallback": fallback,
+        "counting_stopped": None,  # counted_estimate's precision target: when it stopped short of the sample
         "approximation": "1 token per 4 characters of the prompt's strings; 1,600 per base64 source",
         "output_expected": (
             f"{share} x max_tokens, the share earlier jobs used"

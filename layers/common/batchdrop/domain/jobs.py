@@ -85,6 +85,12 @@ def refused_result_line(custom_id: str, reason: str) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def id_hash(custom_id: str) -> bytes:
+    """A custom_id's SHA-256: its first 16 bytes go into IdsDigest, the next 8 rank it for the
+    estimate's sample (domain/estimate.py)."""
+    return hashlib.sha256(custom_id.encode()).digest()
+
+
 class IdsDigest:
     """An order-free fingerprint of a set of custom_ids: the XOR of each id's SHA-256 (first
     16 bytes). Recorded for every batch a shard sends and recomputed from the results, so
@@ -94,7 +100,12 @@ class IdsDigest:
         self._value = 0
 
     def add(self, custom_id: str) -> None:
-        self._value ^= int.from_bytes(hashlib.sha256(custom_id.encode()).digest()[:16], "big")
+        self.add_hash(id_hash(custom_id))
+
+    def add_hash(self, hashed: bytes) -> None:
+        """Add the custom_id whose `id_hash` this is (the split hashes each id once, for this
+        and for the estimate's sample)."""
+        self._value ^= int.from_bytes(hashed[:16], "big")
 
     @property
     def hex(self) -> str:

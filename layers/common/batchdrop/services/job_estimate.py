@@ -31,6 +31,9 @@ from batchdrop.ports import ObjectStore, Wiring
 
 ESTIMATE_SECONDS = 60.0  # the most counting may take of an invocation
 COUNT_WORKERS = 8  # counts are round trips: the time they take is the API's latency, not work
+# Counting stops once the input's 95% bound is within this share of it (domain/estimate.py):
+# each count is a round trip and count_tokens has a rate limit of its own.
+COUNT_PRECISION = 0.005
 MAX_ESTIMATE_BYTES = 1024 * 1024
 MAX_HISTORY_BYTES = 64 * 1024
 
@@ -68,6 +71,7 @@ def keep_estimate(
             seconds=max(0.0, seconds),
             history=history,
             primed=primed,
+            precision=COUNT_PRECISION,
         )
         document = {"job_id": job_id, "source_key": source.key, "estimated_at": wired.stamp(), **estimate}
         if note is not None:

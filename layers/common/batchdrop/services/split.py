@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchdrop.domain.estimate import Estimator
-from batchdrop.domain.jobs import IdsDigest, rejected_key, rejected_record
+from batchdrop.domain.jobs import IdsDigest, id_hash, rejected_key, rejected_record
 from batchdrop.domain.lines import line_size
 from batchdrop.domain.prices import price_table
 from batchdrop.domain.records import ShardPlan, SourceRef
@@ -99,9 +99,10 @@ def split_object(
                     # If absent: a duplicate invocation splitting at the same time (or a
                     # resumed one) writes the same bytes; the first complete copy stays.
                     shard = ShardOut(wired.store, source, index, shard_key(job_id, index), copyable=copyable)
-                shard.add(line, reader.start, reader.last)
+                hashed = id_hash(line.custom_id)  # once, for the shard's ids digest and the sample
+                shard.add(line, reader.start, reader.last, hashed)
                 if estimator is not None:
-                    estimator.add_line(line.custom_id, line.body, line.model or "", line.max_tokens)
+                    estimator.add_line(line.custom_id, line.body, line.model or "", line.max_tokens, hashed)
                 if may_copy_early:  # the first valid line only
                     may_copy_early = False
                     if copyable and shard.spans(0, reader.end):
@@ -224,12 +225,13 @@ class ShardOut:
         self._line_bytes = 0
         self._digest = IdsDigest()
 
-    def add(self, line: ValidLine, start: int, raw: bytes) -> None:
-        """Add a valid line, read from the source's bytes [start, start + len(raw))."""
+    def add(self, line: ValidLine, start: int, raw: bytes, hashed: bytes | None = None) -> None:
+        """Add a valid line, read from the source's bytes [start, start + len(raw)); `hashed`:
+        its custom_id's id_hash, when the caller has it."""
         body = line.body
         self._requests += 1
         self._line_bytes += len(body)
-        self._digest.add(line.custom_id)
+        self._digest.add_hash(id_hash(line.custom_id) if hashed is None else hashed)
         if self._writer is None:
             # The line as the source holds it: its body and one \n, or no \n at the end of the file.
             exact = len(raw) == len(body) or (len(raw) == len(body) + 1 and raw[-1] == _NEWLINE)
