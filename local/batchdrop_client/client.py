@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -539,6 +540,13 @@ class Batchdrop:
         key = approve_key(job_id)
         version_id = self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"").get("VersionId")
         return CancelRequest(view, key, version_id)
+
+    def day_spend(self, day: str | None = None) -> Decimal:
+        """A UTC day's spend (default today's): the upper-bound estimates of the open jobs sent
+        that day plus the actual cost of those that ended, the figure DailyBudgetUsd bounds."""
+        from batchdrop.domain.budget import spend_day
+
+        return self._state.spent_on(day or spend_day(datetime.now(UTC)))
 
     def budget(self, job: Job | JobView | str) -> dict[str, Any] | None:
         """Why a job waits for approval: its errors/<job_id>/budget.json (None: it has none)."""

@@ -19,6 +19,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -378,7 +379,8 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except ValueError as exc:
             parser.error(f"--since {args.since!r}: {exc}")
     limit = DEFAULT_LIMIT if args.limit is None else args.limit
-    listed = _client(args, parser).jobs(status=statuses, key_prefix=args.key_prefix, since=since, limit=limit)
+    client = _client(args, parser)
+    listed = client.jobs(status=statuses, key_prefix=args.key_prefix, since=since, limit=limit)
     more = listed.more
     more_line = f"{more} more {'job' if more == 1 else 'jobs'} (add `--limit 0` to list them all)" if more else None
     if args.json:
@@ -401,6 +403,9 @@ def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     if more_line:
         print(more_line)
+    today = now.strftime("%Y-%m-%d")
+    spent = client.day_spend(today).quantize(Decimal("0.000001"))
+    print(f"spend of {today} (UTC): ${spent} (open jobs at their estimate's most, ended ones at their cost)")
     return EXIT_OK
 
 

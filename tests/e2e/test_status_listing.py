@@ -11,6 +11,8 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,7 @@ def _rows(capsys: pytest.CaptureFixture[str], *args: str) -> list[list[str]]:
     assert main(["status", *args]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["job", "created", "age", "status", "requests", "cost", "source"]
-    return [line.split() for line in lines[1:] if " more job" not in line]
+    return [line.split() for line in lines[1:] if " more job" not in line and not line.startswith("spend of ")]
 
 
 def _ids(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
@@ -119,24 +121,44 @@ def test_lists_jobs_newest_first_with_their_columns(jobs: dict[str, str], capsys
     assert rows[jobs["open"]][3:] == ["SUBMITTING", f"0/{SAMPLE_REQUESTS}", "-", "inbox/open/c.jsonl"]
 
 
+def test_the_list_ends_with_the_days_spend_its_open_jobs_at_most_its_ended_ones_at_cost(
+    jobs: dict[str, str], stack: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s3 = stack.client("s3")
+
+    def read(key: str) -> Any:
+        return json.loads(s3.get_object(Bucket=stack.bucket_name, Key=key)["Body"].read())
+
+    ended = sum(Decimal(read(f"results/{jobs[name]}/manifest.json")["cost"]["batch_usd"]) for name in ("a", "b"))
+    most = Decimal(read(f"work/{jobs['open']}/estimate.json")["cost_usd"]["batch_max"])
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert last == (
+        f"spend of {today} (UTC): ${ended + most} (open jobs at their estimate's most, ended ones at their cost)"
+    )
+
+
 def test_limit_shows_the_newest_and_says_how_many_more(
     jobs: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["status", "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:3]] == [jobs["open"], jobs["b"]]
-    assert lines[3:] == ["1 more job (add `--limit 0` to list them all)"]
+    assert lines[3] == "1 more job (add `--limit 0` to list them all)"
+    assert lines[4].startswith("spend of ")
 
     assert main(["status", "--limit", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4
-    assert "more" not in lines[-1]
+    assert len(lines) == 5
+    assert "more" not in lines[-2]
 
 
 def test_the_default_limit_is_20(jobs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + 3
+    assert len(lines) == 1 + 3 + 1  # the header, the jobs, the day's spend
     assert not any("more" in line for line in lines)
 
 
