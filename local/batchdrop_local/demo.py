@@ -54,7 +54,7 @@ def main() -> int:
     _print_manifest(manifest)
     print("\nNative mode (request lines in, result lines out) is in README.md; records mode in docs/records.md.")
     print("Against Claude itself: `batchdrop local up --anthropic-api` runs this stack with your ANTHROPIC_API_KEY")
-    print("(it spends money: every request is billed at the batch price); `sam deploy --guided` puts the same")
+    print("(it spends money: every request is billed at the batch price); `make deploy` puts the same")
     print("template and handlers in your AWS account (docs/deploy.md).")
     return _verdict(manifest, header, rows, ids)
 
@@ -150,6 +150,8 @@ def _print_manifest(manifest: dict[str, Any]) -> None:
     outputs = manifest.get("outputs") or {}
     if outputs:
         print(f"  outputs: {outputs['csv']}, {outputs['jsonl']}")
+    if manifest.get("report"):
+        print(f"  report: {manifest['report']} (one HTML page: `batchdrop report {manifest['job_id']} --open`)")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ def test_demo_prints_one_classified_row_per_review_in_the_csv_order(
     # ...then the manifest's counts, its outputs and the cost
     assert "12 requests, 12 succeeded, 0 errored, 0 expired, 0 rejected" in out
     assert re.search(r"outputs: results/j[0-9a-f]{24}/outputs\.csv, results/j[0-9a-f]{24}/outputs\.jsonl", out)
+    assert re.search(
+        r"report: results/(j[0-9a-f]{24})/report\.html \(one HTML page: `batchdrop report \1 --open`\)", out
+    )
     assert re.search(r"cost \$[0-9.]+ at the batch price; \$[0-9.]+ at the standard price", out)
 
 
