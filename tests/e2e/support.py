@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,24 @@ from batchdrop_local.synth import write_requests
 SUBMIT = "SubmitFunction"
 CHECKER = "CheckerFunction"
 MAX_ATTEMPTS = 3  # the template's default MaxAttempts
+
+
+def env_file_variables(path: Path) -> dict[str, str]:
+    """The variables a shell gets from `set -a; . FILE` of the local stack's env file."""
+    variables = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            variables[name] = shlex.split(value)[0] if value else ""
+    return variables
+
+
+def source_env_file(env: Any, path: Path) -> None:
+    """Set, through a MonkeyPatch `env`, what a user's shell that sourced the env file holds;
+    the handlers' metrics lines stay off stdout."""
+    for name, value in env_file_variables(path).items():
+        env.setenv(name, value)
+    env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ lifted, the daily budget holds the job that would take the day's spend past it."
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from batchdrop.domain.timings import Timings, stamp
 from batchdrop_local.cli import main
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
-from tests.e2e.support import wired, with_settings
+from tests.e2e.support import source_env_file, wired, with_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +36,7 @@ def shell(stack: LocalStack, tmp_path: Path) -> Iterator[LocalRunner]:
     """A user's shell that sourced the stack's env file, with the stack's functions running."""
     env_file = stack.write_env_file(tmp_path / "local.env")
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")  # the handlers' metrics lines off stdout
-        for line in env_file.read_text().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.partition("=")
-                env.setenv(name, shlex.split(value)[0] if value else "")
+        source_env_file(env, env_file)
         with LocalRunner(stack, tick_seconds=0.3, poll_seconds=0.1) as runner:
             yield runner
 

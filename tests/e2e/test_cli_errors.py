@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -26,6 +25,7 @@ import pytest
 from batchdrop_local import envfile
 from batchdrop_local.cli import main
 from batchdrop_local.emulator.control import EmulatorControl
+from tests.e2e.support import env_file_variables
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +37,6 @@ JOB_LINE = re.compile(r"^job (?P<job_id>j[0-9a-f]{24}): follow it", re.MULTILINE
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    variables = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            variables[name] = shlex.split(value)[0] if value else ""
-    return variables
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +72,7 @@ def user_env(local_up: Path) -> Iterator[dict[str, str]]:
     """The shell of a user who loaded the env file `batchdrop local up` wrote. Each command a
     user types is a new process: boto3's default session (and the credentials it caches) is
     made afresh for each test."""
-    variables = _read_env_file(local_up)
+    variables = env_file_variables(local_up)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in variables.items():
             patch.setenv(name, value)
@@ -179,7 +170,7 @@ def test_a_stale_env_file_naming_a_stopped_stack_is_exit_3(
     local_up: Path, closed_port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given the env file of an earlier `batchdrop local up`, whose moto has gone away
-    variables = _read_env_file(local_up)
+    variables = env_file_variables(local_up)
     variables["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{closed_port}"
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
@@ -198,7 +189,7 @@ def test_an_env_file_found_on_its_own_whose_stack_has_stopped_is_exit_3(
     local_up: Path, batchdrop_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a shell that loaded nothing, and in the default place an env file whose writer has ended
-    for name in _read_env_file(local_up):
+    for name in env_file_variables(local_up):
         monkeypatch.delenv(name, raising=False)
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = ended.stdout.strip()
@@ -213,7 +204,7 @@ def test_an_env_file_found_on_its_own_whose_stack_has_stopped_is_exit_3(
         )
         + f"BATCHDROP_ENV_FILE={stale}\n"
     )
-    started = _read_env_file(stale)["BATCHDROP_LOCAL_STARTED_AT"]
+    started = env_file_variables(stale)["BATCHDROP_LOCAL_STARTED_AT"]
 
     # When the user types any command, Then one line says so and how to go on
     for argv in (["status"], ["results", UNKNOWN_JOB], ["cancel", UNKNOWN_JOB], ["submit", str(SAMPLE)]):

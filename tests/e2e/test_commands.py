@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from batchdrop.adapters.state import StateTable
 from batchdrop_local.cli import main
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
-from tests.e2e.support import provider_queue_full
+from tests.e2e.support import provider_queue_full, source_env_file
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "reviews.jsonl"
 JOB_ID = re.compile(r"j[0-9a-f]{24}")  # as batchdrop.domain.jobs.job_id_for makes them
@@ -48,11 +47,7 @@ def user_env(stack_and_runner: tuple[LocalStack, LocalRunner], tmp_path: Path) -
     env_file = tmp_path / "local.env"
     running.write_env_file(env_file)
     with pytest.MonkeyPatch.context() as env:
-        for line in env_file.read_text().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.partition("=")
-                env.setenv(name, shlex.split(value)[0] if value else "")
-        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        source_env_file(env, env_file)
         yield running
 
 

@@ -12,7 +12,6 @@ stack wrote it, and a third job is recorded but never run, so it stays RECEIVED.
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from batchdrop_client import Batchdrop, NoOutputs, NotFinished, PipelineConflict
 from batchdrop_local.cli import main
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
-from tests.e2e.support import read_manifest, run_to_the_end, upload
+from tests.e2e.support import read_manifest, run_to_the_end, source_env_file, upload
 
 pytestmark = pytest.mark.e2e
 
@@ -86,14 +85,6 @@ ROWS: list[dict[str, Any]] = [
 UNRUN_JOB = "j" + "b" * 24
 
 
-def _load_env(env: pytest.MonkeyPatch, env_file: Path) -> None:
-    for line in env_file.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            env.setenv(name, shlex.split(value)[0] if value else "")
-    env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-
-
 @pytest.fixture(scope="module")
 def jobs(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Three jobs in the stack: `native` and `records` COMPLETED (the latter given outputs by
@@ -101,7 +92,7 @@ def jobs(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     tmp = tmp_path_factory.mktemp("records-jobs")
     env_file = stack.write_env_file(tmp / "local.env")
     with pytest.MonkeyPatch.context() as env:
-        _load_env(env, env_file)
+        source_env_file(env, env_file)
         runner = LocalRunner(stack, **RUNNER)
         ids = {"native": upload(stack, tmp, "inbox/native.jsonl", 3), "records": upload(stack, tmp, "inbox/r.jsonl", 2)}
         for job_id in ids.values():
@@ -133,7 +124,7 @@ def user_env(stack: LocalStack, jobs: dict[str, str], tmp_path: Path) -> Iterato
     """The shell of a user who loaded the env file, in a directory of this test's own."""
     env_file = stack.write_env_file(tmp_path / "local.env")
     with pytest.MonkeyPatch.context() as env:
-        _load_env(env, env_file)
+        source_env_file(env, env_file)
         env.chdir(tmp_path)
         yield jobs
 

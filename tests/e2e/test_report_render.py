@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import struct
 import subprocess
@@ -30,6 +29,7 @@ from tests.e2e.support import (
     read,
     requests_body,
     run_to_the_end,
+    source_env_file,
     upload_bytes,
 )
 
@@ -59,11 +59,7 @@ def user_env(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Ite
     env_file = tmp_path_factory.mktemp("env") / "local.env"
     stack.write_env_file(env_file)
     with pytest.MonkeyPatch.context() as env:
-        for line in env_file.read_text().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.partition("=")
-                env.setenv(name, shlex.split(value)[0] if value else "")
-        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        source_env_file(env, env_file)
         yield stack
 
 

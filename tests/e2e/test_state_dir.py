@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -31,7 +30,15 @@ from batchdrop_local.pipeline_settings import pipeline_settings
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
 from batchdrop_local.synth import write_requests
-from tests.e2e.support import SUBMIT, assert_each_request_once, finished, input_ids, read_manifest, upload_bytes
+from tests.e2e.support import (
+    SUBMIT,
+    assert_each_request_once,
+    env_file_variables,
+    finished,
+    input_ids,
+    read_manifest,
+    upload_bytes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -76,12 +83,7 @@ class LocalUp:
         return dict(self._variables)
 
     def _read_variables(self) -> dict[str, str]:
-        variables = {}
-        for line in self.env_file.read_text().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.partition("=")
-                variables[name] = shlex.split(value)[0] if value else ""
-        return variables
+        return env_file_variables(self.env_file)
 
     def log(self) -> str:
         return self.log_file.read_text()

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import re
-import shlex
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from batchdrop.adapters.state import StateTable
 from batchdrop_local.cli import main
 from batchdrop_local.runner import LocalRunner
 from batchdrop_local.stack import LocalStack
+from tests.e2e.support import source_env_file
 
 pytestmark = pytest.mark.e2e
 
@@ -54,11 +54,7 @@ def jobs(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     stack.write_env_file(env_file)
     control = stack.emulator_control()
     with LocalRunner(stack, **RUNNER), pytest.MonkeyPatch.context() as env:
-        for line in env_file.read_text().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.partition("=")
-                env.setenv(name, shlex.split(value)[0] if value else "")
-        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        source_env_file(env, env_file)
         ids = {}
         for name, key in (("a", "inbox/listing/a.jsonl"), ("b", "inbox/listing/b.jsonl")):
             args = ["submit", str(SAMPLE), "--key", key, "--wait", "--timeout", "60"]
