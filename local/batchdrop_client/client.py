@@ -324,16 +324,21 @@ class Batchdrop:
         from batchdrop.domain.jobs import manifest_key
 
         job_id = job_id_of(job)
-        record = self._state.get_job(job_id)
-        if record is None:
-            raise JobNotFound(job_id, self.table)
-        if str(record.status) not in FINAL:
-            raise NotFinished(job_id, str(record.status))
+        record = self._ended(job_id, NotFinished)
         key = manifest_key(job_id)
         try:
             return dict(json.loads(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
         except self._s3.exceptions.NoSuchKey:
             raise ManifestMissing(job_id, str(record.status), f"s3://{self.bucket}/{key}") from None
+
+    def _ended(self, job_id: str, not_ended: Callable[[str, str], BatchdropError]) -> JobRecord:
+        """The job's record once it has ended; JobNotFound, or `not_ended`(job_id, status)."""
+        record = self._state.get_job(job_id)
+        if record is None:
+            raise JobNotFound(job_id, self.table)
+        if str(record.status) not in FINAL:
+            raise not_ended(job_id, str(record.status))
+        return record
 
     def results(self, job: Job | JobView | str) -> Iterator[MessageBatchIndividualResponse]:
         """Each result line of every results part of a finished job, as the SDK's type, streamed."""
@@ -374,11 +379,7 @@ class Batchdrop:
         from batchdrop.domain.jobs import report_key
 
         job_id = job_id_of(job)
-        record = self._state.get_job(job_id)
-        if record is None:
-            raise JobNotFound(job_id, self.table)
-        if str(record.status) not in FINAL:
-            raise ReportNotReady(job_id, str(record.status))
+        record = self._ended(job_id, ReportNotReady)
         key = report_key(job_id)
         try:
             body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]

@@ -11,7 +11,8 @@ from enum import Enum
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from batchdrop.domain.records import ShardRecord, lease_owner
+from batchdrop.domain import job_events
+from batchdrop.domain.records import JobRecord, ShardRecord, lease_owner
 from batchdrop.domain.shards import create_body, lines_body_bytes
 from batchdrop.domain.states import UNSETTLED_SHARD_STATES, ShardState
 from batchdrop.domain.timings import parse_stamp, stamp
@@ -24,6 +25,7 @@ from batchdrop.errors import (
 )
 from batchdrop.observability import count_key_refused, logger, metrics
 from batchdrop.ports import READ_BYTES, Body, Wiring
+from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, estimate_key, read_json
 
 
 class CreateResult(Enum):
@@ -194,3 +196,15 @@ class ShardCreator:
 
 def _chunks(body: Body) -> Iterator[bytes]:
     return body.iter_chunks(READ_BYTES)
+
+
+def mark_running(wired: Wiring, job: JobRecord) -> bool:
+    """SUBMITTING → RUNNING for `job`, every shard of which has its batch; True if this call
+    moved it. The call that moved it announces the job as submitted, unless a cancel was
+    asked for (its shards may have been closed unsent)."""
+    if not wired.state.mark_job_running(job.job_id):
+        return False
+    if not job.cancel_requested:
+        estimate = read_json(wired.store, estimate_key(job.job_id), MAX_ESTIMATE_BYTES)
+        wired.events.publish(job_events.submitted(job, estimate))
+    return True

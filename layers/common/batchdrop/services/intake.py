@@ -35,8 +35,8 @@ from batchdrop.domain.timings import stamp
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.cancel import CANCEL_PREFIX
-from batchdrop.services.create import CreateResult, ShardCreator
-from batchdrop.services.job_estimate import ESTIMATE_SECONDS, MAX_ESTIMATE_BYTES, estimate_key, keep_estimate, read_json
+from batchdrop.services.create import CreateResult, ShardCreator, mark_running
+from batchdrop.services.job_estimate import ESTIMATE_SECONDS, keep_estimate
 from batchdrop.services.priming import prime_before_first_create, priming_wanted
 from batchdrop.services.records_intake import (
     FileRefusedError,
@@ -360,11 +360,8 @@ class Intake:
             created = self._creator.create(shard, lease_wait=self._wired.timings.lease_wait)
             submitted += created is CreateResult.CREATED
         job, shards = self._state.job_and_shards(job_id)
-        recorded = job is not None and len(shards) >= job.shard_count  # none left out (_complete_recording)
-        if recorded and all(shard.state in SENT_SHARD_STATES for shard in shards):
-            moved = self._state.mark_job_running(job_id)
+        # Every shard recorded (none left out: _complete_recording) and each with its batch.
+        if job is not None and len(shards) >= job.shard_count and all(s.state in SENT_SHARD_STATES for s in shards):
+            mark_running(self._wired, job)
             job = self._state.get_job(job_id)
-            if moved and job is not None:  # announced by the one call that moved it
-                estimate = read_json(self._wired.store, estimate_key(job_id), MAX_ESTIMATE_BYTES)
-                self._wired.events.publish(job_events.submitted(job, estimate))
         return SubmitOutcome(job_id, job.status if job else JobStatus.RECEIVED, submitted=submitted)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from batchdrop.domain import job_events
 from batchdrop.domain.records import JobRecord, ShardRecord
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
 from batchdrop.domain.timings import parse_stamp
@@ -29,9 +28,8 @@ from batchdrop.errors import (
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring
 from batchdrop.services.collect import Collector
-from batchdrop.services.create import CreateResult, ShardCreator
+from batchdrop.services.create import CreateResult, ShardCreator, mark_running
 from batchdrop.services.finish import Finisher
-from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, estimate_key, read_json
 from batchdrop.services.settle import Settler
 from batchdrop.services.unsent import UnsentCloser
 
@@ -158,10 +156,7 @@ class Checker:
         # SUBMITTING until a re-drive of the intake records them (services/redrive.py).
         recorded = len(shards) >= job.shard_count
         if shards and recorded and all(shard.state in SENT_SHARD_STATES for shard in shards):
-            # Announced by the one call that moved it, unless its shards were closed unsent (canceled)
-            if self._wired.state.mark_job_running(job.job_id) and not job.cancel_requested:
-                estimate = read_json(self._wired.store, estimate_key(job.job_id), MAX_ESTIMATE_BYTES)
-                self._wired.events.publish(job_events.submitted(job, estimate))
+            mark_running(self._wired, job)
             logger.info("every shard of the job has its batch", extra={"job_id": job.job_id})
 
     def _submit_pending(self, shards: list[ShardRecord], report: TickReport) -> bool:
