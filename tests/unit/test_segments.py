@@ -424,3 +424,20 @@ def test_a_checkpoint_without_an_estimate_state_leaves_the_job_without_an_estima
         pass
     assert job(world.state, job_id).status is JobStatus.RUNNING
     assert not world.store.exists(estimate_key(job_id))
+
+
+def test_an_estimate_state_of_another_version_leaves_the_job_without_an_estimate(world: Fakes) -> None:
+    from batchdrop.services.job_estimate import estimate_key
+
+    # Given a split stopped after its first segment, whose estimate state another version kept
+    source = upload(world)
+    job_id = job_of(source)
+    short_of_time(world, source)
+    (state,) = world.store.keys(f"work/{job_id}/estimate-")
+    world.store.put(state, json.dumps({**world.store.get_json(state), "version": 1}).encode())
+
+    # When the sweeps finish the split, then the job goes on, with no estimate rather than a wrong one
+    while _next_segment(world, job_id):
+        pass
+    assert job(world.state, job_id).status is JobStatus.RUNNING
+    assert not world.store.exists(estimate_key(job_id))

@@ -143,7 +143,11 @@ def _estimator_at(store: ObjectStore, ids: str, prices: PriceTable | None) -> Es
     if found is None or found.data is None:
         logger.warning("no estimate state beside the checkpoint: the job goes without an estimate", extra={"key": key})
         return None
-    return Estimator.restored(json.loads(found.data), prices or price_table())
+    try:
+        return Estimator.restored(json.loads(found.data), prices or price_table())
+    except ValueError:  # kept by another version of batchdrop (a deploy between two segments)
+        logger.warning("an estimate state of another version: the job goes without an estimate", extra={"key": key})
+        return None
 
 
 def estimate_state_key(ids: str) -> str:
