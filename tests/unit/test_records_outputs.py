@@ -429,10 +429,11 @@ def test_a_missing_rows_file_is_named(world: Fakes) -> None:
         OutputsWriter(world.wiring()).write(found, shards, {"succeeded": 8})
 
 
-def test_results_read_through_a_map_remade_at_every_row_give_the_same_bytes(
-    world: Fakes, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("bucket_bytes", "pending_bytes"), [(1, 1), (1, 1 << 30), (1 << 30, 1)])
+def test_results_spilled_a_bucket_per_row_or_written_at_each_line_give_the_same_bytes(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch, bucket_bytes: int, pending_bytes: int
 ) -> None:
-    import mmap
+    import tempfile
 
     from batchdrop.services import outputs
     from batchdrop.services.outputs import OutputsWriter
@@ -450,20 +451,22 @@ def test_results_read_through_a_map_remade_at_every_row_give_the_same_bytes(
     for key in keys.values():
         del world.store._objects[key]  # as if never written: the writes are if-absent
 
-    # When they are written again with every spill file unmapped and mapped anew before each row
-    maps: list[mmap.mmap] = []
-    real_mmap = mmap.mmap
+    # When they are written again with each row in a bucket of its own, or each line written
+    # to its bucket as it comes
+    files: list[Any] = []
+    made = tempfile.TemporaryFile
 
-    def counted(*args: Any, **options: Any) -> mmap.mmap:
-        made = real_mmap(*args, **options)
-        maps.append(made)
-        return made
+    def counted(**options: Any) -> Any:
+        file = made(**options)
+        files.append(file)
+        return file
 
-    monkeypatch.setattr(outputs, "_MAPPED_BYTES", 1)
-    monkeypatch.setattr(outputs.mmap, "mmap", counted)
+    monkeypatch.setattr(outputs, "_BUCKET_BYTES", bucket_bytes)
+    monkeypatch.setattr(outputs, "_PENDING_BYTES", pending_bytes)
+    monkeypatch.setattr(tempfile, "TemporaryFile", counted)
     OutputsWriter(world.wiring()).write(found, shards, counts)
 
-    # Then the bytes are the same, a map was made per row sent, and every one was closed
+    # Then the bytes are the same, a file was made per bucket (per row sent, or per shard), and every one was closed
     assert {key: world.store.get(key) for key in keys.values()} == shipped
-    assert len(maps) == 39
-    assert all(made.closed for made in maps)
+    assert len(files) == (39 if bucket_bytes == 1 else len(shards))
+    assert all(file.closed for file in files)

@@ -1,17 +1,20 @@
 """The batch encoder of output rows (domain/output_lines.py) writes byte for byte what
-domain/outputs.csv_line and jsonl_line write, row by row."""
+domain/outputs.csv_line and jsonl_line write, row by row; and a JSON line means what
+json.dumps would have written, a float JSON cannot hold made null."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchdrop.domain.output_lines import RowsEncoder, csv_text
+from batchdrop.domain.output_lines import RowsEncoder, csv_text, json_line
 from batchdrop.domain.outputs import csv_line, jsonl_line
 
 pytestmark = pytest.mark.unit
@@ -64,3 +67,38 @@ def test_any_rows_are_written_as_the_row_by_row_writers_write_them(table: list[l
 def test_what_is_written_reads_back_with_the_csv_module() -> None:
     text = csv_text(["a,b", 'q"q', "l\r\nm", "", 1.5])
     assert next(csv.reader(io.StringIO(text, newline=""))) == ["a,b", 'q"q', "l\r\nm", "", "1.5"]
+
+
+def finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("row", rows_of(VALUES))
+def test_a_json_line_reads_back_as_the_row_with_what_json_cannot_hold_made_null(row: dict[str, Any]) -> None:
+    line = json_line(row)
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    text = line.decode()  # valid UTF-8: a lone surrogate is written as its escape
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} written")) == finite(row)
+    assert list(json.loads(text)) == list(row)  # the columns in order
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(cells, min_size=1, max_size=5), st.lists(texts, min_size=5, max_size=5))
+def test_any_row_is_one_json_line_that_reads_back_as_it(values: list[Any], names: list[str]) -> None:
+    row = {f"c{n}{names[n]}": value for n, value in enumerate(values)}
+    line = json_line(row)
+    assert line.count(b"\n") == 1
+    assert json.loads(line.decode()) == finite(row)
+
+
+def test_integers_beyond_64_bits_and_lone_surrogates_are_written_exactly() -> None:
+    row = {"big": 2**70, "neg": -(2**64), "bad": "x\ud800y", "ok": 1}
+    assert json.loads(json_line(row)) == row
+    assert json_line({"f": 1e-07, "g": 0.1}) in (b'{"f":1e-7,"g":0.1}\n', b'{"f":1e-07,"g":0.1}\n')

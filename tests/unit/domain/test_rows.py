@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from batchdrop.domain.rows import RowRef, outputs_keys, parse_row, rejected_row_record, row_line, rows_key
+from batchdrop.domain.rows import RowRef, outputs_keys, parse_row, rejected_row_record, row_id, row_line, rows_key
 
 pytestmark = pytest.mark.unit
 
@@ -50,3 +50,23 @@ def test_fields_that_are_not_an_object_are_refused_and_values_that_are_not_text_
 def test_keys() -> None:
     assert rows_key("j1", 12) == "work/j1/rows-00012.jsonl"
     assert outputs_keys("j1") == {"csv": "results/j1/outputs.csv", "jsonl": "results/j1/outputs.jsonl"}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        row_line(RowRef(12, "row-000012", {"product": "kettle"})),
+        row_line(RowRef(3, "a_B-9", {})),
+        b'{"row": 3, "id": "spaced", "fields": {}}\n',  # not as row_line writes it: parsed
+        b'{"id": "first", "row": 3}\n',
+        b'{"row":4,"id":"a\\u0062","fields":{}}\n',  # an escape: the leading bytes do not show the id
+        rejected_row_record(RowRef(5, None, {}, reason="no id"), line=6, source_key="inbox/r/a.csv"),
+    ],
+)
+def test_a_rows_line_id_is_its_parsed_custom_id(line: bytes) -> None:
+    assert row_id(line) == parse_row(line).custom_id
+
+
+def test_a_line_that_is_not_a_row_has_no_id() -> None:
+    with pytest.raises(ValueError, match="not a row record"):
+        row_id(b'{"line": 3}\n')

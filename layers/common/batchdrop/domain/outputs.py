@@ -17,6 +17,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
 
+from batchdrop.domain import quick_json
+from batchdrop.domain.output_lines import cell, json_line
 from batchdrop.domain.pipelines import Pipeline
 from batchdrop.domain.record_readers import Rejection
 from batchdrop.domain.schemas import compile_schema
@@ -124,30 +126,34 @@ class RowMaker:
     def _answer(self, message: Mapping[str, Any], text: str) -> Mapping[str, Any] | _Invalid:
         """The answer's properties, or why it is invalid_output and the text it was made of."""
         assert self._check is not None  # a pipeline with an output has its schema
-        cut = " (cut off: stop_reason max_tokens)" if message.get("stop_reason") == "max_tokens" else ""
-        tool_name = self.pipeline.tool_name
         if self.pipeline.output == "tool":
+            tool_name = self.pipeline.tool_name
             calls = [
                 block
                 for block in message["content"]
                 if isinstance(block, Mapping) and block.get("type") == "tool_use" and block.get("name") == tool_name
             ]
             if not calls:
-                return _Invalid(f"the answer does not call the tool {tool_name!r}{cut}", text)
+                return _Invalid(f"the answer does not call the tool {tool_name!r}{_cut(message)}", text)
             value = calls[0].get("input")
             raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         else:
             raw = text
             try:
-                value = _STRICT_JSON.decode(text)
+                value = quick_json.parse(text, _STRICT_JSON.decode)
             except ValueError as exc:
                 reason = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                return _Invalid(f"the answer is not valid JSON: {reason}{cut}", text)
+                return _Invalid(f"the answer is not valid JSON: {reason}{_cut(message)}", text)
         problem = self._check(value)
         if problem is not None:
-            return _Invalid(f"the answer does not match the schema: {problem}{cut}", raw)
+            return _Invalid(f"the answer does not match the schema: {problem}{_cut(message)}", raw)
         assert isinstance(value, dict)  # the schema is an object schema, and value matched it
         return {name: value.get(name) for name in self._properties}
+
+
+def _cut(message: Mapping[str, Any]) -> str:
+    """What an invalid answer's reason adds when the model was cut off."""
+    return " (cut off: stop_reason max_tokens)" if message.get("stop_reason") == "max_tokens" else ""
 
 
 def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
@@ -171,8 +177,8 @@ def _text_of(content: list[Any]) -> str:
 def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(result, bytes | str):
         try:
-            # As text: json.loads would first guess the bytes' encoding (a result line is UTF-8).
-            result = json.loads(result.decode() if isinstance(result, bytes) else result)
+            # As text for json: json.loads would first guess the bytes' encoding (a result line is UTF-8).
+            result = quick_json.parse(result, json.loads)
         except json.JSONDecodeError as exc:
             raise ResultLineError(f"a result line is not valid JSON: {exc.msg} (column {exc.colno})") from exc
         except UnicodeDecodeError as exc:
@@ -213,15 +219,6 @@ def _error_text(error: Any) -> str:
 # --- writing ----------------------------------------------------------------------------
 
 
-def cell(value: Any) -> str:
-    """A value as one CSV cell: empty for none, text as it is, anything else as its JSON text."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def csv_line(values: Mapping[str, Any] | list[str]) -> bytes:
     """One CSV line (RFC 4180: quoted as needed, CRLF) of a row's values, or of a header's names."""
     buffer = io.StringIO()
@@ -233,5 +230,4 @@ def csv_line(values: Mapping[str, Any] | list[str]) -> bytes:
 
 def jsonl_line(values: Mapping[str, Any]) -> bytes:
     """One JSONL line of a row: an object of its columns in order, answer values as JSON."""
-    text = json.dumps(dict(values), ensure_ascii=False, separators=(",", ":"))
-    return text.encode("utf-8", "backslashreplace") + b"\n"
+    return json_line(values)

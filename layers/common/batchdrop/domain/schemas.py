@@ -324,6 +324,13 @@ def _type_check(schema: Mapping[str, Any]) -> _Conforms | None:
     if len(wanted) == 1 and wanted[0] in _CLASSES:
         exact = _CLASSES[wanted[0]]
         return lambda value, _depth: isinstance(value, exact)
+    # The other single types, the usual JSON values decided by their exact type first.
+    if wanted == ("number",):
+        return lambda value, _depth: type(value) is float or type(value) is int or _is_number(value)
+    if wanted == ("integer",):
+        return lambda value, _depth: type(value) is int or is_type(value, "integer")
+    if wanted == ("null",):
+        return lambda value, _depth: value is None
     return lambda value, _depth: any(is_type(value, name) for name in wanted)
 
 
