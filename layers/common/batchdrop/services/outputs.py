@@ -46,9 +46,9 @@ CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 JSONL_CONTENT_TYPE = "application/x-jsonl"
 MAX_PIPELINE_BYTES = 1024 * 1024  # a pipeline is a prompt and a schema: far less than this
 _FLUSH_CHARS = 2 * 1024 * 1024  # rows gathered (both files) before they go to the writers
-_BUCKET_BYTES = 8 * 1024 * 1024  # a shard's result bytes per spill file, each read back whole
+_BUCKET_BYTES = 2 * 1024 * 1024  # a shard's result bytes per spill file, each read back whole
 _MAX_BUCKETS = 256  # spill files per shard at most (a Lambda function may hold 1,024 open)
-_PENDING_BYTES = 8 * 1024 * 1024  # result lines held, all buckets, before they are written
+_PENDING_BYTES = 2 * 1024 * 1024  # result lines held, all buckets, before they are written
 _GUESSED_LINE_BYTES = 4096  # a result's bytes, for a part the listing does not size
 
 
