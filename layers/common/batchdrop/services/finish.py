@@ -20,7 +20,6 @@ from batchdrop.domain.usage import Usage
 from batchdrop.observability import logger, record_job_cost
 from batchdrop.ports import Wiring
 from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, beside_actual, estimate_key, note_history, read_json
-from batchdrop.services.outputs import OutputsWriter
 from batchdrop.services.priming import priming_summary
 from batchdrop.services.report import write_report
 
@@ -65,6 +64,14 @@ class Finisher:
         except Exception:  # noqa: BLE001 - a report is never worth a job left open
             logger.exception("the job's report was not written", extra={"job_id": manifest.get("job_id")})
 
+    def _outputs(self, job: JobRecord, shards: list[ShardRecord], counts: Counter[str]) -> dict[str, str]:
+        """A records-mode job's outputs (services/outputs.py, imported here: it brings the
+        pipeline parser, the schema compiler and the JSON libraries, which a checker that
+        finishes no records job never needs at its cold start)."""
+        from batchdrop.services.outputs import OutputsWriter
+
+        return OutputsWriter(self._wired).write(job, shards, counts)
+
     def _manifest(self, job: JobRecord, shards: list[ShardRecord]) -> tuple[JobStatus, str, dict[str, Any]]:
         """The job's manifest, written if absent: its status, completion time and content as
         they stand in results/ (a checker that stopped after writing it fixed them)."""
@@ -76,7 +83,7 @@ class Finisher:
                 usage.setdefault(model, Usage()).merge(Usage(**figures))
         status = JobStatus.CANCELED if job.cancel_requested else final_status(counts, job.rejected)
         completed_at = self._wired.stamp()
-        outputs = OutputsWriter(self._wired).write(job, shards, counts) if job.pipeline is not None else None
+        outputs = self._outputs(job, shards, counts) if job.pipeline is not None else None
         manifest = build_manifest(
             job_id=job.job_id,
             source=job.source.as_dict(),
