@@ -10,7 +10,10 @@ added to the moto this process runs (server or in-process mock) by `apply()`:
   500 to every listing that would show the key.
 - CompleteMultipartUpload, ranged GetObject and UploadPartCopy in bounded memory, as S3 is:
   moto joins an upload's parts in memory several times over, and reads a whole object to
-  answer for a range of it (below)."""
+  answer for a range of it (below).
+- A request body given as a bytearray (the object writer's upload parts): botocore sends it
+  as it sends bytes; moto's in-process mock hands it to werkzeug, which takes only bytes or
+  a file, and fails. The server is reached over HTTP and never sees the difference."""
 
 from __future__ import annotations
 
@@ -31,6 +34,18 @@ def apply() -> None:
     _encode_listed_versions(S3Response)
     _stream_completed_parts()
     _read_ranges_in_place(S3Response)
+    _take_bytearray_bodies()
+
+
+def _take_bytearray_bodies() -> None:
+    from moto.core.request import Request
+
+    original = Request.from_primitives.__func__  # type: ignore[attr-defined]
+
+    def from_primitives(cls: Any, method: str, url: str, headers: Any, body: Any = None) -> Any:
+        return original(cls, method, url, headers, bytes(body) if isinstance(body, bytearray) else body)
+
+    Request.from_primitives = classmethod(from_primitives)  # type: ignore[method-assign, assignment]
 
 
 def _copy_only_if_absent(response_class: Any) -> None:

@@ -5,17 +5,14 @@ the version asked for. Checked against moto's in-process S3 with versioning on."
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from batchdrop.adapters.objects import PART_BYTES, ObjectStore
 from batchdrop.ports import SourceRange
-from batchdrop_local import moto_fidelity
+from tests.unit.moto_s3 import versioned_bucket
 
 pytestmark = pytest.mark.unit
 
@@ -24,20 +21,7 @@ BUCKET = "versions-bucket"
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL")]:
-        monkeypatch.delenv(name)
-    moto_fidelity.apply()
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    with versioned_bucket(monkeypatch, BUCKET) as client:
         yield client
 
 

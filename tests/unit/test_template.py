@@ -1094,15 +1094,6 @@ def test_checker_has_the_ephemeral_storage_records_outputs_spill_into(template: 
     assert props(template, "CheckerFunction")["EphemeralStorage"] == {"Size": 2048}
 
 
-def test_the_checker_returns_large_freed_blocks_so_its_outputs_memory_stays_flat(template: dict[str, Any]) -> None:
-    # glibc reads it when the runtime starts; docs/records.md#size gives the peaks with and
-    # without it. The submit function does not build outputs and keeps glibc's default.
-    checker = props(template, "CheckerFunction")["Environment"]["Variables"]
-    assert checker["MALLOC_MMAP_THRESHOLD_"] == "131072"
-    assert "MALLOC_MMAP_THRESHOLD_" not in props(template, "SubmitFunction")["Environment"]["Variables"]
-    assert "MALLOC_MMAP_THRESHOLD_" not in template["Globals"]["Function"]["Environment"]["Variables"]
-
-
 def test_the_price_table_override_reaches_the_functions_and_defaults_to_none(template: dict[str, Any]) -> None:
     from batchdrop.config import ENV_PRICES_JSON
 
