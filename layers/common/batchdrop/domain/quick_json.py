@@ -1,10 +1,11 @@
-"""JSON parsed fast where the outputs parse three documents per record (its rows line, its
-result line and the answer inside it): jiter, the Rust parser the Anthropic SDK already brings
-into the layer, parses them two to four times faster than Python's json, and Python's json
-stays the referee. A document jiter refuses is parsed again by the caller's json decoder,
-which either accepts it (a lone surrogate escape such as "\\ud800", which jiter cannot hold
-in a Rust string) or raises the error the caller has always reported, so the values and the
-errors are the ones json gives, only sooner.
+"""JSON parsed fast where a line is parsed per result: collecting a batch parses each result
+line, and the outputs parse three documents per record (its rows line, its result line and
+the answer inside it). jiter, the Rust parser the Anthropic SDK already brings into the
+layer, parses them two to four times faster than Python's json, and Python's json stays the
+referee. A document jiter refuses is parsed again by the caller's json decoder, which either
+accepts it (a lone surrogate escape such as "\\ud800", which jiter cannot hold in a Rust
+string; NaN, which json.loads takes) or raises the error the caller has always reported, so
+the values and the errors are the ones json gives, only sooner.
 
 jiter gives what json gives for every document both accept: objects (the last of a repeated
 key kept), exact integers of any size, floats rounded alike (1e400 is inf in both), strings

@@ -79,12 +79,14 @@ class Collector:
     def _stream(self, shard: ShardRecord, batch: Mapping[str, Any], part_key: str) -> _Tally:
         """The batch's results, final ones written to `part_key` (if absent: a run before this
         one wrote the same outcomes), counted and checked against the shard."""
+        from batchdrop.domain import quick_json  # jiter: an idle tick never loads it
+
         may_retry = shard.attempt < shard.max_attempts
         tally = _Tally(usage={model: Usage(**figures) for model, figures in shard.usage.items()})
         part: Writer | None = None  # opened on the first final outcome
         try:
             for line in self._wired.batches.result_lines(batch):
-                record = json.loads(line)
+                record = quick_json.parse(line, json.loads)
                 result = record["result"]
                 tally.raw[result["type"]] += 1
                 tally.digest.add(str(record["custom_id"]))
@@ -97,7 +99,10 @@ class Collector:
                 tally.finals[result["type"]] += 1
                 if result["type"] == "succeeded":
                     message = result["message"]
-                    tally.usage.setdefault(message["model"], Usage()).add_message_usage(message.get("usage") or {})
+                    usage = tally.usage.get(message["model"])
+                    if usage is None:
+                        usage = tally.usage[message["model"]] = Usage()
+                    usage.add_message_usage(message.get("usage") or {})
             _check(shard, batch["id"], tally)
         except BaseException:
             if part is not None:
