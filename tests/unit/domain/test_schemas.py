@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
@@ -261,3 +261,52 @@ def test_a_compiled_schema_names_the_first_problem_as_validate_does() -> None:
     assert compile_schema(loop)(1) == "$: the schema nests too deeply to check (a $ref loop?)"
     assert compile_schema({"enum": ["1", 1, True]})(1.0) is None
     assert compile_schema({"enum": ["1", 1]})(True) == '$: must be one of "1", 1; got true'
+
+
+# The usual output schema: an object of scalar properties, some enums of strings. Its check
+# passes the common value by exact types; every other value goes to the compiled schema.
+SCALAR_TYPES = ["string", "number", "integer", "boolean", "null"]
+FLAT_PROPERTIES = st.dictionaries(
+    NAMES,
+    st.sampled_from(SCALAR_TYPES).map(lambda name: {"type": name})
+    | st.builds(
+        lambda options: {"type": "string", "enum": options}, st.lists(st.sampled_from(["", "x", "y"]), min_size=1)
+    )
+    | st.builds(lambda options: {"type": "number", "enum": options}, st.lists(st.sampled_from([1, 0.5]), min_size=1))
+    | st.just({"type": "string", "const": "x"})
+    | st.just({"type": "string", "description": "a note", "format": "email"})
+    | LEAF_SCHEMAS,
+    min_size=1,
+    max_size=3,
+)
+FLAT_SCALARS = SCALARS | st.sampled_from([2**70, float("inf"), "y", 1.5])
+
+
+@settings(max_examples=400)
+@given(properties=FLAT_PROPERTIES, extra=st.none() | st.booleans() | LEAF_SCHEMAS, data=st.data())
+@example(properties={"a": {"type": "number"}}, extra=None, data=None)
+def test_a_flat_object_schema_gives_what_validate_gives(
+    properties: dict[str, Any], extra: Any, data: st.DataObject | None
+) -> None:
+    names = sorted(properties)
+    # Mostly required names and values among the properties' own, so that the quick look
+    # decides most values, and it is seen to decide them as validate does
+    required = ["a"] if data is None else data.draw(st.lists(st.sampled_from(names) | NAMES, max_size=3, unique=True))
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        **({} if extra is None else {"additionalProperties": extra}),
+    }
+    needed = [name for name in required if name in properties]
+    optional = {name: FLAT_SCALARS for name in names if name not in needed}
+    plain = st.fixed_dictionaries(dict.fromkeys(needed, FLAT_SCALARS), optional=optional)
+    values = (
+        [{"a": True}, {"a": 1.0}, {}, {"a": 1, "b": None}]
+        if data is None
+        else [data.draw(plain | st.dictionaries(NAMES, FLAT_SCALARS | VALUES, max_size=3) | VALUES)]
+    )
+    for value in values:
+        expected = validate(value, schema)
+        assert conforms_to(schema)(value) is (expected is None), (schema, value)
+        assert compile_schema(schema)(value) == expected, (schema, value)

@@ -58,24 +58,26 @@ def csv_text(values: Iterable[Any]) -> str:
     """One CSV line of a row's values (or a header's names), as text, CRLF included. A cell's
     text is what outputs.cell gives; numbers are written without a json.dumps call (the JSON
     text of an int or a finite float is its repr)."""
-    cells = []
+    cells: list[str] = []
+    add = cells.append
     for value in values:
         kind = type(value)
         if kind is str:
-            text = str(value)
+            text: str = value
         elif value is None:
-            cells.append("")
+            add("")
             continue
         elif kind is int or (kind is float and math.isfinite(value)):
-            cells.append(repr(value))
+            add(repr(value))
             continue
         else:
             text = cell(value)
         if '"' in text:
-            text = '"' + text.replace('"', '""') + '"'
+            add('"' + text.replace('"', '""') + '"')
         elif "," in text or "\n" in text or "\r" in text:
-            text = '"' + text + '"'
-        cells.append(text)
+            add('"' + text + '"')
+        else:
+            add(text)
     return ",".join(cells) + "\r\n"
 
 

@@ -77,6 +77,8 @@ class RowMaker:
         schema = pipeline.answer_schema
         self._check = compile_schema(schema) if schema is not None else None
         self._properties: tuple[str, ...] = tuple(schema["properties"]) if schema is not None else ()
+        self._keep = pipeline.keep_fields
+        self._output = pipeline.output
 
     def row(
         self,
@@ -87,7 +89,7 @@ class RowMaker:
     ) -> Row:
         """What `row(pipeline, kept_fields, result, record_id=...)` gives."""
         out = self._blank.copy()
-        for name in self.pipeline.keep_fields:
+        for name in self._keep:
             out[name] = kept_fields.get(name)
         if isinstance(result, Rejection):
             out.update(id=result.custom_id or record_id, status="rejected", error=result.reason)
@@ -108,25 +110,32 @@ class RowMaker:
 
     def _succeeded(self, out: Row, message: Mapping[str, Any]) -> None:
         """Fill a succeeded result's columns in `out` (every one of them is already a key)."""
-        usage: Mapping[str, Any] = message["usage"] if _is_mapping(message.get("usage")) else {}
-        for name in USAGE_COLUMNS:
-            out[name] = usage.get(name)
+        usage = message.get("usage")
+        if type(usage) is not dict and not _is_mapping(usage):
+            usage = {}
+        out["input_tokens"] = usage.get("input_tokens")
+        out["output_tokens"] = usage.get("output_tokens")
+        out["cache_read_input_tokens"] = usage.get("cache_read_input_tokens")
+        out["cache_creation_input_tokens"] = usage.get("cache_creation_input_tokens")
         out["stop_reason"] = message.get("stop_reason")
         text = _text_of(message["content"])
-        if self.pipeline.output == "text":
-            out.update(status="succeeded", text=text)
+        if self._output == "text":
+            out["status"] = "succeeded"
+            out["text"] = text
             return
         answer = self._answer(message, text)
         if isinstance(answer, _Invalid):
             out.update(status="invalid_output", raw=answer.raw, error=answer.reason)
             return
         out["status"] = "succeeded"
-        out.update(answer)
+        for name in self._properties:
+            out[name] = answer.get(name)
 
-    def _answer(self, message: Mapping[str, Any], text: str) -> Mapping[str, Any] | _Invalid:
-        """The answer's properties, or why it is invalid_output and the text it was made of."""
+    def _answer(self, message: Mapping[str, Any], text: str) -> dict[str, Any] | _Invalid:
+        """The answer (an object matching the schema), or why it is invalid_output and the
+        text it was made of."""
         assert self._check is not None  # a pipeline with an output has its schema
-        if self.pipeline.output == "tool":
+        if self._output == "tool":
             tool_name = self.pipeline.tool_name
             calls = [
                 block
@@ -148,7 +157,7 @@ class RowMaker:
         if problem is not None:
             return _Invalid(f"the answer does not match the schema: {problem}{_cut(message)}", raw)
         assert isinstance(value, dict)  # the schema is an object schema, and value matched it
-        return {name: value.get(name) for name in self._properties}
+        return value
 
 
 def _cut(message: Mapping[str, Any]) -> str:
@@ -175,7 +184,7 @@ def _text_of(content: list[Any]) -> str:
 
 
 def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(result, bytes | str):
+    if type(result) is bytes or isinstance(result, bytes | str):
         try:
             # As text for json: json.loads would first guess the bytes' encoding (a result line is UTF-8).
             result = quick_json.parse(result, json.loads)
@@ -183,6 +192,10 @@ def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
             raise ResultLineError(f"a result line is not valid JSON: {exc.msg} (column {exc.colno})") from exc
         except UnicodeDecodeError as exc:
             raise ResultLineError(f"a result line is not valid UTF-8 (byte {exc.start})") from exc
+    if type(result) is dict and type(result.get("custom_id")) is str:
+        outcome = result.get("result")
+        if type(outcome) is dict and type(outcome.get("type")) is str:
+            return result  # the usual line, checked by exact types
     if (
         not _is_mapping(result)
         or not isinstance(result.get("custom_id"), str)
@@ -195,6 +208,8 @@ def _parsed(result: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _message(outcome: Mapping[str, Any]) -> Mapping[str, Any]:
     message = outcome.get("message")
+    if type(message) is dict and type(message.get("content")) is list:
+        return message
     if not _is_mapping(message) or not isinstance(message.get("content"), list):
         raise ResultLineError("a succeeded result has no message with content")
     return message

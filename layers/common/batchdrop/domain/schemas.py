@@ -209,7 +209,63 @@ def compile_schema(schema: Any) -> Callable[[Any], str | None]:
 def conforms_to(schema: Any) -> Callable[[Any], bool]:
     """The schema compiled into one yes/no check: whether validate(value, schema) is None."""
     conforms = _Compiler(schema).node(schema)
-    return lambda value: conforms(value, 0)
+    return _flat_object(schema, conforms) or (lambda value: conforms(value, 0))
+
+
+# A property's schema that a flat object's check decides by itself: one scalar type, and
+# maybe an enum of strings. Anything else in it, the compiled node decides.
+_SCALAR_TYPES: Final[dict[str, frozenset[type]]] = {
+    "string": frozenset({str}),
+    "number": frozenset({int, float}),
+    "integer": frozenset({int}),
+    "boolean": frozenset({bool}),
+    "null": frozenset({type(None)}),
+}
+_DECIDING: Final = frozenset({"$ref", "anyOf", "enum", "const", "properties", "required", "items"})
+
+
+def _flat_object(schema: Any, conforms: _Conforms) -> Callable[[Any], bool] | None:
+    """For the usual output schema (an object whose properties are scalars, maybe enums of
+    strings), a check that passes a value with one look at each property by its exact type
+    and hands any other value to `conforms`, which decides; None for other schemas."""
+    if (
+        not isinstance(schema, dict)
+        or schema.get("type") != "object"
+        or {"$ref", "anyOf", "enum", "const"} & schema.keys()
+    ):
+        return None
+    properties = schema.get("properties")
+    required = schema.get("required", [])
+    if not isinstance(properties, dict) or not isinstance(required, list):
+        return None
+    plain: dict[str, tuple[frozenset[type], frozenset[str] | None]] = {}
+    for name, sub in properties.items():
+        named = sub.get("type") if isinstance(sub, dict) else None
+        kinds = _SCALAR_TYPES.get(named) if isinstance(named, str) else None
+        if kinds is None or _DECIDING & (sub.keys() - {"enum"}):
+            continue
+        options = sub.get("enum")
+        if options is None:
+            plain[name] = (kinds, None)
+        elif isinstance(options, list) and kinds == _SCALAR_TYPES["string"] and all(type(o) is str for o in options):
+            plain[name] = (kinds, frozenset(options))
+    if not plain:
+        return None
+    needed = tuple(required)
+
+    def check(value: Any) -> bool:
+        if type(value) is dict:
+            for name in needed:
+                if name not in value:
+                    return conforms(value, 0)
+            for name, item in value.items():
+                known = plain.get(name)
+                if known is None or type(item) not in known[0] or (known[1] is not None and item not in known[1]):
+                    return conforms(value, 0)
+            return True
+        return conforms(value, 0)
+
+    return check
 
 
 class _Compiler:

@@ -94,8 +94,8 @@ class _Spill:
         self._strangers: list[str] = []  # ids the shard's rows do not have
 
     def add(self, line: bytes, key: str) -> None:
-        line = line.rstrip(b"\r\n")
-        if not line:
+        """Spill one line of a result part, its line end kept (JSON reads it as whitespace)."""
+        if len(line) <= 2 and not line.strip():
             return
         custom_id = result_id(line)
         place = self._place.get(custom_id)
