@@ -53,9 +53,7 @@ def _finish(stack: LocalStack, records: int) -> dict[str, Any]:
     floor = procs.run_child("bench.outputs_child", "floor", seeded["job_id"], env=env)
     s3 = stack.client("s3")
     outputs = s3.head_object(Bucket=stack.bucket_name, Key=f"results/{seeded['job_id']}/outputs.csv")
-    rows = sum(chunk.count(b"\n") for chunk in _chunks(stack, f"results/{seeded['job_id']}/outputs.jsonl"))
-    if rows != records:
-        raise RuntimeError(f"outputs.jsonl holds {rows} rows for {records} records")
+    _check_rows(stack, seeded["job_id"], records)
     return {
         "seconds": ours["seconds"],
         "peak_rss_mb": ours["peak_rss_mb"],
@@ -102,16 +100,16 @@ def _whole_path(stack: LocalStack, records: int, workdir: Path) -> dict[str, Any
 def _check_rows(stack: LocalStack, job_id: str, records: int) -> None:
     """Each record has its row in outputs.jsonl, and every row is a succeeded answer."""
     statuses: Counter[str] = Counter()
-    for row in _chunks(stack, f"results/{job_id}/outputs.jsonl", lines=True):
+    for row in _lines(stack, f"results/{job_id}/outputs.jsonl"):
         statuses[json.loads(row)["status"]] += 1
     if statuses.total() != records or statuses["succeeded"] != records:
         raise RuntimeError(f"outputs.jsonl holds {dict(statuses)} for {records} records")
 
 
-def _chunks(stack: LocalStack, key: str, *, lines: bool = False) -> Iterator[bytes]:
+def _lines(stack: LocalStack, key: str) -> Iterator[bytes]:
     body = stack.client("s3").get_object(Bucket=stack.bucket_name, Key=key)["Body"]
     try:
-        yield from body.iter_lines() if lines else body.iter_chunks(procs.MB)
+        yield from body.iter_lines()
     finally:
         body.close()
 

@@ -113,10 +113,8 @@ class RowMaker:
         usage = message.get("usage")
         if type(usage) is not dict and not _is_mapping(usage):
             usage = {}
-        out["input_tokens"] = usage.get("input_tokens")
-        out["output_tokens"] = usage.get("output_tokens")
-        out["cache_read_input_tokens"] = usage.get("cache_read_input_tokens")
-        out["cache_creation_input_tokens"] = usage.get("cache_creation_input_tokens")
+        for name in USAGE_COLUMNS:
+            out[name] = usage.get(name)
         out["stop_reason"] = message.get("stop_reason")
         text = _text_of(message["content"])
         if self._output == "text":
