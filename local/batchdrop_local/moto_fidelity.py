@@ -11,6 +11,10 @@ added to the moto this process runs (server or in-process mock) by `apply()`:
 - CompleteMultipartUpload, ranged GetObject and UploadPartCopy in bounded memory, as S3 is:
   moto joins an upload's parts in memory several times over, and reads a whole object to
   answer for a range of it (below).
+- Writes with `If-None-Match: *` (PutObject, CopyObject, CompleteMultipartUpload) at once:
+  S3 lets exactly one of them write; moto checks for the object, then writes, so two
+  concurrent writers could both pass the check and leave two versions. They are made one
+  at a time here (a process-wide lock around each such write).
 - A request body given as a bytearray (the object writer's upload parts): botocore sends it
   as it sends bytes; moto's in-process mock hands it to werkzeug, which takes only bytes or
   a file, and fails. The server is reached over HTTP and never sees the difference."""
@@ -35,6 +39,23 @@ def apply() -> None:
     _stream_completed_parts()
     _read_ranges_in_place(S3Response)
     _take_bytearray_bodies()
+    _conditional_writes_one_at_a_time(S3Response)
+
+
+def _conditional_writes_one_at_a_time(response_class: Any) -> None:
+    import threading
+
+    lock = threading.Lock()
+    for name in ("_key_response_put", "_key_response_post"):
+        original = getattr(response_class, name)
+
+        def handle(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if self.headers.get("If-None-Match") != "*":
+                return _original(self, *args, **kwargs)
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        setattr(response_class, name, handle)
 
 
 def _take_bytearray_bodies() -> None:

@@ -23,8 +23,10 @@ from tests.e2e.support import read, run_to_the_end, upload_bytes
 pytestmark = pytest.mark.e2e
 
 # This module's stack and runner (tests/e2e/conftest.py). The emulator starts afresh for each
-# test, its cache empty: a job never reads what an earlier test wrote.
-STACK = {"latency": 0.5, "parameters": {"LogLevel": "WARNING"}}
+# test, its cache empty: a job never reads what an earlier test wrote. The emulator's "1h"
+# cache entry lives `latency` seconds: 2 s outlasts the step from priming to the batch's
+# create even on a loaded machine (at 0.5 s, a create 0.6 s later found the entry gone).
+STACK = {"latency": 2.0, "parameters": {"LogLevel": "WARNING"}}
 RUNNER = {"tick_seconds": 0.3, "retry_delay_seconds": 0.1}
 FRESH_EMULATOR = True
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.unit.moto_s3 import versioned_bucket
 
@@ -204,3 +207,47 @@ def test_upload_part_copy_copies_the_range_or_the_whole_object(s3: Any, stored: 
     s3.complete_multipart_upload(Bucket=BUCKET, Key="copy", UploadId=upload_id, MultipartUpload={"Parts": parts})
 
     assert s3.get_object(Bucket=BUCKET, Key="copy")["Body"].read() == stored[: 5 * MB] + stored
+
+
+@pytest.mark.parametrize("write", ["put", "copy"])
+def test_concurrent_writes_if_absent_leave_one_version(s3: Any, monkeypatch: pytest.MonkeyPatch, write: str) -> None:
+    from moto.s3.models import S3Backend
+
+    # Given a lookup that takes a while, as a busy server's does: every writer's check for an
+    # existing object falls inside another writer's check-then-write
+    looked_up = S3Backend.get_object
+
+    def slow_lookup(self: Any, bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
+        found = looked_up(self, bucket_name, key_name, *args, **kwargs)
+        if key_name == "work/j/shard-00000.jsonl":
+            time.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(S3Backend, "get_object", slow_lookup)
+    s3.put_object(Bucket=BUCKET, Key="inbox/f.jsonl", Body=b'{"custom_id": "a"}\n')
+    start = threading.Barrier(6)
+    written: list[str] = []
+
+    def writer() -> None:
+        start.wait()
+        try:
+            if write == "put":
+                s3.put_object(Bucket=BUCKET, Key="work/j/shard-00000.jsonl", Body=b"x\n", IfNoneMatch="*")
+            else:
+                source = {"Bucket": BUCKET, "Key": "inbox/f.jsonl"}
+                s3.copy_object(Bucket=BUCKET, Key="work/j/shard-00000.jsonl", CopySource=source, IfNoneMatch="*")
+            written.append("written")
+        except ClientError as exc:
+            written.append(exc.response["Error"]["Code"])
+
+    # When six writers write the key if absent, at once
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then one wrote it, the five others were refused, and the key has one version
+    assert sorted(written) == ["PreconditionFailed"] * 5 + ["written"]
+    listed = s3.list_object_versions(Bucket=BUCKET, Prefix="work/j/")["Versions"]
+    assert len(listed) == 1
