@@ -433,7 +433,6 @@ def test_a_missing_rows_file_is_named(world: Fakes) -> None:
 def test_results_spilled_a_bucket_per_row_or_written_at_each_line_give_the_same_bytes(
     world: Fakes, monkeypatch: pytest.MonkeyPatch, bucket_bytes: int, pending_bytes: int
 ) -> None:
-    import tempfile
 
     from batchdrop.services import outputs
     from batchdrop.services.outputs import OutputsWriter
@@ -453,6 +452,21 @@ def test_results_spilled_a_bucket_per_row_or_written_at_each_line_give_the_same_
 
     # When they are written again with each row in a bucket of its own, or each line written
     # to its bucket as it comes
+    files = count_spill_files(monkeypatch)
+    monkeypatch.setattr(outputs, "_BUCKET_BYTES", bucket_bytes)
+    monkeypatch.setattr(outputs, "_PENDING_BYTES", pending_bytes)
+    OutputsWriter(world.wiring()).write(found, shards, counts)
+
+    # Then the bytes are the same, a file was made per bucket (per row sent, or per shard), and every one was closed
+    assert {key: world.store.get(key) for key in keys.values()} == shipped
+    assert len(files) == (39 if bucket_bytes == 1 else len(shards))
+    assert all(file.closed for file in files)
+
+
+def count_spill_files(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The spill files made from now on, each as it was made."""
+    import tempfile
+
     files: list[Any] = []
     made = tempfile.TemporaryFile
 
@@ -461,12 +475,5 @@ def test_results_spilled_a_bucket_per_row_or_written_at_each_line_give_the_same_
         files.append(file)
         return file
 
-    monkeypatch.setattr(outputs, "_BUCKET_BYTES", bucket_bytes)
-    monkeypatch.setattr(outputs, "_PENDING_BYTES", pending_bytes)
     monkeypatch.setattr(tempfile, "TemporaryFile", counted)
-    OutputsWriter(world.wiring()).write(found, shards, counts)
-
-    # Then the bytes are the same, a file was made per bucket (per row sent, or per shard), and every one was closed
-    assert {key: world.store.get(key) for key in keys.values()} == shipped
-    assert len(files) == (39 if bucket_bytes == 1 else len(shards))
-    assert all(file.closed for file in files)
+    return files

@@ -1089,9 +1089,9 @@ def test_every_alarm_notifies_the_topic(template: dict[str, Any]) -> None:
 
 
 def test_checker_has_the_ephemeral_storage_records_outputs_spill_into(template: dict[str, Any]) -> None:
-    # services/outputs.py spills one shard's result lines into /tmp; docs/records.md#size
+    # services/outputs.py spills the tails of a shard's rows into /tmp; docs/records.md#size
     # states the bound this size gives (Lambda's default is 512 MB).
-    assert props(template, "CheckerFunction")["EphemeralStorage"] == {"Size": 2048}
+    assert props(template, "CheckerFunction")["EphemeralStorage"] == {"Size": 4096}
 
 
 def test_the_price_table_override_reaches_the_functions_and_defaults_to_none(template: dict[str, Any]) -> None:

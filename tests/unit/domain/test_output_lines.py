@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchdrop.domain.output_lines import RowsEncoder, csv_text, json_line
+from batchdrop.domain.output_lines import RowsEncoder, csv_text, json_line, tail_cells
 from batchdrop.domain.outputs import csv_line, jsonl_line
 
 pytestmark = pytest.mark.unit
@@ -102,3 +102,19 @@ def test_integers_beyond_64_bits_and_lone_surrogates_are_written_exactly() -> No
     row = {"big": 2**70, "neg": -(2**64), "bad": "x\ud800y", "ok": 1}
     assert json.loads(json_line(row)) == row
     assert json_line({"f": 1e-07, "g": 0.1}) in (b'{"f":1e-7,"g":0.1}\n', b'{"f":1e-07,"g":0.1}\n')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(texts | st.none(), min_size=1, max_size=3), st.lists(cells, min_size=1, max_size=5))
+def test_a_row_joined_from_its_head_and_its_tail_is_the_row_encoded_whole(heads: list[Any], tails: list[Any]) -> None:
+    head = {f"h{n}": value for n, value in enumerate(heads)}
+    tail = {f"t{n}": value for n, value in enumerate(tails)}
+    joined = RowsEncoder()
+    joined.add_joined(head, *tail_cells(tail))
+    whole = RowsEncoder()
+    whole.add({**head, **tail})
+    (csv_joined, jsonl_joined), (csv_whole, jsonl_whole) = joined.take(), whole.take()
+    assert csv_joined == csv_whole
+    assert json.loads(jsonl_joined.decode()) == json.loads(jsonl_whole.decode()) == finite({**head, **tail})
+    if not any(value and "\ud800" in value for value in heads):  # else a float may be spelt otherwise
+        assert jsonl_joined == jsonl_whole

@@ -11,7 +11,6 @@ from batchdrop.domain.output_order import (
     OutputOrderError,
     count_problem,
     merged_by_row,
-    result_id,
     shard_families,
 )
 from batchdrop.domain.records import ShardRecord
@@ -51,26 +50,6 @@ def test_a_halved_shards_results_are_read_with_its_own_at_any_depth() -> None:
 def test_a_half_with_no_shard_item_is_named() -> None:
     with pytest.raises(OutputOrderError, match="shard 1: a half made from it has no shard item"):
         shard_families([shard(0), shard(1, split_into=(2, 3)), shard(2)])
-
-
-@pytest.mark.parametrize(
-    ("line", "custom_id"),
-    [
-        (b'{"custom_id":"row-000001","result":{"type":"succeeded"}}', "row-000001"),
-        (b'{ "custom_id" : "a_B-9" , "result": {}}', "a_B-9"),
-        (b'{"result":{"type":"expired"},"custom_id":"late"}', "late"),  # not first: parsed
-        (b'{"custom_id":"\\u0061b","result":{}}', "ab"),  # escaped: parsed
-        (b'{"custom_id":"abc"}', "abc"),
-    ],
-)
-def test_a_result_line_is_known_by_its_custom_id(line: bytes, custom_id: str) -> None:
-    assert result_id(line) == custom_id
-
-
-@pytest.mark.parametrize("line", [b'{"custom_id":"abc', b'{"result":{}}', b"[1]"])
-def test_a_result_line_without_a_readable_custom_id_is_refused(line: bytes) -> None:
-    with pytest.raises(OutputOrderError, match="result line"):
-        result_id(line)
 
 
 def test_rejected_records_fall_between_the_sent_ones_by_row() -> None:

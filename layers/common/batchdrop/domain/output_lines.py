@@ -4,6 +4,13 @@ what the csv module and json.dumps cost per row: the csv module copies a long ce
 character at a time, and json.dumps is some ten times slower than orjson on a row, so a job
 of 100,000 rows is encoded in about a second.
 
+A row may also be encoded in two pieces: its tail (the columns a result decides, from
+`status` on) when its result is read, whatever the order results come in, and its head (`id`
+and the kept fields) when its turn comes in input order (tail_cells, RowsEncoder.add_joined).
+Joined, they are the bytes of the whole row encoded at once, but for a row whose head text
+holds a lone surrogate beside a float in its tail: json then writes the head and orjson the
+tail, and the float may be spelt otherwise (1e-07 for 1e-7), the same number.
+
 Cells are quoted as the csv module quotes them by default (QUOTE_MINIMAL, doubled quotes,
 CRLF ends): a cell holding a comma, a quote, a CR or an LF is quoted, and nothing else is.
 That rule differs from the module's for a row of one empty cell only, and a row of outputs
@@ -54,10 +61,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def csv_text(values: Iterable[Any]) -> str:
-    """One CSV line of a row's values (or a header's names), as text, CRLF included. A cell's
-    text is what outputs.cell gives; numbers are written without a json.dumps call (the JSON
-    text of an int or a finite float is its repr)."""
+def csv_text(values: Iterable[Any], end: str = "\r\n") -> str:
+    """One CSV line of a row's values (or a header's names), as text, `end` (CRLF) included. A
+    cell's text is what outputs.cell gives; numbers are written without a json.dumps call (the
+    JSON text of an int or a finite float is its repr)."""
     cells: list[str] = []
     add = cells.append
     for value in values:
@@ -78,28 +85,43 @@ def csv_text(values: Iterable[Any]) -> str:
             add('"' + text + '"')
         else:
             add(text)
-    return ",".join(cells) + "\r\n"
+    return ",".join(cells) + end
+
+
+def tail_cells(tail: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The tail of a row (its columns from `status` on, never none) as the end of its CSV line
+    and the end of its JSON line, to be joined to its head by RowsEncoder.add_joined."""
+    return csv_text(tail.values()).encode("utf-8", "backslashreplace"), json_line(tail)[1:]
 
 
 class RowsEncoder:
-    """Rows gathered as outputs.csv and outputs.jsonl, taken as bytes a batch at a time."""
+    """Rows gathered as outputs.csv and outputs.jsonl, taken as bytes a batch at a time. A lone
+    surrogate in a CSV cell (from a JSONL record's \\ud800 escape) is written as that escape,
+    as csv_line does."""
 
     def __init__(self) -> None:
-        self._csv: list[str] = []
+        self._csv: list[bytes] = []
         self._jsonl: list[bytes] = []
-        self.chars = 0  # held now, both files (characters of CSV, bytes of JSONL)
+        self.chars = 0  # bytes held now, both files
 
     def add(self, values: Mapping[str, Any]) -> None:
-        table = csv_text(values.values())
+        table = csv_text(values.values()).encode("utf-8", "backslashreplace")
         line = json_line(values)
         self._csv.append(table)
         self._jsonl.append(line)
         self.chars += len(table) + len(line)
 
+    def add_joined(self, head: Mapping[str, Any], csv_tail: bytes, jsonl_tail: bytes) -> None:
+        """A row from its head (`id` and the kept fields) and its tail's cells (tail_cells)."""
+        table = csv_text(head.values(), ",").encode("utf-8", "backslashreplace") + csv_tail
+        line = json_line(head)[:-2] + b"," + jsonl_tail
+        self._csv.append(table)
+        self._jsonl.append(line)
+        self.chars += len(table) + len(line)
+
     def take(self) -> tuple[bytes, bytes]:
-        """The rows added since the last take: (CSV bytes, JSONL bytes). A lone surrogate (from
-        a JSONL record's \\ud800 escape) is written as that escape, as csv_line does."""
-        table = "".join(self._csv).encode("utf-8", "backslashreplace")
+        """The rows added since the last take: (CSV bytes, JSONL bytes)."""
+        table = b"".join(self._csv)
         lines = b"".join(self._jsonl)
         self._csv.clear()
         self._jsonl.clear()

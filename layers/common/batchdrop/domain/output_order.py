@@ -1,7 +1,6 @@
 """Records mode's outputs in input order, as pure decisions: which result parts hold the
-outcomes of each shard the split made, how a result line is known by its custom_id, how the
-rows of the requests sent merge with the rejected records, and whether the rows written
-agree with the job's counts.
+outcomes of each shard the split made, how the rows of the requests sent merge with the
+rejected records, and whether the rows written agree with the job's counts.
 
 The split cuts shards in the file's order and keeps one rows file per shard (domain/rows.py),
 so the rows files read in shard order give the sent records in input order. A shard whose
@@ -11,17 +10,10 @@ so a shard's results are read from its own parts and those of every half made fr
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Final
 
 from batchdrop.domain.records import ShardRecord
 from batchdrop.domain.rows import RowRef
-
-# A result line as the API writes it begins with its custom_id, which can hold no escape
-# (^[a-zA-Z0-9_-]{1,64}$): read from the line's first bytes, without parsing the rest.
-_LEADING_ID: Final = re.compile(rb'\{\s*"custom_id"\s*:\s*"([a-zA-Z0-9_-]{1,64})"\s*[,}]')
 
 
 class OutputOrderError(ValueError):
@@ -51,21 +43,6 @@ def shard_families(shards: Sequence[ShardRecord]) -> list[tuple[int, tuple[str, 
             todo.extend(children.get(member.index, ()))
         families.append((index, tuple(keys)))
     return families
-
-
-def result_id(line: bytes) -> str:
-    """The custom_id of one result line (its leading bytes, or the parsed line when they do
-    not show it)."""
-    found = _LEADING_ID.match(line)
-    if found is not None:
-        return found[1].decode()
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        raise OutputOrderError(f"a result line is not valid JSON: {line[:80]!r}") from exc
-    if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str):
-        raise OutputOrderError(f"a result line has no custom_id: {line[:80]!r}")
-    return str(record["custom_id"])
 
 
 def merged_by_row[T](sent: Iterable[tuple[RowRef, T]], rejected: Iterable[RowRef]) -> Iterator[tuple[RowRef, T | None]]:

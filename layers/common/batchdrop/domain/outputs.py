@@ -74,6 +74,9 @@ class RowMaker:
         self.pipeline = pipeline
         self.columns: tuple[str, ...] = tuple(header(pipeline))
         self._blank: Row = dict.fromkeys(self.columns)
+        # A row's head (id and the kept fields) comes from its record, its tail from its result.
+        self.head_columns: tuple[str, ...] = ("id", *pipeline.keep_fields)
+        self._blank_tail: Row = dict.fromkeys(self.columns[len(self.head_columns) :])
         schema = pipeline.answer_schema
         self._check = compile_schema(schema) if schema is not None else None
         self._properties: tuple[str, ...] = tuple(schema["properties"]) if schema is not None else ()
@@ -94,8 +97,18 @@ class RowMaker:
         if isinstance(result, Rejection):
             out.update(id=result.custom_id or record_id, status="rejected", error=result.reason)
             return out
+        out["id"] = self._fill(out, result)
+        return out
+
+    def tail(self, result: bytes | str | Mapping[str, Any]) -> tuple[str, Row]:
+        """The custom_id of a result and its row's tail: the columns from `status` on, which
+        the result alone decides (row() is the head, then this)."""
+        out = self._blank_tail.copy()
+        return self._fill(out, result), out
+
+    def _fill(self, out: Row, result: bytes | str | Mapping[str, Any]) -> str:
+        """Fill the columns a result decides in `out`; its custom_id."""
         parsed = _parsed(result)
-        out["id"] = parsed["custom_id"]
         outcome = parsed["result"]
         kind = outcome["type"]
         if kind == "succeeded":
@@ -106,7 +119,7 @@ class RowMaker:
             out["status"] = kind
         else:
             raise ResultLineError(f"result of {parsed['custom_id']!r}: unknown result type {kind!r}")
-        return out
+        return str(parsed["custom_id"])
 
     def _succeeded(self, out: Row, message: Mapping[str, Any]) -> None:
         """Fill a succeeded result's columns in `out` (every one of them is already a key)."""

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchdrop.domain.jobs import IdsDigest, is_retryable, results_part_key
 from batchdrop.domain.records import NextAttempt, Outcome, ShardRecord
@@ -20,6 +20,9 @@ from batchdrop.domain.usage import Usage
 from batchdrop.errors import ResultsMismatchError
 from batchdrop.observability import logger
 from batchdrop.ports import Wiring, Writer
+
+if TYPE_CHECKING:  # records mode's outputs: imported by a tick that has a records job to finish
+    from batchdrop.services.outputs import CollectedResults, CollectedShard
 
 RESULTS_CONTENT_TYPE = "application/x-jsonl"
 
@@ -43,14 +46,30 @@ class Collector:
     def __init__(self, wired: Wiring) -> None:
         self._wired = wired
 
-    def collect(self, shard: ShardRecord, batch: Mapping[str, Any]) -> int | None:
+    def collect(
+        self, shard: ShardRecord, batch: Mapping[str, Any], collected: CollectedResults | None = None
+    ) -> int | None:
         """Collect the ended `batch` of `shard` (as read just now). None when it was not
         this shard's batch to collect any more; else the requests scheduled for another
-        attempt (0: the shard is COLLECTED)."""
+        attempt (0: the shard is COLLECTED). `collected`: where a records job's rows are made
+        from the final results as they stream in, for a job this tick may finish."""
         if shard.state is not ShardState.SUBMITTED or shard.batch_id != batch["id"]:
             return None
         part_key = results_part_key(shard.job_id, shard.index, shard.attempt)
-        tally = self._stream(shard, batch, part_key)
+        sink = collected.sink(shard, part_key) if collected is not None else None
+        try:
+            moved = self._collect(shard, batch, part_key, sink)
+            if moved == 0 and sink is not None:
+                sink.keep()
+            return moved
+        finally:
+            if sink is not None:
+                sink.drop()  # unless kept: a retry scheduled, or the outcome not recorded
+
+    def _collect(
+        self, shard: ShardRecord, batch: Mapping[str, Any], part_key: str, sink: CollectedShard | None
+    ) -> int | None:
+        tally = self._stream(shard, batch, part_key, sink)
         entry = {
             "attempt": shard.attempt,
             "batch_id": batch["id"],
@@ -76,9 +95,11 @@ class Collector:
         logger.info("batch results collected", extra={"counts": dict(tally.raw), "part": part_key})
         return 0
 
-    def _stream(self, shard: ShardRecord, batch: Mapping[str, Any], part_key: str) -> _Tally:
+    def _stream(
+        self, shard: ShardRecord, batch: Mapping[str, Any], part_key: str, sink: CollectedShard | None
+    ) -> _Tally:
         """The batch's results, final ones written to `part_key` (if absent: a run before this
-        one wrote the same outcomes), counted and checked against the shard."""
+        one wrote the same outcomes) and handed to `sink`, counted and checked against the shard."""
         from batchdrop.domain import quick_json  # jiter: an idle tick never loads it
 
         may_retry = shard.attempt < shard.max_attempts
@@ -96,6 +117,8 @@ class Collector:
                 if part is None:
                     part = self._wired.store.writer(part_key, RESULTS_CONTENT_TYPE, if_absent=True)
                 part.write(line + b"\n")
+                if sink is not None:
+                    sink.add(record)
                 tally.finals[result["type"]] += 1
                 if result["type"] == "succeeded":
                     message = result["message"]
@@ -108,8 +131,9 @@ class Collector:
             if part is not None:
                 part.abort()
             raise
-        if part is not None:
-            part.close()  # False when a run before this one wrote it: the same outcomes, kept
+        if part is not None and not part.close() and sink is not None:
+            # A run before this one wrote the part: the same outcomes, kept; the outputs read them.
+            sink.drop()
         return tally
 
     def _schedule_retry(self, shard: ShardRecord, outcome: Outcome, tally: _Tally) -> bool:

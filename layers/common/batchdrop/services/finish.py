@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchdrop.domain import job_events
 from batchdrop.domain.budget import DaySpend
@@ -23,13 +23,17 @@ from batchdrop.services.job_estimate import MAX_ESTIMATE_BYTES, beside_actual, e
 from batchdrop.services.priming import priming_summary
 from batchdrop.services.report import write_report
 
+if TYPE_CHECKING:
+    from batchdrop.services.outputs import CollectedResults
+
 
 class Finisher:
     def __init__(self, wired: Wiring) -> None:
         self._wired = wired
 
-    def finish_if_done(self, job_id: str) -> bool:
-        """Finish the job if all of it is in; True if this call finished it."""
+    def finish_if_done(self, job_id: str, collected: CollectedResults | None = None) -> bool:
+        """Finish the job if all of it is in; True if this call finished it. `collected`: the
+        rows this tick made of the results it collected (services/outputs.py)."""
         state = self._wired.state
         job, shards = state.job_and_shards(job_id)
         if job is None or job.status not in (JobStatus.SUBMITTING, JobStatus.RUNNING) or not shards:
@@ -45,7 +49,7 @@ class Finisher:
             # a job on part of its requests.
             logger.error("job has fewer shards than recorded", extra={"job_id": job_id, "found": len(shards)})
             return False
-        status, completed_at, manifest = self._manifest(job, shards)
+        status, completed_at, manifest = self._manifest(job, shards, collected)
         self._report(manifest)
         # The event goes out before the job leaves the open index, so a failed publish is
         # retried on the next tick: at least once (consumers dedupe on job_id and detail-type).
@@ -64,15 +68,19 @@ class Finisher:
         except Exception:  # noqa: BLE001 - a report is never worth a job left open
             logger.exception("the job's report was not written", extra={"job_id": manifest.get("job_id")})
 
-    def _outputs(self, job: JobRecord, shards: list[ShardRecord], counts: Counter[str]) -> dict[str, str]:
+    def _outputs(
+        self, job: JobRecord, shards: list[ShardRecord], counts: Counter[str], collected: CollectedResults | None
+    ) -> dict[str, str]:
         """A records-mode job's outputs (services/outputs.py, imported here: it brings the
         pipeline parser, the schema compiler and the JSON libraries, which a checker that
         finishes no records job never needs at its cold start)."""
         from batchdrop.services.outputs import OutputsWriter
 
-        return OutputsWriter(self._wired).write(job, shards, counts)
+        return OutputsWriter(self._wired).write(job, shards, counts, collected)
 
-    def _manifest(self, job: JobRecord, shards: list[ShardRecord]) -> tuple[JobStatus, str, dict[str, Any]]:
+    def _manifest(
+        self, job: JobRecord, shards: list[ShardRecord], collected: CollectedResults | None = None
+    ) -> tuple[JobStatus, str, dict[str, Any]]:
         """The job's manifest, written if absent: its status, completion time and content as
         they stand in results/ (a checker that stopped after writing it fixed them)."""
         counts: Counter[str] = Counter()
@@ -83,7 +91,7 @@ class Finisher:
                 usage.setdefault(model, Usage()).merge(Usage(**figures))
         status = JobStatus.CANCELED if job.cancel_requested else final_status(counts, job.rejected)
         completed_at = self._wired.stamp()
-        outputs = self._outputs(job, shards, counts) if job.pipeline is not None else None
+        outputs = self._outputs(job, shards, counts, collected) if job.pipeline is not None else None
         manifest = build_manifest(
             job_id=job.job_id,
             source=job.source.as_dict(),

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchdrop.domain.records import JobRecord, ShardRecord
 from batchdrop.domain.states import SENT_SHARD_STATES, JobStatus, ShardState
@@ -32,6 +32,9 @@ from batchdrop.services.create import CreateResult, ShardCreator, mark_running
 from batchdrop.services.finish import Finisher
 from batchdrop.services.settle import Settler
 from batchdrop.services.unsent import UnsentCloser
+
+if TYPE_CHECKING:
+    from batchdrop.services.outputs import CollectedResults
 
 # From this many open batches a tick reads them from the list endpoint (see Checker._listed),
 # spending at most one list call per LIST_CALL_PER_BATCHES of them before retrieving the rest.
@@ -87,11 +90,16 @@ class Checker:
         report.open_batches = len(batches)
         report.oldest_batch_age = self._oldest_batch_age(batches)
         self._advance_submitting(work.jobs, report)
-        touched = self._follow_batches(batches, work.jobs, report)
-        still_open = {shard.job_id for shard in batches} - touched
-        for job in work.jobs:
-            if job.job_id not in still_open:
-                self._finish(job.job_id, report)
+        collected = _collected_results(self._wired, work.jobs)
+        try:
+            touched = self._follow_batches(batches, work.jobs, report, collected)
+            still_open = {shard.job_id for shard in batches} - touched
+            for job in work.jobs:
+                if job.job_id not in still_open:
+                    self._finish(job.job_id, report, collected)
+        finally:
+            if collected is not None:
+                collected.close()
         if report.key_refused:
             failed = f"; {len(report.failed)} item(s) failed: {', '.join(report.failed)}" if report.failed else ""
             left = f"{report.deferred} item(s) left to the next tick"
@@ -194,7 +202,13 @@ class Checker:
 
     # --- open batches -----------------------------------------------------------------
 
-    def _follow_batches(self, batches: list[ShardRecord], jobs: list[JobRecord], report: TickReport) -> set[str]:
+    def _follow_batches(
+        self,
+        batches: list[ShardRecord],
+        jobs: list[JobRecord],
+        report: TickReport,
+        collected: CollectedResults | None = None,
+    ) -> set[str]:
         """Collect each ended batch, chase the open ones; the jobs a batch was collected for."""
         canceling = {job.job_id for job in jobs if job.cancel_requested}
         listed = {} if report.key_refused else self._listed(batches, report)
@@ -207,7 +221,7 @@ class Checker:
                 batch = listed.get(seen.batch_id or "") or self._wired.batches.retrieve(seen.batch_id or "")
                 if batch["processing_status"] != "ended":
                     self._chase_open_batch(seen, batch, report, cancel=seen.job_id in canceling)
-                elif self._collect(seen, batch, report):
+                elif self._collect(seen, batch, report, collected):
                     report.collected.append(batch["id"])
                     touched.add(seen.job_id)
             except ApiKeyRefusedError as exc:
@@ -222,12 +236,14 @@ class Checker:
                 logger.remove_keys(["job_id", "batch_id"])  # set per batch while collecting
         return touched
 
-    def _collect(self, seen: ShardRecord, batch: Mapping[str, Any], report: TickReport) -> bool:
+    def _collect(
+        self, seen: ShardRecord, batch: Mapping[str, Any], report: TickReport, collected: CollectedResults | None
+    ) -> bool:
         logger.append_keys(job_id=seen.job_id, batch_id=batch["id"])
         # The index is eventually consistent: the shard itself says whether this batch is
         # still the one to collect.
         shard = self._wired.state.get_shard(seen.job_id, seen.index)
-        retried = self._collector.collect(shard, batch) if shard is not None else None
+        retried = self._collector.collect(shard, batch, collected) if shard is not None else None
         if retried is None:
             return False
         report.retried += retried
@@ -300,13 +316,23 @@ class Checker:
 
     # --- finished jobs ------------------------------------------------------------------
 
-    def _finish(self, job_id: str, report: TickReport) -> None:
+    def _finish(self, job_id: str, report: TickReport, collected: CollectedResults | None = None) -> None:
         if self._out_of_time():
             report.deferred += 1  # it stays in the open index: the next tick finishes it
             return
         try:
-            if self._finisher.finish_if_done(job_id):
+            if self._finisher.finish_if_done(job_id, collected):
                 report.finished_jobs.append(job_id)
         except Exception:  # likewise for one job  # noqa: BLE001
             logger.exception("finishing a job failed", extra={"job_id": job_id})
             report.failed.append(f"job {job_id}")
+
+
+def _collected_results(wired: Wiring, jobs: list[JobRecord]) -> CollectedResults | None:
+    """Where this tick makes the rows of a records job's results as it collects them, when a
+    records job it may finish is open (services/outputs.py, imported only then)."""
+    if not any(job.pipeline is not None and job.status is JobStatus.RUNNING for job in jobs):
+        return None
+    from batchdrop.services.outputs import CollectedResults
+
+    return CollectedResults(wired, jobs)
