@@ -100,8 +100,8 @@ class RowsEncoder:
     as csv_line does."""
 
     def __init__(self) -> None:
-        self._csv: list[bytes] = []
-        self._jsonl: list[bytes] = []
+        self._csv: list[bytes | memoryview] = []
+        self._jsonl: list[bytes | memoryview] = []
         self.chars = 0  # bytes held now, both files
 
     def add(self, values: Mapping[str, Any]) -> None:
@@ -111,13 +111,14 @@ class RowsEncoder:
         self._jsonl.append(line)
         self.chars += len(table) + len(line)
 
-    def add_joined(self, head: Mapping[str, Any], csv_tail: bytes, jsonl_tail: bytes) -> None:
-        """A row from its head (`id` and the kept fields) and its tail's cells (tail_cells)."""
-        table = csv_text(head.values(), ",").encode("utf-8", "backslashreplace") + csv_tail
-        line = json_line(head)[:-2] + b"," + jsonl_tail
-        self._csv.append(table)
-        self._jsonl.append(line)
-        self.chars += len(table) + len(line)
+    def add_joined(self, head: Mapping[str, Any], csv_tail: bytes | memoryview, jsonl_tail: bytes | memoryview) -> None:
+        """A row from its head (`id` and the kept fields) and its tail's cells (tail_cells),
+        each piece kept as it is until take() joins them: the tail is copied once."""
+        table = csv_text(head.values(), ",").encode("utf-8", "backslashreplace")
+        line = json_line(head)[:-2] + b","
+        self._csv += (table, csv_tail)
+        self._jsonl += (line, jsonl_tail)
+        self.chars += len(table) + len(csv_tail) + len(line) + len(jsonl_tail)
 
     def take(self) -> tuple[bytes, bytes]:
         """The rows added since the last take: (CSV bytes, JSONL bytes)."""

@@ -83,7 +83,7 @@ class SpillSpaceError(OSError):
     shard and what to change."""
 
 
-Tail = tuple[str, bytes, bytes]  # a row's status, and its tail's CSV and JSON cells
+Tail = tuple[str, bytes | memoryview, bytes | memoryview]  # a row's status, its tail's CSV and JSON cells
 
 
 def _rows_per_bucket(rows: int, expected_bytes: float) -> int:
@@ -171,14 +171,16 @@ class _Spill:
 
     def in_row_order(self) -> Iterator[tuple[str, Tail | None]]:
         """Each row's custom_id and tail, in row order (None for a row with no result); each
-        bucket's file is closed, and so freed, once read."""
-        ids, status = self._ids, self._status
+        bucket's file is closed, and so freed, once read. A tail's cells are views of their
+        bucket's bytes, which they keep until they are written."""
+        ids, status, names = self._ids, self._status, ("", *STATUSES)  # a spilled row's status is never 0
         for bucket, file in enumerate(self._files):
             base = bucket * self._per
-            cells: list[tuple[bytes, bytes] | None] = [None] * min(self._per, len(ids) - base)
+            count = min(self._per, len(ids) - base)
+            tails: list[Tail | None] = [None] * count
             if file is not None:
                 file.seek(0)
-                data = file.read()
+                data = memoryview(file.read())
                 file.close()
                 self._files[bucket] = None
                 start = 0
@@ -186,13 +188,11 @@ class _Spill:
                 for place, csv_length, jsonl_length in zip(self._places[bucket], lengths, lengths, strict=True):
                     middle = start + csv_length
                     end = middle + jsonl_length
-                    cells[place - base] = (data[start:middle], data[middle:end])
+                    tails[place - base] = (names[status[place]], data[start:middle], data[middle:end])
                     start = end
                 del data
-            for offset, found in enumerate(cells):
-                place = base + offset
-                yield ids[place], None if found is None else (STATUSES[status[place] - 1], *found)
             self._places[bucket] = self._lengths[bucket] = array("q")
+            yield from zip(ids[base : base + count], tails, strict=True)
 
     def close(self) -> None:
         for file in self._files:
