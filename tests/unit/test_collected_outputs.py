@@ -150,11 +150,11 @@ def test_shards_collected_in_an_earlier_tick_are_read_from_s3(monkeypatch: pytes
     assert all(file.closed for file in opened)
 
 
-@pytest.mark.parametrize("surprise", ["no room", "a part already there", "pipeline unreadable"])
+@pytest.mark.parametrize("surprise", ["no room", "a part already there", "pipeline unreadable", "a bug"])
 def test_tails_not_made_fall_back_to_s3(monkeypatch: pytest.MonkeyPatch, surprise: str) -> None:
     # Given a records job of one shard, and a tick that cannot keep its tails: /tmp has no
-    # room for them, its results part was written by an earlier run, or its pipeline
-    # cannot be read while collecting
+    # room for them, its results part was written by an earlier run, its pipeline cannot be
+    # read while collecting, or making them fails
     expected = outputs_from_s3(7, pipeline_document(), no_retry, monkeypatch)
     world = Fakes()
     job = seed_records_job(world.wiring(), reviews(7, missing=(3,)), document=pipeline_document(), per_shard=8)
@@ -163,8 +163,10 @@ def test_tails_not_made_fall_back_to_s3(monkeypatch: pytest.MonkeyPatch, surpris
         monkeypatch.setattr(outputs, "_COLLECTED_SHARE", 0.0)
     elif surprise == "a part already there":
         write_parts_first(world, monkeypatch)
-    else:
+    elif surprise == "pipeline unreadable":
         monkeypatch.setattr(CollectedResults, "_maker", lambda owner, job: None)
+    else:
+        monkeypatch.setattr(outputs, "_line_bytes_at_most", lambda maker: 1 / 0)
 
     # When the checker runs it to the end
     run(world, job, no_retry)

@@ -221,11 +221,22 @@ class CollectedResults:
         self._makers: dict[str, RowMaker | None] = {}
         self._kept: dict[tuple[str, int], tuple[str, _Spill]] = {}  # (job, shard) -> (its part, its tails)
         self._making = 0  # shards whose tails are being made, or kept
-        self._room = int(shutil.disk_usage(tempfile.gettempdir()).free * _COLLECTED_SHARE)
+        try:
+            self._room = int(shutil.disk_usage(tempfile.gettempdir()).free * _COLLECTED_SHARE)
+        except OSError:  # no /tmp to speak of: nothing is made while collecting
+            self._room = 0
 
     def sink(self, shard: ShardRecord, part_key: str) -> CollectedShard | None:
         """Where the collection of `shard` into `part_key` puts its final results (None: the
-        shard's tails are not made as it is collected)."""
+        shard's tails are not made as it is collected). Never raises: a collection never
+        fails for want of them."""
+        try:
+            return self._sink(shard, part_key)
+        except Exception:  # noqa: BLE001 - the outputs read the shard from S3 instead
+            logger.exception("records outputs: tails not made while collecting", extra={"shard": shard.index})
+            return None
+
+    def _sink(self, shard: ShardRecord, part_key: str) -> CollectedShard | None:
         job = self._jobs.get(shard.job_id)
         if job is None or shard.attempt != 1 or shard.result_keys or self._making >= _COLLECTED_SHARDS:
             return None
