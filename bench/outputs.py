@@ -4,9 +4,10 @@ The whole results path of a records job: a CSV of 100,000 reviews dropped at inb
 (bench.records' pipeline: an output schema, kept fields, an id_field), submitted by the real
 SubmitFunction to the emulator, whose answers are structured ones of about 1 KB
 (bench.responders.sentiment), its batches ended; then one tick of the real CheckerFunction
-collects every result into S3 and writes outputs.csv and outputs.jsonl. Judged beside a plain
-copy of the same results from the emulator to S3 (bench.results_child copy, the results
-section's baseline), measured in the same run: ours at most 2x its time, peak RSS under 256 MB.
+collects every result into S3, making each into its row's tail as it comes, and writes
+outputs.csv and outputs.jsonl. Judged beside a plain copy of the same results from the
+emulator to S3 (bench.results_child copy, the results section's baseline), measured in the
+same run: ours at most 2x its time, peak RSS under 256 MB.
 
 The outputs step alone: one tick finishing a records job of 10,000 and of 100,000 records
 whose shards are already collected (4 shards, each one's results shuffled, answers of about
@@ -134,8 +135,8 @@ def whole_path_figures(records: int, whole: dict[str, Any]) -> list[Figure]:
     return [
         Figure(
             "outputs",
-            f"records job, ended batches to outputs.csv/.jsonl (results collected into S3, then the outputs"
-            f" written), {label}: time",
+            f"records job, ended batches to outputs.csv/.jsonl (results collected into S3 and made into rows as"
+            f" they come, then the outputs written), {label}: time",
             whole["seconds"],
             "s",
             "plain copy of the same results, emulator to S3",
