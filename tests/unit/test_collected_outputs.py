@@ -6,7 +6,9 @@ results hold, and any surprise must fall back to S3 without changing what is col
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -96,7 +98,7 @@ def outputs_from_s3(
     world = Fakes()
     job = seed_records_job(world.wiring(), reviews(records, missing=(3,)), document=document, per_shard=8)
     with monkeypatch.context() as patched:
-        patched.setattr(tick, "_collected_results", lambda wired, jobs: None)
+        patched.setattr(tick.Collected, "for_job", lambda collected, job_id: None)
         run(world, job, answer)
     return {name: world.store.get(key) for name, key in outputs_keys(job.job_id).items()}
 
@@ -220,12 +222,52 @@ def test_a_result_the_outputs_refuse_is_collected_and_refused_as_from_s3(
     assert (taken.made, taken.from_s3) == ([], [0])
 
 
-def test_a_tick_with_no_records_job_to_finish_makes_no_tails() -> None:
+def test_tails_are_made_only_for_records_jobs_whose_every_batch_was_sent() -> None:
     world = Fakes()
     job = seed_records_job(world.wiring(), reviews(3), document=pipeline_document(), per_shard=8)
-    assert tick._collected_results(world.wiring(), [world.state.jobs[job.job_id]]) is None  # still SUBMITTING
+    native = replace(world.state.jobs[job.job_id], job_id="native", pipeline=None, status=JobStatus.RUNNING)
+    submitting = tick.Collected(world.wiring(), [world.state.jobs[job.job_id], native])
+    assert submitting.for_job(job.job_id) is None  # still SUBMITTING
+    assert submitting.for_job("native") is None
+    assert submitting.results is None
     Checker(world.wiring(), seconds_left=lambda: 900.0).tick()
-    assert world.state.jobs[job.job_id].status is JobStatus.RUNNING
-    assert isinstance(tick._collected_results(world.wiring(), [world.state.jobs[job.job_id]]), CollectedResults)
-    native = [job for job in world.state.jobs.values() if job.pipeline is None]
-    assert tick._collected_results(world.wiring(), native) is None
+    running = tick.Collected(world.wiring(), [world.state.jobs[job.job_id]])
+    assert isinstance(running.for_job(job.job_id), CollectedResults)
+    assert running.for_job(job.job_id) is running.results  # one per tick
+
+
+FOLLOWING = """
+import sys
+from batchdrop.domain.states import JobStatus
+from batchdrop.services.tick import Checker
+from tests.records_jobs import pipeline_document, seed_records_job
+from tests.unit.fakes import Fakes
+from tests.unit.test_records_outputs import reviews
+
+world = Fakes()
+job = seed_records_job(world.wiring(), reviews(3), document=pipeline_document(), per_shard=8)
+for _ in range(3):  # its batch made, then followed while it runs
+    Checker(world.wiring(), seconds_left=lambda: 900.0).tick()
+assert world.state.jobs[job.job_id].status is JobStatus.RUNNING
+print("batchdrop.services.outputs" in sys.modules)
+"""
+
+
+def test_a_tick_that_only_follows_a_records_jobs_batches_loads_no_outputs_code() -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(root), str(root / "layers" / "common"), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", FOLLOWING],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"

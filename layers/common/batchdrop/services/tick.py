@@ -90,16 +90,15 @@ class Checker:
         report.open_batches = len(batches)
         report.oldest_batch_age = self._oldest_batch_age(batches)
         self._advance_submitting(work.jobs, report)
-        collected = _collected_results(self._wired, work.jobs)
+        collected = Collected(self._wired, work.jobs)
         try:
             touched = self._follow_batches(batches, work.jobs, report, collected)
             still_open = {shard.job_id for shard in batches} - touched
             for job in work.jobs:
                 if job.job_id not in still_open:
-                    self._finish(job.job_id, report, collected)
+                    self._finish(job.job_id, report, collected.results)
         finally:
-            if collected is not None:
-                collected.close()
+            collected.close()
         if report.key_refused:
             failed = f"; {len(report.failed)} item(s) failed: {', '.join(report.failed)}" if report.failed else ""
             left = f"{report.deferred} item(s) left to the next tick"
@@ -207,7 +206,7 @@ class Checker:
         batches: list[ShardRecord],
         jobs: list[JobRecord],
         report: TickReport,
-        collected: CollectedResults | None = None,
+        collected: Collected | None = None,
     ) -> set[str]:
         """Collect each ended batch, chase the open ones; the jobs a batch was collected for."""
         canceling = {job.job_id for job in jobs if job.cancel_requested}
@@ -237,13 +236,14 @@ class Checker:
         return touched
 
     def _collect(
-        self, seen: ShardRecord, batch: Mapping[str, Any], report: TickReport, collected: CollectedResults | None
+        self, seen: ShardRecord, batch: Mapping[str, Any], report: TickReport, collected: Collected | None
     ) -> bool:
         logger.append_keys(job_id=seen.job_id, batch_id=batch["id"])
         # The index is eventually consistent: the shard itself says whether this batch is
         # still the one to collect.
         shard = self._wired.state.get_shard(seen.job_id, seen.index)
-        retried = self._collector.collect(shard, batch, collected) if shard is not None else None
+        results = collected.for_job(seen.job_id) if collected is not None else None
+        retried = self._collector.collect(shard, batch, results) if shard is not None else None
         if retried is None:
             return False
         report.retried += retried
@@ -328,11 +328,27 @@ class Checker:
             report.failed.append(f"job {job_id}")
 
 
-def _collected_results(wired: Wiring, jobs: list[JobRecord]) -> CollectedResults | None:
-    """Where this tick makes the rows of a records job's results as it collects them, when a
-    records job it may finish is open (services/outputs.py, imported only then)."""
-    if not any(job.pipeline is not None and job.status is JobStatus.RUNNING for job in jobs):
-        return None
-    from batchdrop.services.outputs import CollectedResults
+class Collected:
+    """Where this tick makes the rows of a records job's results as it collects them
+    (services/outputs.CollectedResults): made, and services/outputs.py imported, when the
+    tick first collects a batch of a records job it may finish (one whose every batch was
+    sent), so a tick that only follows batches loads none of it."""
 
-    return CollectedResults(wired, jobs)
+    def __init__(self, wired: Wiring, jobs: list[JobRecord]) -> None:
+        self._wired = wired
+        self._jobs = jobs
+        self._finishing = {job.job_id for job in jobs if job.pipeline is not None and job.status is JobStatus.RUNNING}
+        self.results: CollectedResults | None = None
+
+    def for_job(self, job_id: str) -> CollectedResults | None:
+        if job_id not in self._finishing:
+            return None
+        if self.results is None:
+            from batchdrop.services.outputs import CollectedResults
+
+            self.results = CollectedResults(self._wired, self._jobs)
+        return self.results
+
+    def close(self) -> None:
+        if self.results is not None:
+            self.results.close()
