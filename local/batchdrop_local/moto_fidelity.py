@@ -17,7 +17,11 @@ added to the moto this process runs (server or in-process mock) by `apply()`:
   at a time here (a process-wide lock around each such write).
 - A request body given as a bytearray (the object writer's upload parts): botocore sends it
   as it sends bytes; moto's in-process mock hands it to werkzeug, which takes only bytes or
-  a file, and fails. The server is reached over HTTP and never sees the difference."""
+  a file, and fails. The server is reached over HTTP and never sees the difference.
+- DynamoDB requests one at a time: DynamoDB applies a conditional write to an item
+  atomically, so of two checkers moving the same shard only one can; moto reads the item,
+  checks the condition and then writes, with nothing between two requests on two threads,
+  so both could pass the check. Each request is handled under a process-wide lock here."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ def apply() -> None:
     _stream_completed_parts()
     _read_ranges_in_place(S3Response)
     _take_bytearray_bodies()
+    _dynamodb_requests_one_at_a_time()
     _conditional_writes_one_at_a_time(S3Response)
 
 
@@ -56,6 +61,21 @@ def _conditional_writes_one_at_a_time(response_class: Any) -> None:
                 return _original(self, *args, **kwargs)
 
         setattr(response_class, name, handle)
+
+
+def _dynamodb_requests_one_at_a_time() -> None:
+    import threading
+
+    from moto.dynamodb.responses import DynamoHandler
+
+    lock = threading.Lock()
+    original = DynamoHandler.call_action
+
+    def call_action(self: Any) -> Any:
+        with lock:
+            return original(self)
+
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
 
 
 def _take_bytearray_bodies() -> None:

@@ -251,3 +251,83 @@ def test_concurrent_writes_if_absent_leave_one_version(s3: Any, monkeypatch: pyt
     assert sorted(written) == ["PreconditionFailed"] * 5 + ["written"]
     listed = s3.list_object_versions(Bucket=BUCKET, Prefix="work/j/")["Versions"]
     assert len(listed) == 1
+
+
+def test_concurrent_conditional_updates_of_one_item_let_one_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    import moto.dynamodb.models as dynamodb_models
+    from moto import mock_aws
+
+    from batchdrop_local import moto_fidelity
+
+    # Given writers that take a while between checking the condition and writing, as a busy
+    # server's do: every writer's check falls inside another writer's check-then-write
+    credentials = {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL")]:
+        monkeypatch.delenv(name)
+    moto_fidelity.apply()
+    parser_of = dynamodb_models.create_condition_expression_parser
+
+    class SlowCheck:
+        def __init__(self, condition: Any) -> None:
+            self._condition = condition
+
+        def expr(self, item: Any) -> Any:
+            holds = self._condition.expr(item)
+            time.sleep(0.05)
+            return holds
+
+    class SlowParser:
+        def __init__(self, *args: Any) -> None:
+            self._parser = parser_of(*args)
+
+        def parse(self) -> SlowCheck:
+            return SlowCheck(self._parser.parse())
+
+    monkeypatch.setattr(dynamodb_models, "create_condition_expression_parser", SlowParser)
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb")
+        dynamodb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "PK", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        dynamodb.put_item(TableName="t", Item={"PK": {"S": "shard"}, "state": {"S": "SUBMITTED"}})
+        start = threading.Barrier(6)
+        moved: list[str] = []
+
+        def mover(name: str) -> None:
+            start.wait()
+            try:
+                dynamodb.update_item(
+                    TableName="t",
+                    Key={"PK": {"S": "shard"}},
+                    UpdateExpression="SET #s = :to, moved_by = :by",
+                    ConditionExpression="#s = :from",
+                    ExpressionAttributeNames={"#s": "state"},
+                    ExpressionAttributeValues={
+                        ":from": {"S": "SUBMITTED"},
+                        ":to": {"S": "COLLECTED"},
+                        ":by": {"S": name},
+                    },
+                )
+                moved.append(name)
+            except ClientError as exc:
+                moved.append(exc.response["Error"]["Code"])
+
+        # When six writers move it from SUBMITTED to COLLECTED at once
+        threads = [threading.Thread(target=mover, args=(f"w{n}",)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        # Then one moved it, and the five others found it moved
+        winners = [name for name in moved if name.startswith("w")]
+        assert len(winners) == 1
+        assert sorted(moved) == ["ConditionalCheckFailedException"] * 5 + winners
+        item = dynamodb.get_item(TableName="t", Key={"PK": {"S": "shard"}}, ConsistentRead=True)["Item"]
+        assert item["moved_by"] == {"S": winners[0]}
