@@ -43,7 +43,6 @@ from batchdrop.domain.pipelines import Pipeline, PipelineError, parse_pipeline, 
 from batchdrop.domain.record_readers import Rejection
 from batchdrop.domain.records import JobRecord, PipelineRef, ShardRecord
 from batchdrop.domain.rows import RowRef, outputs_keys, parse_row, row_id, rows_key
-from batchdrop.domain.states import JobStatus
 from batchdrop.errors import ResultsMismatchError
 from batchdrop.observability import logger
 from batchdrop.ports import READ_BYTES, ObjectStore, Wiring, Writer
@@ -213,11 +212,12 @@ class CollectedResults:
     wrong. Making them never changes what a collection records. close() frees what is left."""
 
     def __init__(self, wired: Wiring, jobs: list[JobRecord]) -> None:
+        """`jobs`: the records jobs the tick may finish (services/tick.Collected chooses them)."""
         import shutil
         import tempfile
 
         self._store = wired.store
-        self._jobs = {job.job_id: job for job in jobs if job.pipeline is not None and job.status is JobStatus.RUNNING}
+        self._jobs = {job.job_id: job for job in jobs}
         self._makers: dict[str, RowMaker | None] = {}
         self._kept: dict[tuple[str, int], tuple[str, _Spill]] = {}  # (job, shard) -> (its part, its tails)
         self._making = 0  # shards whose tails are being made, or kept

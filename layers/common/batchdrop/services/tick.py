@@ -336,17 +336,16 @@ class Collected:
 
     def __init__(self, wired: Wiring, jobs: list[JobRecord]) -> None:
         self._wired = wired
-        self._jobs = jobs
-        self._finishing = {job.job_id for job in jobs if job.pipeline is not None and job.status is JobStatus.RUNNING}
+        self._finishing = [job for job in jobs if job.pipeline is not None and job.status is JobStatus.RUNNING]
         self.results: CollectedResults | None = None
 
     def for_job(self, job_id: str) -> CollectedResults | None:
-        if job_id not in self._finishing:
+        if all(job.job_id != job_id for job in self._finishing):
             return None
         if self.results is None:
             from batchdrop.services.outputs import CollectedResults
 
-            self.results = CollectedResults(self._wired, self._jobs)
+            self.results = CollectedResults(self._wired, self._finishing)
         return self.results
 
     def close(self) -> None:
