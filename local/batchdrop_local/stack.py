@@ -401,6 +401,7 @@ class LocalStack:
         moto_port: int = 0,
         emulator_port: int = 0,
         latency: float = 2.0,
+        cancel_latency: float | None = None,
         responder: str | None = None,
         emulator_settings: EmulatorSettings | None = None,
         parameters: Mapping[str, Any] | None = None,
@@ -422,6 +423,7 @@ class LocalStack:
         self._emulator_settings = emulator_settings
         self._emulator_port = emulator_port
         self._latency = latency
+        self._cancel_latency = cancel_latency
         self._responder = responder
         # Without the emulator the functions call the real API (the SDK's default URL), or
         # `anthropic_base_url` when given (tests put an emulator of their own there).
@@ -539,6 +541,7 @@ class LocalStack:
             host="127.0.0.1",
             port=self._emulator_port,
             latency=self._latency,
+            cancel_latency=self._cancel_latency,
             responder=self._responder,
             api_key=self.api_key,
             db=self.state.emulator_db if self.state is not None else None,

@@ -42,7 +42,10 @@ from tests.e2e.support import (
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
 # This module's stack and runner (tests/e2e/conftest.py)
-STACK = {"latency": 2.0}  # slow enough for a cancel to land mid-batch
+# A batch takes 2 s and a cancel 0.1 s, so a cancel sent within 1.9 s of the create lands
+# mid-batch even on a loaded machine (with the default cancel time of 1 s, a create and cancel
+# 1 s apart on a busy CI runner let the batch end on its own first).
+STACK = {"latency": 2.0, "cancel_latency": 0.1}
 RUNNER = {"tick_seconds": 0.5, "retry_delay_seconds": 0.1}
 FRESH_EMULATOR = True  # counters and custom_ids start from zero in each test, faults lifted after it
 
