@@ -782,6 +782,7 @@ class FakeBatchesApi:
         self._script: deque[tuple[Exception, bool]] = deque()
         self.poison: str | None = None  # a create holding a line with this text is refused (400)
         self.counted: list[Mapping[str, Any]] = []  # count_tokens bodies, in order
+        self.warmed_on: list[str] = []  # the threads warm() ran on
         self.count_error: Exception | None = None  # every count_tokens raises it when set
         self.primed: list[Mapping[str, Any]] = []  # prime calls' params, in order
         self.prime_error: Exception | None = None  # every prime raises it when set
@@ -838,6 +839,10 @@ class FakeBatchesApi:
         self.results[batch_id] = lines
 
     # the BatchesApi port
+
+    def warm(self) -> None:
+        """Noted, with the thread it ran on."""
+        self.warmed_on.append(threading.current_thread().name)
 
     def count_tokens(self, body: Mapping[str, Any]) -> int:
         """As the emulator counts: a token per 4 characters of the body's JSON, at least 1."""

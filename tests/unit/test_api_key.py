@@ -125,6 +125,31 @@ def test_the_client_follows_the_key_in_a_warm_function(clock: type[FakeNow]) -> 
     assert sdk.made == [OLD_KEY, NEW_KEY]
 
 
+def test_warm_makes_the_client_ahead_so_the_first_call_reads_no_key(clock: type[FakeNow]) -> None:
+    secrets = FakeSecrets(OLD_KEY)
+    key = SecretKey(SECRET_ARN, 300, lambda: secrets)
+    sdk = FakeSdk(accepted={OLD_KEY})
+    api = BatchesApi(key.get, refetch_key=key.refetch, make_client=sdk.make)
+
+    api.warm()
+    assert (secrets.reads, sdk.made, sdk.calls) == (1, [OLD_KEY], [])  # made, nothing called
+    api.retrieve("msgbatch_1")
+    assert (secrets.reads, sdk.made) == (1, [OLD_KEY])  # the call found it made
+
+
+def test_a_key_that_cannot_be_read_ahead_is_left_for_the_first_call_to_report() -> None:
+    def unreadable() -> str:
+        raise RuntimeError("AccessDeniedException: not allowed to read the secret")
+
+    sdk = FakeSdk(accepted={OLD_KEY})
+    api = BatchesApi(unreadable, make_client=sdk.make)
+
+    api.warm()  # never raises
+    assert sdk.made == []
+    with pytest.raises(RuntimeError, match="AccessDeniedException"):
+        api.retrieve("msgbatch_1")
+
+
 # ---------------------------------------------------------------- a refused key, in the adapter
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -13,14 +15,25 @@ import pytest
 from batchdrop.domain.job_events import FAILED
 from batchdrop.domain.jobs import IdsDigest, job_id_for, manifest_key, rejected_key
 from batchdrop.domain.records import SourceRef
-from batchdrop.domain.shards import ShardLimits, create_body_bytes, shard_key
+from batchdrop.domain.shards import ShardLimits, create_body_bytes, shard_key, whole_copy_key
 from batchdrop.domain.states import JobStatus, ShardState
 from batchdrop.domain.timings import Timings
 from batchdrop.errors import ProviderOutcomeUnknownError, ProviderRejectedError
+from batchdrop.ports import SourceRange
+from batchdrop.services import intake
 from batchdrop.services.cancel import Canceler
 from batchdrop.services.intake import Intake, SubmitOutcome
+from batchdrop.services.job_estimate import estimate_key
 from batchdrop.services.tick import Checker
-from tests.unit.fakes import FakeBatchesApi, FakeClock, Fakes, FakeStateStore, errored, request
+from tests.unit.fakes import (
+    FakeBatchesApi,
+    FakeClock,
+    FakeObjectStore,
+    Fakes,
+    FakeStateStore,
+    errored,
+    request,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -203,6 +216,90 @@ def test_a_file_over_the_size_taken_is_refused_unread_with_its_reason_and_event(
     reason = world.store.get_json(manifest_key(outcome.job_id))["reason"]
     assert reason == f"the file is {size} bytes, over the 100 bytes taken"
     assert world.events.ends() == [(FAILED, outcome.job_id, "FAILED")]
+
+
+class _SlowWarmUp(FakeBatchesApi):
+    def warm(self) -> None:
+        time.sleep(0.2)  # the key read from Secrets Manager, say
+        super().warm()
+
+
+@pytest.mark.parametrize(
+    "body", [b"\n".join([request("a"), request("b")]), b"\x1f\x8b not gzip"], ids=["sent", "failed"]
+)
+def test_a_large_files_split_makes_the_api_client_on_its_own_thread_and_ends_with_it(
+    world: Fakes, monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> None:
+    # Given a file at the size from which the client is made while it is split
+    monkeypatch.setattr(intake, "WARM_API_BYTES", len(body))
+    world.batches = _SlowWarmUp(world.clock)
+    key = "inbox/warm.jsonl.gz" if body.startswith(b"\x1f\x8b") else "inbox/warm.jsonl"
+    source = SourceRef(world.store.bucket, key, world.store.put(key, body))
+
+    # When its event is handled
+    outcome = Intake(world.wiring()).submit(source, len(body))
+
+    # Then the client was made on a thread of its own, done when the invocation returns,
+    # whether the job went on (its requests counted and sent) or failed
+    assert world.batches.warmed_on == ["warm-api"]
+    assert outcome.status is (JobStatus.RUNNING if key.endswith(".jsonl") else JobStatus.FAILED)
+    assert "warm-api" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_a_small_files_split_leaves_the_client_to_its_first_call(world: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = request("a") + b"\n"
+    monkeypatch.setattr(intake, "WARM_API_BYTES", len(body) + 1)
+    source = SourceRef(world.store.bucket, "inbox/small.jsonl", world.store.put("inbox/small.jsonl", body))
+
+    assert Intake(world.wiring()).submit(source, len(body)).status is JobStatus.RUNNING
+    assert world.batches.warmed_on == []
+
+
+class _SlowCopyStore(FakeObjectStore):
+    """S3 finishing a whole file's early copy only once a count has been made (or 5 s on)."""
+
+    def __init__(self, counted: threading.Event) -> None:
+        super().__init__("bucket", FakeClock())
+        self.counted = counted
+        self.copies_after_a_count: list[bool] = []
+
+    def copy(
+        self, source: SourceRange, key: str, content_type: str, *, whole: bool, if_absent: bool = False
+    ) -> str | None:
+        self.copies_after_a_count.append(self.counted.wait(timeout=5))
+        return super().copy(source, key, content_type, whole=whole, if_absent=if_absent)
+
+
+class _SignallingCounts(FakeBatchesApi):
+    def __init__(self, clock: FakeClock, counted: threading.Event) -> None:
+        super().__init__(clock)
+        self.counted = counted
+
+    def count_tokens(self, body: Mapping[str, Any]) -> int:
+        self.counted.set()
+        return super().count_tokens(body)
+
+
+def test_the_estimate_is_counted_while_s3_finishes_copying_the_file_into_its_shard() -> None:
+    # Given a clean file that S3 copies whole into its shard, a copy that ends only after a count
+    counted = threading.Event()
+    world = Fakes()
+    world.store = _SlowCopyStore(counted)
+    world.batches = _SignallingCounts(world.clock, counted)
+    source = world.upload("inbox/copied.jsonl", [request("a"), request("b")])
+
+    # When it is submitted
+    started = time.monotonic()
+    outcome = Intake(world.wiring(early_copy_bytes=1)).submit(source, len(world.store.get(source.key)))
+
+    # Then the counts were made while the copy was under way (not after it: the copy would
+    # have waited 5 s for them), and the job went on with its estimate and its one shard
+    assert world.store.copies_after_a_count == [True]
+    assert time.monotonic() - started < 4
+    assert outcome.status is JobStatus.RUNNING
+    [shard] = world.state.shards(outcome.job_id)
+    assert shard.key == whole_copy_key(outcome.job_id)
+    assert world.store.get_json(estimate_key(outcome.job_id))["requests"] == 2
 
 
 def test_a_folder_marker_starts_no_job(world: Fakes) -> None:

@@ -279,6 +279,11 @@ class BatchesApi(Protocol):
         """The input tokens count_tokens gives for one request's countable fields."""
         ...
 
+    def warm(self) -> None:
+        """Make ready now what the first call needs (the client and its key), so that call
+        does not wait for it. Never raises: a failure is left for that call to meet."""
+        ...
+
     def prime(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Send one request's `params` synchronously (the Messages API, standard price) so that
         its cached prefixes are written before a batch reads them; its `usage`. Raises

@@ -302,3 +302,36 @@ def test_with_a_precision_target_counting_stops_once_the_bound_is_within_it() ->
     whole, _ = counted_estimate(fill(), alike, workers=4)
     assert len(calls) == 200
     assert whole["method"]["counting_stopped"] is None
+
+
+def test_a_lines_cache_mark_as_its_check_found_it_gives_the_estimate_a_search_of_the_line_gives() -> None:
+    import json
+
+    from batchdrop.domain.estimate import counted_estimate
+    from batchdrop.domain.requests import ValidLine, check_lines
+
+    # Given lines with a cached prefix, lines mentioning cache_control in text only, and plain ones
+    cached = [{"type": "text", "text": "policy " * 4000, "cache_control": {"type": "ephemeral"}}]
+    mention = [{"type": "text", "text": 'say "cache_control" ' * 10}]
+    systems = [cached, mention, None]
+    lines = [_line(f"r-{n}", request(f"question {n}", system=systems[n % 3])) for n in range(30)]
+    checked = [line for line in check_lines(lines) if isinstance(line, ValidLine)]
+    assert [line.cache_marked for line in checked[:3]] == [True, False, False]
+
+    def fed(marks: bool) -> Estimator:
+        estimator = Estimator(sample_size=10, seed=5)
+        for line in checked:
+            mark = line.cache_marked if marks else None
+            estimator.add_line(line.custom_id, line.body, line.model or "", line.max_tokens, cache_marked=mark)
+        return estimator
+
+    # When fed with the mark the check found, and with none (each line searched for it)
+    def count(body: Any) -> int:
+        return len(json.dumps(body)) // 3
+
+    # Then the state and the estimate are the same, the cached prefix found in both
+    assert fed(marks=True).snapshot() == fed(marks=False).snapshot()
+    assert counted_estimate(fed(marks=True), count) == counted_estimate(fed(marks=False), count)
+    tally = fed(marks=True).tallies()["claude-haiku-4-5"]
+    assert tally.write_5m > 0
+    assert tally.prefix_5m == pytest.approx(10 * tally.write_5m, rel=0.01)  # the 10 lines holding it

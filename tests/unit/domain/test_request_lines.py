@@ -8,9 +8,10 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchdrop.domain import requests
 from batchdrop.domain.lines import OverlongLine
 from batchdrop.domain.requests import PARSER_DEPTH, RejectedLine, ValidLine, check_lines, nesting_depth
 
@@ -468,3 +469,99 @@ def test_depth_is_measured_exactly_whatever_the_shape() -> None:
     assert nesting_depth(b"[[]" * 50 + b"]" * 50, limit=10) == 51
     assert nesting_depth(b'{"a":[{"b":[1]}]}' * 40, limit=10) == 4
     assert nesting_depth(b'["', limit=0) == 1
+
+
+# --- reading a line: jiter first, json the referee ------------------------------------
+
+# JSON texts built as text, so that keys repeat, escape their letters and numbers overflow.
+_SCALARS = st.one_of(
+    st.sampled_from(["null", "true", "false", "-0", "1.0", "0.5e-400", "1E308", "2e308", "1e400", "-1e400"]),
+    st.sampled_from([str(2**63 - 1), str(2**63), str(-(2**63)), str(-(2**63) - 1), "1" + "0" * 30]),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.text(max_size=6).map(lambda text: json.dumps(text, ensure_ascii=False)),
+    st.sampled_from(['"\\ud800"', '"\\udc00x"', '"\\ud83d\\ude00"', '"cache_control"', '"\\u0000"']),
+)
+_KEYS = st.sampled_from(["a", "b", "\\u0061", "cache_control", "cache\\u005fcontrol", "custom_id"])
+_TEXTS = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda items: "[" + ",".join(items) + "]")
+        | st.lists(st.tuples(_KEYS, inner), max_size=3).map(
+            lambda pairs: "{" + ",".join(f'"{key}":{value}' for key, value in pairs) + "}"
+        )
+    ),
+    max_leaves=10,
+)
+_BYTE_EDITS = st.sampled_from([b"", b"x", b",", b"]", b"}", b" ", b"\x00", b"\xff", b"\xed\xa0\x80", b"NaN", b'"'])
+
+
+def _read(parse: Any, line: bytes) -> tuple[str, Any]:
+    """("read", the value as JSON text) or ("refused", the reason)."""
+    try:
+        value = parse(line)
+    except requests._UnreadableError as exc:
+        return "refused", str(exc)
+    return "read", json.dumps(value)
+
+
+def _holds_cache_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "cache_control" in value or any(_holds_cache_key(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_cache_key(item) for item in value)
+    return False
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=_TEXTS, at=st.integers(min_value=0, max_value=300), edit=_BYTE_EDITS)
+def test_a_line_is_read_as_json_reads_it_or_refused_with_jsons_reason(text: str, at: int, edit: bytes) -> None:
+    data = text.encode()
+    for line in (data, data[:at] + edit + data[at:]):
+        # The fast read gives json's value, or json's reason: json is asked wherever jiter refuses.
+        expected = _read(requests._decode, line)
+        assert _read(lambda raw: requests._parse(raw)[0], line) == expected
+        if expected[0] == "read":
+            _, marks = requests._parse(line)
+            assert bool(marks & requests._CACHE_CONTROL) == _holds_cache_key(json.loads(line))
+
+
+def test_a_line_nested_deeper_than_jiter_reads_is_read_by_json() -> None:
+    # jiter stops some 200 levels down; json reads on to PARSER_DEPTH
+    deep = b'{"custom_id":"deep","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"q"}],'
+    deep += b'"metadata":' + b"[" * 300 + b'{"cache_control":1}' + b"]" * 300 + b"}}"
+    [checked] = check_lines([deep])
+    assert isinstance(checked, ValidLine)
+    assert checked.cache_marked is True
+    _, marks = requests._parse(deep)
+    assert marks & requests._SURROGATES_UNCHECKED  # json read it
+
+
+@pytest.mark.parametrize(
+    ("params_extra", "marked"),
+    [
+        ('"system":[{"type":"text","text":"rules","cache_control":{"type":"ephemeral"}}]', True),
+        ('"system":"mention \\"cache_control\\" in text only"', False),  # a string, not a key
+        ('"system":[{"type":"text","text":"rules","cache\\u005fcontrol":{"type":"ephemeral"}}]', True),  # escaped
+        ('"metadata":{"user_id":"u"}', False),
+    ],
+)
+def test_a_valid_line_says_whether_an_object_in_it_marks_a_cache_breakpoint(params_extra: str, marked: bool) -> None:
+    line = (
+        '{"custom_id":"c","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"q"}],'
+        + params_extra
+        + "}}"
+    ).encode()
+    [checked] = check_lines([line])
+    assert isinstance(checked, ValidLine)
+    assert checked.cache_marked is marked
+
+
+def test_a_lone_surrogate_json_reads_is_still_refused_with_the_custom_id() -> None:
+    line = b'{"custom_id":"s","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"\\ud800"}]}}'
+    [checked] = check_lines([line])
+    assert isinstance(checked, RejectedLine)
+    assert (checked.custom_id, checked.reason) == (
+        "s",
+        r"a string holds an unpaired surrogate escape (\ud800-\udfff), which is not valid Unicode",
+    )

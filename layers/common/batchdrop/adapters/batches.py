@@ -97,6 +97,14 @@ class BatchesApi:
         except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as exc:
             raise key_refused(what, exc.status_code, _message(exc)) from exc
 
+    def warm(self) -> None:
+        """Make the client now, reading the key: the submit function does it while a large
+        file is split, so the estimate's first count finds both ready."""
+        try:
+            self._client_for(self._api_key)
+        except Exception:  # noqa: BLE001 - the first call meets the same failure, and reports it
+            logger.debug("the API client could not be made ahead of its first call", exc_info=True)
+
     def refreshed_client(self) -> Any:
         """The client for the key fetched anew from its source, past any cache."""
         return self._client_for(self._refetch_key)

@@ -142,14 +142,24 @@ class Estimator:
         sampled = Sampled(custom_id, params, model, shape.approx_tokens)
         self._add(sampled, int(params.get("max_tokens") or 0), prefix)
 
-    def add_line(self, custom_id: str, line: bytes, model: str, max_tokens: int, hashed: bytes | None = None) -> None:
+    def add_line(
+        self,
+        custom_id: str,
+        line: bytes,
+        model: str,
+        max_tokens: int,
+        hashed: bytes | None = None,
+        cache_marked: bool | None = None,
+    ) -> None:
         """One checked request line, its approximation its bytes / 4 (see the module's doc).
         The submit function calls this for every line it splits: only a line that enters the
         sample is held (its Sampled made), and only a line marked for caching parsed again.
-        `hashed`: the custom_id's id_hash, when the caller has it already."""
+        `hashed`: the custom_id's id_hash, when the caller has it already; `cache_marked`:
+        whether an object in the line holds a cache_control key, when the caller knows it
+        (otherwise the line is searched for one)."""
         approx = len(line) // 4
         prefix = None
-        if _CACHE_MARK in line:
+        if cache_marked or (cache_marked is None and _CACHE_MARK in line):
             shape = prompt_shape(json.loads(line).get("params") or {})
             minimum = self.prices.prices(model).cache_min_tokens
             if shape.prefix_digest is not None and shape.prefix_tokens >= minimum and shape.approx_tokens:

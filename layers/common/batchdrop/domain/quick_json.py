@@ -7,6 +7,9 @@ accepts it (a lone surrogate escape such as "\\ud800", which jiter cannot hold i
 string; NaN, which json.loads takes) or raises the error the caller has always reported, so
 the values and the errors are the ones json gives, only sooner.
 
+A request line, which must not repeat a key, is parsed by `parse_unique_keys`: jiter alone,
+also refusing a key repeated in one object, its caller's strict decoder the referee.
+
 jiter gives what json gives for every document both accept: objects (the last of a repeated
 key kept), exact integers of any size, floats rounded alike (1e400 is inf in both), strings
 with their escapes. It is asked to refuse NaN and Infinity, which are json's extensions, so
@@ -29,3 +32,10 @@ def parse(data: bytes | str, referee: Callable[[str], Any]) -> Any:
         )
     except ValueError:  # UnicodeEncodeError too: text holding a lone surrogate
         return referee(data.decode() if isinstance(data, bytes) else data)
+
+
+def parse_unique_keys(data: bytes) -> Any:
+    """The JSON value of `data`, as jiter reads it, refusing besides a key repeated in one
+    object (after its escapes are read: "a" and "\\u0061" are one key), NaN and Infinity,
+    and a lone surrogate escape; ValueError where it refuses."""
+    return jiter.from_json(data, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode="keys")

@@ -62,13 +62,19 @@ def split_object(
     *,
     resume: Resume | None = None,
     stop_now: Callable[[], bool] = _never,
+    while_closing: Callable[[Split], object] | None = None,
 ) -> Split:
     """Stream the object once: rejected lines to errors/, valid ones into shards. A shard
     that ends before the object does is finished in the background (S3 copying a range, or
     the last parts going up) while the next one fills; all are done before this returns.
     `size`, the object's size when known, lets a file that may be one clean shard be copied
     whole by S3 meanwhile (_EarlyCopy). From `resume` on, when given; at the first shard
-    boundary where `stop_now()` holds, the split stops there (`Split.stopped`)."""
+    boundary where `stop_now()` holds, the split stops there (`Split.stopped`).
+
+    `while_closing(split)`, when given, runs once every line is read and some are valid, on
+    a thread of its own while the last shard closes (mostly waiting on S3 to finish a copy):
+    the submit function counts its estimate there. Its counts (requested, rejected, the
+    estimator's) are final then; its shards are not yet."""
     from concurrent.futures import ThreadPoolExecutor  # not at import: a cold start does not need it
 
     start = resume or Resume(estimator=Estimator(prices=wired.prices or price_table()))
@@ -102,12 +108,21 @@ def split_object(
                 hashed = id_hash(line.custom_id)  # once, for the shard's ids digest and the sample
                 shard.add(line, reader.start, reader.last, hashed)
                 if estimator is not None:
-                    estimator.add_line(line.custom_id, line.body, line.model or "", line.max_tokens, hashed)
+                    model = line.model or ""
+                    estimator.add_line(line.custom_id, line.body, model, line.max_tokens, hashed, line.cache_marked)
                 if may_copy_early:  # the first valid line only
                     may_copy_early = False
                     if copyable and shard.spans(0, reader.end):
                         early = _EarlyCopy(wired.store, source, whole_copy_key(job_id), copier)
-            last = _close_last(shard, reader, early) if shard is not None else None
+            if shard is None:
+                last = None
+            elif while_closing is None:
+                last = _close_last(shard, reader, early)
+            else:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="while-closing") as aside:
+                    beside = aside.submit(while_closing, split)
+                    last = _close_last(shard, reader, early)
+                    beside.result()
             shard = None
             split.shards = [done.result() for done in closing] + ([last] if last else [])
             split.rejected_version, split.rejected_bytes = rejects.close()
@@ -120,10 +135,12 @@ def split_object(
     return split
 
 
-def _numbered(shards: Iterable[tuple[int, ValidLine]], start: Resume) -> Iterator[tuple[int, ValidLine]]:
+def _numbered(shards: Iterator[tuple[int, ValidLine]], start: Resume) -> Iterator[tuple[int, ValidLine]]:
     """The shards a resumed split makes, numbered on from the shards made before it."""
-    for index, line in shards:
-        yield start.next_shard + index, line
+    first = start.next_shard
+    if not first:  # a split from the start: the shards as they are, no layer more per line
+        return shards
+    return ((first + index, line) for index, line in shards)
 
 
 def _stopped_before(line: ValidLine, reader: _LineReader, split: Split) -> Stop:
@@ -219,7 +236,9 @@ class ShardOut:
         self.index = index
         self.key = key
         self._copyable = copyable
-        self._range: tuple[int, int] | None = None  # [start, end) of the source, while copying
+        # [_first, _end) of the source, while the shard is a range of it (_first None: empty).
+        self._first: int | None = None
+        self._end = 0
         self._writer: Writer | None = None
         self._requests = 0
         self._line_bytes = 0
@@ -229,25 +248,29 @@ class ShardOut:
         """Add a valid line, read from the source's bytes [start, start + len(raw)); `hashed`:
         its custom_id's id_hash, when the caller has it."""
         body = line.body
+        size = len(body)
         self._requests += 1
-        self._line_bytes += len(body)
+        self._line_bytes += size
         self._digest.add_hash(id_hash(line.custom_id) if hashed is None else hashed)
         if self._writer is None:
             # The line as the source holds it: its body and one \n, or no \n at the end of the file.
-            exact = len(raw) == len(body) or (len(raw) == len(body) + 1 and raw[-1] == _NEWLINE)
-            if exact and self._copyable and (self._range is None or self._range[1] == start):
-                self._range = (start if self._range is None else self._range[0], start + len(raw))
+            taken = len(raw)
+            exact = taken == size or (taken == size + 1 and raw[-1] == _NEWLINE)
+            if exact and self._copyable and (self._first is None or self._end == start):
+                if self._first is None:
+                    self._first = start
+                self._end = start + taken
                 return
             self._writer = self._store.writer(self.key, SHARD_CONTENT_TYPE, if_absent=True)
-            if self._range is not None:
-                self._writer.copy_from(self._source_range(*self._range))
-                self._range = None
+            if self._first is not None:
+                self._writer.copy_from(self._source_range(self._first, self._end))
+                self._first = None
         self._writer.write(body)
         self._writer.write(b"\n")
 
     def spans(self, start: int, end: int) -> bool:
         """Whether the shard is still exactly the source's bytes [start, end)."""
-        return self._writer is None and self._range == (start, end)
+        return self._writer is None and self._first == start and self._end == end
 
     def close(self, *, whole: bool) -> ShardPlan:
         """Finish the object (`whole`: the shard is the whole source object); its plan, with
@@ -257,9 +280,9 @@ class ShardOut:
         if self._writer is not None:
             self._writer.close()
             version = self._writer.version_id
-        elif self._range is not None:
+        elif self._first is not None:
             version = self._store.copy(
-                self._source_range(*self._range), self.key, SHARD_CONTENT_TYPE, whole=whole, if_absent=True
+                self._source_range(self._first, self._end), self.key, SHARD_CONTENT_TYPE, whole=whole, if_absent=True
             )
         return self.plan(self.key, version or self._store.version_of(self.key))
 
