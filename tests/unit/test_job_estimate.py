@@ -13,6 +13,7 @@ import pytest
 
 from batchdrop.domain.estimate import Estimator
 from batchdrop.domain.jobs import job_id_for, manifest_key
+from batchdrop.domain.pipelines import pipeline_from
 from batchdrop.domain.records import SourceRef
 from batchdrop.domain.states import JobStatus
 from batchdrop.services.intake import Intake
@@ -187,3 +188,29 @@ def test_history_key_is_named_by_the_pipeline() -> None:
     from batchdrop.domain.records import PipelineRef
 
     assert history_key(PipelineRef("pipelines/nightly.yaml", "v1")) == "history/pipelines/nightly.json"
+
+
+def test_a_records_job_whose_pipeline_caches_its_prompt_is_estimated_as_its_requests_dropped_as_lines(
+    world: Fakes,
+) -> None:
+    # Given a pipeline caching a long system prompt, and a file of its records
+    system = [{"type": "text", "text": "rubric " * 3000, "cache_control": {"type": "ephemeral"}}]
+    document = pipeline_document(system=system, id_field="id")
+    world.store.put("pipelines/cached.json", json.dumps(document).encode())
+    rows = b"id,product,review\n" + b"".join(b"r%d,lamp,bright %d\n" % (n, n) for n in range(12))
+
+    # When it is dropped, and its rendered requests are dropped as a native file
+    records = drop(world, "inbox/cached/reviews.csv", rows)
+    rendered = b"".join(
+        pipeline_from("cached", document).render({"id": f"r{n}", "product": "lamp", "review": f"bright {n}"}, n + 1)
+        + b"\n"
+        for n in range(12)
+    )
+    native = drop(world, "inbox/rendered.jsonl", rendered)
+
+    # Then both estimates price the cache alike: written once, read by the other requests
+    by_records = world.store.get_json(estimate_key(job_of(records)))
+    by_lines = world.store.get_json(estimate_key(job_of(native)))
+    assert by_records["cost_usd"] == by_lines["cost_usd"]
+    assert by_records["input_tokens"] == by_lines["input_tokens"]
+    assert Decimal(by_records["cost_usd"]["batch_cached_expected"]) < Decimal(by_records["cost_usd"]["batch"])

@@ -420,3 +420,34 @@ def test_any_record_renders_a_valid_request_or_a_rejection(
     assert (content[0]["text"] if blocks else content) == expected
     assert request["params"] == dict(p.fixed_params)
     assert request["custom_id"] == f"row-{row:06d}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "marked"),
+    [
+        ({}, False),
+        ({"system": [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}]}, True),
+        ({"system": "say cache_control in text only"}, False),
+        ({"prompt": [{"type": "text", "text": "{{review}}", "cache_control": {"type": "ephemeral"}}]}, True),
+        (
+            {
+                "params": {
+                    "tools": [{"name": "t", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}]
+                }
+            },
+            True,
+        ),
+    ],
+)
+def test_a_pipeline_says_whether_its_requests_mark_a_cache_breakpoint_as_each_rendered_line_does(
+    extra: dict[str, Any], marked: bool
+) -> None:
+    document = {"model": "claude-haiku-4-5", "max_tokens": 10, "prompt": "{{review}}", **extra}
+    pipeline = pipeline_from("p", document)
+    assert pipeline.marks_cache is marked
+    # ...as the line check finds it in a rendered line, whatever the record's text holds
+    line = pipeline.render({"review": '{"cache_control": 1}'}, 1)
+    assert isinstance(line, bytes)
+    [checked] = check_lines([line])
+    assert isinstance(checked, ValidLine)
+    assert checked.cache_marked is marked

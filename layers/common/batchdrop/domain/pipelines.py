@@ -147,6 +147,12 @@ class Pipeline:
         names = dict.fromkeys(name for template in self._templates for name in template.fields)
         object.__setattr__(self, "_placeholders", tuple(names))
 
+    @property
+    def marks_cache(self) -> bool:
+        """Whether its requests hold a cache_control key (a prompt cache breakpoint): the same
+        for every record, whose values fill strings only."""
+        return _holds_cache_key(self.fixed_params) or _holds_cache_key(self.prompt)
+
     def placeholders(self) -> tuple[str, ...]:
         """The field names the prompt's templates use, each once, in order of first use."""
         return self._placeholders
@@ -208,6 +214,14 @@ class Pipeline:
 
 
 # --- the request's layout ------------------------------------------------------------------
+
+
+def _holds_cache_key(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return "cache_control" in value or any(_holds_cache_key(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_cache_key(item) for item in value)
+    return False
 
 
 # The control characters json.dumps writes as \b, \f or \u00XX: rare in records, so a text

@@ -18,6 +18,7 @@ errors/<job_id>/rejected.jsonl with its line, record number and kept fields, or,
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from functools import partial
 from typing import Final, NamedTuple
 
 from batchdrop.domain.estimate import Estimator
-from batchdrop.domain.jobs import rejected_key
+from batchdrop.domain.jobs import id_hash, rejected_key
 from batchdrop.domain.lines import OverlongLine, SourceLines
 from batchdrop.domain.pipelines import Pipeline, PipelineError, json_string_body, parse_pipeline
 from batchdrop.domain.prices import price_table
@@ -262,7 +263,7 @@ def split_records(wired: Wiring, job_id: str, source: SourceRef, mode: RecordsMo
 
     estimator = Estimator(prices=wired.prices or price_table())
     split = Split(estimator=estimator)
-    model, max_tokens = mode.pipeline.model, mode.pipeline.max_tokens
+    model, max_tokens, marks_cache = mode.pipeline.model, mode.pipeline.max_tokens, mode.pipeline.marks_cache
     rejects = _RejectedRows(wired.store, rejected_key(job_id), source.key, fail=mode.pipeline.on_bad_record == "fail")
     shard: _ShardWithRows | None = None
     closing: list[Future[ShardPlan]] = []
@@ -275,8 +276,9 @@ def split_records(wired: Wiring, job_id: str, source: SourceRef, mode: RecordsMo
                     if shard is not None:
                         closing.append(closer.submit(shard.close))
                     shard = _ShardWithRows(wired.store, source, job_id, index)
-                shard.add(line, rendered.current)
-                estimator.add_line(line.custom_id, line.body, model, max_tokens)
+                hashed = id_hash(line.custom_id)  # once, for the shard's ids digest and the sample
+                shard.add(line, rendered.current, hashed)
+                estimator.add_line(line.custom_id, line.body, model, max_tokens, hashed, marks_cache)
             last = shard.close() if shard is not None else None
             shard = None
             split.shards = [done.result() for done in closing] + ([last] if last else [])
@@ -355,8 +357,8 @@ class _ShardWithRows:
         self._shard = ShardOut(store, source, index, shard_key(job_id, index), copyable=False)
         self._rows = store.writer(rows_key(job_id, index), _JSONL, if_absent=True)
 
-    def add(self, line: ValidLine, row: _Row) -> None:
-        self._shard.add(line, 0, line.body)
+    def add(self, line: ValidLine, row: _Row, hashed: bytes | None = None) -> None:
+        self._shard.add(line, 0, line.body, hashed)
         self._rows.write(_row_line(row.row, line.custom_id, row.fields))
 
     def close(self) -> ShardPlan:
@@ -368,14 +370,18 @@ class _ShardWithRows:
         self._rows.abort()
 
 
+@functools.lru_cache(maxsize=256)
+def _field_name(name: str) -> bytes:
+    """A kept field's name as _row_line writes it: the same few names on every row."""
+    return json_string_body(name)
+
+
 def _row_line(row: int, custom_id: str, fields: Mapping[str, str]) -> bytes:
     """rows.row_line's bytes for a record whose request was written, without json.dumps (a
     third of its time): its custom_id passed the line check, so holds nothing to escape; a
     field holding an unpaired surrogate is left to row_line, which escapes it."""
     try:
-        kept = b",".join(
-            b'"%s":"%s"' % (json_string_body(name), json_string_body(value)) for name, value in fields.items()
-        )
+        kept = b",".join([b'"%s":"%s"' % (_field_name(key), json_string_body(value)) for key, value in fields.items()])
     except UnicodeEncodeError:
         return row_line(RowRef(row, custom_id, fields))
     return b'{"row":%d,"id":"%s","fields":{%s}}\n' % (row, custom_id.encode(), kept)
