@@ -3,6 +3,7 @@ checker), against in-memory fakes of S3, the state table and the Message Batches
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import json
 import threading
@@ -24,6 +25,7 @@ from batchdrop.services import intake
 from batchdrop.services.cancel import Canceler
 from batchdrop.services.intake import Intake, SubmitOutcome
 from batchdrop.services.job_estimate import estimate_key
+from batchdrop.services.split import Split, split_object
 from batchdrop.services.tick import Checker
 from tests.unit.fakes import (
     FakeBatchesApi,
@@ -31,6 +33,7 @@ from tests.unit.fakes import (
     FakeObjectStore,
     Fakes,
     FakeStateStore,
+    FakeWriter,
     errored,
     request,
 )
@@ -300,6 +303,86 @@ def test_the_estimate_is_counted_while_s3_finishes_copying_the_file_into_its_sha
     [shard] = world.state.shards(outcome.job_id)
     assert shard.key == whole_copy_key(outcome.job_id)
     assert world.store.get_json(estimate_key(outcome.job_id))["requests"] == 2
+
+
+class _AbortsWatched(FakeObjectStore):
+    """Notes each writer aborted after it was closed (on S3: an abort of a finished upload)."""
+
+    def __init__(self) -> None:
+        super().__init__("bucket", FakeClock())
+        self.aborted_after_close: list[str] = []
+
+    def writer(self, key: str, content_type: str, *, if_absent: bool = False) -> FakeWriter:
+        store = self
+
+        class Watched(FakeWriter):
+            closed = False
+
+            def close(self) -> bool:
+                self.closed = True
+                return super().close()
+
+            def abort(self) -> None:
+                if self.closed:
+                    store.aborted_after_close.append(key)
+                super().abort()
+
+        return Watched(self, key, content_type, if_absent=if_absent)
+
+
+def test_a_failure_beside_the_last_close_raises_and_leaves_the_closed_shard_alone() -> None:
+    # Given a file whose shard is written (a rejected line makes it more than a range of the
+    # file), and a task beside its close that fails
+    world = Fakes()
+    world.store = _AbortsWatched()
+    source = world.upload("inbox/mixed.jsonl", [request("a"), b"not json", request("b")])
+
+    def failing(_: Split) -> None:
+        raise RuntimeError("the estimate broke")
+
+    # When the file is split, Then the failure is raised, and the closed shard is not aborted
+    with pytest.raises(RuntimeError, match="the estimate broke"):
+        split_object(world.wiring(), job_of(source), source, while_closing=failing)
+    assert world.store.keys("work/") != []
+    assert world.store.aborted_after_close == []
+
+
+_INVOCATION: contextvars.ContextVar[str] = contextvars.ContextVar("invocation", default="none")
+
+
+def test_the_task_beside_the_last_close_runs_in_the_invocations_context(world: Fakes) -> None:
+    # Given a split in an invocation's context (as the local runner's logging reads it)
+    source = world.upload("inbox/context.jsonl", [request("a"), request("b")])
+    seen: list[tuple[str, int]] = []
+
+    def beside(split: Split) -> None:
+        seen.append((_INVOCATION.get(), split.requested))
+
+    # When it is split, Then the task saw that context, and every line counted
+    _INVOCATION.set("submit-1")
+    split_object(world.wiring(), job_of(source), source, while_closing=beside)
+    assert seen == [("submit-1", 2)]
+
+
+class _HangingWarmUp(FakeBatchesApi):
+    def warm(self) -> None:
+        time.sleep(1.0)  # Secrets Manager not answering, say
+        super().warm()
+
+
+def test_a_split_does_not_wait_long_for_a_client_being_made(world: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a large file, and a client whose making hangs past the wait for it
+    body = b"\n".join([request("a"), request("b")])
+    monkeypatch.setattr(intake, "WARM_API_BYTES", len(body))
+    monkeypatch.setattr(intake, "WARM_API_JOIN_SECONDS", 0.1)
+    world.batches = _HangingWarmUp(world.clock)
+    source = SourceRef(world.store.bucket, "inbox/hang.jsonl", world.store.put("inbox/hang.jsonl", body))
+
+    # When its event is handled, Then the job goes on without waiting the second out
+    started = time.monotonic()
+    assert Intake(world.wiring()).submit(source, len(body)).status is JobStatus.RUNNING
+    assert time.monotonic() - started < 0.9
+    assert world.batches.warmed_on == []  # still being made
 
 
 def test_a_folder_marker_starts_no_job(world: Fakes) -> None:

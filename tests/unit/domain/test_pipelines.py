@@ -451,3 +451,11 @@ def test_a_pipeline_says_whether_its_requests_mark_a_cache_breakpoint_as_each_re
     [checked] = check_lines([line])
     assert isinstance(checked, ValidLine)
     assert checked.cache_marked is marked
+
+
+def test_a_pipeline_nested_deep_still_says_whether_it_marks_a_cache_breakpoint() -> None:
+    deep: Any = {"cache_control": {"type": "ephemeral"}}
+    for _ in range(900):
+        deep = [deep]
+    document = {"model": "claude-haiku-4-5", "max_tokens": 10, "prompt": "{{review}}", "params": {"metadata": deep}}
+    assert pipeline_from("p", document).marks_cache is True

@@ -565,3 +565,13 @@ def test_a_lone_surrogate_json_reads_is_still_refused_with_the_custom_id() -> No
         "s",
         r"a string holds an unpaired surrogate escape (\ud800-\udfff), which is not valid Unicode",
     )
+
+
+@pytest.mark.parametrize("depth", [990, 1_200])
+def test_a_line_nested_as_deep_as_json_reads_gets_its_verdict_without_a_recursion_error(depth: int) -> None:
+    # Read by json (jiter stops far sooner): its cache key is found by a walk of its own
+    head = b'{"custom_id":"deep","params":{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"q"}],'
+    line = head + b'"metadata":' + b"[" * depth + b'{"cache_control":1}' + b"]" * depth + b"}}"
+    [checked] = check_lines([line])
+    assert isinstance(checked, ValidLine)
+    assert checked.cache_marked is True

@@ -24,7 +24,7 @@ from json.encoder import encode_basestring
 from typing import Any, Final, Literal
 
 from batchdrop.domain.record_readers import Rejection
-from batchdrop.domain.requests import CUSTOM_ID_PATTERN
+from batchdrop.domain.requests import CUSTOM_ID_PATTERN, holds_cache_control
 from batchdrop.domain.schemas import schema_problems
 from batchdrop.domain.strict_json import STRICT_DECODER, DuplicateKeyError, NotANumberError
 
@@ -151,7 +151,7 @@ class Pipeline:
     def marks_cache(self) -> bool:
         """Whether its requests hold a cache_control key (a prompt cache breakpoint): the same
         for every record, whose values fill strings only."""
-        return _holds_cache_key(self.fixed_params) or _holds_cache_key(self.prompt)
+        return holds_cache_control((self.fixed_params, self.prompt))
 
     def placeholders(self) -> tuple[str, ...]:
         """The field names the prompt's templates use, each once, in order of first use."""
@@ -214,14 +214,6 @@ class Pipeline:
 
 
 # --- the request's layout ------------------------------------------------------------------
-
-
-def _holds_cache_key(value: Any) -> bool:
-    if isinstance(value, Mapping):
-        return "cache_control" in value or any(_holds_cache_key(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return any(_holds_cache_key(item) for item in value)
-    return False
 
 
 # The control characters json.dumps writes as \b, \f or \u00XX: rare in records, so a text

@@ -207,14 +207,15 @@ def _parse(line: bytes) -> tuple[Any, int]:
         marks = _scan(parsed)
         if not marks & _UNSENDABLE_NUMBER:
             return parsed, marks
-    parsed = _decode(line)
-    return parsed, _scan(parsed) | _SURROGATES_UNCHECKED
+    parsed = _decode(line)  # its hooks checked the numbers; it may nest deeper than _scan recurses
+    return parsed, (_CACHE_CONTROL if holds_cache_control(parsed) else 0) | _SURROGATES_UNCHECKED
 
 
 def _scan(value: Any) -> int:
-    """The flags a parsed value earns: _UNSENDABLE_NUMBER for a number json's hooks here
+    """The flags a value jiter read earns: _UNSENDABLE_NUMBER for a number json's hooks here
     would refuse, _CACHE_CONTROL for a cache breakpoint. Strings, the bulk of a line, are
-    passed over; loops, as all() costs twice as much."""
+    passed over; loops, as all() costs twice as much. It recurses once a level: jiter reads
+    no deeper than some 200."""
     kind = type(value)
     if kind is dict:
         marks = _CACHE_CONTROL if "cache_control" in value else 0
@@ -233,6 +234,22 @@ def _scan(value: Any) -> int:
     if kind is float:
         return _UNSENDABLE_NUMBER if math.isinf(value) else 0  # NaN is refused by the parse
     return 0
+
+
+def holds_cache_control(value: Any) -> bool:
+    """Whether an object anywhere in `value` (parsed JSON, or a pipeline's own values) holds
+    a "cache_control" key: a prompt cache breakpoint. Walked with a stack of its own, so a
+    value nested as deep as json reads does not reach Python's recursion limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if "cache_control" in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def _decode(line: bytes) -> Any:

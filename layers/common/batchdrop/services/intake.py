@@ -60,6 +60,7 @@ S3_EVENT_SOURCE = "aws:s3"
 _SPEND_RACES = 3
 # A file this large takes the split long enough to make the API client behind it (_warm_api).
 WARM_API_BYTES = 8 * 1024 * 1024
+WARM_API_JOIN_SECONDS = 5.0  # how long a split that ended waits for that client at most
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,9 @@ class Intake:
             return self._fail(job_id, source, Split(), str(exc))
         finally:
             if warming is not None:
-                warming.join()  # done long since, as a rule: nothing of it outlives the invocation
+                # Done long since, as a rule. A key read that hangs is not waited for: the
+                # thread is a daemon, and the first call makes the client if it has not.
+                warming.join(timeout=WARM_API_JOIN_SECONDS)
         if split.stopped is not None:
             record_stop(self._wired, job_id, split, resume, self._deadline())
             return SubmitOutcome(job_id, JobStatus.RECEIVED)

@@ -6,6 +6,7 @@ copied whole while it is read."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -120,8 +121,10 @@ def split_object(
                 last = _close_last(shard, reader, early)
             else:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="while-closing") as aside:
-                    beside = aside.submit(while_closing, split)
+                    # In this invocation's context (contextvars), as its logging reads it.
+                    beside = aside.submit(contextvars.copy_context().run, while_closing, split)
                     last = _close_last(shard, reader, early)
+                    shard = None  # closed: a failure of while_closing must not abort it
                     beside.result()
             shard = None
             split.shards = [done.result() for done in closing] + ([last] if last else [])
