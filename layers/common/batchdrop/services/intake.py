@@ -240,10 +240,10 @@ class Intake:
         return None
 
     def _warm_api(self, size: int | None) -> threading.Thread | None:
-        """A thread making the API client (reading the key) while a file of WARM_API_BYTES or
-        more is split, so that the estimate's first count finds it made: on a cold start some
-        0.1 to 0.2 s, mostly waiting on Secrets Manager, hidden behind the split. None for a
-        smaller file, whose split would not hide it."""
+        """A thread making the API client while a file of WARM_API_BYTES or more is split, so
+        that the estimate's first count finds it made: on a cold start the SDK's import (about
+        a second of CPU, taken while the split waits on S3) and the key read from Secrets
+        Manager. None for a smaller file, whose split would not hide it."""
         if size is None or size < WARM_API_BYTES:
             return None
         thread = threading.Thread(target=self._wired.batches.warm, name="warm-api", daemon=True)
